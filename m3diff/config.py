@@ -1,0 +1,130 @@
+"""M3DiffConfig: LLaVA-OneVision's configuration plus the fields of the MDP module, and named presets.
+
+The MDP reads the vision tower's ``hidden_states[i]`` for each ``i`` in ``mdp_layers`` (index 0 is
+the patch embeddings, index ``k`` the output of encoder layer ``k``), so the paper's "layers 17, 20,
+23, 26" are ``mdp_layers=(17, 20, 23, 26)`` on the 26-layer SigLIP of the released LLaVA-OneVision-7B.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+# Special tokens every M3Diff tokenizer carries; the prompt template in processing.py uses them.
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+SPECIAL_TOKENS = ("<pad>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN, VIDEO_TOKEN)
+
+
+@strict
+class M3DiffConfig(LlavaOnevisionConfig):
+    r"""
+    use_mdp (`bool`, defaults to `True`):
+        Route both images of a pair through the Multi-scale Differential Perception module. `False` is
+        plain LLaVA-OneVision (the paper's baseline and ablation).
+    mdp_layers (`list[int]`, defaults to `[17, 20, 23, 26]`):
+        Indices into the vision tower's hidden states that feed the MDP, one scale each.
+    mdp_depth (`int`, defaults to 2):
+        Number of stacked MDP transformer layers (eqs. 1–6) per scale.
+    mdp_num_heads (`int`, defaults to 16):
+        Attention heads of the MDP's self- and cross-attention.
+    mdp_mlp_ratio (`float`, defaults to 4.0):
+        Hidden width of the MDP's MLPs relative to the vision hidden size.
+    """
+
+    model_type = "m3diff"
+
+    use_mdp: bool = True
+    mdp_layers: list[int] | tuple[int, ...] = (17, 20, 23, 26)
+    mdp_depth: int = 2
+    mdp_num_heads: int = 16
+    mdp_mlp_ratio: float = 4.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.mdp_layers = [int(i) for i in self.mdp_layers]
+        n_hidden = self.vision_config.num_hidden_layers
+        bad = [i for i in self.mdp_layers if not 0 < i <= n_hidden]
+        if bad:
+            raise ValueError(
+                f"mdp_layers {bad} are outside the vision tower's hidden states 1..{n_hidden}"
+            )
+        if self.use_mdp and not isinstance(self.vision_feature_layer, int):
+            raise ValueError("with use_mdp=True the MDP output feeds the projector: vision_feature_layer must be an int")
+        if self.vision_config.hidden_size % self.mdp_num_heads:
+            raise ValueError(
+                f"mdp_num_heads={self.mdp_num_heads} must divide the vision hidden size {self.vision_config.hidden_size}"
+            )
+
+    @property
+    def patch_grid(self) -> int:
+        """Side of the square patch grid of one image (27 for SigLIP-so400m at 384 px)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """LLM tokens per image of a pair: the patch grid plus LLaVA-OneVision's image_newline."""
+        return self.patch_grid**2 + 1
+
+    @classmethod
+    def from_llava_onevision(cls, config: LlavaOnevisionConfig, **mdp_fields) -> "M3DiffConfig":
+        """An M3Diff config that keeps every field of a plain LLaVA-OneVision config."""
+        fields = config.to_dict()
+        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
+            fields.pop(key, None)
+        fields.update(mdp_fields)
+        return cls(**fields)
+
+
+def _m3diff_7b(**overrides) -> M3DiffConfig:
+    """LLaVA-OneVision-7B (SigLIP-so400m with the 26 layers the released model uses, Qwen2-7B) + MDP."""
+    vision = SiglipVisionConfig(
+        hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
+        image_size=384, patch_size=14, vision_use_head=False,
+    )
+    text = Qwen2Config(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    )
+    fields = dict(
+        vision_config=vision, text_config=text, image_token_index=151646, video_token_index=151647,
+        mdp_layers=[17, 20, 23, 26], mdp_depth=2, mdp_num_heads=16,
+    )
+    fields.update(overrides)
+    return M3DiffConfig(**fields)
+
+
+def _tiny(vocab_size: int = 512, image_token_index: int = 3, video_token_index: int = 4, **overrides) -> M3DiffConfig:
+    """A model that runs a forward in milliseconds on a CPU: for tests and as the untrained fallback."""
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        image_size=32, patch_size=8, vision_use_head=False,
+    )
+    text = Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024, tie_word_embeddings=False,
+    )
+    fields = dict(
+        vision_config=vision, text_config=text, image_token_index=image_token_index,
+        video_token_index=video_token_index, mdp_layers=[2, 3, 4], mdp_depth=2, mdp_num_heads=2,
+        mdp_mlp_ratio=2.0, image_grid_pinpoints=[[32, 32]],
+    )
+    fields.update(overrides)
+    return M3DiffConfig(**fields)
+
+
+# Named presets: `m3diff info --preset NAME`, `M3DiffConfig` factories for tests and training recipes.
+PRESETS: dict[str, Callable[..., M3DiffConfig]] = {
+    "m3diff-7b": _m3diff_7b,
+    "tiny": _tiny,
+}
+
+
+def preset(name: str, **overrides) -> M3DiffConfig:
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+    return factory(**overrides)

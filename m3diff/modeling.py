@@ -1,0 +1,183 @@
+"""M3DiffForConditionalGeneration: LLaVA-OneVision with the MDP between the vision tower and the projector.
+
+Data flow for a batch of B pairs (2B images, ordered before₀, after₀, before₁, after₁, …):
+
+    pixel_values [2B, 1, 3, H, W] → vision tower → hidden_states[l] for l in mdp_layers, [2B, N, d] each
+    → MDP (both images of each pair, eqs. 1–8) → F'1, F'2 [B, N, d]
+    → projector → image_newline appended → scattered into the LLM's input embeddings at the <image> slots
+
+Only ``get_image_features`` differs from LLaVA-OneVision; ``generate`` calls it once at prefill, so
+the MDP runs once per caption. With ``use_mdp=False`` the parent's method runs unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    LlavaOnevisionMultiModalProjector,
+    LlavaOnevisionPreTrainedModel,
+)
+
+from m3diff.config import M3DiffConfig
+from m3diff.mdp import MDPTrace, MultiScaleDifferentialPerception, Score
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class M3DiffImageFeatures(BaseModelOutputWithPooling):
+    """``pooler_output``: per-image LLM-ready features (what LLaVA-OneVision returns); ``mdp_trace``: see MDPTrace."""
+
+    mdp_trace: MDPTrace | None = None
+
+
+class M3DiffPreTrainedModel(LlavaOnevisionPreTrainedModel):
+    config_class = M3DiffConfig
+    _no_split_modules = ["MDPScale"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, Score):
+            module.reset_bias()
+
+
+class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
+    def __init__(self, config: M3DiffConfig):
+        # LlavaOnevisionModel.__init__ calls post_init() before we could add the MDP, so build here.
+        M3DiffPreTrainedModel.__init__(self, config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.mdp = (
+            MultiScaleDifferentialPerception(
+                dim=config.vision_config.hidden_size,
+                layers=config.mdp_layers,
+                num_heads=config.mdp_num_heads,
+                mlp_ratio=config.mdp_mlp_ratio,
+                depth=config.mdp_depth,
+            )
+            if config.use_mdp
+            else None
+        )
+        self.multi_modal_projector = LlavaOnevisionMultiModalProjector(config)
+        embed_std = 1 / math.sqrt(config.text_config.hidden_size)
+        self.image_newline = nn.Parameter(torch.randn(config.text_config.hidden_size, dtype=self.dtype) * embed_std)
+        self.vocab_size = config.text_config.vocab_size
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        output_mdp_trace: bool = False,
+        **kwargs,
+    ) -> M3DiffImageFeatures:
+        if self.mdp is None:
+            out = super().get_image_features(
+                pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                vision_aspect_ratio=vision_aspect_ratio, batch_num_images=batch_num_images,
+                return_dict=True, **kwargs,
+            )
+            return M3DiffImageFeatures(**out)
+        return self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs)
+
+    def _mdp_image_features(self, pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs):
+        if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
+            raise ValueError(
+                "M3Diff with use_mdp=True takes exactly two images (before, after) per sample; "
+                f"got batch_num_images={None if batch_num_images is None else [int(n) for n in batch_num_images]}. "
+                "Use m3diff.PairProcessor to build the inputs."
+            )
+        if pixel_values.dim() == 5:  # [2B, patches, 3, H, W]: multi-image inputs carry one crop each
+            pixel_values = pixel_values[:, 0]
+        kwargs.pop("return_dict", None)
+        vision = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        hidden = [vision.hidden_states[i] for i in self.config.mdp_layers]  # L × [2B, N, d]
+        before = [h[0::2] for h in hidden]  # L × [B, N, d]
+        after = [h[1::2] for h in hidden]
+        fused_1, fused_2, trace = self.mdp(before, after, trace=output_mdp_trace)  # [B, N, d] each
+        B, N, d = fused_1.shape
+        fused = torch.stack([fused_1, fused_2], 1).reshape(2 * B, N, d)  # back to image order
+        projected = self.multi_modal_projector(fused)  # [2B, N, D]
+        features, _ = self.pack_image_features(
+            [p[None] for p in projected], image_sizes, image_newline=self.image_newline,
+            vision_aspect_ratio=self.config.vision_aspect_ratio,
+        )
+        return M3DiffImageFeatures(
+            last_hidden_state=vision.last_hidden_state, pooler_output=features, mdp_trace=trace
+        )
+
+
+class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForConditionalGeneration):
+    """One class for every size: the tiny CPU model and the 7B model differ only in config and weights."""
+
+    def __init__(self, config: M3DiffConfig):
+        M3DiffPreTrainedModel.__init__(self, config)
+        self.model = M3DiffModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_image_features(self, pixel_values, image_sizes, output_mdp_trace: bool = False, **kwargs):
+        return self.model.get_image_features(pixel_values, image_sizes, output_mdp_trace=output_mdp_trace, **kwargs)
+
+    @classmethod
+    def from_llava_onevision(cls, pretrained: str, **kwargs) -> tuple["M3DiffForConditionalGeneration", list[str]]:
+        """Load a plain LLaVA-OneVision checkpoint and add a freshly initialised MDP.
+
+        MDP fields (``mdp_layers``, ``mdp_depth``, …) may be given as keyword arguments; the rest goes
+        to ``from_pretrained``. Returns the model and the names of the weights initialised fresh.
+        """
+        mdp_fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("mdp_") or k == "use_mdp"}
+        base = LlavaOnevisionConfig.from_pretrained(pretrained)
+        config = M3DiffConfig.from_llava_onevision(base, **mdp_fields)
+        model, info = cls.from_pretrained(pretrained, config=config, output_loading_info=True, **kwargs)
+        fresh = sorted(info["missing_keys"])
+        outside = [k for k in fresh if ".mdp." not in f".{k}"]
+        if outside:
+            logger.warning("weights missing from %s outside the MDP (check the checkpoint): %s", pretrained, outside)
+        logger.warning(
+            "M3Diff from LLaVA-OneVision %s: %d MDP tensors initialised fresh (%s …); train before use.",
+            pretrained, len(fresh), ", ".join(fresh[:3]),
+        )
+        return model, fresh
+
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameter counts as `m3diff info` reports them."""
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        inner = self.model
+        parts = {
+            "vision": count(inner.vision_tower),
+            "projector": count(inner.multi_modal_projector) + inner.image_newline.numel(),
+            "language_model": count(inner.language_model) + count(self.lm_head),
+            "mdp": count(inner.mdp),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` know ``model_type="m3diff"``."""
+    AutoConfig.register("m3diff", M3DiffConfig, exist_ok=True)
+    AutoModel.register(M3DiffConfig, M3DiffModel, exist_ok=True)
+    AutoModelForImageTextToText.register(M3DiffConfig, M3DiffForConditionalGeneration, exist_ok=True)
+
+
+register_auto_classes()  # the transformers convention for custom models: registering is idempotent

@@ -1,0 +1,227 @@
+"""DiffCaptioner: load an M3Diff model and describe what changed between two images, with the evidence.
+
+    captioner = DiffCaptioner.from_pretrained()            # the embedded default in m3diff/weights/
+    captioner = DiffCaptioner.from_pretrained("runs/m3")   # a local directory (save_pretrained layout)
+    captioner = DiffCaptioner.from_pretrained("org/name")  # a hub id (needs network access)
+    d = captioner.describe("before.png", "after.png")
+    d.caption, d.layer_scores   # "the red cube …", {17: 0.31, 20: 0.22, …}
+    d.trace                     # numpy maps per MDP layer: ΔF norm, eq. (5) and eq. (6) attention
+
+Everything a Description holds is plain CPU data (str, float, numpy), ready for JSON or a UI.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from m3diff.config import M3DiffConfig, preset
+from m3diff.modeling import M3DiffForConditionalGeneration
+from m3diff.processing import PairProcessor
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).parent / "weights"
+# Models this large are refused on a CPU: a 7B model needs ~30 GB and minutes per caption there.
+CPU_PARAMETER_LIMIT = 2_000_000_000
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the source and what to do."""
+
+
+@dataclass
+class Description:
+    caption: str
+    layer_scores: dict[int, float] = field(default_factory=dict)  # mean Score (eq. 7) per MDP layer
+    trace: dict | None = None  # MDPTrace.pair(): per-layer numpy maps and Score vectors
+    seconds: float = 0.0
+    done: bool = True  # False for the partial descriptions a stream yields
+
+    def to_json(self, with_maps: bool = False) -> dict:
+        out = {
+            "caption": self.caption,
+            "layer_scores": {str(k): round(v, 6) for k, v in self.layer_scores.items()},
+            "seconds": round(self.seconds, 4),
+        }
+        if with_maps and self.trace is not None:
+            out["trace"] = {
+                key: {str(k): np.asarray(v).round(6).tolist() for k, v in self.trace[key].items()}
+                for key in ("delta_norm", "attn_eq5", "attn_eq6")
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 96
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+
+
+class DiffCaptioner:
+    def __init__(self, model: M3DiffForConditionalGeneration, processor: PairProcessor, source: str = "",
+                 trained: bool = True):
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        self.trained = trained
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | None = None,
+                        dtype: torch.dtype | None = None, allow_large_on_cpu: bool = False) -> "DiffCaptioner":
+        """``None`` or ``"embedded"``: the default shipped in the package; else a directory or a hub id."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if name_or_path in (None, "", "embedded"):
+            if (EMBEDDED_DIR / "config.json").is_file():
+                return cls._load(EMBEDDED_DIR, device, dtype, "embedded", allow_large_on_cpu)
+            return cls.untrained(device=device)
+        return cls._load(name_or_path, device, dtype, str(name_or_path), allow_large_on_cpu)
+
+    @classmethod
+    def _load(cls, path, device, dtype, source, allow_large_on_cpu) -> "DiffCaptioner":
+        from transformers import AutoConfig
+
+        local = Path(path)
+        if local.exists() and not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} has no config.json: not a model saved with save_pretrained.")
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+        except OSError as exc:
+            raise ModelLoadError(
+                f"could not load model {path!r}: it is not a local directory, and the hub did not answer "
+                f"({exc.__class__.__name__}). Pass a directory made by save_pretrained, or check the hub id."
+            ) from None
+        if not isinstance(config, M3DiffConfig) and getattr(config, "model_type", "") != "llava_onevision":
+            raise ModelLoadError(f"{path} is a {config.model_type!r} model, not M3Diff or LLaVA-OneVision.")
+        on_gpu = str(device).startswith("cuda")
+        dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
+        kwargs = dict(dtype=dtype, attn_implementation="sdpa")
+        if not on_gpu and not allow_large_on_cpu:
+            with torch.device("meta"):
+                size = sum(p.numel() for p in M3DiffForConditionalGeneration(_as_m3diff(config)).parameters())
+            if size > CPU_PARAMETER_LIMIT:
+                raise ModelLoadError(
+                    f"{path} has {size / 1e9:.1f} B parameters; on a CPU that is ~{size * 4 / 2**30:.0f} GiB and "
+                    "minutes per caption. Run it on a GPU (device='cuda'), or use the embedded default model."
+                )
+        if isinstance(config, M3DiffConfig):
+            model = M3DiffForConditionalGeneration.from_pretrained(str(path), **kwargs)
+        else:
+            model, fresh = M3DiffForConditionalGeneration.from_llava_onevision(str(path), **kwargs)
+        processor = PairProcessor.from_pretrained(str(path))
+        return cls(model.to(device), processor, source=source, trained=True)
+
+    @classmethod
+    def untrained(cls, device: str = "cpu", seed: int = 0) -> "DiffCaptioner":
+        """A tiny random model: what runs until trained weights exist. Its captions are noise."""
+        from m3diff.change_types import CHANGE_TYPES
+        from m3diff.tokenizer import train_tokenizer
+
+        warnings.warn(
+            "m3diff: no trained weights in m3diff/weights/ — using a tiny RANDOM model; its captions are noise. "
+            "Pass --model DIR (or M3DIFF_MODEL) to use a trained model.",
+            stacklevel=2,
+        )
+        corpus = [f"the {t.id} change: {t.definition}." for t in CHANGE_TYPES]
+        tokenizer = train_tokenizer(corpus * 4, vocab_size=400)
+        config = preset("tiny", vocab_size=len(tokenizer))
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # reproducible noise, without leaving the global RNG changed
+        model = M3DiffForConditionalGeneration(config)
+        torch.random.set_rng_state(generator_state)
+        return cls(model.to(device), PairProcessor.for_config(config, tokenizer), source="untrained-tiny",
+                   trained=False)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    # ---------------------------------------------------------------- describing
+    @property
+    def uses_mdp(self) -> bool:
+        return self.model.model.mdp is not None
+
+    def _prepare(self, pairs, instruction, trace: bool):
+        batch = self.processor.encode_pairs(pairs, instruction=instruction).to(self.model.device)
+        pixel_values = batch["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            features = self.model.model.get_image_features(
+                pixel_values, batch["image_sizes"], batch_num_images=batch["batch_num_images"],
+                output_mdp_trace=trace and self.uses_mdp,
+            )
+        # Pass the features to generate so the vision tower and MDP run once, here, with the trace.
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      mm_encoder_outputs={"image": features})
+        return inputs, features.mdp_trace
+
+    def _generate(self, inputs, settings: GenerationSettings, streamer=None):
+        pad = self.processor.tokenizer.pad_token_id
+        eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        with torch.inference_mode():
+            return self.model.generate(
+                **inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
+                repetition_penalty=settings.repetition_penalty, do_sample=False, pad_token_id=pad,
+                eos_token_id=eos, streamer=streamer,
+            )
+
+    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, trace: bool = True,
+                       settings: GenerationSettings = GenerationSettings()) -> list[Description]:
+        """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
+        start = time.perf_counter()
+        inputs, mdp_trace = self._prepare(pairs, instruction, trace)
+        out = self._generate(inputs, settings)
+        captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
+        seconds = (time.perf_counter() - start) / len(pairs)
+        results = []
+        for b, caption in enumerate(captions):
+            pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
+            scores = pair_trace["score_mean"] if pair_trace else {}
+            results.append(Description(caption, scores, pair_trace, seconds))
+        return results
+
+    def describe(self, before, after, *, instruction: str | None = None, trace: bool = True,
+                 settings: GenerationSettings = GenerationSettings()) -> Description:
+        return self.describe_batch([(before, after)], instruction=instruction, trace=trace, settings=settings)[0]
+
+    def describe_stream(self, before, after, *, instruction: str | None = None, trace: bool = True,
+                        settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:
+        """Yield partial Descriptions as tokens arrive (trace from the first one); the last has done=True."""
+        from transformers import TextIteratorStreamer
+
+        start = time.perf_counter()
+        inputs, mdp_trace = self._prepare([(before, after)], instruction, trace)
+        pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
+        scores = pair_trace["score_mean"] if pair_trace else {}
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                self._generate(inputs, settings, streamer=streamer)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False)
+        worker.join()
+        if errors:
+            raise errors[0]
+        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True)
+
+
+def _as_m3diff(config) -> M3DiffConfig:
+    return config if isinstance(config, M3DiffConfig) else M3DiffConfig.from_llava_onevision(config)
