@@ -1,0 +1,158 @@
+"""Our own on-disk layout (OmniDiff and the synthetic data): one JSON file per split.
+
+``DIR/{train,val,test}.json`` is a list of records
+``{id, before, after, captions: [str], change_types: [ids], domain, scene}`` (PAPER.md §9), image
+paths relative to ``DIR``. Extra keys are kept in ``DiffPair.extra`` (the generator stores the changed
+regions there). Every record is validated on read; an error names the file, the record and the fault.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m3diff.change_types import BY_ID, TYPE_IDS
+from m3diff.data.record import DiffPair
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = ("id", "before", "after", "captions", "change_types", "domain", "scene")
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be read as promised: names the file, the record and the fault."""
+
+    def __init__(self, path, problem: str, record: str | None = None):
+        self.path = Path(path)
+        self.record = record
+        where = f"{self.path}" + (f", record {record}" if record is not None else "")
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Dataset:
+    """What a reader returns: the pairs, and the images it looked for and did not find."""
+
+    format: str
+    root: Path
+    pairs: list[DiffPair]
+    missing_images: list[Path] = field(default_factory=list)
+
+
+def load_json(path: Path):
+    """``json.load`` whose errors say which file and where."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, f"not UTF-8 text ({exc.reason})") from None
+
+
+def resolve_image(root: Path, rel, missing: list[Path] | None, path: Path, record: str) -> Path | None:
+    """Absolute image path; a missing image is fatal unless ``missing`` collects it."""
+    p = Path(rel)
+    p = p if p.is_absolute() else root / p
+    if p.is_file():
+        return p
+    if missing is None:
+        raise DatasetError(path, f"image {p} does not exist (pass images='optional' for annotations only)", record)
+    missing.append(p)
+    return None
+
+
+def _check_record(raw, path: Path, index: int) -> str:
+    label = f"#{index}"
+    if not isinstance(raw, dict):
+        raise DatasetError(path, f"expected an object, got {type(raw).__name__}", label)
+    rid = raw.get("id")
+    if isinstance(rid, str) and rid:
+        label = f"#{index} (id {rid!r})"
+    absent = [k for k in REQUIRED_KEYS if k not in raw]
+    if absent:
+        raise DatasetError(path, f"missing key(s) {', '.join(absent)}", label)
+    if not isinstance(rid, str) or not rid:
+        raise DatasetError(path, "'id' must be a non-empty string", label)
+    for key in ("before", "after", "domain"):
+        if not isinstance(raw[key], str):
+            raise DatasetError(path, f"{key!r} must be a string", label)
+    if not isinstance(raw["scene"], (str, int)):
+        raise DatasetError(path, "'scene' must be a string", label)
+    caps = raw["captions"]
+    if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+        raise DatasetError(path, "'captions' must be a non-empty list of non-empty strings", label)
+    types = raw["change_types"]
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise DatasetError(path, "'change_types' must be a list of strings", label)
+    unknown = [t for t in types if t not in BY_ID]
+    if unknown:
+        raise DatasetError(path, f"unknown change type(s) {unknown}; known: {', '.join(TYPE_IDS)}", label)
+    return label
+
+
+def read_split(path, *, root=None, split: str = "", source: str = "omnidiff",
+               missing: list[Path] | None = None) -> list[DiffPair]:
+    """Read and validate one split file of our layout.
+
+    ``missing`` is None to require every image, or a list that collects the absent ones (their
+    ``DiffPair.before``/``after`` is then None).
+    """
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise DatasetError(path, f"expected a list of records, got {type(data).__name__}")
+    pairs, seen = [], {}
+    for i, raw in enumerate(data):
+        label = _check_record(raw, path, i)
+        if raw["id"] in seen:
+            raise DatasetError(path, f"duplicate id, first used by record #{seen[raw['id']]}", label)
+        seen[raw["id"]] = i
+        extra = {k: v for k, v in raw.items() if k not in REQUIRED_KEYS}
+        pairs.append(DiffPair(
+            id=raw["id"],
+            before=resolve_image(root, raw["before"], missing, path, label),
+            after=resolve_image(root, raw["after"], missing, path, label),
+            captions=tuple(raw["captions"]),
+            change_types=tuple(raw["change_types"]),
+            domain=raw["domain"],
+            scene=str(raw["scene"]),
+            source=source,
+            split=split,
+            extra=extra,
+        ))
+    return pairs
+
+
+def record_json(pair: DiffPair, root) -> dict:
+    """The on-disk record of a pair, its image paths relative to ``root`` where they lie under it."""
+    root = Path(root)
+
+    def rel(p):
+        if p is None:
+            return ""
+        p = Path(p)
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return p.as_posix()
+
+    out = {"id": pair.id, "before": rel(pair.before), "after": rel(pair.after),
+           "captions": list(pair.captions), "change_types": list(pair.change_types),
+           "domain": pair.domain, "scene": pair.scene}
+    out.update({k: v for k, v in pair.extra.items() if k not in out})
+    return out
+
+
+def dumps_records(records: list[dict]) -> str:
+    """The exact bytes of a split file: stable key order and formatting, so equal data → equal files."""
+    return "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records) + "\n]\n"
+
+
+def write_split(path, pairs: list[DiffPair], root=None) -> None:
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    path.write_text(dumps_records([record_json(p, root) for p in pairs]), encoding="utf-8")

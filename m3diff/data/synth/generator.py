@@ -1,0 +1,235 @@
+"""``m3diff synth``: an OmniDiff-style procedural benchmark with all 12 change types.
+
+Pair ``i`` is a pure function of (seed, i): its split from ``i`` (8:1:1), its primary change type
+and domain from its position inside that split (so every split holds every type as soon as it has
+12 pairs), and everything random from ``numpy.random.default_rng([seed, i])``. Scenes are split
+8:1:1 by scene index and a pair draws its scene from its own split's scenes, so no scene crosses
+splits. Output is byte-identical for any number of worker processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.data.synth import photo as photo_mod
+from m3diff.data.synth import render as render_mod
+from m3diff.data.synth.captions import Ref, cell, relation, write_captions
+from m3diff.data.synth.changes import Change, apply_changes, base_scene, ground_coords, populate
+from m3diff.data.synth.fonts import FontCache
+from m3diff.data.synth.scene import Scene
+
+SEMANTIC = tuple(t for t in TYPE_IDS if t not in DISTRACTORS)
+DOMAINS = ("render", "photo")
+SPLIT_OF_DIGIT = ("train",) * 8 + ("val", "test")
+N_CHANGES_P = {1: 0.4, 2: 0.25, 3: 0.2, 4: 0.15}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int = 0
+    pairs: int = 1000
+    size: int = 128
+    references: int = 3
+    render_scenes: int = 100
+    distractor_only: float = 0.5  # share of viewpoint/illumination-primary pairs with no semantic change
+    mixed_distractor: float = 0.2  # chance that a semantic pair also carries a camera or light change
+
+    def __post_init__(self):
+        if not 64 <= self.size <= 512:
+            raise ValueError(f"size must be between 64 and 512 pixels, got {self.size}")
+        if self.pairs < 1:
+            raise ValueError("pairs must be at least 1")
+        if self.references < 1:
+            raise ValueError("references must be at least 1")
+
+
+def split_position(index: int) -> tuple[str, int]:
+    """(split, index of the pair inside its split)."""
+    block, digit = divmod(index, 10)
+    split = SPLIT_OF_DIGIT[digit]
+    return split, (block * 8 + digit if split == "train" else block)
+
+
+def scene_catalog(cfg: SynthConfig) -> dict[tuple[str, str], list[int]]:
+    """Scene indices per (domain, split): scene ``s`` belongs to split ``SPLIT_OF_DIGIT[s % 10]``."""
+    out: dict[tuple[str, str], list[int]] = {}
+    counts = {"render": cfg.render_scenes, "photo": len(photo_mod.photo_tiles())}
+    for domain, n in counts.items():
+        for s in range(n):
+            out.setdefault((domain, SPLIT_OF_DIGIT[s % 10]), []).append(s)
+    return out
+
+
+def plan_types(primary: str, cfg: SynthConfig, rng: np.random.Generator) -> list[str]:
+    if primary in DISTRACTORS:
+        if rng.random() < cfg.distractor_only:
+            return [primary]
+        k = int(rng.integers(1, 4))
+        return [primary] + [str(t) for t in rng.choice(SEMANTIC, k, replace=False)]
+    n = int(rng.choice(list(N_CHANGES_P), p=list(N_CHANGES_P.values())))
+    others = [t for t in SEMANTIC if t != primary]
+    types = [primary] + [str(t) for t in rng.choice(others, n - 1, replace=False)]
+    if n < 4 and rng.random() < cfg.mixed_distractor:
+        types.append("viewpoint" if rng.random() < 0.5 else "illumination")
+    return types
+
+
+class Worker:
+    """Everything one process needs to make pairs: config, scene list and its caches."""
+
+    def __init__(self, cfg: SynthConfig, out: Path | None):
+        self.cfg = cfg
+        self.out = out
+        self.catalog = scene_catalog(cfg)
+        self.tiles = photo_mod.photo_tiles()
+        self.fonts = FontCache()
+        self.render_cache = render_mod.RenderCache(self.fonts)
+        self.photos = photo_mod.PhotoLibrary()
+
+    def draw(self, scene: Scene):
+        if scene.domain == "render":
+            return render_mod.render(scene, self.cfg.size, self.render_cache)
+        return photo_mod.render(scene, self.cfg.size, self.photos, self.fonts)
+
+    def make(self, index: int):
+        """(record, before image, after image, scene objects) of pair ``index``."""
+        cfg = self.cfg
+        split, k = split_position(index)
+        primary = TYPE_IDS[k % len(TYPE_IDS)]
+        domain = DOMAINS[(k // len(TYPE_IDS)) % 2]
+        rng = np.random.default_rng([cfg.seed, index])
+        scenes = self.catalog[(domain, split)]
+        s = scenes[int(rng.integers(len(scenes)))]
+        spec_rng = np.random.default_rng([cfg.seed, 1_000_003, DOMAINS.index(domain), s])
+        scene_id = f"{domain}-{s:03d}"
+        tile = self.tiles[s] if domain == "photo" else None
+        for attempt in range(20):
+            types = plan_types(primary, cfg, rng)
+            before = populate(base_scene(domain, scene_id, spec_rng if attempt == 0 else
+                                         np.random.default_rng([cfg.seed, 1_000_003, DOMAINS.index(domain), s]),
+                                         rng, tile), types, rng)
+            after, changes = apply_changes(before, types, rng)
+            if any(c.type == primary for c in changes):
+                break
+        else:  # pragma: no cover - the scene builder always makes room for the primary type
+            raise RuntimeError(f"pair {index}: could not apply a {primary} change")
+        img_b, boxes_b = self.draw(before)
+        img_a, boxes_a = self.draw(after)
+        changes = describe(before, after, changes)
+        semantic = [c for c in changes if c.type not in DISTRACTORS]
+        captions = write_captions(semantic or changes, domain, rng, cfg.references)
+        pid = f"s{cfg.seed}-{index:06d}"
+        regions = []
+        for c in changes:
+            regions.append({"type": c.type, "before": _union(boxes_b, c.before_uids),
+                            "after": _union(boxes_a, c.after_uids)})
+        record = {
+            "id": pid, "before": f"images/{pid}_before.png", "after": f"images/{pid}_after.png",
+            "captions": captions,
+            "change_types": [t for t in TYPE_IDS if any(c.type == t for c in changes)],
+            "domain": domain, "scene": scene_id, "regions": regions,
+        }
+        return split, record, img_b, img_a
+
+
+def _union(boxes, uids):
+    bs = [boxes[u] for u in uids if u in boxes]
+    if not bs:
+        return None
+    return [min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs)]
+
+
+def make_ref(scene: Scene, uid: int, exclude: set[int]) -> Ref:
+    objs = scene.by_uid()
+    o = objs[uid]
+    domain = scene.domain
+    if o.group >= 0:  # a counting group is referred to by where its members stand together
+        members = [p for p in scene.objects if p.group == o.group]
+        a = sum(ground_coords(scene, p)[0] for p in members) / len(members)
+        b = sum(ground_coords(scene, p)[1] for p in members) / len(members)
+    else:
+        a, b = ground_coords(scene, o)
+    h, v = cell(domain, a, b)
+    neighbor = None
+    best = 0.75
+    for p in scene.objects:
+        if p.uid == o.uid or p.uid in exclude or p.group >= 0:
+            continue
+        pa, pb = ground_coords(scene, p)
+        d = float(np.hypot(a - pa, b - pb))
+        if d < best:
+            best = d
+            neighbor = (p.kind, p.color, relation(domain, a - pa, b - pb))
+    return Ref(o.kind, o.color, o.size, h, v, neighbor, text=o.text, pose=o.pose, direction=o.direction)
+
+
+def describe(before: Scene, after: Scene, changes: list[Change]) -> list[Change]:
+    """Attach what an annotator sees of each changed object in each image."""
+    exclude = {u for c in changes for u in (*c.before_uids, *c.after_uids, c.subject, c.result)}
+    out = []
+    for c in changes:
+        rb = make_ref(before, c.subject, exclude) if c.subject >= 0 else None
+        ra = make_ref(after, c.result, exclude) if c.result >= 0 and c.result in after.by_uid() else None
+        out.append(replace(c, ref_before=rb, ref_after=ra))
+    return out
+
+
+def _work(args):
+    worker, index = args
+    split, record, img_b, img_a = worker.make(index)
+    images = worker.out / "images"
+    img_b.save(images / f"{record['id']}_before.png", optimize=False, compress_level=6)
+    img_a.save(images / f"{record['id']}_after.png", optimize=False, compress_level=6)
+    return split, record
+
+
+_WORKER = None  # set only inside pool processes, by _init_pool (the process is the owner)
+
+
+def _init_pool(cfg: SynthConfig, out: str):
+    global _WORKER
+    _WORKER = Worker(cfg, Path(out))
+
+
+def _work_in_pool(index: int):
+    return _work((_WORKER, index))
+
+
+def generate(cfg: SynthConfig, out, workers: int = 1, progress: bool = True) -> dict[str, int]:
+    """Write ``out/{train,val,test}.json`` and ``out/images/``; returns pairs per split."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    bar = tqdm(total=cfg.pairs, desc="synth", unit="pair", disable=not progress)
+    if workers <= 1:
+        worker = Worker(cfg, out)
+        results = (_work((worker, i)) for i in range(cfg.pairs))
+        for split, rec in results:
+            records[split].append(rec)
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers, initializer=_init_pool, initargs=(cfg, str(out))) as pool:
+            for split, rec in pool.imap(_work_in_pool, range(cfg.pairs), chunksize=16):
+                records[split].append(rec)
+                bar.update()
+    bar.close()
+    from m3diff.data.layout import dumps_records
+
+    for split, recs in records.items():
+        (out / f"{split}.json").write_text(dumps_records(recs), encoding="utf-8")
+    (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return {s: len(r) for s, r in records.items()}
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
