@@ -59,5 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m m3diff.cli: run the imported module so CLIError is one class
+    from m3diff.cli import main as _main
+
+    sys.exit(_main())

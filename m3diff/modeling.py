@@ -89,6 +89,7 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
         output_mdp_trace: bool = False,
         **kwargs,
     ) -> M3DiffImageFeatures:
+        kwargs.pop("return_dict", None)
         if self.mdp is None:
             out = super().get_image_features(
                 pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
@@ -108,7 +109,6 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             )
         if pixel_values.dim() == 5:  # [2B, patches, 3, H, W]: multi-image inputs carry one crop each
             pixel_values = pixel_values[:, 0]
-        kwargs.pop("return_dict", None)
         vision = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         hidden = [vision.hidden_states[i] for i in self.config.mdp_layers]  # L × [2B, N, d]
         before = [h[0::2] for h in hidden]  # L × [B, N, d]
@@ -174,7 +174,19 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
 
 
 def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` know ``model_type="m3diff"``."""
+    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` know ``model_type="m3diff"``.
+
+    Also give ``m3diff`` LLaVA-OneVision's checkpoint key renaming: released LLaVA-OneVision
+    checkpoints (and transformers' own saves of them) use the legacy ``language_model.model.*`` layout.
+    """
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+
+    register_checkpoint_conversion_mapping(
+        "m3diff", get_checkpoint_conversion_mapping("llava_onevision"), overwrite=True
+    )
     AutoConfig.register("m3diff", M3DiffConfig, exist_ok=True)
     AutoModel.register(M3DiffConfig, M3DiffModel, exist_ok=True)
     AutoModelForImageTextToText.register(M3DiffConfig, M3DiffForConditionalGeneration, exist_ok=True)

@@ -1,0 +1,6 @@
+"""`python -m m3diff …` is the `m3diff` command."""
+import sys
+
+from m3diff.cli import main
+
+sys.exit(main())

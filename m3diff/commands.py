@@ -1,0 +1,111 @@
+"""The model's own commands: `m3diff describe`, `m3diff info`, `m3diff app`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "describe", help="describe what changed between two images",
+        description="Caption the differences between BEFORE and AFTER, with the per-layer MDP Score weights.",
+    )
+    p.add_argument("before", help="the before image (any format PIL reads)")
+    p.add_argument("after", help="the after image")
+    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"),
+                   help="model directory or hub id (default: $M3DIFF_MODEL, else the embedded model)")
+    p.add_argument("--json", action="store_true", help="print JSON: caption, layer_scores, seconds")
+    p.add_argument("--maps", action="store_true", help="with --json, include the per-layer difference maps")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="caption length limit in tokens (default 96)")
+    p.add_argument("--instruction", default=None, help="replace the default instruction of the prompt")
+    p.set_defaults(handler=_describe)
+
+    p = sub.add_parser(
+        "info", help="parameter counts of a preset or a model",
+        description="Print parameter counts (total, vision, projector, language_model, mdp). "
+        "Presets are built on the meta device, so even the 7B needs no memory.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a named config: m3diff-7b, tiny")
+    src.add_argument("--model", help="model directory or hub id (default: the embedded model)")
+    p.add_argument("--no-mdp", action="store_true", help="count the model with use_mdp=False (the baseline)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_info)
+
+    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
+    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(handler=_app)
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from m3diff.cli import CLIError
+    from m3diff.images import ImageError
+    from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
+
+    try:
+        captioner = DiffCaptioner.from_pretrained(args.model)
+        d = captioner.describe(args.before, args.after, instruction=args.instruction,
+                               settings=GenerationSettings(max_new_tokens=args.max_new_tokens))
+    except (ImageError, ModelLoadError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        out = d.to_json(with_maps=args.maps)
+        out["model"] = captioner.source
+        print(json.dumps(out, indent=2))
+        return 0
+    print(d.caption)
+    if d.layer_scores:
+        print("MDP Score per vision layer: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items()))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    from m3diff.cli import CLIError
+    from m3diff.config import preset
+    from m3diff.modeling import M3DiffForConditionalGeneration
+    from m3diff.pipeline import DiffCaptioner, ModelLoadError
+
+    if args.preset:
+        try:
+            config = preset(args.preset, **({"use_mdp": False} if args.no_mdp else {}))
+        except KeyError as exc:
+            raise CLIError(exc.args[0]) from None
+        with torch.device("meta"):
+            model = M3DiffForConditionalGeneration(config)
+        name = args.preset
+    else:
+        try:
+            captioner = DiffCaptioner.from_pretrained(args.model)
+        except ModelLoadError as exc:
+            raise CLIError(str(exc)) from None
+        model, name = captioner.model, captioner.source
+    counts = model.num_parameters_by_part()
+    c = model.config
+    info = dict(counts, name=name, use_mdp=c.use_mdp, mdp_layers=list(c.mdp_layers) if c.use_mdp else [],
+                mdp_depth=c.mdp_depth, image_size=c.vision_config.image_size,
+                tokens_per_image=c.num_image_tokens)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{name}: {counts['total']:,} parameters")
+    for part in ("vision", "mdp", "projector", "language_model"):
+        print(f"  {part:<15} {counts[part]:>15,}  {100 * counts[part] / counts['total']:5.1f}%")
+    if c.use_mdp:
+        print(f"  MDP on vision layers {list(c.mdp_layers)}, depth {c.mdp_depth}")
+    print(f"  {c.vision_config.image_size}px images, {c.num_image_tokens} tokens each")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from m3diff.cli import CLIError
+
+    try:
+        from m3diff.app_launch import launch
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
+    return launch(model=args.model, host=args.host, port=args.port)

@@ -1,0 +1,109 @@
+"""DiffCaptioner: loading, describe, batches, streaming; plain CPU data out."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
+
+SHORT = GenerationSettings(max_new_tokens=8)
+
+
+@pytest.fixture
+def captioner(make_model, processor):
+    return DiffCaptioner(make_model(seed=1), processor, source="test")
+
+
+def test_describe_returns_caption_scores_and_maps_as_plain_data(captioner, pair, tiny_config):
+    d = captioner.describe(*pair, settings=SHORT)
+    assert isinstance(d.caption, str)
+    assert list(d.layer_scores) == tiny_config.mdp_layers
+    assert all(isinstance(v, float) and 0 < v < 1 for v in d.layer_scores.values())
+    g = tiny_config.patch_grid
+    for layer in tiny_config.mdp_layers:
+        assert isinstance(d.trace["delta_norm"][layer], np.ndarray) and d.trace["delta_norm"][layer].shape == (g, g)
+        assert d.trace["attn_eq5"][layer].shape == (2, g, g)
+    json.dumps(d.to_json(with_maps=True))  # serialisable as is
+
+
+def test_batch_equals_one_by_one(captioner, pair):
+    other = (pair[1], pair[0])
+    batch = captioner.describe_batch([pair, other], settings=SHORT)
+    singles = [captioner.describe(*p, settings=SHORT) for p in (pair, other)]
+    assert [d.caption for d in batch] == [d.caption for d in singles]
+    for a, b in zip(batch, singles):
+        assert a.layer_scores == pytest.approx(b.layer_scores, abs=1e-5)
+
+
+def test_stream_grows_and_ends_with_the_full_caption(captioner, pair):
+    parts = list(captioner.describe_stream(*pair, settings=SHORT))
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+    assert parts[-1].caption == captioner.describe(*pair, settings=SHORT).caption
+    assert parts[0].layer_scores == parts[-1].layer_scores  # the trace is there from the first token
+
+
+def test_no_mdp_model_has_no_trace(make_model, processor, pair):
+    d = DiffCaptioner(make_model(use_mdp=False), processor).describe(*pair, settings=SHORT)
+    assert d.layer_scores == {} and d.trace is None
+
+
+def test_save_and_load_from_a_directory(captioner, pair, tmp_path):
+    captioner.save_pretrained(tmp_path)
+    loaded = DiffCaptioner.from_pretrained(tmp_path)
+    assert loaded.describe(*pair, settings=SHORT).caption == captioner.describe(*pair, settings=SHORT).caption
+
+
+def test_untrained_fallback_says_so_loudly():
+    with pytest.warns(UserWarning, match="RANDOM"):
+        c = DiffCaptioner.untrained()
+    assert not c.trained and c.source == "untrained-tiny"
+
+
+def test_untrained_fallback_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    with pytest.warns(UserWarning):
+        DiffCaptioner.untrained()
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_load_errors_are_clear(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        DiffCaptioner.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="hub did not answer|not a local directory"):
+        DiffCaptioner.from_pretrained("nobody/no-such-model-xyz")
+
+
+def test_large_models_are_refused_on_cpu(tmp_path):
+    from m3diff.config import preset
+
+    preset("m3diff-7b").save_pretrained(tmp_path)  # config only: the check runs before any weight loads
+    with pytest.raises(ModelLoadError, match="GPU"):
+        DiffCaptioner.from_pretrained(tmp_path, device="cpu")
+
+
+def test_cli_describe_json(captioner, pair, tmp_path):
+    captioner.save_pretrained(tmp_path / "model")
+    pair[0].save(tmp_path / "a.png")
+    pair[1].save(tmp_path / "b.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "m3diff.cli", "describe", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+         "--model", str(tmp_path / "model"), "--json", "--max-new-tokens", "8"],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert isinstance(out["caption"], str) and set(out["layer_scores"]) == {"2", "3", "4"}
+
+
+def test_cli_describe_bad_image_is_one_line_exit_2(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    run = subprocess.run([sys.executable, "-m", "m3diff.cli", "describe", str(tmp_path / "a.png"),
+                          str(tmp_path / "a.png"), "--model", "embedded"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "not an image" in run.stderr and "Traceback" not in run.stderr
