@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "m3diff.data.cli",   # synth, data stats, data mix
     "analysis.cli",      # predict, eval, doctor
     "training.cli",      # train
-    "spaces.cli",        # space build
+    "m3diff.hosting",    # space build (spaces/ is a plain folder: a package there would shadow HF's `spaces`)
 )
 
 

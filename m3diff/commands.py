@@ -105,7 +105,7 @@ def _app(args: argparse.Namespace) -> int:
     from m3diff.cli import CLIError
 
     try:
-        from m3diff.app_launch import launch
+        import app
     except ModuleNotFoundError as exc:
         raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
-    return launch(model=args.model, host=args.host, port=args.port)
+    return app.main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)])
