@@ -29,7 +29,7 @@ _RENDER_PLACES = {
     ("right", "middle"): [("on", "the right side"), ("on", "the right"), ("at", "the right edge"), ("in", "the right part of the scene")],
     ("middle", "middle"): [("in", "the middle"), ("in", "the center"), ("in", "the middle of the scene"), ("near", "the center of the floor")],
     ("middle", "back"): [("at", "the back"), ("in", "the background"), ("near", "the back"), ("at", "the far end of the floor")],
-    ("middle", "front"): [("at", "the front"), ("in", "the foreground"), ("in", "the front area"), ("near", "the viewer")],
+    ("middle", "front"): [("at", "the front"), ("in", "the foreground"), ("in", "the front area"), ("in", "the front center")],
     ("left", "back"): [("in", "the back left corner"), ("at", "the far left"), ("in", "the rear left area"), ("at", "the back on the left")],
     ("right", "back"): [("in", "the back right corner"), ("at", "the far right"), ("in", "the rear right area"), ("at", "the back on the right")],
     ("left", "front"): [("in", "the front left corner"), ("at", "the front on the left"), ("in", "the near left area"), ("in", "the lower left")],
@@ -194,6 +194,9 @@ class Writer:
             f"{P}{near}, {Y} has appeared",
             f"in the second image {Y} shows up {P}{near}",
             f"{Y} was put {P}{near}",
+            f"{Y} popped up {P}{near}",
+            f"an additional {self.attrs(y)} was introduced {P}{near}",
+            f"{Y} now sits {P}{near}, which was empty before",
         ))
 
     def s_disappearance(self, ch) -> str:
@@ -206,6 +209,9 @@ class Writer:
             f"{X} has vanished from the scene",
             f"{X} is missing in the second image",
             f"there is no longer anything where {X} used to be",
+            f"{X} was deleted",
+            f"{X} can no longer be seen",
+            f"{X} is absent from the second image",
         ))
 
     def s_removal(self, ch) -> str:
@@ -221,6 +227,9 @@ class Writer:
             f"{core} was relocated to {dst}; it used to be {sp} {src}",
             f"{core} has shifted position, from {src} to {dst}",
             f"{core} no longer stands {sp} {src} but {dp} {dst}",
+            f"{core} was carried from {src} to {dst}",
+            f"{core} slid from {src} over to {dst}",
+            f"{core} changed its location and is now {dp} {dst} rather than {sp} {src}",
         ))
 
     def s_substitution(self, ch) -> str:
@@ -233,6 +242,9 @@ class Writer:
             f"{X} turned into {Y}",
             f"{X} was exchanged with {Y}",
             f"{X} is gone and {Y} has taken its place",
+            f"{X} gave way to {Y}",
+            f"{X} was traded for {Y}",
+            f"instead of {X} we now see {Y}",
         ))
 
     def s_size(self, ch) -> str:
@@ -247,6 +259,9 @@ class Writer:
             f"{X} appears {comp} than before",
             f"the size of {X} {'increased' if grew else 'decreased'}",
             f"{X} has been {'enlarged' if grew else 'reduced in size'}",
+            f"{X} {'expanded' if grew else 'shrunk down'} noticeably",
+            f"{X} is clearly {comp} in the second image",
+            f"{X} {'doubled in size' if grew else 'lost about half of its size'}",
         ))
 
     def s_color(self, ch) -> str:
@@ -264,6 +279,9 @@ class Writer:
             f"{X} turned {c2}",
             f"{X} is {c2} in the second image instead of {c1}",
             f"{X} was recolored {c2}",
+            f"{X} switched its color from {c1} to {c2}",
+            f"{X} now appears {c2} rather than {c1}",
+            f"the hue of {X} is different: it was {c1} and is now {c2}",
         ))
 
     def _dir(self, d: str) -> str:
@@ -281,6 +299,8 @@ class Writer:
             f"{X}, which pointed {self._dir(d1)}, now faces {self._dir(d2)}",
             f"the direction of {X} changed: it points {self._dir(d2)} now",
             f"{X} has been {turn}, so it now faces {self._dir(d2)}",
+            f"{X} was spun around and is aimed {self._dir(d2)}",
+            f"{X} changed its heading from {self._dir(d1)} to {self._dir(d2)}",
         ))
 
     def s_pose(self, ch) -> str:
@@ -294,6 +314,8 @@ class Writer:
             f"{X} changed pose and is now {p2}",
             f"{X} was {p1} and is {p2} in the second image",
             f"the pose of {X} is different: now {p2}",
+            f"{X} moved the limbs: instead of {p1} the figure is now {p2}",
+            f"{X} switched position from {p1} to {p2}",
         ))
 
     def s_ocr(self, ch) -> str:
@@ -307,6 +329,8 @@ class Writer:
             f"{X} used to say {t1} and now says {t2}",
             f"{X} shows {t2} where it showed {t1} before",
             f"the writing on {X} is different: {t1} became {t2}",
+            f"the label on {X} was rewritten from {t1} to {t2}",
+            f"{X} displays the word {t2} now, not {t1}",
         ))
 
     def s_counting(self, ch) -> str:
@@ -375,16 +399,36 @@ class Writer:
 OPENINGS = ("there are {n} differences between the two images", "{n} things changed",
             "the two images differ in {n} ways", "I can see {n} changes")
 CONNECTORS = ("also, ", "in addition, ", "furthermore, ", "besides that, ", "moreover, ", "on top of that, ",
-              "at the same time, ", "and ")
+              "at the same time, ", "and ", "additionally, ", "apart from that, ", "what is more, ", "next, ",
+              "meanwhile, ")
 LAST = ("finally, ", "lastly, ")
 CLOSINGS = ("nothing else changed", "everything else stays the same", "the rest of the scene is unchanged",
             "all other objects are where they were", "no other differences are visible",
-            "the other objects did not change")
+            "the other objects did not change", "apart from this the images are identical",
+            "otherwise the two pictures match exactly")
+FLOOR_WORDS = {"checker": ("checkered", "tiled"), "planks": ("wooden", "striped"), "grid": ("grid-lined", "lined"),
+               "plain": ("plain", "smooth")}
+PHOTO_WORDS = {"grass": "green grass", "gravel": "gray gravel", "brick": "a brick wall",
+               "moon": "the surface of the moon", "hubble_deep_field": "a starry night sky",
+               "cell": "cells under a microscope", "immunohistochemistry": "stained tissue",
+               "retina": "a retina scan"}
 
 
-def write_caption(changes, domain: str, rng: np.random.Generator) -> str:
+def context_phrase(w: Writer, backdrop: str) -> str:
+    """A lead-in naming what the background shows ("on the wooden floor, "), when it is knowable:
+    only the floor pattern, or photos that look alike in every tile."""
+    if w.domain == "render":
+        a = w.pick(FLOOR_WORDS[backdrop])
+        return w.pick((f"on the {a} floor, ", f"in this scene with {an(a)} {a} floor, "))
+    if backdrop in PHOTO_WORDS:
+        n = PHOTO_WORDS[backdrop]
+        return w.pick((f"in the picture of {n}, ", f"on top of {n}, ", f"in this photo of {n}, "))
+    return w.pick(("in this photo, ", "in the picture, ", "in the photograph, "))
+
+
+def write_caption(changes, domain: str, rng: np.random.Generator, backdrop: str = "") -> str:
     """One reference caption for a pair; ``changes`` already excludes distractors unless they are
-    the only changes."""
+    the only changes. ``backdrop`` is the floor pattern (render) or photo name (photo)."""
     w = Writer(domain, rng)
     order = list(changes)
     if len(order) > 1 and w.chance(0.5):
@@ -397,17 +441,19 @@ def write_caption(changes, domain: str, rng: np.random.Generator) -> str:
         s = w.sentence(ch)
         if i > 0 and w.chance(0.45):
             s = (w.pick(LAST) if i == len(order) - 1 and len(order) > 2 else w.pick(CONNECTORS)) + s
+        elif i == 0 and semantic and backdrop and w.chance(0.25):
+            s = context_phrase(w, backdrop) + s
         sents.append(s)
     if semantic and w.chance(0.35):
         sents.append(w.pick(CLOSINGS))
     return " ".join(cap(s) + "." for s in sents)
 
 
-def write_captions(changes, domain: str, rng: np.random.Generator, n: int = 3) -> list[str]:
+def write_captions(changes, domain: str, rng: np.random.Generator, n: int = 3, backdrop: str = "") -> list[str]:
     """``n`` references, phrased differently (retrying a few times for distinct strings)."""
     out: list[str] = []
     for _ in range(n * 4):
-        c = write_caption(changes, domain, rng)
+        c = write_caption(changes, domain, rng, backdrop)
         if c not in out:
             out.append(c)
         if len(out) == n:

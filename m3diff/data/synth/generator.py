@@ -122,7 +122,8 @@ class Worker:
         img_a, boxes_a = self.draw(after)
         changes = describe(before, after, changes)
         semantic = [c for c in changes if c.type not in DISTRACTORS]
-        captions = write_captions(semantic or changes, domain, rng, cfg.references)
+        captions = write_captions(semantic or changes, domain, rng, cfg.references,
+                                  backdrop=before.floor if domain == "render" else before.photo)
         pid = f"s{cfg.seed}-{index:06d}"
         regions = []
         for c in changes:

@@ -51,6 +51,14 @@ SIGN_WORDS = (
     "GARAGE", "FARM", "RADIO", "PHOTO", "MUSIC", "DINER", "KIOSK", "FLOWERS", "CANDY", "ICE", "SOAP",
     "LAMPS", "TOOLS", "WATER", "EAST", "WEST", "NORTH", "SOUTH", "HELLO", "WELCOME", "SORRY", "FREE",
     "NEW", "OLD", "HOT", "COLD", "LEFT", "RIGHT", "UP", "DOWN", "YES", "NO", "PUSH", "PULL",
+    "BIKES", "BOATS", "CARS", "RENT", "HOSTEL", "MOTEL", "TICKETS", "TRAIN", "METRO", "TRAM", "PORT",
+    "BEACH", "POOL", "SAUNA", "CHURCH", "CASTLE", "TOWER", "BRIDGE", "RIVER", "LAKE", "HILL", "FOREST",
+    "GARDEN", "PLAZA", "MALL", "OFFICE", "STUDIO", "GALLERY", "THEATER", "OPERA", "CIRCUS", "ARCADE",
+    "CASINO", "LOTTERY", "PHARMACY", "CLINIC", "DENTIST", "DOCTOR", "NURSE", "VET", "PETS", "DOGS",
+    "CATS", "BIRDS", "SEEDS", "PLANTS", "TREES", "CORN", "RICE", "SOUP", "SALAD", "BURGER", "TACOS",
+    "NOODLES", "COOKIES", "CAKE", "HONEY", "JAM", "CHEESE", "BUTTER", "EGGS", "MEAT", "GRILL", "JUICE",
+    "COFFEE", "COCOA", "LEMON", "APPLE", "MANGO", "PEACH", "PLUM", "GRAPES", "MELON", "BERRY", "SALT",
+    "SUGAR", "OIL", "PAINT", "GLASS", "WOOD", "STONE", "STEEL", "GOLD", "SILVER", "RUBY", "PEARL",
 )
 
 # Floors of the render domain: muted, so the saturated objects stand out.

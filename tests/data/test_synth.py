@@ -1,0 +1,135 @@
+"""The generator: deterministic, split by scene, every type in every split, and every change
+really in the pixels."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.data.readers import read_dataset
+from m3diff.data.stats import compute_stats, words
+from m3diff.data.synth.generator import SynthConfig, Worker, generate, split_position
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    counts = generate(SynthConfig(seed=3, pairs=130, size=64), root, workers=1, progress=False)
+    return root, counts
+
+
+def test_same_seed_same_bytes_for_any_worker_count(small_set, tmp_path):
+    root, _ = small_set
+    generate(SynthConfig(seed=3, pairs=130, size=64), tmp_path / "b", workers=2, progress=False)
+    assert _digest(root) == _digest(tmp_path / "b")
+    generate(SynthConfig(seed=4, pairs=20, size=64), tmp_path / "c", workers=1, progress=False)
+    first = json.loads((tmp_path / "c" / "train.json").read_text())[0]
+    assert first["captions"] != json.loads((root / "train.json").read_text())[0]["captions"]
+
+
+def test_splits_8_1_1_share_no_scene_and_hold_every_type(small_set):
+    root, counts = small_set
+    assert counts == {"train": 104, "val": 13, "test": 13}
+    ds = read_dataset(root)
+    scenes = {s: {p.scene for p in ds.pairs if p.split == s} for s in ("train", "val", "test")}
+    assert not scenes["train"] & scenes["val"] and not scenes["train"] & scenes["test"]
+    assert not scenes["val"] & scenes["test"]
+    for s in ("train", "val", "test"):
+        present = {t for p in ds.pairs if p.split == s for t in p.change_types}
+        assert present == set(TYPE_IDS), (s, set(TYPE_IDS) - present)
+        assert {p.domain for p in ds.pairs if p.split == s} == {"render", "photo"}
+
+
+def test_records_images_and_captions(small_set):
+    root, _ = small_set
+    ds = read_dataset(root)  # validates every record and that every image exists
+    for p in ds.pairs:
+        assert len(p.captions) >= 3 and len(set(p.captions)) >= 2, p.captions
+        assert 1 <= len(p.change_types) <= 4
+        assert Image.open(p.before).size == (64, 64)
+        assert [r["type"] for r in p.extra["regions"]] and set(p.change_types) == {r["type"] for r in p.extra["regions"]}
+    multi = [len(words(c)) for p in ds.pairs for c in p.captions
+             if len([t for t in p.change_types if t not in DISTRACTORS]) > 1]
+    assert 40 <= sum(multi) / len(multi) <= 70
+
+
+def _single(worker: Worker, ctype: str, domain: str, limit: int = 3000):
+    for index in range(limit):
+        split, k = split_position(index)
+        if TYPE_IDS[k % 12] != ctype or ("render", "photo")[(k // 12) % 2] != domain:
+            continue
+        _, rec, before, after = worker.make(index)
+        if rec["change_types"] == [ctype]:
+            return rec, np.asarray(before, np.int16), np.asarray(after, np.int16)
+    raise AssertionError(f"no single {ctype} pair")
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return Worker(SynthConfig(seed=11, pairs=1, size=96), None)
+
+
+@pytest.mark.parametrize("domain", ["render", "photo"])
+@pytest.mark.parametrize("ctype", [t for t in TYPE_IDS if t not in DISTRACTORS])
+def test_semantic_change_is_inside_its_region_and_only_there(worker, ctype, domain):
+    rec, b, a = _single(worker, ctype, domain)
+    (region,) = rec["regions"]
+    boxes = [region[k] for k in ("before", "after") if region[k]]
+    assert boxes
+    diff = np.abs(b - a).max(-1)
+    inside = np.zeros(diff.shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    assert diff[~inside].max(initial=0) == 0, f"{ctype}: pixels changed outside the changed region"
+    assert (diff[inside] > 30).sum() >= 6, f"{ctype}: the region does not visibly change"
+
+
+@pytest.mark.parametrize("domain", ["render", "photo"])
+def test_viewpoint_moves_the_whole_image(worker, domain):
+    rec, b, a = _single(worker, "viewpoint", domain)
+    assert (np.abs(b - a).max(-1) > 12).mean() > 0.2
+    assert abs(b.mean() - a.mean()) < 25  # the same scene, not a relit one
+    assert any(w in rec["captions"][0].lower() for w in ("camera", "view", "angle", "zoom", "crop", "framing"))
+
+
+@pytest.mark.parametrize("domain", ["render", "photo"])
+def test_illumination_changes_brightness_everywhere(worker, domain):
+    rec, b, a = _single(worker, "illumination", domain)
+    assert abs(b.mean() - a.mean()) > 12
+    assert (np.abs(b - a).max(-1) > 0).mean() > 0.8
+    darker = "darker" in " ".join(rec["captions"])
+    assert darker == (a.mean() < b.mean())
+
+
+def test_captions_name_what_changed(worker):
+    rec, _, _ = _single(worker, "ocr", "render")
+    objs = rec["captions"][0]
+    assert sum(w.isupper() and len(w) > 1 for w in objs.replace(".", " ").split()) >= 2  # old and new text
+    rec, _, _ = _single(worker, "counting", "photo")
+    assert any(n in rec["captions"][0] for n in ("two", "three", "four", "five"))
+
+
+def test_size_is_validated():
+    with pytest.raises(ValueError, match="between 64 and 512"):
+        SynthConfig(size=32)
+
+
+def test_stats_of_a_generated_set(small_set):
+    root, _ = small_set
+    st = compute_stats(read_dataset(root).pairs)
+    assert st["pairs"] == 130 and st["captions"] == 390
+    assert set(st["per_type"]) == set(TYPE_IDS)
+    assert 1.5 < st["sentences_per_caption"] < 4
