@@ -107,3 +107,10 @@ def test_cli_describe_bad_image_is_one_line_exit_2(tmp_path):
                           str(tmp_path / "a.png"), "--model", "embedded"], capture_output=True, text=True)
     assert run.returncode == 2
     assert "not an image" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_public_api_is_lazy():
+    code = "import sys, m3diff; assert 'torch' not in sys.modules; print(m3diff.DiffCaptioner.__name__)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "DiffCaptioner"
