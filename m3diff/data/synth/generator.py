@@ -184,8 +184,9 @@ def _work(args):
     worker, index = args
     split, record, img_b, img_a = worker.make(index)
     images = worker.out / "images"
-    img_b.save(images / f"{record['id']}_before.png", optimize=False, compress_level=6)
-    img_a.save(images / f"{record['id']}_after.png", optimize=False, compress_level=6)
+    # zlib level 1: a third of level 6's time for files ~20% larger; PNG stays lossless either way.
+    img_b.save(images / f"{record['id']}_before.png", compress_level=1)
+    img_a.save(images / f"{record['id']}_after.png", compress_level=1)
     return split, record
 
 

@@ -184,23 +184,27 @@ def _shadow(P: np.ndarray, L: np.ndarray) -> np.ndarray:
 
 
 def _hull(pts: np.ndarray) -> list[tuple[float, float]]:
-    pts = sorted(set(map(tuple, np.round(pts, 2).tolist())))
+    """Convex hull (monotone chain) of [N, 2] points; duplicates are dropped first with numpy,
+    because a mesh repeats each vertex in up to four faces."""
+    q = np.round(pts, 1)
+    q = q[np.lexsort((q[:, 1], q[:, 0]))]
+    keep = np.ones(len(q), bool)
+    keep[1:] = np.any(q[1:] != q[:-1], axis=1)
+    pts = q[keep].tolist()
     if len(pts) < 3:
-        return pts
+        return [tuple(p) for p in pts]
 
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    def half(seq):
+        out = []
+        for p in seq:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out
 
-    lower, upper = [], []
-    for p in pts:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    for p in reversed(pts):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return lower[:-1] + upper[:-1]
+    lower, upper = half(pts), half(reversed(pts))
+    return [tuple(p) for p in lower[:-1] + upper[:-1]]
 
 
 def _shade(colour, n, L) -> tuple[int, int, int]:

@@ -135,7 +135,7 @@ def footprint(o: Obj, domain: str) -> float:
     else:
         table = {"circle": (0.062, 0.095), "square": (0.062, 0.095), "triangle": (0.066, 0.1),
                  "star": (0.066, 0.1), "diamond": (0.062, 0.095), "hexagon": (0.062, 0.095),
-                 "arrow": (0.085, 0.11), "figure": (0.11, 0.11), "sign": (0.14, 0.14)}
+                 "arrow": (0.085, 0.11), "figure": (0.13, 0.13), "sign": (0.14, 0.14)}
     if o.kind not in table:
         raise ValueError(f"unknown object kind {o.kind!r} in the {domain} domain")
     return table[o.kind][big]
