@@ -114,3 +114,19 @@ def test_public_api_is_lazy():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "DiffCaptioner"
+
+
+def test_plain_llava_onevision_directory_loads_with_fresh_mdp(make_model, processor, pair, tmp_path, caplog):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    base = make_model(use_mdp=False)
+    fields = {k: v for k, v in base.config.to_dict().items() if not k.startswith("mdp_") and k not in ("use_mdp", "model_type")}
+    plain = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**fields))
+    plain.load_state_dict(base.state_dict())
+    plain.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        captioner = DiffCaptioner.from_pretrained(tmp_path)
+    assert captioner.uses_mdp
+    assert "initialised fresh" in caplog.text
+    assert set(captioner.describe(*pair, settings=SHORT).layer_scores) == set(captioner.model.config.mdp_layers)
