@@ -1,0 +1,250 @@
+"""Scores per change type, domain and source dataset, with n, bootstrap intervals and per-pair scores.
+
+Conventions (docs/analysis.md explains them for users):
+
+- Every slice is re-scored as its own corpus, as the change-captioning literature does
+  (RobustChangeCaptioning's ``score_generation_by_type``): BLEU is corpus-level over the slice, CIDEr-D's
+  document frequencies come from the slice's references, METEOR is the jar's aggregate over the slice.
+  A pair with several change types is in each of their slices.
+- ``macro`` is the unweighted mean of the per-type scores over the types that occur (n >= 1);
+  ``micro`` is the pooled score: every pair that has at least one type, each once, scored as one corpus
+  (equal to ``overall`` when every pair is typed).
+- Intervals: percentile bootstrap over the slice's pairs (``bootstrap`` resamples, default 1000), with
+  every resample re-scored as a corpus, document frequencies included (``analysis.resample``).
+  The resampling of a slice is seeded by (seed, slice), so two runs scored on the same pairs share
+  their resamples and their difference gets a paired interval (``compare``).
+- Per-pair scores, for sorting and browsing errors only: CIDEr-D with the document frequencies of the
+  whole evaluated set, pycocoevalcap's smoothed sentence BLEU, the jar's segment METEOR, ROUGE-L.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from analysis import resample
+from analysis.metrics import METRICS, CaptionScorer, PreparedCorpus
+from m3diff.change_types import TYPE_IDS
+from m3diff.data.record import DiffPair
+
+PAIR_METRICS = ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "SPICE")
+
+
+@dataclass(frozen=True)
+class BreakdownConfig:
+    bootstrap: int = 1000  # resamples per slice; 0 turns intervals off
+    confidence: float = 0.95
+    seed: int = 0
+    worst_k: int = 10
+    min_n_for_ci: int = 2  # a slice of one pair has no spread to resample
+
+
+@dataclass
+class SliceResult:
+    kind: str  # "overall" | "micro" | "type" | "domain" | "source"
+    name: str
+    n: int
+    scores: dict[str, float | None]  # x100
+    ci: dict[str, tuple[float, float] | None]  # x100, (low, high)
+    worst: list[str]  # ids of the worst pairs (per-pair CIDEr-D, then BLEU-4)
+    ids: list[str] = field(repr=False, default_factory=list)
+    draws: dict[str, np.ndarray] | None = field(repr=False, default=None)  # bootstrap draws, x100
+
+    def to_json(self) -> dict:
+        return {"n": self.n, **{k: _r(v) for k, v in self.scores.items()},
+                "ci": {k: (None if v is None else [_r(v[0]), _r(v[1])]) for k, v in self.ci.items()},
+                "worst": self.worst}
+
+
+@dataclass
+class PairScore:
+    id: str
+    caption: str
+    refs: list[str]
+    types: list[str]
+    domain: str
+    source: str
+    scores: dict[str, float | None]  # x100
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "caption": self.caption, "refs": self.refs, "types": self.types,
+                "domain": self.domain, "source": self.source, **{k: _r(v) for k, v in self.scores.items()}}
+
+
+@dataclass
+class Breakdown:
+    overall: SliceResult
+    micro: SliceResult | None
+    per_type: dict[str, SliceResult]
+    per_domain: dict[str, SliceResult]
+    per_source: dict[str, SliceResult]
+    macro: dict[str, float | None]
+    macro_types: list[str]  # the types the macro mean is over
+    absent_types: list[str]  # of the 12, those with no pair here
+    pairs: list[PairScore]
+    config: BreakdownConfig
+
+    def slices(self):
+        yield ("overall", "overall"), self.overall
+        for kind, table in (("type", self.per_type), ("domain", self.per_domain), ("source", self.per_source)):
+            for name, s in table.items():
+                yield (kind, name), s
+
+
+def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair], hyps_raw: list[str] | None = None,
+            config: BreakdownConfig | None = None, progress=None) -> Breakdown:
+    """Score the whole set and every slice. ``pairs`` are in the corpus's order."""
+    config = config or BreakdownConfig()
+    if [p.id for p in pairs] != corpus.ids:
+        raise ValueError("pairs and corpus must list the same ids in the same order")
+    hyps_raw = hyps_raw if hyps_raw is not None else corpus.hyps
+    n = len(corpus)
+    _, cider_all = scorer.cider(corpus)
+    per_pair = {
+        "CIDEr-D": 100.0 * cider_all,
+        "BLEU-4": 100.0 * corpus.sentence_bleu[:, 3],
+        "METEOR": None,
+        "ROUGE-L": 100.0 * corpus.rouge,
+        "SPICE": None if corpus.spice is None else 100.0 * corpus.spice,
+    }
+    order = np.lexsort((np.array(corpus.ids), per_pair["BLEU-4"], per_pair["CIDEr-D"]))  # worst first
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    sampler = _Sampler(corpus, config)
+
+    def run(kind: str, name: str, idx) -> SliceResult:
+        idx = np.asarray(sorted(idx), dtype=int)
+        if kind != "overall" and len(idx) == n:  # e.g. the only domain: the same corpus, scored once
+            return replace(overall, kind=kind, name=name)
+        # METEOR comes last (below): the JVM may still be scoring pairs while these run
+        scores = scorer.score(corpus, idx, meteor=False)
+        draws = sampler.draws(kind, name, idx)
+        worst = [corpus.ids[i] for i in idx[np.argsort(rank[idx], kind="stable")][: config.worst_k]]
+        if progress is not None:
+            progress(kind, name)
+        return SliceResult(kind, name, len(idx), scores, {}, worst, [corpus.ids[i] for i in idx], draws)
+
+    overall = None
+    overall = run("overall", "overall", range(n))
+    by_type = {t: [i for i, p in enumerate(pairs) if t in p.change_types] for t in TYPE_IDS}
+    per_type = {t: run("type", t, idx) for t, idx in by_type.items() if idx}
+    typed = [i for i, p in enumerate(pairs) if p.change_types]
+    micro = None
+    if typed:
+        micro = overall if len(typed) == n else run("micro", "micro", typed)
+    per_domain = {d: run("domain", d, idx) for d, idx in _groups(p.domain for p in pairs).items()}
+    per_source = {s: run("source", s, idx) for s, idx in _groups(p.source for p in pairs).items()}
+
+    corpus.finish()
+    done: set[int] = set()
+    for s in [overall, micro, *per_type.values(), *per_domain.values(), *per_source.values()]:
+        if s is None or id(s.scores) in done:  # replaced slices share their dicts with overall
+            continue
+        done.add(id(s.scores))
+        idx = corpus.index(s.ids)
+        s.scores["METEOR"] = scorer.meteor(corpus, idx)
+        if s.draws is not None and s.scores["METEOR"] is not None:
+            s.draws["METEOR"] = sampler.meteor_draws(s.kind, s.name, np.asarray(idx))
+        a = (1 - config.confidence) / 2 * 100
+        s.ci.update({m: None for m in METRICS})
+        for m, d in (s.draws or {}).items():
+            lo, hi = np.percentile(d, [a, 100 - a])
+            s.ci[m] = (float(lo), float(hi))
+    per_pair["METEOR"] = None if corpus.meteor is None else 100.0 * corpus.meteor
+
+    macro = {m: _mean([s.scores[m] for s in per_type.values()]) for m in METRICS}
+    pair_scores = [
+        PairScore(p.id, hyps_raw[i], list(p.captions), list(p.change_types), p.domain, p.source,
+                  {m: (None if per_pair[m] is None else float(per_pair[m][i])) for m in PAIR_METRICS})
+        for i, p in enumerate(pairs)
+    ]
+    return Breakdown(overall, micro, per_type, per_domain, per_source, macro, list(per_type),
+                     [t for t in TYPE_IDS if t not in per_type], pair_scores, config)
+
+
+def compare(runs: dict[str, Breakdown], base: str | None = None) -> dict:
+    """Each run's scores minus the base run's, per slice and metric, with a paired interval where the
+    two runs were scored on the same pairs (their resamples are then the same)."""
+    if not runs:
+        return {}
+    base = base or next(iter(runs))
+    ref = dict(runs[base].slices())
+    out: dict = {"base": base, "runs": {}}
+    for name, bd in runs.items():
+        if name == base:
+            continue
+        table = {}
+        for key, s in bd.slices():
+            b = ref.get(key)
+            if b is None:
+                continue
+            paired = s.draws is not None and b.draws is not None and s.ids == b.ids
+            entry = {"n": s.n, "n_base": b.n, "paired": paired}
+            for m in METRICS:
+                if s.scores[m] is None or b.scores[m] is None:
+                    entry[m] = None
+                    continue
+                d = {"delta": _r(s.scores[m] - b.scores[m])}
+                if paired and m in s.draws and m in b.draws:
+                    a = (1 - bd.config.confidence) / 2 * 100
+                    lo, hi = np.percentile(s.draws[m] - b.draws[m], [a, 100 - a])
+                    d["ci"] = [_r(lo), _r(hi)]
+                entry[m] = d
+            table[f"{key[0]}:{key[1]}"] = entry
+        out["runs"][name] = table
+    return out
+
+
+class _Sampler:
+    """Bootstrap draws for a slice: the same resamples for the same (seed, slice, n)."""
+
+    def __init__(self, corpus: PreparedCorpus, config: BreakdownConfig):
+        self.corpus, self.config = corpus, config
+        self._meteor = None
+
+    def weights(self, kind: str, name: str, n: int) -> np.ndarray | None:
+        b = self.config.bootstrap
+        if b <= 0 or n < self.config.min_n_for_ci:
+            return None
+        rng = np.random.default_rng([self.config.seed, zlib.crc32(f"{kind}/{name}/{n}".encode())])
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(float)  # [B, n] draw counts
+
+    def draws(self, kind: str, name: str, idx: np.ndarray) -> dict[str, np.ndarray] | None:
+        n = len(idx)
+        w = self.weights(kind, name, n)
+        if w is None:
+            return None
+        c = self.corpus
+        out = {}
+        bleu = 100.0 * resample.bleu(c.bleu_stats[idx], w)
+        for k in range(4):
+            out[f"BLEU-{k + 1}"] = bleu[:, k]
+        out["ROUGE-L"] = 100.0 * (w @ c.rouge[idx]) / n
+        out["CIDEr-D"] = 100.0 * c.cider_stats.subset(idx).corpus(w)
+        if c.spice is not None:
+            out["SPICE"] = 100.0 * (w @ c.spice[idx]) / n
+        return out
+
+    def meteor_draws(self, kind: str, name: str, idx: np.ndarray) -> np.ndarray:
+        if self._meteor is None:
+            self._meteor = resample.parse_meteor_stats(self.corpus.meteor_stats)
+        w = self.weights(kind, name, len(idx))  # the same resamples as the slice's other metrics
+        return 100.0 * resample.meteor(self._meteor[idx], w)
+
+
+def _groups(values) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        if v:
+            groups.setdefault(v, []).append(i)
+    return groups
+
+
+def _mean(vals):
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _r(v, nd: int = 4):
+    return None if v is None else round(float(v), nd)

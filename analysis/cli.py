@@ -1,0 +1,217 @@
+"""`m3diff predict`, `m3diff eval`, `m3diff doctor`. Only argparse/stdlib at import time."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="score predictions: COCO metrics overall, per change type, domain and source",
+        description="Score predictions against references with pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, "
+                    "SPICE when its jars are present), x100 like the papers. Every change type, domain and source "
+                    "dataset is re-scored as its own corpus, with n and bootstrap 95%% intervals. Writes report.json, "
+                    "scores.csv, table.tex (the paper's Table 3 layout) and report.html to --out.",
+        epilog="examples:\n  m3diff eval --pred runs/pred.json --refs data/synth --split test --out runs/eval\n"
+               "  m3diff eval --pred base=a.json --pred mdp=b.json --refs data/synth --split test   (deltas vs base)\n"
+               "  m3diff eval --pred results.json --refs captions_test.json   (COCO results + ground truth)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", action="append", required=True, metavar="[NAME=]FILE",
+                   help="predictions: [{id, caption}], COCO results [{image_id, caption}] or {id: caption}; "
+                        "repeat to compare runs (the first is the base)")
+    p.add_argument("--refs", required=True, metavar="PATH",
+                   help="references: a dataset folder or file in any layout m3diff reads, or a COCO caption "
+                        "ground-truth file {images, annotations}")
+    p.add_argument("--format", default=None, help="the references' dataset format (default: detected)")
+    p.add_argument("--split", default=None, help="the split to score (train, val, test)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, scores.csv, table.tex, report.html here")
+    p.add_argument("--json", action="store_true", help="print report.json's headline numbers as JSON instead of the table")
+    p.add_argument("--on-mismatch", choices=("error", "intersect"), default="error",
+                   help="ids in only one of predictions/references: stop (default) or score the ids in both")
+    p.add_argument("--on-empty", choices=("error", "score-as-empty"), default="error",
+                   help="empty captions: stop (default) or score empty predictions as empty strings")
+    p.add_argument("--on-duplicate", choices=("error", "first", "last"), default="error",
+                   help="an id predicted twice: stop (default) or keep its first/last caption")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples per slice for the 95%% intervals (0: no intervals; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--worst", type=int, default=10, metavar="K", help="worst pairs listed per slice (default 10)")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~10 s JVM start)")
+    p.add_argument("--model", default="", help="the model's name, recorded in the report's metadata")
+    p.set_defaults(handler=run_eval)
+
+    p = subparsers.add_parser(
+        "predict", help="caption every pair of a dataset split with a model (resumable)",
+        description="Describe every pair of a dataset split and write [{id, caption}] to --out. Resumable: ids "
+                    "already in --out are skipped; the file is rewritten atomically after every batch.")
+    p.add_argument("--data", required=True, metavar="PATH", help="a dataset folder or file (any layout m3diff reads)")
+    p.add_argument("--format", default=None, help="its format (default: detected)")
+    p.add_argument("--split", default="test", help="the split (default: test)")
+    p.add_argument("--out", required=True, metavar="PRED.json", help="the predictions file to write (or resume)")
+    p.add_argument("--model", default=None, help="a model directory or hub id (default: the embedded model)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
+    p.set_defaults(handler=run_predict)
+
+    p = subparsers.add_parser("doctor", help="say which metrics can run here (Java, METEOR, SPICE)",
+                              description="Check Java, the PTB tokenizer, METEOR and SPICE without downloading anything.")
+    p.add_argument("--run", action="store_true", help="also score one tiny example end to end")
+    p.set_defaults(handler=run_doctor)
+
+
+def _split_pred(spec: str) -> tuple[str, Path]:
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name, Path(path)
+    return Path(spec).stem, Path(spec)
+
+
+def run_eval(args) -> int:
+    import datetime
+    import json
+
+    from m3diff.cli import CLIError
+
+    from analysis.breakdown import BreakdownConfig, analyse
+    from analysis.inputs import InputError, align, load_predictions, load_references
+    from analysis.metrics import CaptionScorer, ScorerConfig, check_metrics
+    from analysis.report import build_report, text_table, write_all
+
+    specs = [_split_pred(s) for s in args.pred]
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise CLIError(f"two --pred runs share a name ({', '.join(names)}); name them NAME=FILE")
+    avail = check_metrics()
+    if not avail.java:
+        raise CLIError(avail.notes[0])
+    try:
+        pairs = load_references(args.refs, args.format, args.split)
+        if not pairs:
+            raise CLIError(f"{args.refs}: no pairs" + (f" in split {args.split!r}" if args.split else ""))
+        aligned = {}
+        for name, path in specs:
+            preds = load_predictions(path)
+            aligned[name] = (align(preds, pairs, args.on_mismatch, args.on_empty, args.on_duplicate), preds)
+    except InputError as exc:
+        raise CLIError(str(exc)) from None
+    for name, (al, _) in aligned.items():
+        for note in al.notes:
+            print(f"warning: {note}", file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    config = BreakdownConfig(bootstrap=max(0, args.bootstrap), seed=args.seed, worst_k=args.worst)
+    runs = {}
+    with CaptionScorer(ScorerConfig(meteor=not args.no_meteor), availability=avail) as scorer:
+        for name, (al, _) in aligned.items():
+            corpus = scorer.prepare(al.ids, al.hyps, [p.captions for p in al.pairs])
+            with tqdm(desc=f"scoring {name}", unit="slice", leave=False, disable=None) as bar:
+                runs[name] = analyse(scorer, corpus, al.pairs, al.hyps, config,
+                                     progress=lambda kind, n: bar.update(1))
+    first = aligned[names[0]][1]
+    meta = {"model": args.model or first.model, "predictions": {n: str(p) for n, p in specs},
+            "references": str(args.refs), "format": args.format, "split": args.split,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    rep = build_report(runs, meta, avail, notes={n: a.notes for n, (a, _) in aligned.items()},
+                       dropped={n: a.dropped for n, (a, _) in aligned.items()})
+    if args.json:
+        keys = ("overall", "micro", "macro", "per_type", "per_domain", "per_source", "comparison")
+        print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=1))
+    else:
+        print(text_table(rep))
+        for m, why in rep["meta"]["unavailable"].items():
+            print(f"{m}: n/a — {why}" if m == "SPICE" else f"{m}: n/a", file=sys.stderr)
+    if args.out:
+        paths = write_all(rep, Path(args.out))
+        print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def run_doctor(args) -> int:
+    import shutil
+    import subprocess
+
+    from analysis.metrics import check_metrics
+
+    avail = check_metrics()
+    java = shutil.which("java")
+    version = ""
+    if java:
+        try:
+            out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+            version = (out.stderr or out.stdout).splitlines()[0] if (out.stderr or out.stdout) else ""
+        except (OSError, subprocess.TimeoutExpired):
+            version = "?"
+    ok = lambda b: "ok " if b else "n/a"  # noqa: E731
+    print(f"[{ok(avail.java)}] Java            {java or 'not found'} {version}")
+    print(f"[{ok(avail.java)}] PTB tokenizer, BLEU-1..4, ROUGE-L, CIDEr-D")
+    print(f"[{ok(avail.meteor)}] METEOR 1.5")
+    print(f"[{ok(avail.spice)}] SPICE")
+    for note in avail.notes:
+        print(f"      {note}")
+    if args.run and avail.java:
+        from analysis.metrics import score_captions
+
+        s = score_captions({"1": "a red cube moved to the left"}, {"1": ["the red cube moved left", "a red cube was moved"]})
+        print("      example: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items() if v is not None))
+    return 0 if avail.java else 1
+
+
+def run_predict(args) -> int:
+    import json
+
+    from m3diff.cli import CLIError
+
+    from analysis.report import atomic_write
+
+    out = Path(args.out)
+    done: dict[str, str] = {}
+    if out.exists():
+        try:
+            data = json.loads(out.read_text(encoding="utf-8"))
+            rows = data["predictions"] if isinstance(data, dict) else data
+            done = {str(r["id"]): r["caption"] for r in rows}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
+    try:
+        from m3diff.data.readers import read_dataset
+
+        pairs = read_dataset(args.data, format=args.format, split=args.split, images="require").pairs
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.limit is not None:
+        pairs = pairs[: args.limit]
+    todo = [p for p in pairs if p.id not in done]
+    if not todo:
+        print(f"{out}: all {len(pairs)} pairs already predicted", file=sys.stderr)
+        return 0
+
+    from tqdm.auto import tqdm
+
+    from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
+
+    try:
+        captioner = DiffCaptioner.from_pretrained(args.model)
+    except ModelLoadError as exc:
+        raise CLIError(str(exc)) from None
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_name = args.model or "embedded"
+
+    def save():
+        rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
+        atomic_write(out, json.dumps({"model": model_name, "data": str(args.data), "split": args.split,
+                                      "predictions": rows}, ensure_ascii=False, indent=1))
+
+    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="describing", unit="pair") as bar:
+        for s in range(0, len(todo), max(1, args.batch_size)):
+            batch = todo[s:s + args.batch_size]
+            descs = captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
+            for p, d in zip(batch, descs):
+                done[p.id] = d.caption
+            save()
+            bar.update(len(batch))
+    print(f"wrote {len(done)} predictions to {out}", file=sys.stderr)
+    return 0

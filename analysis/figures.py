@@ -1,0 +1,107 @@
+"""Plotly figures shared by the app (Dashboard, Errors, Describe tabs) and the HTML reports.
+
+Every function takes plain data (report.json's dicts, numpy arrays, PIL images) and returns a
+``plotly.graph_objects.Figure``; nothing here computes a metric.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+from m3diff.change_types import TYPE_IDS
+
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def slice_bars(runs: Mapping[str, Mapping], metric: str = "CIDEr-D", table: str = "per_type",
+               title: str | None = None) -> go.Figure:
+    """Grouped bars of one metric per slice for one or more runs, with the bootstrap 95% interval.
+
+    ``runs``: run name -> a report (report.json, or any dict with ``table``: slice -> {metric, n, ci}).
+    The hover shows n, so small slices are visible as such.
+    """
+    names = _slice_order(runs, table)
+    fig = go.Figure()
+    for k, (run, rep) in enumerate(runs.items()):
+        rows = rep.get(table, {}) or {}
+        y, lo, hi, n = [], [], [], []
+        for s in names:
+            r = rows.get(s)
+            v = None if r is None else r.get(metric)
+            ci = None if r is None else (r.get("ci") or {}).get(metric)
+            y.append(v)
+            lo.append(None if v is None or ci is None else v - ci[0])
+            hi.append(None if v is None or ci is None else ci[1] - v)
+            n.append(0 if r is None else r.get("n", 0))
+        fig.add_bar(
+            name=run, x=names, y=y, marker_color=_COLORS[k % len(_COLORS)], customdata=n,
+            error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, visible=any(v is not None for v in hi)),
+            hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}<br>n = %{{customdata}}<extra></extra>",
+        )
+    label = {"per_type": "change type", "per_domain": "domain", "per_source": "source dataset"}.get(table, table)
+    fig.update_layout(barmode="group", title=title or f"{metric} by {label} (x100, 95% bootstrap interval)",
+                      xaxis_title=label, yaxis_title=metric, legend_title="run", template="plotly_white")
+    return fig
+
+
+def metrics_by_type(runs: Mapping[str, Mapping], metric: str = "CIDEr-D") -> go.Figure:
+    return slice_bars(runs, metric, "per_type")
+
+
+def metrics_by_domain(runs: Mapping[str, Mapping], metric: str = "CIDEr-D") -> go.Figure:
+    return slice_bars(runs, metric, "per_domain")
+
+
+def mdp_scores(layer_means: Mapping[int, float], per_channel: Mapping[int, np.ndarray] | None = None,
+               title: str = "MDP Score per vision layer") -> go.Figure:
+    """Bars of the mean MDP Score (eq. 7) per vision layer; with ``per_channel``, the distribution of
+    the channel weights per layer as box plots beside them."""
+    layers = sorted(layer_means)
+    x = [f"L{i}" for i in layers]
+    fig = go.Figure()
+    fig.add_bar(x=x, y=[float(layer_means[i]) for i in layers], name="mean over channels",
+                marker_color=_COLORS[0], hovertemplate="layer %{x}: %{y:.3f}<extra></extra>")
+    if per_channel:
+        for i in layers:
+            if i in per_channel:
+                fig.add_box(y=np.asarray(per_channel[i], dtype=float).ravel(), name=f"L{i}", x=[f"L{i}"] * np.asarray(per_channel[i]).size,
+                            marker_color=_COLORS[1], boxpoints=False, showlegend=False, opacity=0.6)
+    fig.update_layout(title=title, xaxis_title="vision encoder layer", yaxis_title="score (sigmoid)",
+                      yaxis_range=[0, 1], template="plotly_white", showlegend=bool(per_channel))
+    return fig
+
+
+def heatmap_overlay(image, heat: np.ndarray, title: str = "", opacity: float = 0.5,
+                    colorscale: str = "Jet") -> go.Figure:
+    """A PIL image with a 2-D map laid over it; the map may be at patch-grid resolution (e.g. 27x27),
+    and is stretched over the image (each cell covers its patch), min-max normalised."""
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    heat = np.asarray(heat, dtype=float)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be 2-D (a patch grid or a pixel map), got shape {heat.shape}")
+    span = heat.max() - heat.min()
+    norm = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    gh, gw = norm.shape
+    fig = go.Figure()
+    fig.add_trace(go.Image(z=rgb, hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(z=norm, x0=(w / gw) / 2 - 0.5, dx=w / gw, y0=(h / gh) / 2 - 0.5, dy=h / gh,
+                             colorscale=colorscale, opacity=opacity, zmin=0, zmax=1,
+                             colorbar=dict(title="rel."), hovertemplate="%{z:.2f}<extra></extra>"))
+    fig.update_layout(title=title, template="plotly_white", margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
+    return fig
+
+
+def _slice_order(runs, table):
+    seen = []
+    for rep in runs.values():
+        for s in (rep.get(table) or {}):
+            if s not in seen:
+                seen.append(s)
+    if table == "per_type":
+        return [t for t in TYPE_IDS if t in seen] + [s for s in seen if s not in TYPE_IDS]
+    return sorted(seen)

@@ -1,0 +1,208 @@
+"""Loading predictions and references, and checking that they fit together before anything is scored.
+
+Predictions: a JSON list of ``{"id", "caption"}``, the COCO results format ``[{"image_id", "caption"}]``,
+or an object ``{id: caption}``. References: any dataset layout ``m3diff.data.read_dataset`` knows, or a
+COCO caption ground-truth file ``{"images", "annotations": [{"image_id", "caption"}]}``.
+Ids are compared as strings (COCO's integer image ids become "42").
+
+Nothing is dropped silently: ids that do not match, duplicates and empty captions raise an
+``InputError`` listing them, unless the caller chose a policy; whatever a policy did is recorded in
+``Aligned.notes`` (and so in report.json).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m3diff.data.record import DiffPair
+
+MISMATCH_POLICIES = ("error", "intersect")
+EMPTY_POLICIES = ("error", "score-as-empty")
+DUPLICATE_POLICIES = ("error", "first", "last")
+_SHOW = 5  # how many offending ids a message names before it says "+N more"
+
+
+class InputError(ValueError):
+    """Predictions or references that cannot be scored as they are; the message says what to do."""
+
+
+def listing(items, show: int = _SHOW) -> str:
+    items = list(items)
+    head = ", ".join(repr(x) for x in items[:show])
+    return head + (f", ... (+{len(items) - show} more)" if len(items) > show else "")
+
+
+@dataclass
+class Predictions:
+    path: Path | None
+    captions: dict[str, str]  # id -> caption (first occurrence kept until a policy says otherwise)
+    occurrences: dict[str, list[str]] = field(default_factory=dict)  # ids seen more than once -> all captions
+    model: str = ""
+
+
+def load_predictions(path) -> Predictions:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such predictions file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return parse_predictions(data, path)
+
+
+def parse_predictions(data, path: Path | None = None) -> Predictions:
+    where = str(path) if path else "predictions"
+    model = ""
+    if isinstance(data, dict) and isinstance(data.get("predictions"), list):
+        model = str(data.get("model", ""))
+        data = data["predictions"]  # the wrapper `m3diff predict` writes
+    if isinstance(data, dict):
+        rows = [(k, v) for k, v in data.items()]
+    elif isinstance(data, list):
+        rows = []
+        for i, rec in enumerate(data):
+            if not isinstance(rec, dict):
+                raise InputError(f"{where}: record #{i} is {type(rec).__name__}, expected an object with 'id' and 'caption'")
+            key = "id" if "id" in rec else "image_id" if "image_id" in rec else None
+            if key is None or "caption" not in rec:
+                raise InputError(f"{where}: record #{i} needs 'id' (or COCO's 'image_id') and 'caption'; it has {sorted(rec)}")
+            rows.append((rec[key], rec["caption"]))
+    else:
+        raise InputError(f"{where}: expected a list of {{'id', 'caption'}} records, got {type(data).__name__}")
+    captions: dict[str, str] = {}
+    all_caps: dict[str, list[str]] = {}
+    for rid, cap in rows:
+        if not isinstance(cap, str):
+            raise InputError(f"{where}: the caption of id {rid!r} is {type(cap).__name__}, expected a string")
+        rid = str(rid)
+        all_caps.setdefault(rid, []).append(cap)
+        captions.setdefault(rid, cap)
+    dup = {k: v for k, v in all_caps.items() if len(v) > 1}
+    return Predictions(path=path, captions=captions, occurrences=dup, model=model)
+
+
+def load_references(path, format: str | None = None, split: str | None = None) -> list[DiffPair]:
+    """Reference pairs from a dataset (any layout the readers know) or a COCO ground-truth file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json" and format in (None, "coco"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        if isinstance(data, dict) and "annotations" in data:
+            return _coco_references(data, path)
+        if format == "coco":
+            raise InputError(f"{path}: a COCO ground-truth file needs an 'annotations' list")
+    from m3diff.data.layout import DatasetError
+    from m3diff.data.readers import read_dataset
+
+    try:
+        return list(read_dataset(path, format=format, split=split, images="optional").pairs)
+    except (DatasetError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def _coco_references(data: dict, path: Path) -> list[DiffPair]:
+    anns = data.get("annotations")
+    if not isinstance(anns, list):
+        raise InputError(f"{path}: 'annotations' must be a list of {{'image_id', 'caption'}}")
+    caps: dict[str, list[str]] = {}
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or "image_id" not in a or not isinstance(a.get("caption"), str):
+            raise InputError(f"{path}: annotation #{i} needs 'image_id' and a string 'caption'")
+        caps.setdefault(str(a["image_id"]), []).append(a["caption"])
+    order = [str(im["id"]) for im in data.get("images", []) if isinstance(im, dict) and "id" in im]
+    without = [k for k in order if k not in caps]
+    if without:
+        raise InputError(f"{path}: {len(without)} image(s) without any caption: {listing(without)}")
+    ids = order + [k for k in caps if k not in set(order)]
+    return [DiffPair(id=k, before=None, after=None, captions=tuple(caps[k]), source="coco") for k in ids]
+
+
+@dataclass
+class Aligned:
+    """Predictions matched to references, in reference order, with what any policy did."""
+
+    ids: list[str]
+    hyps: list[str]
+    pairs: list[DiffPair]
+    notes: list[str] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids not scored
+
+
+def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error", on_empty: str = "error",
+          on_duplicate: str = "error") -> Aligned:
+    """Check ids, duplicates and empty captions; apply the chosen policies or raise one clear error."""
+    for name, val, allowed in (("on_mismatch", on_mismatch, MISMATCH_POLICIES),
+                               ("on_empty", on_empty, EMPTY_POLICIES),
+                               ("on_duplicate", on_duplicate, DUPLICATE_POLICIES)):
+        if val not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
+    where = str(preds.path) if preds.path else "predictions"
+    notes: list[str] = []
+    dropped: dict[str, list[str]] = {}
+    captions = dict(preds.captions)
+
+    # duplicates: in the predictions (two captions for one id) and in the references
+    ref_counts = Counter(p.id for p in pairs)
+    ref_dups = [k for k, c in ref_counts.items() if c > 1]
+    if ref_dups:
+        raise InputError(f"the references hold {len(ref_dups)} duplicate id(s): {listing(ref_dups)}; fix the reference file")
+    if preds.occurrences:
+        dups = list(preds.occurrences)
+        msg = f"{where}: {len(dups)} id(s) appear more than once: {listing(dups)}"
+        if on_duplicate == "error":
+            raise InputError(msg + "; pass --on-duplicate first|last to keep one caption per id")
+        for k, caps in preds.occurrences.items():
+            captions[k] = caps[0] if on_duplicate == "first" else caps[-1]
+        notes.append(msg + f"; kept the {on_duplicate} caption of each")
+
+    ref_ids = [p.id for p in pairs]
+    ref_set = set(ref_ids)
+    extra = [k for k in captions if k not in ref_set]
+    missing = [k for k in ref_ids if k not in captions]
+    if extra or missing:
+        parts = []
+        if extra:
+            parts.append(f"{len(extra)} prediction id(s) not in the references: {listing(extra)}")
+        if missing:
+            parts.append(f"{len(missing)} reference id(s) without a prediction: {listing(missing)}")
+        both = len(ref_set) - len(missing)
+        msg = f"{where}: " + "; ".join(parts)
+        if on_mismatch == "error" or both == 0:
+            hint = (f"; pass --on-mismatch intersect to score the {both} id(s) present in both" if both
+                    else "; no id is in both (wrong split or wrong file?)")
+            raise InputError(msg + hint)
+        notes.append(msg + f"; scored the {both} id(s) present in both")
+        dropped.update({"prediction_not_in_references": extra, "reference_without_prediction": missing})
+
+    kept = [p for p in pairs if p.id in captions]
+    empty_pred = [p.id for p in kept if not captions[p.id].strip()]
+    empty_ref = [p.id for p in kept if any(not c.strip() for c in p.captions) or not p.captions]
+    if empty_pred or empty_ref:
+        parts = []
+        if empty_pred:
+            parts.append(f"{len(empty_pred)} empty prediction(s): {listing(empty_pred)}")
+        if empty_ref:
+            parts.append(f"{len(empty_ref)} pair(s) with an empty reference caption: {listing(empty_ref)}")
+        msg = f"{where}: " + "; ".join(parts)
+        if on_empty == "error":
+            raise InputError(msg + "; pass --on-empty score-as-empty to score them as empty strings (they score ~0)")
+        no_refs = [p.id for p in kept if not any(c.strip() for c in p.captions)]
+        if no_refs:
+            raise InputError(f"{len(no_refs)} pair(s) have no non-empty reference at all: {listing(no_refs)}")
+        # an empty reference is dropped from its pair's references (it cannot be matched by anything);
+        # an empty prediction stays and scores as the empty string
+        kept = [p if all(c.strip() for c in p.captions) else _without_empty_refs(p) for p in kept]
+        notes.append(msg + "; empty predictions scored as empty strings, empty reference captions left out")
+    return Aligned(ids=[p.id for p in kept], hyps=[captions[p.id] for p in kept], pairs=kept,
+                   notes=notes, dropped=dropped)
+
+
+def _without_empty_refs(p: DiffPair) -> DiffPair:
+    from dataclasses import replace
+
+    return replace(p, captions=tuple(c for c in p.captions if c.strip()))

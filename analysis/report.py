@@ -1,0 +1,264 @@
+"""report.json, a CSV, a LaTeX table (laid out like the paper's Table 3) and an HTML report.
+
+report.json is the contract with the app: everything the Dashboard and the Errors browser show is in
+it (schema ``m3diff.eval/1``, see docs/analysis.md).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from analysis.breakdown import Breakdown, compare
+from analysis.metrics import HEADLINE, METRICS, MetricAvailability
+
+SCHEMA = "m3diff.eval/1"
+CONVENTIONS = {
+    "scale": "all scores x100",
+    "tokenisation": "PTB (pycocoevalcap), once for all slices",
+    "slices": "every slice re-scored as its own corpus: corpus BLEU, CIDEr-D document frequencies from the "
+              "slice's references, METEOR aggregated by the jar over the slice; a pair with several types is in each",
+    "macro": "unweighted mean of the per-type scores over the types present",
+    "micro": "pooled: all pairs with at least one type, each once, scored as one corpus",
+    "ci": "percentile bootstrap over the slice's pairs, every resample re-scored as a corpus",
+    "pair_scores": "CIDEr-D with the whole set's document frequencies; smoothed sentence BLEU-4; segment METEOR",
+}
+
+
+def run_json(bd: Breakdown) -> dict:
+    return {
+        "overall": bd.overall.to_json(),
+        "micro": None if bd.micro is None else bd.micro.to_json(),
+        "macro": {**{m: _r(bd.macro[m]) for m in METRICS}, "types": bd.macro_types},
+        "absent_types": bd.absent_types,
+        "per_type": {k: v.to_json() for k, v in bd.per_type.items()},
+        "per_domain": {k: v.to_json() for k, v in bd.per_domain.items()},
+        "per_source": {k: v.to_json() for k, v in bd.per_source.items()},
+    }
+
+
+def build_report(runs: dict[str, Breakdown], meta: dict, availability: MetricAvailability,
+                 notes: dict[str, list[str]] | None = None, dropped: dict[str, dict] | None = None) -> dict:
+    """The report of the first run, with every run's tables under ``runs`` and their deltas."""
+    base = next(iter(runs))
+    bd = runs[base]
+    rep = {
+        "schema": SCHEMA,
+        "meta": {**meta, "run": base, "n_pairs": bd.overall.n, "bootstrap": asdict(bd.config),
+                 "metrics_available": list(availability.runnable),
+                 "unavailable": {m: ("; ".join(availability.notes) or "not enabled")
+                                 for m in METRICS if m not in availability.runnable or bd.overall.scores.get(m) is None}},
+        "conventions": CONVENTIONS,
+        **run_json(bd),
+        "pairs": [p.to_json() for p in bd.pairs],
+        "input_notes": (notes or {}).get(base, []),
+        "dropped": (dropped or {}).get(base, {}),
+    }
+    if len(runs) > 1:
+        rep["runs"] = {name: {**run_json(b), "input_notes": (notes or {}).get(name, []),
+                              "pairs": {p.id: {m: _r(v) for m, v in p.scores.items()} | {"caption": p.caption}
+                                        for p in b.pairs}}
+                       for name, b in runs.items()}
+        rep["comparison"] = compare(runs, base)
+    return rep
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_nan_none))
+
+
+def csv_text(rep: dict) -> str:
+    """One row per (run, slice): n, every metric, and the interval of the headline metrics."""
+    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run", "slice_kind", "slice", "n", *METRICS,
+                *[f"{m} {b}" for m in HEADLINE for b in ("ci_low", "ci_high")]])
+    for run, r in runs.items():
+        rows = [("overall", "overall", r["overall"])]
+        if r.get("micro"):
+            rows.append(("micro", "micro", r["micro"]))
+        rows.append(("macro", "macro", {**r["macro"], "n": len(r["macro"]["types"]), "ci": {}}))
+        for kind, table in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source")):
+            rows += [(kind, k, v) for k, v in r[table].items()]
+        for kind, name, s in rows:
+            ci = s.get("ci") or {}
+            w.writerow([run, kind, name, s.get("n"), *[_fmt(s.get(m)) for m in METRICS],
+                        *[_fmt((ci.get(m) or [None, None])[j]) for m in HEADLINE for j in (0, 1)]])
+    return buf.getvalue()
+
+
+def latex_table(rep: dict, paper_rows: bool = True) -> str:
+    """Table 3's layout: one row per run, B4/M/R/C per domain column group (Real, Render) when the
+    data has domains, one Overall group (with SPICE) otherwise."""
+    from analysis.paper import OMNIDIFF_TABLE3
+
+    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
+    domains = [d for d in ("real", "render") if d in rep["per_domain"]] or sorted(rep["per_domain"])
+    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
+    short = {"BLEU-4": "B4", "METEOR": "M", "ROUGE-L": "R", "CIDEr-D": "C", "SPICE": "S"}
+    if domains:
+        groups = [(d.capitalize(), lambda r, d=d: r["per_domain"].get(d, {})) for d in domains]
+    else:
+        keys = HEADLINE
+        groups = [("Overall", lambda r: r["overall"])]
+    cols = "l" + "|cccc" * len(groups) if len(keys) == 4 else "l" + "|ccccc" * len(groups)
+    lines = [
+        "% m3diff eval: " + html.escape(rep["meta"].get("references", ""), quote=False),
+        r"\begin{tabular}{" + cols + "}", r"\toprule",
+        "Method & " + " & ".join(rf"\multicolumn{{{len(keys)}}}{{c}}{{{g}}}" for g, _ in groups) + r" \\",
+        " & " + " & ".join(" & ".join(short[k] for k in keys) for _ in groups) + r" \\", r"\midrule",
+    ]
+    for run, r in runs.items():
+        cells = [_tex(g(r).get(k)) for _, g in groups for k in keys]
+        lines.append(_tex_escape(run) + " & " + " & ".join(cells) + r" \\")
+    if paper_rows and domains and set(domains) <= {"real", "render"}:
+        lines.append(r"\midrule")
+        lines.append(rf"\multicolumn{{{1 + len(keys) * len(groups)}}}{{l}}{{\emph{{reported in the paper (Table 3)}}}} \\")
+        for name, doms in OMNIDIFF_TABLE3.items():
+            cells = [_tex(doms[d].get(k)) for d in domains for k in keys]
+            lines.append(_tex_escape(name) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def html_report(rep: dict) -> str:
+    """A self-contained page: headline table, per-type and per-domain figures, worst pairs."""
+    from analysis import figures
+
+    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
+    parts = [f"<h1>m3diff eval — {html.escape(str(rep['meta'].get('run')))}</h1>",
+             "<p>" + html.escape(f"{rep['meta'].get('n_pairs')} pairs · references {rep['meta'].get('references')} · "
+                                 f"model {rep['meta'].get('model') or 'n/a'} · {rep['meta'].get('date')}") + "</p>"]
+    for m, why in rep["meta"].get("unavailable", {}).items():
+        parts.append(f"<p><b>{html.escape(m)}</b> not computed: {html.escape(why)}</p>")
+    for note in rep.get("input_notes", []):
+        parts.append(f"<p class=note>{html.escape(note)}</p>")
+    parts.append(_html_table(rep))
+    figs = [figures.metrics_by_type(runs, "CIDEr-D"), figures.metrics_by_type(runs, "BLEU-4")]
+    if rep["per_domain"]:
+        figs.append(figures.metrics_by_domain(runs, "CIDEr-D"))
+    for i, fig in enumerate(figs):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    worst = {p["id"]: p for p in rep["pairs"]}
+    parts.append("<h2>Worst pairs overall (per-pair CIDEr-D)</h2><table><tr><th>id</th><th>types</th>"
+                 "<th>CIDEr-D</th><th>prediction</th><th>references</th></tr>")
+    for pid in rep["overall"]["worst"]:
+        p = worst[pid]
+        parts.append(f"<tr><td>{html.escape(pid)}</td><td>{html.escape(', '.join(p['types']))}</td>"
+                     f"<td>{_fmt(p['CIDEr-D'])}</td><td>{html.escape(p['caption'])}</td>"
+                     f"<td>{'<br>'.join(html.escape(r) for r in p['refs'])}</td></tr>")
+    parts.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.note{color:#a40}")
+    return f"<!doctype html><html><head><meta charset=utf-8><title>m3diff eval</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def _html_table(rep: dict) -> str:
+    head = "".join(f"<th>{m}</th>" for m in HEADLINE)
+    rows = []
+
+    def row(label, s, n):
+        ci = s.get("ci") or {}
+        cells = "".join(
+            f"<td>{_fmt(s.get(m))}" + (f" <small>[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]</small>" if ci.get(m) else "") + "</td>"
+            for m in HEADLINE)
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}</tr>")
+
+    row("overall", rep["overall"], rep["overall"]["n"])
+    if rep.get("micro"):
+        row("micro (pooled)", rep["micro"], rep["micro"]["n"])
+    row(f"macro (mean of {len(rep['macro']['types'])} types)", rep["macro"], "")
+    for t, s in rep["per_type"].items():
+        row(f"type: {t}", s, s["n"])
+    for d, s in rep["per_domain"].items():
+        row(f"domain: {d}", s, s["n"])
+    for d, s in rep["per_source"].items():
+        row(f"source: {d}", s, s["n"])
+    return f"<table><tr><th>slice</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def text_table(rep: dict) -> str:
+    """The table `m3diff eval` prints."""
+    cols = ("n", *HEADLINE)
+    lines = [f"{'slice':<26}" + "".join(f"{c:>10}" for c in cols)]
+
+    def add(label, s, n):
+        lines.append(f"{label:<26}" + f"{n!s:>10}" + "".join(f"{_fmt(s.get(m), 'n/a'):>10}" for m in HEADLINE))
+
+    add("overall", rep["overall"], rep["overall"]["n"])
+    if rep.get("micro"):
+        add("micro (pooled)", rep["micro"], rep["micro"]["n"])
+    add(f"macro ({len(rep['macro']['types'])} types)", rep["macro"], "")
+    for t, s in rep["per_type"].items():
+        add(f"  {t}", s, s["n"])
+    for d, s in rep["per_domain"].items():
+        add(f"  domain {d}", s, s["n"])
+    if len(rep["per_source"]) > 1:
+        for d, s in rep["per_source"].items():
+            add(f"  source {d}", s, s["n"])
+    if rep.get("comparison"):
+        base = rep["comparison"]["base"]
+        for run, table in rep["comparison"]["runs"].items():
+            lines.append(f"\n{run} minus {base}:")
+            for key, e in table.items():
+                cells = []
+                for m in HEADLINE:
+                    d = e.get(m)
+                    cells.append("n/a" if d is None else f"{d['delta']:+.2f}")
+                lines.append(f"  {key:<24}" + f"{e['n']!s:>10}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def write_all(rep: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "csv": out_dir / "scores.csv",
+             "latex": out_dir / "table.tex", "html": out_dir / "report.html"}
+    write_json(paths["json"], rep)
+    atomic_write(paths["csv"], csv_text(rep))
+    atomic_write(paths["latex"], latex_table(rep))
+    atomic_write(paths["html"], html_report(rep))
+    return paths
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _r(v, nd: int = 4):
+    return None if v is None else round(float(v), nd)
+
+
+def _fmt(v, none: str = "") -> str:
+    return none if v is None else f"{v:.2f}"
+
+
+def _tex(v) -> str:
+    return "--" if v is None else f"{v:.1f}"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s
+
+
+def _nan_none(o):
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
