@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.breakdown import BreakdownConfig, analyse, compare
+from m3diff.data.record import DiffPair
+from tests.analysis.conftest import make_split
+
+
+def _pairs(recs):
+    return [DiffPair(id=r["id"], before=None, after=None, captions=tuple(r["captions"]),
+                     change_types=tuple(r["change_types"]), domain=r["domain"], source="synthetic") for r in recs]
+
+
+@pytest.fixture(scope="module")
+def run(scorer):
+    recs, preds = make_split(120, seed=7)
+    pairs = _pairs(recs)
+    hyps = [p["caption"] for p in preds]
+    c = scorer.prepare([p.id for p in pairs], hyps, [p.captions for p in pairs])
+    return analyse(scorer, c, pairs, hyps, BreakdownConfig(bootstrap=300)), pairs, hyps, c
+
+
+def test_slices_counts_and_multi_type(run):
+    bd, pairs, _, _ = run
+    for t, s in bd.per_type.items():
+        assert s.n == sum(t in p.change_types for p in pairs)
+    assert sum(s.n for s in bd.per_type.values()) == sum(len(p.change_types) for p in pairs) > len(pairs)
+    assert sum(s.n for s in bd.per_domain.values()) == len(pairs)
+    assert bd.macro["CIDEr-D"] == pytest.approx(np.mean([s.scores["CIDEr-D"] for s in bd.per_type.values()]))
+    assert bd.micro.scores == bd.overall.scores  # every pair typed: pooled == overall
+
+
+def test_ci_contains_estimate_and_shrinks_with_n(run, scorer):
+    bd, pairs, hyps, c = run
+    for s in [bd.overall, *bd.per_type.values()]:
+        for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+            lo, hi = s.ci[m]
+            assert lo <= s.scores[m] <= hi, (s.name, m)
+    small = analyse(scorer, scorer.prepare([p.id for p in pairs[:30]], hyps[:30], [p.captions for p in pairs[:30]]),
+                    pairs[:30], hyps[:30], BreakdownConfig(bootstrap=300))
+    for m in ("BLEU-4", "ROUGE-L", "CIDEr-D", "METEOR"):
+        w_small = small.overall.ci[m][1] - small.overall.ci[m][0]
+        w_big = bd.overall.ci[m][1] - bd.overall.ci[m][0]
+        assert w_big < w_small, m
+
+
+def test_worst_and_pair_scores(run):
+    bd, *_ = run
+    by_id = {p.id: p for p in bd.pairs}
+    worst = [by_id[i].scores["CIDEr-D"] for i in bd.overall.worst]
+    assert worst == sorted(worst) and worst[0] == min(p.scores["CIDEr-D"] for p in bd.pairs)
+    for t, s in bd.per_type.items():
+        assert all(t in by_id[i].types for i in s.worst)
+
+
+def test_compare_paired_deltas(run, scorer):
+    bd, pairs, hyps, _ = run
+    worse = ["the red chair moved"] * len(pairs)
+    c2 = scorer.prepare([p.id for p in pairs], worse, [p.captions for p in pairs])
+    bd2 = analyse(scorer, c2, pairs, worse, BreakdownConfig(bootstrap=300))
+    cmp = compare({"a": bd, "b": bd2})
+    e = cmp["runs"]["b"]["overall:overall"]
+    assert e["paired"] and e["CIDEr-D"]["delta"] < 0 and e["CIDEr-D"]["ci"][1] < 0
