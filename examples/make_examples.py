@@ -38,8 +38,8 @@ def main() -> None:
         for side, img in (("before", before), ("after", after)):
             Image.fromarray(np.asarray(img)).save(images / f"{t}_{side}.png", optimize=True)
         found[t] = {"id": t, "before": f"images/{t}_before.png", "after": f"images/{t}_after.png",
-                    "change_types": [t], "domain": record["domain"], "captions": record["captions"],
-                    "origin": "generated"}
+                    "change_types": [t], "domain": record["domain"], "scene": record["scene"],
+                    "captions": record["captions"], "origin": "generated"}
     missing = [t for t in TYPE_IDS if t not in found]
     if missing:
         raise SystemExit(f"no single-change pair found for {missing}; raise the search range")
@@ -53,11 +53,12 @@ def main() -> None:
         im.save(images / f"motorcycle_{side}.jpg", quality=88)
     examples = [found[t] for t in TYPE_IDS] + [{
         "id": "motorcycle", "before": "images/motorcycle_before.jpg", "after": "images/motorcycle_after.jpg",
-        "change_types": ["viewpoint"], "domain": "real",
+        "change_types": ["viewpoint"], "domain": "real", "scene": "skimage-motorcycle",
         "captions": ["the camera moved slightly to the side; the motorcycle and the room are unchanged."],
         "origin": "scikit-image stereo_motorcycle (left and right views)",
     }]
-    (HERE / "examples.json").write_text(json.dumps(examples, indent=1) + "\n", encoding="utf-8")
+    # m3diff's own dataset layout (a test split), so `m3diff predict/eval --data examples` read it too
+    (HERE / "test.json").write_text(json.dumps(examples, indent=1) + "\n", encoding="utf-8")
     print(f"{len(examples)} example pairs in {HERE}")
 
 

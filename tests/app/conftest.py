@@ -1,0 +1,147 @@
+"""Fixtures for the app tests: app Services over tiny random models (seconds on a CPU), image files of
+every kind a person might upload, and a report.json in `m3diff eval`'s shape."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import pair_images
+
+
+@pytest.fixture
+def services(make_model, processor):
+    import app
+    from m3diff.pipeline import DiffCaptioner
+
+    captioner = DiffCaptioner(make_model(seed=1), processor, source="test-tiny", trained=True)
+    twin = DiffCaptioner(make_model(seed=2, use_mdp=False), processor, source="test-twin", trained=True)
+    return app.Services(captioner, twin, {}, "", app.AppConfig(max_new_tokens=8))
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    before, after = pair_images(size=(64, 48))
+    b, a = tmp_path / "before.png", tmp_path / "after.png"
+    before.save(b)
+    after.save(a)
+    return str(b), str(a)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """name -> path of an upload that must be refused."""
+    out = {}
+    p = tmp_path / "notes.png"
+    p.write_text("these are my holiday notes, not a picture")
+    out["not an image"] = p
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    p = tmp_path / "truncated.png"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["truncated"] = p
+    p = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), "red").save(p)
+    out["1x1"] = p
+    # A PNG whose header declares 100000 x 100000 pixels: refused from the header, nothing is decoded.
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    p = tmp_path / "bomb.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                  + _png_chunk(b"IEND", b""))
+    out["bomb"] = p
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    out["empty"] = p
+    return out
+
+
+@pytest.fixture
+def odd_mode_files(tmp_path):
+    """name -> path of an image in a mode the app converts (and the PIL mode it was written in)."""
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    out = {}
+    p = tmp_path / "sixteen.png"
+    Image.fromarray((rng.integers(0, 65535, (40, 56))).astype(np.uint16)).save(p)
+    out["16-bit"] = p
+    p = tmp_path / "cmyk.jpg"
+    rgb.convert("CMYK").save(p)
+    out["CMYK"] = p
+    p = tmp_path / "palette.png"
+    rgb.convert("P").save(p)
+    out["palette"] = p
+    p = tmp_path / "rgba.png"
+    rgb.convert("RGBA").save(p)
+    out["RGBA"] = p
+    p = tmp_path / "gray.png"
+    rgb.convert("L").save(p)
+    out["grayscale"] = p
+    return out
+
+
+@pytest.fixture
+def exif_rotated(tmp_path):
+    """A 60x30 JPEG whose EXIF says "rotate 90°": shown upright it is 30 wide and 60 tall."""
+    im = Image.fromarray(np.random.default_rng(2).integers(0, 255, (30, 60, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "rotated.jpg"
+    im.save(p, exif=exif.tobytes())
+    return p
+
+
+def slice_json(n, cider, lo=None, hi=None, **more):
+    ci = {"CIDEr-D": [lo, hi]} if lo is not None else {"CIDEr-D": None}
+    return {"n": n, "CIDEr-D": cider, "BLEU-4": cider / 4, "METEOR": 10.0, "ROUGE-L": 30.0, "SPICE": None,
+            "ci": ci, "worst": [], **more}
+
+
+def make_report(tmp_path, name="m3diff", shift=0.0, with_images=True):
+    """A report.json in `m3diff eval`'s shape (analysis.report.build_report) over a tiny dataset."""
+    from m3diff.data.layout import dumps_records
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    records, pairs = [], []
+    types = [["color"], ["addition", "color"], ["counting"], ["ocr"]]
+    for i, t in enumerate(types):
+        b, a = pair_images(seed=i)
+        pid = f"p{i}"
+        if with_images:
+            b.save(data / "images" / f"{pid}_b.png")
+            a.save(data / "images" / f"{pid}_a.png")
+        records.append({"id": pid, "before": f"images/{pid}_b.png", "after": f"images/{pid}_a.png",
+                        "captions": [f"the {t[0]} changed"], "change_types": t,
+                        "domain": "render" if i % 2 else "photo", "scene": f"s{i}"})
+        pairs.append({"id": pid, "caption": f"prediction {i}", "refs": [f"the {t[0]} changed"], "types": t,
+                      "domain": "render" if i % 2 else "photo", "source": "synthetic",
+                      "CIDEr-D": 10.0 * i + shift, "BLEU-4": 5.0 * (3 - i), "METEOR": 1.0, "ROUGE-L": 2.0,
+                      "SPICE": None})
+    (data / "test.json").write_text(dumps_records(records), encoding="utf-8")
+    rep = {
+        "schema": "m3diff.eval/1",
+        "meta": {"run": name, "references": str(data), "split": "test", "n_pairs": 4},
+        "overall": slice_json(4, 20.0 + shift, 10.0 + shift, 30.0 + shift),
+        "micro": None, "macro": {"CIDEr-D": 1.0, "types": []}, "absent_types": [],
+        "per_type": {"color": slice_json(2, 12.0 + shift, 5.0, 19.0), "addition": slice_json(1, 8.0 + shift),
+                     "counting": slice_json(1, 3.0 + shift), "ocr": slice_json(1, 40.0 + shift)},
+        "per_domain": {"photo": slice_json(2, 15.0 + shift), "render": slice_json(2, 25.0 + shift)},
+        "per_source": {}, "pairs": pairs,
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(rep), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def report_file(tmp_path):
+    return make_report(tmp_path)

@@ -1,0 +1,170 @@
+"""The app's callbacks as plain functions: describe, heatmaps, twin, model card, and every bad input."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+
+
+def test_describe_streams_a_growing_caption_with_scores_and_trace(services, pair_files, tiny_config):
+    events = list(app.describe_events(services, *pair_files, max_new_tokens=8))
+    assert len(events) >= 2
+    captions = [c for c, _, _ in events]
+    for shorter, longer in zip(captions, captions[1:]):
+        assert longer.startswith(shorter)
+    caption, scores, shown = events[-1]
+    assert sorted(scores) == sorted(tiny_config.mdp_layers)
+    assert shown.trace is not None and shown.caption == caption
+    assert shown.before.size == (64, 48)
+
+
+def test_describe_api_returns_caption_and_json_scores(services, pair_files, tiny_config):
+    caption, scores = app.describe_api(services, *pair_files, max_new_tokens=8)
+    assert isinstance(caption, str)
+    assert sorted(scores) == sorted(str(k) for k in tiny_config.mdp_layers)
+    assert all(isinstance(v, float) and 0 < v < 1 for v in scores.values())
+
+
+@pytest.mark.parametrize("which", ["not an image", "truncated", "1x1", "bomb", "empty"])
+def test_every_bad_upload_is_one_clear_gr_error(services, pair_files, bad_files, which):
+    bad = bad_files[which]
+    expected = {"not an image": "not an image", "truncated": "truncated", "1x1": "1×1", "bomb": "refused",
+                "empty": "empty"}[which]
+    for args in ((str(bad), pair_files[1]), (pair_files[0], str(bad))):
+        with pytest.raises(gr.Error) as err:
+            list(app.describe_events(services, *args, max_new_tokens=4))
+        message = err.value.message
+        assert expected in message
+        assert ("before" in message) == (args[0] == str(bad))
+        assert "/tmp" not in message and "Traceback" not in message
+    with pytest.raises(gr.Error):
+        app.describe_api(services, str(bad), pair_files[1])
+
+
+def test_a_missing_image_is_named(services, pair_files):
+    with pytest.raises(gr.Error, match="after"):
+        list(app.describe_events(services, pair_files[0], None))
+    with pytest.raises(gr.Error, match="before and after"):
+        app.describe_api(services, None, None)
+
+
+@pytest.mark.parametrize("mode", ["16-bit", "CMYK", "palette", "RGBA", "grayscale"])
+def test_odd_modes_are_converted_and_described(services, pair_files, odd_mode_files, mode):
+    *_, (caption, scores, shown) = app.describe_events(services, str(odd_mode_files[mode]), pair_files[1], 4)
+    assert shown.before.mode == "RGB" and shown.before.size == (56, 40)
+    assert scores
+    hb, _ = app.heatmaps(shown, next(iter(scores)), "attn_eq5")
+    assert hb.size == (56, 40)
+
+
+def test_exif_rotation_is_honoured(services, pair_files, exif_rotated):
+    *_, (_, _, shown) = app.describe_events(services, str(exif_rotated), pair_files[1], 4)
+    assert shown.before.size == (30, 60)
+
+
+def test_pairs_of_different_sizes_are_handled(services, tmp_path, pair_files):
+    big = tmp_path / "big.png"
+    Image.open(pair_files[1]).resize((200, 90)).save(big)
+    *_, (_, scores, shown) = app.describe_events(services, pair_files[0], str(big), 4)
+    hb, ha = app.heatmaps(shown, next(iter(scores)), "delta_norm")
+    assert hb.size == (64, 48) and ha.size == (200, 90)  # each map over its own image
+    from m3diff.overlay import common_size
+
+    b, a = common_size(shown.before, shown.after)
+    assert b.size == a.size == (64, 48)  # the slider's pair is aligned
+
+
+def test_heatmaps_change_with_layer_and_kind(services, pair_files, tiny_config):
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=2)
+    layers = tiny_config.mdp_layers
+    pics = {(layer, kind): np.asarray(app.heatmaps(shown, f"L{layer}", kind)[1])
+            for layer in layers for kind in ("attn_eq5", "attn_eq6", "delta_norm")}
+    assert len({p.tobytes() for p in pics.values()}) > 1
+    assert app.heatmaps(None, "L1", "attn_eq5") == (None, None)
+    with pytest.raises(gr.Error, match="no MDP trace"):
+        app.heatmaps(shown, "L999", "attn_eq5")
+
+
+def test_twin_caption_runs_the_no_mdp_model_only_when_loaded(services, pair_files):
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=4)
+    assert isinstance(app.twin_caption(services, shown, 4), str)
+    alone = app.Services(services.captioner, None)
+    assert "no no-MDP twin" in app.twin_caption(alone, shown, 4)
+
+
+def test_caption_words_are_indexed_and_clean():
+    assert app.caption_words("The red cube, moved.") == ["0: The", "1: red", "2: cube", "3: moved"]
+    assert app.caption_words("") == []
+
+
+def test_explain_word_needs_a_caption_and_a_word(services, pair_files):
+    with pytest.raises(gr.Error, match="Describe a pair first"):
+        app.explain_word(services, None, "0: the")
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=4)
+    with pytest.raises(gr.Error, match="Pick a word"):
+        app.explain_word(services, shown, None)
+
+
+def test_model_card_says_what_the_model_is_and_does_not_know(services):
+    card = app.model_card(services.captioner, services.twin)
+    assert "test-tiny" in card and "MDP" in card and "test-twin" in card
+    untrained = type(services.captioner)(services.captioner.model, services.captioner.processor,
+                                         source="untrained-tiny", trained=False)
+    card = app.model_card(untrained)
+    assert "random" in card.lower() and "generated scenes" in card and "not loaded" in card
+
+
+def test_score_figure_has_one_bar_per_layer(services, pair_files, tiny_config):
+    *_, (_, scores, shown) = app.describe_events(services, *pair_files, max_new_tokens=2)
+    fig = app.score_figure(shown.trace, scores)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert list(bars[0].x) == [f"L{k}" for k in sorted(tiny_config.mdp_layers)]
+    assert list(bars[0].y) == pytest.approx([scores[k] for k in sorted(scores)])
+
+
+def test_build_app_names_the_describe_endpoint(services):
+    demo = app.build_app(services)
+    fns = {d.api_name: d for d in demo.fns.values()}
+    assert "describe" in fns
+    # the model runs behind one shared concurrency limit; the dashboard's events are unlimited
+    assert fns["describe"].concurrency_id == fns["describe_stream"].concurrency_id
+    assert fns["describe"].concurrency_limit == 1
+    cpu = [d for d in demo.fns.values() if d.concurrency_id != fns["describe"].concurrency_id]
+    assert cpu and all(d.concurrency_limit is None for d in cpu)
+
+
+def test_the_app_module_holds_no_model_or_mutable_state():
+    import types
+
+    import torch
+
+    for name, value in vars(app).items():
+        if name.startswith("__") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        assert not isinstance(value, (list, dict, set, torch.nn.Module)), name
+        assert not hasattr(value, "describe"), name
+
+
+def test_main_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    (tmp_path / "weights").mkdir()
+    assert app.main(["--model", str(tmp_path / "weights")]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "Traceback" not in err
+
+
+def test_a_large_model_on_cpu_is_refused_with_a_gpu_hint(tmp_path, capsys):
+    from m3diff.config import preset
+
+    preset("m3diff-7b").save_pretrained(tmp_path)
+    assert app.main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "B parameters" in err and "GPU" in err
+
+
+def test_parse_args_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("M3DIFF_MODEL", "org/some-model")
+    assert app.parse_args([]).model == "org/some-model"
+    assert app.parse_args(["--model", "embedded"]).model is None
