@@ -207,11 +207,6 @@ def _hull(pts: np.ndarray) -> list[tuple[float, float]]:
     return [tuple(p) for p in lower[:-1] + upper[:-1]]
 
 
-def _shade(colour, n, L) -> tuple[int, int, int]:
-    k = AMBIENT + (1 - AMBIENT) * max(0.0, float(n @ L))
-    return tuple(int(round(c * k)) for c in colour)
-
-
 def _floor(scene: Scene, v: View, size: int) -> np.ndarray:
     """Ground texture with fog and the backdrop above the horizon, [W, W, 3] float. Computed at the
     output size and upsampled: the texture has no detail worth supersampling."""
@@ -325,11 +320,15 @@ def render(scene: Scene, size: int, cache: RenderCache) -> tuple[Image.Image, di
             if o.kind == "arrow":  # not convex: sides far to near, then the top
                 d = [float((f.mean(0) - v.C) @ v.f) for f, _ in faces[:-1]]
                 order = sorted(range(len(faces) - 1), key=lambda i: -d[i]) + [len(faces) - 1]
+            normals = np.array([n for _, n in faces])  # [F, 3]
+            firsts = np.array([f[0] for f, _ in faces])
+            visible = ((v.C - firsts) * normals).sum(1) > 0
+            shade = AMBIENT + (1 - AMBIENT) * np.clip(normals @ L, 0.0, None)
+            fills = np.rint(np.array(COLORS[o.color], np.float64)[None] * shade[:, None]).astype(int).tolist()
+            pts = q.tolist()
             for i in order:
-                verts, n = faces[i]
-                if float(n @ (v.C - verts[0])) <= 0:
-                    continue
-                draw.polygon([tuple(p) for p in q[starts[i]:starts[i + 1]]], fill=_shade(COLORS[o.color], n, L))
+                if visible[i]:
+                    draw.polygon([tuple(p) for p in pts[starts[i]:starts[i + 1]]], fill=tuple(fills[i]))
         elif what == "figure":
             segs, q, widths = data
             for (a, b, _, colour), (pa, pb), w in zip(segs, q, widths):
