@@ -1,0 +1,73 @@
+"""Model cards (README.md) for trained models: data, recipe, steps, and scores per change type."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: float, reports: dict | None = None,
+               command: str | None = None, extra: str = "") -> Path:
+    """README.md in ``model_dir``; ``reports`` maps a name to an `m3diff eval` report.json (tables per type)."""
+    r = meta["recipe"]
+    lines = [
+        f"# {r['name']}", "",
+        "An M3Diff model (LLaVA-OneVision with the Multi-scale Differential Perception module) trained with "
+        "`m3diff train`.", "",
+        "## Training", "",
+        f"- data: {', '.join(meta['sources'])} ({meta['samples']} samples)",
+        f"- model: preset `{r['model']['preset']}` {json.dumps(r['model']['config']) if r['model']['config'] else ''}",
+        f"- LLM: {'LoRA rank %d, alpha %d' % (r['lora']['rank'], r['lora']['alpha']) if r['lora'] else 'fully trained (no LoRA: trained from scratch)'}",
+        f"- AdamW, lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with linear warm-up, "
+        f"global batch {r['batch']['global_batch']}",
+        f"- {steps} optimizer steps in {seconds / 60:.1f} min on {meta['world_size']} process(es)",
+    ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    if val_scores:
+        lines += ["", "Validation (quick, no METEOR): " + ", ".join(f"{k} {v:.1f}" for k, v in val_scores.items())]
+    for name, rep in (reports or {}).items():
+        lines += ["", f"## Evaluation: {name}", "", report_tables(rep)]
+    if extra:
+        lines += ["", extra]
+    path = Path(model_dir) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cell(s: dict, metric: str = "CIDEr-D") -> str:
+    v = s.get(metric)
+    if v is None:
+        return "–"
+    ci = (s.get("ci") or {}).get(metric)
+    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{v:.1f}"
+
+
+def report_tables(rep: dict, metrics=("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")) -> str:
+    """Overall, per domain and per change type, with n and 95% bootstrap intervals."""
+    head = "| slice | n | " + " | ".join(metrics) + " |\n|---|---:|" + "---:|" * len(metrics)
+    rows = [head]
+    slices = [("overall", rep["overall"])]
+    slices += [(f"domain: {k}", v) for k, v in rep.get("per_domain", {}).items()]
+    slices += [(f"type: {k}", v) for k, v in rep.get("per_type", {}).items()]
+    for name, s in slices:
+        rows.append(f"| {name} | {s['n']} | " + " | ".join(_cell(s, m) for m in metrics) + " |")
+    return "\n".join(rows)
+
+
+def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
+    """One column per model: the metric with its interval, per slice."""
+    names = list(reports)
+    first = reports[names[0]]
+    keys = [("overall", None)] + [("per_domain", k) for k in first.get("per_domain", {})] + \
+           [("per_type", k) for k in first.get("per_type", {})]
+    rows = [f"| slice | n | " + " | ".join(f"{n} {metric}" for n in names) + " |",
+            "|---|---:|" + "---:|" * len(names)]
+    for section, key in keys:
+        label = "overall" if key is None else (f"domain: {key}" if section == "per_domain" else key)
+        cells, n = [], None
+        for name in names:
+            s = reports[name]["overall"] if key is None else reports[name].get(section, {}).get(key)
+            cells.append("–" if s is None else _cell(s, metric))
+            n = n or (s or {}).get("n")
+        rows.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,97 @@
+"""Checkpoints that resume exactly, in safetensors and JSON only (nothing is ever unpickled).
+
+    OUT/checkpoints/step-000500/
+        model.safetensors       every weight of the model being trained (LoRA adapters included)
+        optimizer.safetensors   AdamW's moments and step counts, one tensor per (parameter, key)
+        rng-rank{r}.safetensors each process's torch RNG state (dropout, LoRA dropout)
+        state.json              step, optimizer param_groups, scheduler state, recipe, tokenizer path
+    OUT/checkpoints/latest      the name of the newest complete checkpoint
+
+A checkpoint is written into ``step-N.tmp`` and renamed when complete, and ``latest`` is replaced
+atomically after that, so a run killed while saving resumes from the previous checkpoint.
+The data position needs no state: step ``s`` always reads the same samples (training.data.StepSampler).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, t in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = t
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: dict, accelerator, keep: int) -> Path:
+    root = Path(root)
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_file({"state": torch.random.get_rng_state()}, str(tmp / f"rng-rank{accelerator.process_index}.safetensors"))
+    if accelerator.is_main_process:
+        state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        (tmp / "state.json").write_text(json.dumps(
+            {"step": step, "optimizer": meta, "scheduler": sched, "world_size": accelerator.num_processes, **extra},
+            indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest = root / "latest.tmp"
+        latest.write_text(final.name)
+        os.replace(latest, root / "latest")
+        done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in done[: max(0, len(done) - max(keep, 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = Path(root) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dict:
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    optimizer.load_state_dict(_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+    rng = path / f"rng-rank{accelerator.process_index}.safetensors"
+    if rng.is_file():  # a different process count resumes with rank 0's state everywhere
+        torch.random.set_rng_state(load_file(str(rng))["state"])
+    else:
+        torch.random.set_rng_state(load_file(str(path / "rng-rank0.safetensors"))["state"])
+    return state

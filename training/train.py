@@ -1,0 +1,325 @@
+"""The training loop: one stage, as the paper trains M3Diff (§4.3), on accelerate. Read top to bottom.
+
+    recipe → data (samples, fixed order) → tokenizer → model (+ LoRA) → AdamW (two lr groups) → cosine
+    → for each optimizer step: micro-batches → loss on answer tokens → backward → clip → step
+      → log (tqdm, CSV, TensorBoard) → evaluate on val (analysis/) → checkpoint (exact resume)
+    → merge LoRA → save_pretrained (model + processor) → model card
+
+The loss of a step is the mean over every answer token of the global batch (not a mean of per-micro-batch
+means), so 1 process × accumulation 2 and 2 processes × accumulation 1 compute the same gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training.recipe import Recipe
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_dir: Path | None
+    step: int
+    last_loss: float
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
+    """The recipe's tokenizer; "train" fits a BPE on the answers once (main process) and reuses it on resume."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from m3diff.processing import DEFAULT_PROMPT
+    from m3diff.tokenizer import train_tokenizer
+
+    if recipe.model.tokenizer != "train":
+        return AutoTokenizer.from_pretrained(recipe.model.tokenizer)
+    path = out / "tokenizer"
+    if accelerator.is_main_process and not (path / "tokenizer.json").is_file():
+        answers = sorted({s.answer for s in samples})  # sorted: the same vocabulary whatever the order
+        prompt = recipe.data.instruction or DEFAULT_PROMPT
+        tok = train_tokenizer(answers + [prompt] * 100, vocab_size=recipe.model.tokenizer_vocab_size)
+        tok.save_pretrained(str(path))
+    accelerator.wait_for_everyone()
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def build_model(recipe: Recipe, tokenizer):
+    from m3diff.config import preset
+    from m3diff.modeling import M3DiffForConditionalGeneration
+
+    if recipe.model.init_from:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(recipe.model.init_from)
+        if getattr(cfg, "model_type", "") == "m3diff":
+            return M3DiffForConditionalGeneration.from_pretrained(recipe.model.init_from, **recipe.model.config)
+        model, _ = M3DiffForConditionalGeneration.from_llava_onevision(recipe.model.init_from, **recipe.model.config)
+        return model
+    config = preset(recipe.model.preset, vocab_size=len(tokenizer), **recipe.model.config)
+    return M3DiffForConditionalGeneration(config)
+
+
+def apply_lora(recipe: Recipe, model):
+    """LoRA on the LLM's projections; vision encoder, projector, image_newline and MDP fully trained."""
+    if recipe.lora is None:  # from-scratch small models: the whole LLM trains
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = "|".join(recipe.lora.target_modules)
+    config = LoraConfig(
+        r=recipe.lora.rank, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+        target_modules=rf".*language_model.*\.({targets})",  # only the LLM: SigLIP has q/k/v_proj too
+    )
+    model = get_peft_model(model, config)
+    inner = model.get_base_model().model
+    for module in (inner.vision_tower, inner.multi_modal_projector, inner.mdp):
+        if module is not None:
+            module.requires_grad_(True)
+    inner.image_newline.requires_grad_(True)
+    return model
+
+
+def base_model(model):
+    """The M3DiffForConditionalGeneration inside (peft wraps it; LoRA layers stay active in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def param_groups(recipe: Recipe, model) -> list[dict]:
+    """Vision encoder at lr_vision, the rest at lr; no weight decay on biases, norms, image_newline."""
+    groups = {(v, d): [] for v in (True, False) for d in (True, False)}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[(".vision_tower." in f".{name}", p.ndim >= 2 and "image_newline" not in name)].append(p)
+    o = recipe.optim
+    return [
+        {"params": ps, "lr": o.lr_vision if vision else o.lr, "weight_decay": o.weight_decay if decay else 0.0,
+         "name": f"{'vision' if vision else 'rest'}{'' if decay else '-no-decay'}"}
+        for (vision, decay), ps in groups.items() if ps
+    ]
+
+
+def lr_lambda(total: int, warmup: int, min_ratio: float):
+    def f(step: int) -> float:  # linear warm-up, then cosine from 1 to min_ratio
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+def answer_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the answer tokens (labels != -100) and their count."""
+    labels = batch["labels"]
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+        image_sizes=batch["image_sizes"], batch_num_images=batch["batch_num_images"], use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss, int((target != IGNORE_INDEX).sum())
+
+
+def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tokens: int = 128,
+                      instruction: str | None = None, progress: bool = False) -> list[str]:
+    from tqdm.auto import tqdm
+
+    from m3diff.pipeline import DiffCaptioner, GenerationSettings
+
+    captioner = DiffCaptioner(model, processor, source="training")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    captions = []
+    for i in tqdm(range(0, len(pairs), batch_size), desc="generate", disable=not progress, leave=False):
+        chunk = pairs[i : i + batch_size]
+        out = captioner.describe_batch([(p.before, p.after) for p in chunk], instruction=instruction,
+                                       trace=False, settings=settings)
+        captions += [d.caption for d in out]
+    return captions
+
+
+def quick_scores(pairs, captions) -> dict:
+    """BLEU-4, ROUGE-L, CIDEr-D (x100) of captions against the pairs' references (no METEOR: no JVM)."""
+    from analysis.metrics import CaptionScorer, ScorerConfig
+
+    with CaptionScorer(ScorerConfig(meteor=False, spice=False)) as scorer:
+        corpus = scorer.prepare([p.id for p in pairs], captions, [list(p.captions) for p in pairs])
+        scores = scorer.score(corpus)
+    return {k: v for k, v in scores.items() if k in ("BLEU-4", "ROUGE-L", "CIDEr-D") and v is not None}
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_steps: int | None = None,
+          stop_at_step: int | None = None, quiet: bool = False) -> TrainResult:
+    """Train as the recipe says; ``stop_at_step`` ends the run there as a kill would (for tests)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from m3diff.processing import PairProcessor
+    from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from training.data import Collator, StepSampler, load_samples, load_val_pairs
+
+    start_time = time.time()
+    out = Path(out)
+    accelerator = Accelerator(mixed_precision=recipe.precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    # everything that can be wrong with the recipe and the data fails here, before any work
+    accumulation = recipe.accumulation(world)
+    sources = recipe.check_data(sources)
+    if recipe.num_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(recipe.num_threads)
+    ckpt_root = out / "checkpoints"
+    if accelerator.is_main_process:
+        if not resume and latest_checkpoint(ckpt_root) is not None:
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    samples = load_samples(sources, recipe.data.every_caption, recipe.seed)
+    val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
+    sampler = StepSampler(len(samples), recipe.batch.global_batch, recipe.batch.per_device_batch, recipe.seed)
+    total = max_steps or recipe.max_steps or max(1, int(recipe.epochs * sampler.steps_per_epoch))
+
+    torch.manual_seed(recipe.seed)  # the same initial weights on every process
+    tokenizer = build_tokenizer(recipe, samples, out, accelerator)
+    model = build_model(recipe, tokenizer)
+    processor = PairProcessor.for_config(model.config, tokenizer)
+    model = apply_lora(recipe, model)
+    if recipe.gradient_checkpointing:
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    collate = Collator(processor, recipe.data.instruction)
+
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(param_groups(recipe, model), betas=tuple(o.betas), eps=o.eps)
+    warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_ratio * total)
+    # not passed to accelerator.prepare: its wrapper steps the schedule once per process
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, max(1, warmup), o.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    step = 0
+    if resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator)
+        step = state["step"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+
+    meta = {"recipe": recipe.to_dict(), "sources": sources, "samples": len(samples), "total_steps": total,
+            "world_size": world, "accumulation": accumulation}
+    log_csv = out / "log.csv"
+    eval_csv = out / "eval.csv"
+    writer = None
+    if accelerator.is_main_process:
+        (out / "run.json").write_text(json.dumps(meta, indent=1))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
+
+    def write_row(path, row):
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def evaluate(at_step: int) -> dict:
+        scores = {}
+        if accelerator.is_main_process and val_pairs:
+            inner = base_model(accelerator.unwrap_model(model))
+            inner.eval()
+            captions = generate_captions(inner, processor, val_pairs, max_new_tokens=recipe.eval_max_new_tokens,
+                                         instruction=recipe.data.instruction)
+            inner.train()
+            scores = quick_scores(val_pairs, captions)
+            write_row(eval_csv, {"step": at_step, "n": len(val_pairs), **scores, "example": captions[0]})
+            for k, v in scores.items():
+                writer.add_scalar(f"val/{k}", v, at_step)
+            accelerator.print(f"step {at_step}: val " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()))
+        accelerator.wait_for_everyone()
+        return scores
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=recipe.name, disable=quiet or not accelerator.is_main_process,
+               dynamic_ncols=True)
+    last_loss, tick, tokens_seen = float("nan"), time.time(), 0
+    while step < total:
+        micro = [collate([samples[i] for i in idx]) for idx in sampler.micro_batches(step, rank, world)]
+        micro = [b.to(accelerator.device) for b in micro]
+        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+        n_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item()
+        loss_sum = 0.0
+        for i, batch in enumerate(micro):
+            # gradients sync across processes only on the last micro-batch
+            sync = i == len(micro) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss, _ = answer_loss_sum(model, batch)
+                # DDP averages gradients over processes; × world makes it a mean over the global tokens
+                accelerator.backward(loss * world / n_tokens)
+            loss_sum += loss.item()
+        grad_norm = None
+        if o.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / n_tokens
+        tokens_seen += n_tokens
+
+        if accelerator.is_main_process:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+            if step % max(1, recipe.log_every) == 0 or step == total:
+                now = time.time()
+                lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+                row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "loss": round(last_loss, 5),
+                       "grad_norm": None if grad_norm is None else round(grad_norm, 4),
+                       "lr": lrs.get("rest", lrs.get("rest-no-decay")), "lr_vision": lrs.get("vision"),
+                       "tokens_per_s": round(tokens_seen / (now - tick), 1), "elapsed_s": round(now - start_time, 1)}
+                write_row(log_csv, row)
+                writer.add_scalar("train/loss", last_loss, step)
+                writer.add_scalar("train/lr", row["lr"], step)
+                if grad_norm is not None:
+                    writer.add_scalar("train/grad_norm", grad_norm, step)
+                writer.add_scalar("train/tokens_per_s", row["tokens_per_s"], step)
+                tick, tokens_seen = now, 0
+        if recipe.eval_every and step % recipe.eval_every == 0 and step < total:
+            evaluate(step)
+        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total:
+            save_checkpoint(ckpt_root, step, model, optimizer, scheduler, {"meta": meta}, accelerator,
+                            recipe.keep_checkpoints)
+        if stop_at_step is not None and step >= stop_at_step and step < total:
+            bar.close()
+            return TrainResult(out, None, step, last_loss, time.time() - start_time)
+    bar.close()
+
+    # -- the end: evaluate, merge LoRA, save model + processor + card ----------------------------
+    scores = evaluate(step)
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        from m3diff.pipeline import DiffCaptioner
+        from training.card import write_card
+
+        final = accelerator.unwrap_model(model)
+        if recipe.lora is not None:
+            final = final.merge_and_unload()
+        final = final.to(getattr(torch, recipe.save_dtype))
+        DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
+        write_card(model_dir, meta=meta, steps=step, val_scores=scores, seconds=time.time() - start_time)
+        writer.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(out, model_dir, step, last_loss, time.time() - start_time)
