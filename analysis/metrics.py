@@ -199,8 +199,11 @@ class CaptionScorer:
         if any(len(r) == 0 for r in refs):
             raise ValueError("every pair needs at least one reference caption")
         if not tokenized:
-            flat = self.tokenize(hyps + [c for r in refs for c in r])
-            hyps, pos = flat[: len(hyps)], len(hyps)
+            # Two calls, references then predictions, as COCOEvalCap makes them: Stanford's tokenizer
+            # looks across lines ("a." before a lower-case line stays one token), so only the same
+            # neighbours give pycocoevalcap's tokens. Slices reuse these tokens (one per caption).
+            flat = self.tokenize([c for r in refs for c in r])
+            hyps, pos = self.tokenize(hyps), 0
             tok_refs = []
             for r in refs:
                 tok_refs.append(flat[pos: pos + len(r)])

@@ -129,3 +129,5 @@ def test_spice_reported_unavailable_without_jars(monkeypatch, tmp_path):
     assert not a.spice and "SPICE" not in a.runnable and any("CoreNLP" in n for n in a.notes)
     with pytest.raises(RuntimeError, match="CoreNLP"):
         CaptionScorer(ScorerConfig(spice=True, meteor=False), availability=a)
+
+
