@@ -494,7 +494,7 @@ def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = 
 
 
 def load_examples() -> list[dict]:
-    path = EXAMPLES_DIR / "examples.json"
+    path = EXAMPLES_DIR / "test.json"  # m3diff's dataset layout: `m3diff eval --refs examples` reads it too
     if not path.is_file():
         return []
     return [dict(e, before=str(EXAMPLES_DIR / e["before"]), after=str(EXAMPLES_DIR / e["after"]))
@@ -624,6 +624,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
                 delta_df = gr.Dataframe(interactive=False)
                 gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
                 gr.Dataframe(paper_table(), interactive=False)
+                paper_plot = gr.Plot(label="the paper, per domain")
                 with gr.Row():
                     csv_btn = gr.Button("Export per-type table: CSV")
                     tex_btn = gr.Button("Export per-type table: LaTeX")
@@ -732,6 +733,8 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
                                      [reports_state, run], run, api_visibility="private", **cpu_only)
 
         demo.load(show_dashboard, [reports_state, metric], dash_out, api_visibility="private", **cpu_only)
+        for trigger in (demo.load, metric.change):
+            trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **cpu_only)
         demo.load(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **cpu_only).then(
             filter_table, [reports_state, run, ftype, fdomain, sort_by, asc], table, api_visibility="private",
             **cpu_only)

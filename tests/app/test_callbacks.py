@@ -133,7 +133,9 @@ def test_build_app_names_the_describe_endpoint(services):
     assert fns["describe"].concurrency_id == fns["describe_stream"].concurrency_id
     assert fns["describe"].concurrency_limit == 1
     cpu = [d for d in demo.fns.values() if d.concurrency_id != fns["describe"].concurrency_id]
-    assert cpu and all(d.concurrency_limit is None for d in cpu)
+    # gr.Examples' own loader keeps "default", which launch() sets to unlimited (queue default None)
+    assert cpu and all(d.concurrency_limit is None or (d.concurrency_limit == "default" and d.fn.__name__ == "load_example")
+                       for d in cpu)
 
 
 def test_the_app_module_holds_no_model_or_mutable_state():
@@ -168,3 +170,13 @@ def test_parse_args_reads_the_environment(monkeypatch):
     monkeypatch.setenv("M3DIFF_MODEL", "org/some-model")
     assert app.parse_args([]).model == "org/some-model"
     assert app.parse_args(["--model", "embedded"]).model is None
+
+
+def test_examples_cover_every_change_type_and_a_real_photo_pair():
+    from m3diff.change_types import TYPE_IDS
+
+    examples = app.load_examples()
+    assert {e["id"] for e in examples} >= set(TYPE_IDS) | {"motorcycle"}
+    assert all(app.Path(e["before"]).is_file() and app.Path(e["after"]).is_file() for e in examples)
+    size = sum(f.stat().st_size for f in app.EXAMPLES_DIR.rglob("*") if f.is_file())
+    assert size < 2 * 2**20

@@ -1,0 +1,55 @@
+"""The app served on 127.0.0.1: /describe through gradio_client, and only the app's own folders served."""
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+import app
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(services):
+    config = app.AppConfig(port=free_port(), max_new_tokens=8)
+    services = app.Services(services.captioner, services.twin, {}, "", config)
+    demo = app.build_app(services)
+    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{config.port}/"
+    finally:
+        demo.close()
+
+
+def _status(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_describe_endpoint_through_gradio_client(server, pair_files, bad_files, tiny_config):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    caption, scores = client.predict(handle_file(pair_files[0]), handle_file(pair_files[1]), 8, api_name="/describe")
+    assert isinstance(caption, str)
+    assert sorted(scores) == sorted(str(k) for k in tiny_config.mdp_layers)
+    # a bad upload comes back as the app's message, not a traceback
+    with pytest.raises(Exception, match="1×1"):
+        client.predict(handle_file(str(bad_files["1x1"])), handle_file(pair_files[1]), 8, api_name="/describe")
+
+
+def test_only_the_apps_folders_are_served(server):
+    assert _status(server + "gradio_api/file=" + str(app.EXAMPLES_DIR / "images" / "color_before.png")) == 200
+    for secret in (app.HERE / "pyproject.toml", app.HERE / "app.py", "/etc/passwd"):
+        assert _status(server + f"gradio_api/file={secret}") in (403, 404)
