@@ -1,14 +1,17 @@
 """Which pixels of the two input images a chosen output depends on (captum), folded to pixels and patches.
 
-The core works on any differentiable ``f(pixel_values[B, 2, 3, H, W]) -> [B]`` (e.g. the logit of one
-word of a generated caption, with the caption so far fixed), so it is tested on a hand-made toy model.
+The core works on any differentiable ``f(pixel_values[B, 2, 3, H, W]) -> [B]``, so it is tested on a
+hand-made toy model. ``explain_word`` is the adapter for the real model: ``f`` = the log-probability of
+one word of a caption given the images and the caption before it (teacher-forced).
 Saliency (|gradient|) is the default: one backward pass. Integrated Gradients (zero baseline) is the
 option for sharper maps when the time is there (n_steps backward passes).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +24,8 @@ METHODS = ("saliency", "integrated_gradients")
 class AttributionConfig:
     method: str = "saliency"
     n_steps: int = 16  # Integrated Gradients only
-    patch: int = 14  # SigLIP's patch size: the grid the MDP maps live on
+    patch: int = 14  # SigLIP's patch size: the grid the MDP maps live on (explain_word uses the model's)
+    internal_batch_size: int | None = None  # Integrated Gradients: steps per forward pass (None: all at once)
 
 
 @dataclass
@@ -49,6 +53,7 @@ def attribute(f: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Ten
         attr = Saliency(f).attribute(x, abs=True)
     else:
         attr, d = IntegratedGradients(f).attribute(x, baselines=torch.zeros_like(x), n_steps=config.n_steps,
+                                                    internal_batch_size=config.internal_batch_size,
                                                     return_convergence_delta=True)
         delta = d.detach().cpu().numpy()
     pix = attr.detach().abs().sum(2)  # [B, 2, H, W]
@@ -90,3 +95,141 @@ def _as_grid(m: np.ndarray) -> np.ndarray:
         if g * g == m.shape[-1] and (m.ndim == 1 or m.shape[-1] != m.shape[-2]):
             return m.reshape(*m.shape[:-1], g, g)
     return m
+
+
+# ---------------------------------------------------------------------------- the real model
+WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
+TARGETS = ("logprob", "logit")
+
+
+def caption_words(caption: str) -> list[str]:
+    """The words of a caption as ``explain_word`` counts them (punctuation dropped; "left-hand" is one)."""
+    return [m.group() for m in WORD_RE.finditer(caption.strip())]
+
+
+@dataclass
+class WordAttribution:
+    word: str
+    word_index: int  # position in caption_words(caption)
+    words: list[str]  # caption_words(caption)
+    token_positions: list[int]  # the word's tokens, as indices into the caption's tokens
+    tokens: list[str]  # their text (the first may carry the leading space)
+    score: float  # the explained value: log p(word | images, prompt, caption before it), or the summed logits
+    pixels: np.ndarray  # [2, S, S] (before, after) at the model's input resolution (padded to square, resized)
+    patches: np.ndarray  # [2, g, g] on the vision tower's patch grid, the grid of the MDP maps
+    image_maps: tuple[np.ndarray, np.ndarray]  # (before [h, w], after [h, w]) pixels mapped back onto each image
+    method: str
+    convergence_delta: float | None = None  # Integrated Gradients only
+
+
+def explain_word(captioner, before, after, caption: str, word: int | str, config: AttributionConfig | None = None,
+                 *, target: str = "logprob", instruction: str | None = None,
+                 overlay_side: int | None = None) -> WordAttribution:
+    """Which pixels of the before and after images make the model say one word of ``caption``.
+
+    - ``captioner``: an ``m3diff.DiffCaptioner`` (MDP on or off; any device and dtype).
+    - ``before``, ``after``: the images as given to ``describe`` (paths, bytes, arrays or PIL).
+    - ``caption``: the caption to explain, usually ``describe(before, after).caption``.
+    - ``word``: an index into ``caption_words(caption)`` (use it when a word occurs twice), or the word
+      itself (its first occurrence, case-insensitive).
+    - ``config``: ``AttributionConfig(method="saliency")`` (default, one backward pass) or
+      ``method="integrated_gradients", n_steps=...`` (n_steps passes); ``patch`` is taken from the model.
+    - ``target``: "logprob" (default) explains log p(word | images, prompt, caption before the word),
+      summed over the word's tokens; "logit" the sum of their raw logits.
+    - ``overlay_side``: longest side of ``image_maps`` (default: each image's own size); a few hundred
+      pixels is plenty for a browser overlay of a large photo.
+
+    The caption is teacher-forced after the prompt exactly as in training (``encode_pairs(answers=...)``)
+    and the word's tokens are found with the tokenizer's offsets, so multi-token words and words that
+    share a token with punctuation are handled. Returns a ``WordAttribution``: ``pixels`` [2, S, S] and
+    ``patches`` [2, g, g] in the model's input frame, and ``image_maps`` = (before [h, w], after [h, w])
+    on each original image (padding removed), ready for ``analysis.figures.heatmap_overlay(image, map)``.
+    Raises ValueError for an empty caption, a word not in it, or an index out of range.
+    """
+    config = config or AttributionConfig()
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    caption = (caption or "").strip()
+    words = [(m.group(), m.start(), m.end()) for m in WORD_RE.finditer(caption)]
+    if not words:
+        raise ValueError(f"caption {caption!r} has no words to explain; describe the pair first")
+    index = _word_index([w for w, _, _ in words], word)
+    text, start, end = words[index]
+
+    model, processor = captioner.model, captioner.processor
+    tokenizer = processor.tokenizer
+    batch = processor.encode_pairs([(before, after)], answers=[caption], instruction=instruction)
+    input_ids = batch["input_ids"][0]  # [T]
+    answer_at = int((batch["labels"][0] != -100).nonzero()[0])  # the caption's first token
+    enc = tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True)
+    cap_ids = enc["input_ids"]
+    if input_ids[answer_at:answer_at + len(cap_ids)].tolist() != cap_ids:
+        raise ValueError(f"the caption {caption!r} tokenizes differently after the prompt; cannot locate its words")
+    positions = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if s < end and e > start]
+    first, last = answer_at + positions[0], answer_at + positions[-1]
+
+    # The model is causal: nothing after the word matters, and only the logits predicting it are needed.
+    ids = input_ids[: last + 1][None].to(model.device)  # [1, T']
+    wanted = ids[0, first:]  # [n] the word's token ids
+    n = len(wanted)
+    pv = batch["pixel_values"].to(model.device)  # [2, 1, 3, S, S]: before, after
+    sizes = batch["image_sizes"].to(model.device)  # [2, 2] (h, w) of the originals
+
+    def f(x):  # [N, 2, 3, S, S] -> [N]
+        k = x.shape[0]
+        out = model(input_ids=ids.expand(k, -1), attention_mask=torch.ones_like(ids).expand(k, -1),
+                    pixel_values=x.reshape(2 * k, 1, *x.shape[2:]).to(model.dtype), image_sizes=sizes.repeat(k, 1),
+                    batch_num_images=torch.full((k,), 2, device=ids.device), use_cache=False,
+                    logits_to_keep=n + 1)
+        logits = out.logits[:, :n].float()  # [N, n, V]: position p predicts token p + 1
+        if target == "logprob":
+            logits = logits.log_softmax(-1)
+        return logits.gather(-1, wanted.expand(k, -1)[..., None]).squeeze(-1).sum(-1)
+
+    patch = model.config.vision_config.patch_size
+    threads = getattr(captioner, "_threads", None)  # small models run faster on one CPU thread
+    with torch.inference_mode(False), torch.enable_grad(), (threads() if threads else nullcontext()):
+        x = pv[:, 0][None]  # [1, 2, 3, S, S]
+        with torch.no_grad():
+            score = float(f(x.float())[0])
+        attr = attribute(f, x, replace(config, patch=patch))
+    sizes_hw = [tuple(int(v) for v in hw) for hw in batch["image_sizes"]]
+    maps = tuple(_to_image(attr.pixels[0, i], hw, overlay_side) for i, hw in enumerate(sizes_hw))
+    delta = None if attr.convergence_delta is None else float(np.ravel(attr.convergence_delta)[0])
+    return WordAttribution(
+        word=text, word_index=index, words=[w for w, _, _ in words], token_positions=positions,
+        tokens=[tokenizer.decode([cap_ids[k]]) for k in positions], score=score, pixels=attr.pixels[0],
+        patches=attr.patches[0], image_maps=maps, method=attr.method, convergence_delta=delta,
+    )
+
+
+def _word_index(words: list[str], word: int | str) -> int:
+    if isinstance(word, (int, np.integer)) and not isinstance(word, bool):
+        if not -len(words) <= word < len(words):
+            raise ValueError(f"word index {word} is out of range: the caption has {len(words)} words")
+        return int(word) % len(words)
+    if isinstance(word, str):
+        hits = [i for i, w in enumerate(words) if w.lower() == word.strip().lower()]
+        if not hits:
+            shown = " ".join(words[:30]) + (" ..." if len(words) > 30 else "")
+            raise ValueError(f"{word!r} is not a word of the caption; its words are: {shown}")
+        return hits[0]
+    raise TypeError(f"word must be an index or a string, got {type(word).__name__}")
+
+
+def _to_image(m: np.ndarray, hw: tuple[int, int], max_side: int | None) -> np.ndarray:
+    """A map on the model's square input back onto the original image: the processor padded the image to
+    a centred square (the longer side) and resized it, so undo both, sampling bilinearly."""
+    h, w = hw
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    scale = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
+    oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+    # grid_sample's coordinates: -1 and 1 are the outer edges of the padded square (align_corners=False)
+    ys = (top + (torch.arange(oh, dtype=torch.float64) + 0.5) * h / oh) * 2 / side - 1
+    xs = (left + (torch.arange(ow, dtype=torch.float64) + 0.5) * w / ow) * 2 / side - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].float()  # [1, oh, ow, 2] (x, y)
+    out = F.grid_sample(torch.as_tensor(m, dtype=torch.float32)[None, None], grid, mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out[0, 0].numpy()
+

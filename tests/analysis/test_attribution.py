@@ -1,7 +1,11 @@
 import numpy as np
+import pytest
 import torch
 
-from analysis.attribution import AttributionConfig, attribute, trace_maps
+from analysis.attribution import (AttributionConfig, WordAttribution, _to_image, attribute, caption_words, explain_word,
+                                  trace_maps)
+from m3diff.pipeline import DiffCaptioner
+from tests.conftest import pair_images
 
 
 class LooksAtRegion(torch.nn.Module):
@@ -48,3 +52,97 @@ def test_trace_maps_fold_tokens_to_grids():
     tr = {"delta_norm": {"2": np.arange(16.0)}, "attn_eq6": {"2": np.ones((2, 16))}}
     m = trace_maps(tr)
     assert m["delta_norm"].shape == (4, 4) and m["attn_eq6_before"].shape == (4, 4)
+
+
+# ---------------------------------------------------------------------------- explain_word on the tiny model
+CAPTION = "the red xylophone moved behind the blue sphere."
+
+
+@pytest.fixture(params=[True, False], ids=["mdp", "no-mdp"])
+def captioner(request, make_model, processor):
+    return DiffCaptioner(make_model(use_mdp=request.param), processor)
+
+
+def _teacher_forced_logprob(captioner, before, after, caption, positions):
+    """log p of caption tokens ``positions`` from one plain forward over the whole sequence."""
+    batch = captioner.processor.encode_pairs([(before, after)], answers=[caption])
+    ids = batch["input_ids"][0]
+    at = int((batch["labels"][0] != -100).nonzero()[0])
+    with torch.no_grad():
+        logits = captioner.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+    logp = logits.log_softmax(-1)
+    return sum(float(logp[at + p - 1, ids[at + p]]) for p in positions)
+
+
+def test_explain_word_maps_fit_each_image(captioner):
+    before, after = pair_images(size=(60, 40))
+    after = after.resize((50, 70))  # the two images need not share a size
+    w = explain_word(captioner, before, after, CAPTION, "sphere")
+    s = captioner.model.config.vision_config.image_size
+    g = s // captioner.model.config.vision_config.patch_size
+    assert isinstance(w, WordAttribution) and w.method == "saliency"
+    assert w.pixels.shape == (2, s, s) and w.patches.shape == (2, g, g)
+    assert w.image_maps[0].shape == (40, 60) and w.image_maps[1].shape == (70, 50)
+    for m in (w.pixels, w.patches, *w.image_maps):
+        assert np.isfinite(m).all() and (m >= 0).all()
+    assert all(w.pixels[i].sum() > 0 and w.image_maps[i].sum() > 0 for i in (0, 1))  # both images matter
+    assert w.score < 0 and w.score == pytest.approx(
+        _teacher_forced_logprob(captioner, before, after, CAPTION, w.token_positions), abs=1e-4)
+    small = explain_word(captioner, before, after, CAPTION, "sphere", overlay_side=20)
+    assert small.image_maps[0].shape == (13, 20) and small.image_maps[1].shape == (20, 14)
+
+
+def test_multi_token_word_maps_to_its_tokens(captioner):
+    tok = captioner.processor.tokenizer
+    before, after = pair_images()
+    w = explain_word(captioner, before, after, CAPTION, 2)
+    ids = tok(CAPTION, add_special_tokens=False)["input_ids"]
+    assert w.word == "xylophone" and len(w.token_positions) > 1  # the tiny tokenizer never saw it
+    assert w.token_positions == list(range(w.token_positions[0], w.token_positions[-1] + 1))
+    assert tok.decode([ids[p] for p in w.token_positions]).strip() == "xylophone"
+    assert "".join(w.tokens).strip() == "xylophone"
+    # the word before and after are outside the span
+    assert "red" not in tok.decode([ids[p] for p in w.token_positions])
+    last = explain_word(captioner, before, after, CAPTION, "Sphere")  # by text, case-insensitive, before the "."
+    assert last.word_index == len(caption_words(CAPTION)) - 1
+    assert tok.decode([ids[p] for p in last.token_positions]).strip() == "sphere"
+    assert explain_word(captioner, before, after, CAPTION, "the").word_index == 0  # the first occurrence
+    assert explain_word(captioner, before, after, CAPTION, 5).token_positions[0] > w.token_positions[-1]  # "the" #2
+
+
+def test_integrated_gradients_with_few_steps(make_model, processor):
+    captioner = DiffCaptioner(make_model(), processor)
+    before, after = pair_images()
+    sal = explain_word(captioner, before, after, CAPTION, "red")
+    ig = explain_word(captioner, before, after, CAPTION, "red", AttributionConfig("integrated_gradients", n_steps=4))
+    assert ig.method == "integrated_gradients" and ig.pixels.shape == sal.pixels.shape
+    assert np.isfinite(ig.pixels).all() and ig.pixels.sum() > 0 and np.isfinite(ig.convergence_delta)
+    assert ig.score == pytest.approx(sal.score)
+    logit = explain_word(captioner, before, after, CAPTION, "red", target="logit")
+    assert logit.score != pytest.approx(sal.score) and logit.pixels.sum() > 0
+
+
+def test_explain_word_bad_input_is_clear(make_model, processor):
+    captioner = DiffCaptioner(make_model(), processor)
+    before, after = pair_images()
+    with pytest.raises(ValueError, match="no words"):
+        explain_word(captioner, before, after, "  . ", 0)
+    with pytest.raises(ValueError, match="'banana' is not a word of the caption; its words are: the red"):
+        explain_word(captioner, before, after, CAPTION, "banana")
+    with pytest.raises(ValueError, match="out of range: the caption has 8 words"):
+        explain_word(captioner, before, after, CAPTION, 8)
+    with pytest.raises(ValueError, match="target"):
+        explain_word(captioner, before, after, CAPTION, 0, target="prob")
+
+
+def test_maps_are_unpadded_onto_the_original_image():
+    # The processor pads a 60x40 image to a centred 60x60 square (10 rows above) and resizes to S x S.
+    s = 30
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    ramp = xx + 100 * yy  # linear, so bilinear sampling reproduces it exactly away from the border
+    m = _to_image(ramp, (40, 60), None)
+    assert m.shape == (40, 60)
+    i, j = 20, 30  # the image's pixel centre (20.5, 30.5) sits at (30.5, 30.5) in the 60x60 square
+    want_y, want_x = (10 + i + 0.5) * s / 60 - 0.5, (j + 0.5) * s / 60 - 0.5
+    assert m[i, j] == pytest.approx(want_x + 100 * want_y, abs=1e-3)
+    assert m[0].mean() > ramp[4].mean()  # the padding rows are cut off
