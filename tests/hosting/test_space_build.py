@@ -1,0 +1,120 @@
+"""`m3diff space build`: the metadata of the Space, and that its app imports and starts on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from m3diff.cli import main as cli_main
+from m3diff.hosting import SpaceBuildError, build_space, read_front_matter, repo_root
+
+ROOT = repo_root()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    return build_space(tmp_path_factory.mktemp("space") / "out")
+
+
+def test_the_repositorys_spaces_folder_is_not_a_package():
+    assert (ROOT / "spaces").is_dir() and not (ROOT / "spaces" / "__init__.py").exists()
+    import spaces  # Hugging Face's library, not our folder
+
+    assert hasattr(spaces, "GPU")
+
+
+def test_cpu_space_metadata(space):
+    meta = read_front_matter((space / "README.md").read_text(encoding="utf-8"))
+    import gradio
+
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ == "6.31.0"
+    major, minor = (int(x) for x in str(meta["python_version"]).split(".")[:2])
+    assert (major, minor) >= (3, 11)  # transformers 5 needs it
+    assert meta["app_file"] == "app.py" and (space / "app.py").is_file()
+    assert meta["suggested_hardware"] == "cpu-basic"
+    req = (space / "requirements.txt").read_text(encoding="utf-8")
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in req
+    import torch
+
+    assert f"torch=={torch.__version__.split('+')[0]}" in req
+    assert "gradio==6.31.0" in req
+    assert "jre" in (space / "packages.txt").read_text()
+    assert json.loads((space / "space_config.json").read_text())["model"] is None
+
+
+def test_space_holds_packages_app_examples_and_no_spaces_package(space):
+    for path in ("m3diff/pipeline.py", "m3diff/hosting.py", "analysis/figures.py", "m3diff_app.py",
+                 "examples/test.json", "examples/report.json"):
+        assert (space / path).is_file(), path
+    assert not (space / "spaces").exists()
+    assert not list(space.rglob("__pycache__"))
+
+
+def test_gpu_build_points_at_the_7b_model(tmp_path):
+    out = build_space(tmp_path / "gpu", model="org/m3diff-7b")
+    meta = read_front_matter((out / "README.md").read_text(encoding="utf-8"))
+    assert meta["models"] == ["org/m3diff-7b"] and meta["preload_from_hub"] == ["org/m3diff-7b"]
+    assert meta["suggested_hardware"].startswith("zero") and meta["sdk_version"] == "6.31.0"
+    assert "download.pytorch.org/whl/cpu" not in (out / "requirements.txt").read_text()
+    assert json.loads((out / "space_config.json").read_text())["model"] == "org/m3diff-7b"
+
+
+def test_build_refuses_clearly(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(SpaceBuildError, match="not empty"):
+        build_space(tmp_path / "full")
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    with pytest.raises(SpaceBuildError, match="hub id"):
+        build_space(tmp_path / "a", model="not-a-model")
+    with pytest.raises(SpaceBuildError, match="repository"):
+        build_space(ROOT / "m3diff" / "space")
+    assert cli_main(["space", "build", str(tmp_path / "full")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_gpu_duration_fits_the_request(space, monkeypatch):
+    monkeypatch.chdir(space)
+    src = (space / "app.py").read_text()
+    assert src.index("import spaces") < src.index("import m3diff_app")  # before anything touches CUDA
+    assert "spaces.GPU(duration=gpu_seconds)" in src
+
+
+@pytest.mark.slow
+def test_the_built_space_imports_and_starts_on_cpu(space):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "M3DIFF_MODEL")}
+    env.update(HF_HUB_OFFLINE="1", GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False")
+    probe = subprocess.run([sys.executable, "-c", "import app, m3diff; print(m3diff.__file__); "
+                            "print(app.gpu_seconds(None, None, 96))"],
+                           cwd=space, env=env, capture_output=True, text=True, timeout=180)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    where, seconds = probe.stdout.split()[-2:]
+    assert Path(where).is_relative_to(space)  # the Space's own copy, not the repository's
+    assert 0 < int(seconds) <= 120
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/info", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the Space did not answer within 120 s")
+    finally:
+        proc.terminate()
+        proc.wait(15)
