@@ -417,9 +417,11 @@ class Shown:
 
 
 def caption_words(caption: str) -> list[str]:
-    """The words a person can ask about: "index: word", so a repeated word stays distinct."""
-    words = [w.strip(".,;:!?\"'()") for w in caption.split()]
-    return [f"{i}: {w}" for i, w in enumerate(words) if w and w.isprintable()]
+    """The words a person can ask about, as "index: word" (a repeated word stays distinct); the indices
+    are analysis.attribution's, so the word explained is the word picked."""
+    from analysis.attribution import caption_words as words
+
+    return [f"{i}: {w}" for i, w in enumerate(words(caption or ""))]
 
 
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -457,10 +459,13 @@ def heatmaps(shown: Shown | None, layer, kind: str):
         raise gr.Error(str(exc)) from None
 
 
-def explain_word(services: Services, shown: Shown | None, word: str | None, progress=None):
-    """Captum attribution of one caption word on both images, as overlays (analysis.attribution)."""
+def explain_word(services: Services, shown: Shown | None, word: str | None):
+    """Captum attribution of one caption word on both images (analysis.attribution), as overlays on
+    one shared colour scale, and a line saying what was explained."""
     import gradio as gr
+    import numpy as np
 
+    from analysis.attribution import explain_word as attribute
     from m3diff.overlay import overlay
 
     if shown is None or not shown.caption:
@@ -469,16 +474,14 @@ def explain_word(services: Services, shown: Shown | None, word: str | None, prog
         raise gr.Error("Pick a word of the caption to explain.")
     index = int(str(word).split(":", 1)[0])
     try:
-        from analysis.attribution import explain_word as attribute
-    except ImportError:
-        raise gr.Error("Word attribution needs analysis.attribution, which this installation lacks.") from None
-    maps = attribute(services.captioner, shown.before, shown.after, shown.caption, index)
-    maps = getattr(maps, "maps", maps)  # [2, g, g]: before, after
-    import numpy as np
-
-    m = np.asarray(maps, dtype=np.float32)
-    lo, hi = float(m.min()), float(m.max())
-    return overlay(shown.before, m[0], scale=(lo, hi)), overlay(shown.after, m[1], scale=(lo, hi))
+        res = attribute(services.captioner, shown.before, shown.after, shown.caption, index, overlay_side=512)
+    except ValueError as exc:
+        raise gr.Error(str(exc), title="Cannot explain this word") from None
+    mb, ma = (np.asarray(m, dtype=np.float32) for m in res.image_maps)
+    scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
+    note = (f"**{res.word}** (word {res.word_index}, tokens {res.tokens}): log p = {res.score:.2f}; "
+            f"{res.method}, brighter = pixels that raise it more")
+    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
 
 
 def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
@@ -583,6 +586,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
                     with gr.Row():
                         attr_b = gr.Image(label="Before: attribution", interactive=False, height=240)
                         attr_a = gr.Image(label="After: attribution", interactive=False, height=240)
+                    attr_note = gr.Markdown()
                 with gr.Accordion("The same pair without MDP (the no-MDP twin)", open=services.twin is not None):
                     twin_box = gr.Textbox(label="No-MDP twin caption", interactive=False)
                 with gr.Accordion("Model card", open=not cap.trained):
@@ -597,7 +601,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
                 for trigger in (layer.change, kind.change):
                     trigger(lambda s, l, k: heatmaps(s, l, k), [shown, layer, kind], [heat_b, heat_a],
                             api_visibility="private", **cpu_only)
-                explain_btn.click(api_explain, [shown, word], [attr_b, attr_a], api_visibility="private",
+                explain_btn.click(api_explain, [shown, word], [attr_b, attr_a, attr_note], api_visibility="private",
                                   **model_limit)
                 # The API endpoint: two image files in, (caption, per-layer scores) out.
                 api_caption = gr.Textbox(visible=False)

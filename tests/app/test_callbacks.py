@@ -180,3 +180,15 @@ def test_examples_cover_every_change_type_and_a_real_photo_pair():
     assert all(app.Path(e["before"]).is_file() and app.Path(e["after"]).is_file() for e in examples)
     size = sum(f.stat().st_size for f in app.EXAMPLES_DIR.rglob("*") if f.is_file())
     assert size < 2 * 2**20
+
+
+def test_explain_word_draws_the_attribution_of_the_picked_word(services, pair_files):
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=2)
+    shown = app.Shown(shown.before, shown.after, shown.trace, "the red cube moved behind the blue sphere")
+    words = app.caption_words(shown.caption)
+    assert words[2] == "2: cube"
+    hb, ha, note = app.explain_word(services, shown, words[2])
+    assert hb.size == shown.before.size and ha.size == shown.after.size
+    assert "cube" in note and "word 2" in note
+    with pytest.raises(gr.Error, match="out of range"):
+        app.explain_word(services, shown, "99: nothing")
