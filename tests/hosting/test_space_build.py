@@ -118,3 +118,17 @@ def test_the_built_space_imports_and_starts_on_cpu(space):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_gpu_benchmark_refuses_cleanly_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the benchmark would run")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu_7b.py"), "--skip-train"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+    from training.train import answer_loss_sum, apply_lora, param_groups  # noqa: F401 (what it uses)
+    from training.recipe import load_recipe
+
+    assert load_recipe(ROOT / "training" / "recipes" / "paper-7b.yaml").lora.rank == 128
