@@ -128,19 +128,19 @@ def _embedded(vocab_size: int = 1024, image_token_index: int = 3, video_token_in
     """The embedded default: trained from scratch on generated pairs, small enough to ship in the wheel.
 
     128-px images in 16-px patches (64 tokens + image_newline each) keep sequences near 200 tokens,
-    so a 2-core CPU trains it in about an hour and describes a pair in well under a second.
+    so a shared 2-core CPU trains it in about an hour and describes a pair in well under a second.
     """
     vision = SiglipVisionConfig(
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
         image_size=128, patch_size=16, vision_use_head=False,
     )
     text = Qwen2Config(
-        hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+        hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512, tie_word_embeddings=False,
     )
     fields = dict(
         vision_config=vision, text_config=text, image_token_index=image_token_index,
-        video_token_index=video_token_index, mdp_layers=[2, 3, 4], mdp_depth=2, mdp_num_heads=4,
+        video_token_index=video_token_index, mdp_layers=[2, 4], mdp_depth=2, mdp_num_heads=4,
         mdp_mlp_ratio=2.0, image_grid_pinpoints=[[128, 128]],
     )
     fields.update(overrides)

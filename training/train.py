@@ -166,7 +166,7 @@ def quick_scores(pairs, captions) -> dict:
 def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_steps: int | None = None,
           stop_at_step: int | None = None, quiet: bool = False) -> TrainResult:
     """Train as the recipe says; ``stop_at_step`` ends the run there as a kill would (for tests)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
     from m3diff.processing import PairProcessor
@@ -175,7 +175,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
     start_time = time.time()
     out = Path(out)
-    accelerator = Accelerator(mixed_precision=recipe.precision)
+    # SigLIP's post_layernorm never feeds LLaVA-OneVision's features (it reads hidden_states), so DDP
+    # must allow parameters without gradients
+    accelerator = Accelerator(mixed_precision=recipe.precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     rank, world = accelerator.process_index, accelerator.num_processes
     # everything that can be wrong with the recipe and the data fails here, before any work
     accumulation = recipe.accumulation(world)
