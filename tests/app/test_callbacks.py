@@ -129,10 +129,11 @@ def test_build_app_names_the_describe_endpoint(services):
     demo = app.build_app(services)
     fns = {d.api_name: d for d in demo.fns.values()}
     assert "describe" in fns
-    # the model runs behind one shared concurrency limit; the dashboard's events are unlimited
-    assert fns["describe"].concurrency_id == fns["describe_stream"].concurrency_id
-    assert fns["describe"].concurrency_limit == 1
-    cpu = [d for d in demo.fns.values() if d.concurrency_id != fns["describe"].concurrency_id]
+    # streamed captions run one at a time; /describe calls wait together and are batched; the
+    # dashboard's events are unlimited
+    assert fns["describe_stream"].concurrency_id == "model" and fns["describe_stream"].concurrency_limit == 1
+    assert fns["describe"].concurrency_id == "model-api" and fns["describe"].concurrency_limit == 4
+    cpu = [d for d in demo.fns.values() if d.concurrency_id not in ("model", "model-api")]
     # gr.Examples' own loader keeps "default", which launch() sets to unlimited (queue default None)
     assert cpu and all(d.concurrency_limit is None or (d.concurrency_limit == "default" and d.fn.__name__ == "load_example")
                        for d in cpu)
@@ -192,3 +193,27 @@ def test_explain_word_draws_the_attribution_of_the_picked_word(services, pair_fi
     assert "cube" in note and "word 2" in note
     with pytest.raises(gr.Error, match="out of range"):
         app.explain_word(services, shown, "99: nothing")
+
+
+def test_concurrent_api_calls_are_batched_and_errors_stay_with_their_caller(services, pair_files, bad_files):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import pair_images
+
+    calls = []
+    real = services.captioner.describe_batch
+
+    def spy(pairs, **kw):
+        calls.append(len(pairs))
+        return real(pairs, **kw)
+
+    services.captioner.describe_batch = spy
+    alone = app.describe_api(services, *pair_files, 6)
+    args = [pair_files] * 5 + [(str(bad_files["truncated"]), pair_files[1])]
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(app.describe_api, services, *a, 6) for a in args]
+    results = [f.result() for f in futures[:5]]
+    with pytest.raises(gr.Error, match="truncated"):
+        futures[5].result()
+    assert all(r[0] == alone[0] for r in results)  # the same caption as a call on its own
+    assert sum(calls) == 6 and max(calls) <= 4 and len(calls) < 6  # 5 good pairs in fewer than 5 batches
