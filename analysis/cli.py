@@ -166,7 +166,10 @@ def run_predict(args) -> int:
 
     from analysis.report import atomic_write
 
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     out = Path(args.out)
+    model_name = args.model or "embedded"
     done: dict[str, str] = {}
     if out.exists():
         try:
@@ -175,6 +178,12 @@ def run_predict(args) -> int:
             done = {str(r["id"]): r["caption"] for r in rows}
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
+        # Resuming with another model or split would mix two runs' captions in one file.
+        if isinstance(data, dict):
+            for key, now in (("model", model_name), ("split", args.split)):
+                if key in data and data[key] != now:
+                    raise CLIError(f"{out} holds predictions of {key} {data[key]!r}, not {now!r}; "
+                                   f"pass the same --{key} to resume it, or pick another --out")
     try:
         from m3diff.data.readers import read_dataset
 
@@ -198,15 +207,17 @@ def run_predict(args) -> int:
         raise CLIError(str(exc)) from None
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_name = args.model or "embedded"
+    ours = {p.id for p in pairs}
 
     def save():
+        # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
         rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
+        rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
         atomic_write(out, json.dumps({"model": model_name, "data": str(args.data), "split": args.split,
                                       "predictions": rows}, ensure_ascii=False, indent=1))
 
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="describing", unit="pair") as bar:
-        for s in range(0, len(todo), max(1, args.batch_size)):
+        for s in range(0, len(todo), args.batch_size):
             batch = todo[s:s + args.batch_size]
             descs = captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
             for p, d in zip(batch, descs):

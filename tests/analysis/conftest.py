@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 
 import pytest
 
@@ -41,6 +42,26 @@ def scorer():
 
     with CaptionScorer() as s:
         yield s
+
+
+@pytest.fixture()
+def cli_scorer(monkeypatch, scorer):
+    """`m3diff eval` run inside a test scores with the session's scorer instead of starting its own METEOR
+    JVM (10-15 s each on the loaded 2-core machine); a different ScorerConfig (--no-meteor) still gets its own."""
+    import analysis.metrics as metrics
+
+    real = metrics.CaptionScorer
+
+    @contextmanager
+    def shared(config=None, availability=None):
+        if config is None or config == scorer.config:
+            yield scorer  # not closed here: the session fixture owns it
+        else:
+            with real(config, availability) as own:
+                yield own
+
+    monkeypatch.setattr(metrics, "CaptionScorer", shared)
+    return scorer
 
 
 @pytest.fixture()

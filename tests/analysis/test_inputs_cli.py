@@ -64,7 +64,7 @@ def test_coco_ground_truth(tmp_path):
     assert [(x.id, x.captions) for x in pairs] == [("1", ("a", "b")), ("2", ("c",))]
 
 
-def test_eval_cli_writes_four_reports(dataset, capsys):
+def test_eval_cli_writes_four_reports(dataset, cli_scorer, capsys):
     from m3diff.cli import main
 
     out = dataset / "out"
