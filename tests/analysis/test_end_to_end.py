@@ -1,6 +1,7 @@
 """`m3diff synth` -> `m3diff predict` (a saved tiny model) -> `m3diff eval`, on one generated set."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -128,6 +129,11 @@ def test_eval_on_the_generated_split(predictions, data, workdir, cli_scorer):
     types = {t for r in json.loads((data / "test.json").read_text()) for t in r["change_types"]}
     assert set(rep["per_type"]) == types and all(v["n"] >= 1 for v in rep["per_type"].values())
     assert set(rep["runs"]) == {"model", "fixed"} and rep["comparison"]["base"] == "model"
-    csv = (out / "scores.csv").read_text()
-    assert "model" in csv and "fixed" in csv and "CIDEr-D" in csv.splitlines()[0]
-    assert "\\begin{tabular}" in (out / "table.tex").read_text() or "tabular" in (out / "table.tex").read_text()
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["run"] for r in rows} == {"model", "fixed"}
+    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "n"} <= set(rows[0])
+    assert {r["slice"] for r in rows if r["slice_kind"] == "type"} == types
+    tex = (out / "table.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\nmodel &" in tex and "\nfixed &" in tex
+    assert "plotly" in (out / "report.html").read_text()
