@@ -154,8 +154,14 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
     if not words:
         raise ValueError(f"caption {caption!r} has no words to explain; describe the pair first")
     index = _word_index([w for w, _, _ in words], word)
-    text, start, end = words[index]
+    threads = getattr(captioner, "_threads", None)  # small models run faster on one CPU thread
+    # Callers may hold inference mode (generation does); tensors made under it could not enter autograd.
+    with torch.inference_mode(False), torch.enable_grad(), (threads() if threads else nullcontext()):
+        return _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side)
 
+
+def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
+    text, start, end = words[index]
     model, processor = captioner.model, captioner.processor
     tokenizer = processor.tokenizer
     batch = processor.encode_pairs([(before, after)], answers=[caption], instruction=instruction)
@@ -186,13 +192,10 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
             logits = logits.log_softmax(-1)
         return logits.gather(-1, wanted.expand(k, -1)[..., None]).squeeze(-1).sum(-1)
 
-    patch = model.config.vision_config.patch_size
-    threads = getattr(captioner, "_threads", None)  # small models run faster on one CPU thread
-    with torch.inference_mode(False), torch.enable_grad(), (threads() if threads else nullcontext()):
-        x = pv[:, 0][None]  # [1, 2, 3, S, S]
-        with torch.no_grad():
-            score = float(f(x.float())[0])
-        attr = attribute(f, x, replace(config, patch=patch))
+    x = pv[:, 0][None]  # [1, 2, 3, S, S]
+    with torch.no_grad():
+        score = float(f(x.float())[0])
+    attr = attribute(f, x, replace(config, patch=model.config.vision_config.patch_size))
     sizes_hw = [tuple(int(v) for v in hw) for hw in batch["image_sizes"]]
     maps = tuple(_to_image(attr.pixels[0, i], hw, overlay_side) for i, hw in enumerate(sizes_hw))
     delta = None if attr.convergence_delta is None else float(np.ravel(attr.convergence_delta)[0])
