@@ -217,3 +217,10 @@ def test_concurrent_api_calls_are_batched_and_errors_stay_with_their_caller(serv
         futures[5].result()
     assert all(r[0] == alone[0] for r in results)  # the same caption as a call on its own
     assert sum(calls) == 6 and max(calls) <= 4 and len(calls) < 6  # 5 good pairs in fewer than 5 batches
+
+
+def test_m3diff_app_command_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    from m3diff.cli import main as cli_main
+
+    assert cli_main(["app", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -53,3 +53,13 @@ def test_only_the_apps_folders_are_served(server):
     assert _status(server + "gradio_api/file=" + str(app.EXAMPLES_DIR / "images" / "color_before.png")) == 200
     for secret in (app.HERE / "pyproject.toml", app.HERE / "app.py", "/etc/passwd"):
         assert _status(server + f"gradio_api/file={secret}") in (403, 404)
+
+
+def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
+    import httpx
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (21 * 2**20))  # over MAX_FILE_SIZE (20 MB)
+    with big.open("rb") as f:
+        r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
+    assert r.status_code == 413
