@@ -431,8 +431,8 @@ def model_card(captioner, twin=None) -> str:
     if not captioner.trained:
         lines += ["> ⚠️ " + UNTRAINED_NOTE, ""]
     lines += [
-        f"- **Size**: {counts['total'] / 1e6:,.1f} M parameters (vision {counts['vision'] / 1e6:.1f} M, "
-        f"MDP {counts['mdp'] / 1e6:.2f} M, language model {counts['language_model'] / 1e6:.1f} M)",
+        f"- **Size**: {counts['total'] / 1e6:,.2f} M parameters (vision {counts['vision'] / 1e6:.2f} M, "
+        f"MDP {counts['mdp'] / 1e6:.2f} M, language model {counts['language_model'] / 1e6:.2f} M)",
         f"- **MDP**: " + (f"on vision layers {list(c.mdp_layers)}, depth {c.mdp_depth}" if c.use_mdp else "off (baseline)"),
         f"- **Images**: {c.vision_config.image_size}px, {c.num_image_tokens} tokens each; "
         f"device `{captioner.model.device}`, dtype `{str(captioner.model.dtype).replace('torch.', '')}`",
@@ -621,6 +621,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
                         if examples:
                             gr.Examples([[e["before"], e["after"]] for e in examples], [before, after],
                                         example_labels=[f"{e['id']} ({e['domain']})" for e in examples],
+                                        examples_per_page=len(examples),
                                         label="Examples: one generated pair per change type, and a real photo pair")
                     with gr.Column(scale=1):
                         caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
