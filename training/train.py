@@ -177,7 +177,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     out = Path(out)
     # SigLIP's post_layernorm never feeds LLaVA-OneVision's features (it reads hidden_states), so DDP
     # must allow parameters without gradients
-    accelerator = Accelerator(mixed_precision=recipe.precision,
+    # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) that makes it gloo on CPUs
+    accelerator = Accelerator(mixed_precision=recipe.precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     rank, world = accelerator.process_index, accelerator.num_processes
     # everything that can be wrong with the recipe and the data fails here, before any work
@@ -325,4 +326,5 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         write_card(model_dir, meta=meta, steps=step, val_scores=scores, seconds=time.time() - start_time)
         writer.close()
     accelerator.wait_for_everyone()
-    return TrainResult(out, model_dir, step, last_loss, time.time() - start_time)
+    return TrainResult(out, model_dir if accelerator.is_main_process else None, step, last_loss,
+                       time.time() - start_time)

@@ -1,0 +1,215 @@
+"""`m3diff train` on the tiny preset: smoke run, overfit, which parameters train, exact resume,
+two processes = one process, and recipes that fail before any work starts."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.recipe import RecipeError, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "training" / "recipes" / "tiny-cpu.yaml"
+ACCEL_2CPU = REPO / "training" / "recipes" / "accelerate" / "2cpu.yaml"
+LORA = [  # the paper's structure on the tiny model: LoRA on the LLM, the rest fully trained
+    "lora={rank: 4, alpha: 8, dropout: 0.1}", "optim.lr=1e-2", "optim.lr_vision=1e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from m3diff.cli import main
+
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--out", str(out), "--pairs", "40", "--seed", "5", "--size", "64", "--quiet"]) == 0
+    return out
+
+
+def _train(recipe, data, out, **kw):
+    from training.train import train
+
+    return train(recipe, [str(data)], out, quiet=True, **kw)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def test_smoke_run_saves_a_loadable_model_with_logs_and_card(synth_data, tmp_path):
+    from m3diff.pipeline import DiffCaptioner
+
+    recipe = load_recipe(TINY, ["max_steps=3", "checkpoint_every=2", "data.val_pairs=2"])
+    result = _train(recipe, synth_data, tmp_path / "run")
+    assert result.step == 3
+    model_dir = tmp_path / "run" / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "README.md"):
+        assert (model_dir / name).is_file(), name
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 1 + 3
+    assert "CIDEr-D" in (tmp_path / "run" / "eval.csv").read_text().splitlines()[0]
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    captioner = DiffCaptioner.from_pretrained(model_dir)
+    pair = next(iter(sorted((synth_data / "images").glob("*_before.png"))))
+    d = captioner.describe(pair, str(pair).replace("_before", "_after"))
+    assert isinstance(d.caption, str)
+
+
+def test_loss_falls_on_a_small_overfit_set(synth_data, tmp_path):
+    # every step reads the same 8 samples (global batch = the whole set of one pair's worth of samples)
+    recipe = load_recipe(TINY, ["max_steps=25", "checkpoint_every=0", "data.val_pairs=0", "optim.lr=3e-3",
+                                "batch.global_batch=8", "batch.per_device_batch=8", "log_every=1"])
+    from training.data import load_samples
+
+    samples = load_samples([str(synth_data)], False, 0)
+    jsonl = tmp_path / "eight.jsonl"
+    import json
+
+    jsonl.write_text("".join(json.dumps({"id": s.id, "before": s.before, "after": s.after, "answer": s.answer}) + "\n"
+                             for s in samples[:8]))
+    _train(recipe, jsonl, tmp_path / "run")
+    losses = [float(r.split(",")[2]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < 0.7 * losses[0], losses  # from ~ln(vocab); a model that learns nothing stays there
+    assert sum(losses[-5:]) < sum(losses[:5]) - 5 * 1.0, losses
+
+
+def test_exactly_the_intended_parameters_get_gradients(synth_data, tmp_path):
+    """LoRA + vision encoder + projector + MDP; no frozen LLM weight (timm-style check)."""
+    from training.data import Collator, load_samples
+    from training.train import answer_loss_sum, apply_lora, build_model, build_tokenizer, param_groups
+
+    recipe = load_recipe(TINY, LORA)
+
+    class Acc:  # build_tokenizer's view of the accelerator: one process
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    samples = load_samples([str(synth_data)], False, 0)
+    tok = build_tokenizer(recipe, samples, tmp_path, Acc())
+    torch.manual_seed(0)
+    model = build_model(recipe, tok)
+    from m3diff.processing import PairProcessor
+
+    processor = PairProcessor.for_config(model.config, tok)
+    model = apply_lora(recipe, model)
+    loss, n = answer_loss_sum(model, Collator(processor)(samples[:4]))
+    loss.backward()
+    assert n > 0
+    trainable_parts = (".lora_", ".vision_tower.", ".multi_modal_projector.", ".mdp.", "image_newline")
+    for name, p in model.named_parameters():
+        if any(part in name for part in trainable_parts):
+            assert p.requires_grad, name
+            if "post_layernorm" in name:  # SigLIP's last norm never feeds LLaVA-OneVision's features
+                continue
+            assert p.grad is not None, f"{name} got no gradient"
+            if ".lora_A." not in name:  # LoRA's B starts at zero, so A's first gradient is exactly zero
+                assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+        else:  # the LLM's base weights, embeddings and lm_head stay frozen under LoRA
+            assert not p.requires_grad and p.grad is None, f"frozen {name} got a gradient"
+    groups = {g["name"]: g for g in param_groups(recipe, model)}
+    assert groups["vision"]["lr"] == recipe.optim.lr_vision and groups["rest"]["lr"] == recipe.optim.lr
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_kill_and_resume_reaches_the_same_weights(synth_data, tmp_path):
+    recipe = load_recipe(TINY, LORA + ["max_steps=4", "checkpoint_every=2", "data.val_pairs=0"])
+    _train(recipe, synth_data, tmp_path / "straight")
+    # the interrupted run stops right after its step-2 checkpoint, as if killed there, then resumes
+    stopped = _train(recipe, synth_data, tmp_path / "resumed", stop_at_step=2)
+    assert stopped.step == 2 and stopped.model_dir is None
+    with pytest.raises(FileExistsError):  # a second start without --resume must not overwrite the run
+        _train(recipe, synth_data, tmp_path / "resumed")
+    _train(recipe, synth_data, tmp_path / "resumed", resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    # and the weights did move during the resumed half
+    half = load_file(str(next((tmp_path / "resumed" / "checkpoints").glob("step-000002")) / "model.safetensors")) \
+        if (tmp_path / "resumed" / "checkpoints" / "step-000002").is_dir() else None
+    if half is not None:
+        assert any(not torch.equal(half[k], b[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    common = ["train", "--recipe", str(TINY), "--data", str(synth_data), "--quiet", "--max-steps", "3",
+              "--set", "data.val_pairs=0", "--set", "batch.global_batch=8", "--set", "batch.per_device_batch=4",
+              "--set", "num_threads=1"]
+    one = subprocess.run([sys.executable, "-m", "m3diff.cli", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL_2CPU), "--main_process_port", str(port),
+         "-m", "m3diff.cli", *common, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    run = (tmp_path / "two" / "run.json").read_text()
+    assert '"world_size": 2' in run and '"accumulation": 1' in run
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst  # the same micro-batches; only the all-reduce's summation order differs
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer.lr=1"], "unknown key optimizer"),
+        (["lora.rnk=4"], "unknown key lora.rnk"),
+        (["optim.lr=fast"], "optim.lr: expected a number"),
+        (["batch.global_batch=10", "batch.per_device_batch=4"], "not a multiple of per_device_batch"),
+        (["max_steps=2.5"], "max_steps: expected an integer"),
+        (["model.preset=huge"], "unknown preset 'huge'"),
+        (["model.config={mdp_layers: [9]}"], "model.config"),
+        (["precision=fp8"], "precision"),
+    ],
+)
+def test_bad_recipes_fail_on_load_with_the_key_named(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(TINY, overrides)
+
+
+def test_bad_recipe_and_missing_data_fail_before_any_work(tmp_path, capsys):
+    from m3diff.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text() + "\nlearning_rate: 3\n")
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", str(bad), "--data", str(tmp_path), "--out", str(out)]) == 2
+    assert "unknown key learning_rate" in capsys.readouterr().err
+    assert main(["train", "--recipe", str(TINY), "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--recipe", str(TINY), "--out", str(out)]) == 2
+    assert "no training data" in capsys.readouterr().err
+    assert not out.exists()  # nothing started
+
+
+def test_impossible_batch_for_the_process_count():
+    recipe = load_recipe(TINY, ["batch.global_batch=8", "batch.per_device_batch=4"])
+    assert recipe.accumulation(1) == 2 and recipe.accumulation(2) == 1
+    with pytest.raises(RecipeError, match="× 3 processes"):
+        recipe.accumulation(3)
+
+
+def test_bundled_recipes_load():
+    for path in sorted((REPO / "training" / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        assert recipe.batch.global_batch % recipe.batch.per_device_batch == 0
+    paper = load_recipe(REPO / "training" / "recipes" / "paper-7b.yaml")
+    assert (paper.lora.rank, paper.lora.alpha) == (128, 256)
+    assert (paper.optim.lr_vision, paper.optim.lr) == (2e-6, 1e-5)
+    assert paper.batch.global_batch == 256 and paper.precision == "bf16" and paper.gradient_checkpointing
