@@ -1,0 +1,189 @@
+"""Package the embedded default model: copy a trained run into m3diff/weights/ with its reports and card.
+
+    python -m training.embedded --model runs/emb-mdp/model --twin runs/emb-nomdp/model \
+        --report reports/mdp/report.json --twin-report reports/nomdp/report.json \
+        --command "m3diff synth ... && m3diff train ..." [--dest m3diff/weights]
+
+Reports are `m3diff eval --out DIR` report.json files (schema m3diff.eval/1); they go to
+``DEST/reports/{m3diff,no_mdp}.json`` for the app's dashboard. The twin's weights go to ``DEST/twin/``
+only when both models together stay within ``--limit-mb``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "special_tokens_map.json")
+TYPES = ("viewpoint", "illumination", "addition", "disappearance", "removal", "substitution", "size", "color",
+         "orientation", "pose", "ocr", "counting")
+
+
+def copy_model(src: Path, dest: Path) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    size = 0
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+            size += (src / name).stat().st_size
+    return size
+
+
+def describe_latency(model_dir: Path, pairs, repeats: int = 5) -> float:
+    """Median seconds of DiffCaptioner.describe on single pairs (with the MDP trace, as the app calls it)."""
+    import torch
+
+    from m3diff.pipeline import DiffCaptioner
+
+    torch.set_num_threads(2)
+    captioner = DiffCaptioner.from_pretrained(model_dir)
+    captioner.describe(*pairs[0])  # warm-up
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        captioner.describe(*pairs[i % len(pairs)])
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bar_check(rep: dict, twin: dict | None) -> list[str]:
+    """The shipping bar: CIDEr-D >= 100 overall, >= 50 on each of the 12 types, ahead of the no-MDP twin."""
+    lines = []
+    overall = rep["overall"]["CIDEr-D"]
+    lines.append(f"- CIDEr-D overall {overall:.1f} (bar: >= 100): {'met' if overall >= 100 else 'NOT met'}")
+    low = {t: rep["per_type"][t]["CIDEr-D"] for t in TYPES if t in rep["per_type"] and rep["per_type"][t]["CIDEr-D"] < 50}
+    missing = [t for t in TYPES if t not in rep["per_type"]]
+    lines.append(f"- CIDEr-D >= 50 on every type: {'met' if not low and not missing else 'NOT met'}"
+                 + (f" (below: {', '.join(f'{t} {v:.1f}' for t, v in low.items())})" if low else "")
+                 + (f" (absent: {', '.join(missing)})" if missing else ""))
+    if twin is not None:
+        t = twin["overall"]["CIDEr-D"]
+        lines.append(f"- ahead of the no-MDP twin overall ({overall:.1f} vs {t:.1f}): {'met' if overall > t else 'NOT met'}")
+    return lines
+
+
+def architecture(model_dir: Path) -> str:
+    c = json.loads((model_dir / "config.json").read_text())
+    v, t = c["vision_config"], c["text_config"]
+    grid = v["image_size"] // v["patch_size"]
+    mdp = (f"MDP on vision layers {', '.join(map(str, c['mdp_layers']))}, depth {c['mdp_depth']}" if c.get("use_mdp", True)
+           else "no MDP (plain LLaVA-OneVision)")
+    return (f"SigLIP-style vision {v['num_hidden_layers']} layers × {v['hidden_size']}, {v['image_size']}-px images in "
+            f"{v['patch_size']}-px patches ({grid * grid} tokens + newline per image); {mdp}; Qwen2-style LLM "
+            f"{t['num_hidden_layers']} layers × {t['hidden_size']}")
+
+
+def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,
+               size_mb: float, twin_shipped: bool, notes: str = "") -> Path:
+    from training.card import comparison_table, report_tables
+
+    r = run_json["recipe"]
+    m = r["model"]
+    reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
+    meta = rep.get("meta", {})
+    text = f"""# m3diff embedded default model
+
+The model `DiffCaptioner.from_pretrained()` loads when no other model is given: a small M3Diff
+(LLaVA-OneVision architecture with the Multi-scale Differential Perception module, the same
+`M3DiffForConditionalGeneration` class as the 7B) trained **from scratch** on generated pairs
+(`m3diff synth`, both domains: `render` 3D scenes and `photo` composites, all 12 change types).
+It is a demonstration model for the app and the CLI on a CPU: it knows the synthetic world only,
+not real photographs.
+
+| | |
+|---|---|
+| architecture | preset `{m['preset']}` {json.dumps(m['config']) if m['config'] else ''}: {architecture(dest)} |
+| tokenizer | byte-level BPE, vocabulary {m['tokenizer_vocab_size']}, trained on the training captions |
+| weights | {size_mb:.1f} MB safetensors ({r['save_dtype']}) |
+| training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
+| recipe | `training/recipes/embedded.yaml`: {run_json['total_steps']} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process |
+| LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
+| describe latency | {f'{latency:.2f} s per pair (median, 2 CPU threads, with the MDP trace)' if latency else 'not measured'} |
+
+## Reproduce
+
+```
+{command}
+```
+
+## Evaluation
+
+Test split: {meta.get('references', '?')} (split `{meta.get('split', 'test')}`), {rep['overall']['n']} pairs, generated
+with a seed not used for training. Greedy decoding. Scores ×100 (pycocoevalcap: PTB tokenisation, CIDEr-D),
+every slice re-scored as its own corpus; [95% bootstrap interval]. SPICE is not available offline.
+
+### CIDEr-D, M3Diff beside the no-MDP twin (same data, recipe and steps, `use_mdp=false`)
+
+{comparison_table(reports)}
+
+### The shipping bar
+
+{chr(10).join(bar_check(rep, twin_rep))}
+
+### M3Diff (MDP), all metrics
+
+{report_tables(rep)}
+"""
+    if twin_rep:
+        text += f"""
+### No-MDP twin, all metrics
+
+{report_tables(twin_rep)}
+
+The twin's weights are {'in `twin/`' if twin_shipped else 'not shipped (size limit); its report is'} {'and its report in ' if twin_shipped else ''}`reports/no_mdp.json`.
+"""
+    if notes:
+        text += "\n## Notes\n\n" + notes + "\n"
+    path = dest / "README.md"
+    path.write_text(text)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--twin", type=Path, default=None)
+    p.add_argument("--report", required=True, type=Path)
+    p.add_argument("--twin-report", type=Path, default=None)
+    p.add_argument("--command", required=True)
+    p.add_argument("--notes", default="")
+    p.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "m3diff" / "weights")
+    p.add_argument("--limit-mb", type=float, default=30.0)
+    p.add_argument("--latency-pairs", type=Path, default=None, help="a dataset folder whose test pairs time describe()")
+    args = p.parse_args(argv)
+
+    dest = args.dest
+    size = copy_model(args.model, dest)
+    twin_shipped = False
+    if args.twin is not None:
+        twin_size = sum((args.twin / n).stat().st_size for n in MODEL_FILES if (args.twin / n).is_file())
+        if (size + twin_size) / 1e6 <= args.limit_mb - 0.5:  # room for the card and the reports
+            size += copy_model(args.twin, dest / "twin")
+            twin_shipped = True
+        else:
+            shutil.rmtree(dest / "twin", ignore_errors=True)
+    (dest / "reports").mkdir(exist_ok=True)
+    rep = json.loads(args.report.read_text())
+    shutil.copy2(args.report, dest / "reports" / "m3diff.json")
+    twin_rep = None
+    if args.twin_report:
+        twin_rep = json.loads(args.twin_report.read_text())
+        shutil.copy2(args.twin_report, dest / "reports" / "no_mdp.json")
+    latency = None
+    if args.latency_pairs:
+        from m3diff.data.readers import read_dataset
+
+        pairs = [(p.before, p.after) for p in read_dataset(args.latency_pairs, split="test").pairs[:5]]
+        latency = describe_latency(dest, pairs)
+    run_json = json.loads((args.model.parent / "run.json").read_text())
+    write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes)
+    print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
+          f"describe latency {latency if latency is None else round(latency, 3)} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
