@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--notes", default="")
     p.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[1] / "m3diff" / "weights")
     p.add_argument("--limit-mb", type=float, default=30.0)
+    p.add_argument("--run-json", type=Path, default=None, help="the run's run.json (default: next to --model)")
     p.add_argument("--latency-pairs", type=Path, default=None, help="a dataset folder whose test pairs time describe()")
     args = p.parse_args(argv)
 
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
 
         pairs = [(p.before, p.after) for p in read_dataset(args.latency_pairs, split="test").pairs[:5]]
         latency = describe_latency(dest, pairs)
-    run_json = json.loads((args.model.parent / "run.json").read_text())
+    run_json = json.loads((args.run_json or args.model.parent / "run.json").read_text())
     write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes)
     print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
           f"describe latency {latency if latency is None else round(latency, 3)} s")
