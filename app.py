@@ -52,7 +52,7 @@ EMBEDDED_LIMITS = (
 @dataclass(frozen=True)
 class AppConfig:
     model: str | None = None  # None / "embedded": the embedded default
-    twin: str | None = None  # the no-MDP baseline; default: m3diff/weights/no_mdp when the model is embedded
+    twin: str | None = None  # the no-MDP baseline; default: m3diff/weights/twin when the model is embedded
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 1  # model calls at once; CPU torch already uses every core for one call
@@ -137,7 +137,7 @@ def default_report_paths() -> list[Path]:
 
 def load_services(config: AppConfig, device: str | None = None) -> Services:
     """Load the model (and twin and reports). Raises ``ModelLoadError`` with a message for a person."""
-    from m3diff.pipeline import EMBEDDED_DIR, DiffCaptioner, ModelLoadError
+    from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner, ModelLoadError
 
     try:
         import torch
@@ -152,8 +152,8 @@ def load_services(config: AppConfig, device: str | None = None) -> Services:
             "(they load in bf16 with SDPA there); leave --model / M3DIFF_MODEL unset for the embedded model."
         ) from None
     twin_src = config.twin
-    if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_DIR / "no_mdp" / "config.json").is_file():
-        twin_src = str(EMBEDDED_DIR / "no_mdp")
+    if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_TWIN_DIR / "config.json").is_file():
+        twin_src = str(EMBEDDED_TWIN_DIR)
     twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
     paths = [Path(p) for p in config.reports] or default_report_paths()
     reports, note = {}, ""

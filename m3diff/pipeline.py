@@ -30,6 +30,7 @@ from m3diff.processing import PairProcessor
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).parent / "weights"
+EMBEDDED_TWIN_DIR = EMBEDDED_DIR / "twin"  # the embedded model's no-MDP twin (same data, recipe and steps)
 # Models this large are refused on a CPU: a 7B model needs ~30 GB and minutes per caption there.
 CPU_PARAMETER_LIMIT = 2_000_000_000
 
