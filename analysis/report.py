@@ -159,27 +159,30 @@ def html_report(rep: dict) -> str:
     return f"<!doctype html><html><head><meta charset=utf-8><title>m3diff eval</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
+def _slice_rows(rep: dict, all_sources: bool = True):
+    """(kind, name, stats, n) for every slice of a run, in the order both tables show them."""
+    yield "overall", "", rep["overall"], rep["overall"]["n"]
+    if rep.get("micro"):
+        yield "micro", "", rep["micro"], rep["micro"]["n"]
+    yield "macro", str(len(rep["macro"]["types"])), rep["macro"], ""
+    for kind, key in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source")):
+        if kind == "source" and not all_sources and len(rep[key]) <= 1:
+            continue
+        for name, stats in rep[key].items():
+            yield kind, name, stats, stats["n"]
+
+
 def _html_table(rep: dict) -> str:
     head = "".join(f"<th>{m}</th>" for m in HEADLINE)
+    labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro (mean of {} types)"}
     rows = []
-
-    def row(label, s, n):
+    for kind, name, s, n in _slice_rows(rep):
+        label = labels[kind].format(name) if kind in labels else f"{kind}: {name}"
         ci = s.get("ci") or {}
         cells = "".join(
             f"<td>{_fmt(s.get(m))}" + (f" <small>[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]</small>" if ci.get(m) else "") + "</td>"
             for m in HEADLINE)
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}</tr>")
-
-    row("overall", rep["overall"], rep["overall"]["n"])
-    if rep.get("micro"):
-        row("micro (pooled)", rep["micro"], rep["micro"]["n"])
-    row(f"macro (mean of {len(rep['macro']['types'])} types)", rep["macro"], "")
-    for t, s in rep["per_type"].items():
-        row(f"type: {t}", s, s["n"])
-    for d, s in rep["per_domain"].items():
-        row(f"domain: {d}", s, s["n"])
-    for d, s in rep["per_source"].items():
-        row(f"source: {d}", s, s["n"])
     return f"<table><tr><th>slice</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -188,20 +191,11 @@ def text_table(rep: dict) -> str:
     cols = ("n", *HEADLINE)
     lines = [f"{'slice':<26}" + "".join(f"{c:>10}" for c in cols)]
 
-    def add(label, s, n):
+    labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro ({} types)",
+              "type": "  {}", "domain": "  domain {}", "source": "  source {}"}
+    for kind, name, s, n in _slice_rows(rep, all_sources=False):
+        label = labels[kind].format(name)
         lines.append(f"{label:<26}" + f"{n!s:>10}" + "".join(f"{_fmt(s.get(m), 'n/a'):>10}" for m in HEADLINE))
-
-    add("overall", rep["overall"], rep["overall"]["n"])
-    if rep.get("micro"):
-        add("micro (pooled)", rep["micro"], rep["micro"]["n"])
-    add(f"macro ({len(rep['macro']['types'])} types)", rep["macro"], "")
-    for t, s in rep["per_type"].items():
-        add(f"  {t}", s, s["n"])
-    for d, s in rep["per_domain"].items():
-        add(f"  domain {d}", s, s["n"])
-    if len(rep["per_source"]) > 1:
-        for d, s in rep["per_source"].items():
-            add(f"  source {d}", s, s["n"])
     if rep.get("comparison"):
         base = rep["comparison"]["base"]
         for run, table in rep["comparison"]["runs"].items():
