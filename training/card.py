@@ -21,6 +21,10 @@ def write_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: flo
         f"global batch {r['batch']['global_batch']}",
         f"- {steps} optimizer steps in {seconds / 60:.1f} min on {meta['world_size']} process(es)",
     ]
+    total = meta.get("total_steps")
+    if total and steps < total:
+        lines.append(f"- **part-way**: step {steps} of a {total}-step schedule (the learning rate has not decayed "
+                     "yet); `m3diff train --resume` continues the same schedule")
     if command:
         lines += ["", "Reproduce:", "", "```", command, "```"]
     if val_scores:

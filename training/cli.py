@@ -21,6 +21,9 @@ def register(subparsers) -> None:
                    help="override a recipe value, e.g. --set optim.lr=1e-3 --set model.config.use_mdp=false")
     p.add_argument("--max-steps", type=int, default=None, help="replace the recipe's step count")
     p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    p.add_argument("--stop-at", type=int, default=None, metavar="N",
+                   help="stop after step N (checkpointed) and save the model as it is then in OUT/model: run a "
+                        "long schedule in pieces and evaluate part-way; --resume continues the same schedule")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
 
@@ -37,9 +40,10 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import train
 
     try:
-        result = train(recipe, args.data, args.out, resume=args.resume, max_steps=args.max_steps, quiet=args.quiet)
+        result = train(recipe, args.data, args.out, resume=args.resume, max_steps=args.max_steps,
+                       stop_at_step=args.stop_at, export_at_stop=args.stop_at is not None, quiet=args.quiet)
     except (RecipeError, FileExistsError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if result.model_dir is not None:
-        print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; model in {result.model_dir}")
+        print(f"trained to step {result.step} in {result.seconds / 60:.1f} min; model in {result.model_dir}")
     return 0

@@ -164,8 +164,13 @@ def quick_scores(pairs, captions) -> dict:
 
 # ------------------------------------------------------------------------------------------ the loop
 def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_steps: int | None = None,
-          stop_at_step: int | None = None, quiet: bool = False) -> TrainResult:
-    """Train as the recipe says; ``stop_at_step`` ends the run there as a kill would (for tests)."""
+          stop_at_step: int | None = None, export_at_stop: bool = False, quiet: bool = False) -> TrainResult:
+    """Train as the recipe says.
+
+    ``stop_at_step`` ends the run there, checkpointed, as a kill would; with ``export_at_stop`` the model
+    as it is at that step is also saved (merged, with its card) so a long schedule can be evaluated
+    part-way and later continued with ``resume`` — the schedule is the full run's, so nothing re-warms.
+    """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
@@ -255,6 +260,29 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         accelerator.wait_for_everyone()
         return scores
 
+    def export(at_step: int, scores: dict) -> Path:
+        model_dir = out / "model"
+        if accelerator.is_main_process:
+            from m3diff.pipeline import DiffCaptioner
+            from training.card import write_card
+
+            final = accelerator.unwrap_model(model)
+            if recipe.lora is not None:
+                final = final.merge_and_unload()
+            final = final.to(getattr(torch, recipe.save_dtype))
+            DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
+            write_card(model_dir, meta=meta, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
+        accelerator.wait_for_everyone()
+        return model_dir
+
+    stopping = stop_at_step is not None and step >= stop_at_step and step < total
+    if stopping and export_at_stop:  # resumed at or past the stop: the model as the checkpoint holds it
+        model_dir = export(step, {})
+        if writer is not None:
+            writer.close()
+        return TrainResult(out, model_dir if accelerator.is_main_process else None, step, float("nan"),
+                           time.time() - start_time)
+
     model.train()
     bar = tqdm(total=total, initial=step, desc=recipe.name, disable=quiet or not accelerator.is_main_process,
                dynamic_ncols=True)
@@ -303,28 +331,26 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                 tick, tokens_seen = now, 0
         if recipe.eval_every and step % recipe.eval_every == 0 and step < total:
             evaluate(step)
-        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total:
+        stopping = stop_at_step is not None and step >= stop_at_step and step < total
+        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total or stopping:
             save_checkpoint(ckpt_root, step, model, optimizer, scheduler, {"meta": meta}, accelerator,
                             recipe.keep_checkpoints)
-        if stop_at_step is not None and step >= stop_at_step and step < total:
+        if stopping:
             bar.close()
-            return TrainResult(out, None, step, last_loss, time.time() - start_time)
+            model_dir = None
+            if export_at_stop:
+                model.eval()
+                model_dir = export(step, {})
+            if writer is not None:
+                writer.close()
+            return TrainResult(out, model_dir if accelerator.is_main_process else None, step, last_loss,
+                               time.time() - start_time)
     bar.close()
 
     # -- the end: evaluate, merge LoRA, save model + processor + card ----------------------------
     scores = evaluate(step)
-    model_dir = out / "model"
-    if accelerator.is_main_process:
-        from m3diff.pipeline import DiffCaptioner
-        from training.card import write_card
-
-        final = accelerator.unwrap_model(model)
-        if recipe.lora is not None:
-            final = final.merge_and_unload()
-        final = final.to(getattr(torch, recipe.save_dtype))
-        DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
-        write_card(model_dir, meta=meta, steps=step, val_scores=scores, seconds=time.time() - start_time)
+    model_dir = export(step, scores)
+    if writer is not None:
         writer.close()
-    accelerator.wait_for_everyone()
     return TrainResult(out, model_dir if accelerator.is_main_process else None, step, last_loss,
                        time.time() - start_time)

@@ -138,6 +138,33 @@ def test_kill_and_resume_reaches_the_same_weights(synth_data, tmp_path):
     assert any(not torch.equal(half[k], b[k]) for k in b)
 
 
+def test_stop_at_saves_the_model_part_way_and_resume_continues_the_same_schedule(synth_data, tmp_path):
+    from m3diff.cli import main
+
+    common = ["train", "--recipe", str(TINY), "--data", str(synth_data), "--out", str(tmp_path / "run"), "--quiet",
+              "--max-steps", "4", "--set", "checkpoint_every=0", "--set", "data.val_pairs=0"]
+    assert main(common + ["--stop-at", "3"]) == 0  # 3 is no checkpoint_every multiple: the stop writes one
+    model_dir = tmp_path / "run" / "model"
+    step3 = load_file(str(tmp_path / "run" / "checkpoints" / "step-000003" / "model.safetensors"))
+    from m3diff.pipeline import DiffCaptioner
+
+    saved = DiffCaptioner.from_pretrained(model_dir).model.state_dict()
+    dtype = getattr(torch, load_recipe(TINY).save_dtype)
+    assert saved.keys() == step3.keys()
+    assert all(torch.equal(saved[k].to(dtype), step3[k].to(dtype)) for k in saved)  # the model step 3 left
+    assert "step 3 of a 4-step schedule" in (model_dir / "README.md").read_text()
+    # asked again at the same step: nothing trains, the same model comes out
+    assert main(common + ["--resume", "--stop-at", "3"]) == 0
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 1 + 3
+    # continuing finishes the 4-step schedule exactly as one uninterrupted run
+    assert main(common + ["--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert main(common[:6] + [str(straight)] + common[7:]) == 0
+    a, b = _weights(tmp_path / "run"), _weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "part-way" not in (model_dir / "README.md").read_text()
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
