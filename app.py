@@ -59,6 +59,9 @@ class AppConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     api_batch: int = 4  # /describe calls served together in one batch
     reports: tuple[str, ...] = ()  # report.json files for the Dashboard; default: the shipped ones
+    # the model in a process of its own (m3diff.remote): the CPU default of `python app.py`; a ZeroGPU
+    # Space needs it in the server's process, where spaces.GPU can reach it
+    separate_process: bool = False
 
 
 class PairBatcher:
@@ -116,7 +119,7 @@ class Services:
     Not mutated after construction: callbacks only read it, so concurrent requests cannot interfere.
     """
 
-    captioner: object  # m3diff.pipeline.DiffCaptioner
+    captioner: object  # m3diff.pipeline.DiffCaptioner, or m3diff.remote.RemoteCaptioner (same API)
     twin: object | None = None
     reports: dict[str, dict] = field(default_factory=dict)  # run name -> report.json content
     report_note: str = ""
@@ -129,32 +132,46 @@ class Services:
 
 
 def default_report_paths() -> list[Path]:
-    from m3diff.pipeline import EMBEDDED_DIR
+    from m3diff.describing import EMBEDDED_DIR
 
     folder = EMBEDDED_DIR / "reports"
     return [p for p in (folder / "m3diff.json", folder / "no_mdp.json") if p.is_file()]
 
 
+def load_error(exc: Exception, config: AppConfig) -> Exception:
+    """A model load error, with what to do about it in the app."""
+    from m3diff.describing import ModelLoadError
+
+    return ModelLoadError(
+        f"{exc}\nThe app could not start with model {config.model!r}. Large models need a CUDA GPU "
+        "(they load in bf16 with SDPA there); leave --model / M3DIFF_MODEL unset for the embedded model.")
+
+
 def load_services(config: AppConfig, device: str | None = None) -> Services:
-    """Load the model (and twin and reports). Raises ``ModelLoadError`` with a message for a person."""
-    from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner, ModelLoadError
+    """Load the model (and twin and reports). Raises ``ModelLoadError`` with a message for a person.
 
-    try:
-        import torch
+    With ``config.separate_process`` the model loads in its own process and this returns at once; the
+    first use of the captioner (``build_app`` reads its facts) waits for it and raises the load error."""
+    from m3diff.describing import EMBEDDED_TWIN_DIR, ModelLoadError
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
-            captioner = DiffCaptioner.from_pretrained(config.model, device=device)
-    except ModelLoadError as exc:
-        raise ModelLoadError(
-            f"{exc}\nThe app could not start with model {config.model!r}. Large models need a CUDA GPU "
-            "(they load in bf16 with SDPA there); leave --model / M3DIFF_MODEL unset for the embedded model."
-        ) from None
     twin_src = config.twin
     if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_TWIN_DIR / "config.json").is_file():
         twin_src = str(EMBEDDED_TWIN_DIR)
-    twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
+    if config.separate_process:
+        from m3diff.remote import RemoteCaptioner
+
+        captioner = RemoteCaptioner.start(config.model, twin=twin_src, device=device)
+        twin = captioner.twin
+    else:
+        from m3diff.pipeline import DiffCaptioner
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
+                captioner = DiffCaptioner.from_pretrained(config.model, device=device)
+        except ModelLoadError as exc:
+            raise load_error(exc, config) from None
+        twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
     paths = [Path(p) for p in config.reports] or default_report_paths()
     reports, note = {}, ""
     for p in paths:
@@ -425,21 +442,22 @@ def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
 # ============================================================================ describe
 def model_card(captioner, twin=None) -> str:
     """A short model card of what is loaded: source, size, MDP layers, training data, limits."""
-    c = captioner.model.config
-    counts = captioner.model.num_parameters_by_part()
-    lines = [f"### Model: `{captioner.source}`", ""]
-    if not captioner.trained:
+    info = captioner.info
+    counts = info.parameters
+    lines = [f"### Model: `{info.source}`", ""]
+    if not info.trained:
         lines += ["> ⚠️ " + UNTRAINED_NOTE, ""]
     lines += [
         f"- **Size**: {counts['total'] / 1e6:,.2f} M parameters (vision {counts['vision'] / 1e6:.2f} M, "
         f"MDP {counts['mdp'] / 1e6:.2f} M, language model {counts['language_model'] / 1e6:.2f} M)",
-        f"- **MDP**: " + (f"on vision layers {list(c.mdp_layers)}, depth {c.mdp_depth}" if c.use_mdp else "off (baseline)"),
-        f"- **Images**: {c.vision_config.image_size}px, {c.num_image_tokens} tokens each; "
-        f"device `{captioner.model.device}`, dtype `{str(captioner.model.dtype).replace('torch.', '')}`",
+        f"- **MDP**: " + (f"on vision layers {list(info.mdp_layers)}, depth {info.mdp_depth}" if info.use_mdp
+                          else "off (baseline)"),
+        f"- **Images**: {info.image_size}px, {info.num_image_tokens} tokens each; "
+        f"device `{info.device}`, dtype `{info.dtype}`",
         f"- **No-MDP twin**: " + (f"`{twin.source}` loaded" if twin is not None else "not loaded"),
     ]
-    card = _read_card(captioner.source)
-    if captioner.source in ("embedded", "untrained-tiny"):
+    card = _read_card(info.source)
+    if info.source in ("embedded", "untrained-tiny"):
         lines += ["", "**What it knows and does not know.** " + EMBEDDED_LIMITS]
     if card:
         lines += ["", "<details><summary>The model's own card</summary>", "", card, "", "</details>"]
@@ -447,7 +465,7 @@ def model_card(captioner, twin=None) -> str:
 
 
 def _read_card(source: str) -> str:
-    from m3diff.pipeline import EMBEDDED_DIR
+    from m3diff.describing import EMBEDDED_DIR
 
     folder = EMBEDDED_DIR if source == "embedded" else Path(source)
     readme = folder / "README.md"
@@ -473,7 +491,7 @@ class Shown:
 def caption_words(caption: str) -> list[str]:
     """The words a person can ask about, as "index: word" (a repeated word stays distinct); the indices
     are analysis.attribution's, so the word explained is the word picked."""
-    from analysis.attribution import caption_words as words
+    from m3diff.describing import caption_words as words
 
     return [f"{i}: {w}" for i, w in enumerate(words(caption or ""))]
 
@@ -481,7 +499,7 @@ def caption_words(caption: str) -> list[str]:
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
                     ) -> Iterator[tuple[str, dict, Shown]]:
     """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
-    from m3diff.pipeline import GenerationSettings
+    from m3diff.describing import GenerationSettings
 
     b, a = load_pair(before, after)
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
@@ -491,7 +509,7 @@ def describe_events(services: Services, before, after, max_new_tokens: int = DEF
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
     """The ``/describe`` endpoint: (caption, {layer: mean Score}) for two image files."""
-    from m3diff.pipeline import GenerationSettings
+    from m3diff.describing import GenerationSettings
 
     b, a = load_pair(before, after)
     d = services.batcher.describe(b, a, GenerationSettings(max_new_tokens=int(max_new_tokens)))
@@ -517,10 +535,9 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     """Captum attribution of one caption word on both images (analysis.attribution), as overlays on
     one shared colour scale, and a line saying what was explained."""
     import gradio as gr
-    import numpy as np
 
-    from analysis.attribution import explain_word as attribute
     from m3diff.overlay import overlay
+    from m3diff.remote import call_on
 
     if shown is None or not shown.caption:
         raise gr.Error("Describe a pair first, then pick a word of its caption.")
@@ -528,19 +545,30 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         raise gr.Error("Pick a word of the caption to explain.")
     index = int(str(word).split(":", 1)[0])
     try:
-        res = attribute(services.captioner, shown.before, shown.after, shown.caption, index, overlay_side=512)
+        mb, ma, note = call_on(services.captioner, "app:explain_maps", shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
-    mb, ma = (np.asarray(m, dtype=np.float32) for m in res.image_maps)
     scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
+    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
+
+
+def explain_maps(captioner, before, after, caption: str, index: int):
+    """Where the model lives: the word's attribution maps on both images (numpy) and a line saying what
+    was explained: plain data, so it crosses to the web process without torch."""
+    import numpy as np
+
+    from analysis.attribution import explain_word as attribute
+
+    res = attribute(captioner, before, after, caption, index, overlay_side=512)
+    mb, ma = (np.asarray(m, dtype=np.float32) for m in res.image_maps)
     note = (f"**{res.word}** (word {res.word_index}, tokens {res.tokens}): log p = {res.score:.2f}; "
             f"{res.method}, brighter = pixels that raise it more")
-    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
+    return mb, ma, note
 
 
 def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
     """The same pair through the no-MDP twin (the baseline), when one is loaded."""
-    from m3diff.pipeline import GenerationSettings
+    from m3diff.describing import GenerationSettings
 
     if services.twin is None:
         return "(no no-MDP twin loaded: start with --twin DIR to compare)"
@@ -572,7 +600,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
     from m3diff.overlay import MAP_KINDS, common_size
 
     cap = services.captioner
-    layers = [f"L{k}" for k in (cap.model.config.mdp_layers if cap.uses_mdp else [])]
+    layers = [f"L{k}" for k in cap.info.mdp_layers]  # waits here for a model loading in its own process
     examples = load_examples()
     kind_choices = [(label, key) for key, label in MAP_KINDS.items()]
     model_limit = dict(concurrency_id="model", concurrency_limit=services.config.concurrency)
@@ -803,7 +831,7 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
 
 
 def _short():
-    from m3diff.pipeline import GenerationSettings
+    from m3diff.describing import GenerationSettings
 
     return GenerationSettings(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
@@ -820,17 +848,20 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     p.add_argument("--concurrency", type=int, default=1, help="streamed (UI) model calls at once (default 1)")
     p.add_argument("--api-batch", type=int, default=4, help="/describe calls batched together (default 4)")
     p.add_argument("--report", action="append", default=[], help="a report.json for the dashboard (repeatable)")
+    p.add_argument("--same-process", action="store_true",
+                   help="run the model in the web server's process (default: a process of its own, which "
+                        "starts in parallel and decodes without stalling the server)")
     a = p.parse_args(argv)
     model = None if a.model in (None, "", "embedded") else a.model
     return AppConfig(model=model, twin=a.twin, host=a.host, port=a.port, concurrency=a.concurrency,
-                     api_batch=a.api_batch, reports=tuple(a.report))
+                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process)
 
 
 def launch(demo, config: AppConfig, **kwargs):
     """Queue and launch with the app's limits: upload size, served folders, theme."""
     import gradio as gr
 
-    from m3diff.pipeline import EMBEDDED_DIR
+    from m3diff.describing import EMBEDDED_DIR
 
     demo.queue(max_size=64, default_concurrency_limit=None)
     return demo.launch(
@@ -841,15 +872,20 @@ def launch(demo, config: AppConfig, **kwargs):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from m3diff.pipeline import ModelLoadError
+    from m3diff.describing import ModelLoadError
 
     config = parse_args(argv)
     try:
+        # the model process starts first: it loads while this process imports gradio and lays out the app
         services = load_services(config)
-    except (ModelLoadError, ReportError) as exc:
+        demo = build_app(services)
+    except ModelLoadError as exc:
+        print(f"m3diff app: error: {load_error(exc, config) if config.separate_process else exc}", file=sys.stderr)
+        return 2
+    except ReportError as exc:
         print(f"m3diff app: error: {exc}", file=sys.stderr)
         return 2
-    launch(build_app(services), config)
+    launch(demo, config)
     return 0
 
 

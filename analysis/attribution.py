@@ -8,7 +8,6 @@ option for sharper maps when the time is there (n_steps backward passes).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -16,6 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from m3diff.describing import WORD_RE, caption_words  # noqa: F401 — the words explain_word counts
 
 METHODS = ("saliency", "integrated_gradients")
 
@@ -98,13 +99,7 @@ def _as_grid(m: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the real model
-WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 TARGETS = ("logprob", "logit")
-
-
-def caption_words(caption: str) -> list[str]:
-    """The words of a caption as ``explain_word`` counts them (punctuation dropped; "left-hand" is one)."""
-    return [m.group() for m in WORD_RE.finditer(caption.strip())]
 
 
 @dataclass

@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DiffCaptioner": "m3diff.pipeline",
-    "Description": "m3diff.pipeline",
-    "GenerationSettings": "m3diff.pipeline",
+    "Description": "m3diff.describing",
+    "GenerationSettings": "m3diff.describing",
     "M3DiffConfig": "m3diff.config",
     "M3DiffForConditionalGeneration": "m3diff.modeling",
     "MultiScaleDifferentialPerception": "m3diff.mdp",

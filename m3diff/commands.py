@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--same-process", action="store_true",
+                   help="run the model in the web server's process (default: its own process, which starts in "
+                        "parallel and decodes without stalling the server)")
     p.set_defaults(handler=_app)
 
 
@@ -108,4 +111,5 @@ def _app(args: argparse.Namespace) -> int:
         import app
     except ModuleNotFoundError as exc:
         raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
-    return app.main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)])
+    return app.main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)]
+                    + (["--same-process"] if args.same_process else []))

@@ -17,55 +17,21 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from m3diff.config import M3DiffConfig, preset
+from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is where users look for them
+    EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
+)
 from m3diff.modeling import M3DiffForConditionalGeneration
 from m3diff.processing import PairProcessor
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_DIR = Path(__file__).parent / "weights"
-EMBEDDED_TWIN_DIR = EMBEDDED_DIR / "twin"  # the embedded model's no-MDP twin (same data, recipe and steps)
 # Models this large are refused on a CPU: a 7B model needs ~30 GB and minutes per caption there.
 CPU_PARAMETER_LIMIT = 2_000_000_000
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded; the message names the source and what to do."""
-
-
-@dataclass
-class Description:
-    caption: str
-    layer_scores: dict[int, float] = field(default_factory=dict)  # mean Score (eq. 7) per MDP layer
-    trace: dict | None = None  # MDPTrace.pair(): per-layer numpy maps and Score vectors
-    seconds: float = 0.0
-    done: bool = True  # False for the partial descriptions a stream yields
-
-    def to_json(self, with_maps: bool = False) -> dict:
-        out = {
-            "caption": self.caption,
-            "layer_scores": {str(k): round(v, 6) for k, v in self.layer_scores.items()},
-            "seconds": round(self.seconds, 4),
-        }
-        if with_maps and self.trace is not None:
-            out["trace"] = {
-                key: {str(k): np.asarray(v).round(6).tolist() for k, v in self.trace[key].items()}
-                for key in ("delta_norm", "attn_eq5", "attn_eq6")
-            }
-        return out
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 96
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
 
 
 # Below this size a CPU spends more on splitting each tiny matmul over threads than on the matmul:
@@ -162,6 +128,17 @@ class DiffCaptioner:
     @property
     def uses_mdp(self) -> bool:
         return self.model.model.mdp is not None
+
+    @property
+    def info(self) -> ModelInfo:
+        c = self.model.config
+        return ModelInfo(
+            source=self.source, trained=self.trained, use_mdp=self.uses_mdp,
+            mdp_layers=tuple(c.mdp_layers) if self.uses_mdp else (), mdp_depth=c.mdp_depth,
+            image_size=c.vision_config.image_size, num_image_tokens=c.num_image_tokens,
+            parameters=self.model.num_parameters_by_part(), device=str(self.model.device),
+            dtype=str(self.model.dtype).replace("torch.", ""),
+        )
 
     @contextmanager
     def _threads(self):

@@ -30,7 +30,9 @@ def gpu_seconds(*args, **kwargs) -> int:
 
 CONFIG = app.parse_args(["--model", os.environ.get("M3DIFF_MODEL") or SETTINGS.get("model") or "embedded",
                          "--host", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                         "--port", os.environ.get("GRADIO_SERVER_PORT", "7860")])
+                         "--port", os.environ.get("GRADIO_SERVER_PORT", "7860"),
+                         # the model in this process: spaces.GPU can only move what this process holds
+                         "--same-process"])
 SERVICES = app.load_services(CONFIG)  # at import, on purpose: ZeroGPU moves the model to the GPU from here
 demo = app.build_app(SERVICES, gpu=spaces.GPU(duration=gpu_seconds))
 

@@ -173,6 +173,14 @@ def test_parse_args_reads_the_environment(monkeypatch):
     assert app.parse_args(["--model", "embedded"]).model is None
 
 
+def test_the_model_runs_in_its_own_process_unless_asked_otherwise():
+    assert app.parse_args([]).separate_process  # python app.py / m3diff app
+    assert not app.parse_args(["--same-process"]).separate_process
+    assert not app.AppConfig().separate_process  # programmatic use (tests, the Space's entry) keeps it in-process
+    entry = (app.HERE / "spaces" / "entry.py").read_text()
+    assert '"--same-process"' in entry  # ZeroGPU's spaces.GPU can only reach a model in the server's process
+
+
 def test_examples_cover_every_change_type_and_a_real_photo_pair():
     from m3diff.change_types import TYPE_IDS
 

@@ -1,0 +1,260 @@
+"""A DiffCaptioner in a process of its own, behind the same describing API.
+
+    captioner = RemoteCaptioner.start("embedded", twin=EMBEDDED_TWIN_DIR)   # returns at once
+    captioner.info                                   # waits until the child has loaded the model
+    captioner.describe_batch(pairs, settings=...)    # -> [Description], as DiffCaptioner's
+    for d in captioner.describe_stream(before, after): ...
+    captioner.twin.describe(before, after, trace=False)
+    call_on(captioner, "app:explain_maps", before, after, caption, 3)   # any function of a captioner
+    captioner.close()
+
+Why a process: on a CPU, a web server and a model's token-by-token decoding loop both need Python's
+one interpreter lock, so in one process they take turns and every request waits for the other's
+Python work. In its own process the model decodes on one core while the server answers on another.
+And the child imports torch and transformers and loads the weights while the parent imports its web
+framework, so starting costs the longer of the two rather than their sum. The parent never imports
+torch: everything that crosses the pipe is plain data (str, numbers, numpy, PIL images) whose classes
+live in torch-free modules.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import import_module
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from m3diff.describing import Description, GenerationSettings, ModelInfo
+
+# Exceptions from these modules are sent as they are; any other becomes a RemoteError with its text,
+# so that unpickling one never imports torch (or anything else heavy) into the parent.
+_PORTABLE_EXCEPTIONS = ("builtins", "m3diff.describing", "m3diff.images")
+_OPS = ("describe_batch", "describe", "describe_stream", "call")
+
+
+class RemoteError(RuntimeError):
+    """An error raised in the model process (its type and message), or that process ending."""
+
+
+def resolve(target: str):
+    """"module:function" -> the function."""
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"target must be 'module:function', got {target!r}")
+    return getattr(import_module(module), name)
+
+
+def call_on(captioner, target: str, *args, **kwargs):
+    """``target(captioner, *args, **kwargs)`` run where the captioner's model lives (this process or its own)."""
+    if isinstance(captioner, RemoteCaptioner):
+        return captioner.call(target, *args, **kwargs)
+    return resolve(target)(captioner, *args, **kwargs)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    if type(exc).__module__ in _PORTABLE_EXCEPTIONS:
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:  # noqa: BLE001 — an exception that does not survive pickling is sent as text
+            pass
+    return RemoteError(f"{type(exc).__name__}: {exc}")
+
+
+def _serve(conn, model: str | None, twin: str | None, device: str | None) -> None:
+    """The child: load, say ready (with the models' facts), then answer requests one at a time."""
+    try:
+        from m3diff.pipeline import DiffCaptioner
+
+        captioners = {"model": DiffCaptioner.from_pretrained(model, device=device)}
+        if twin:
+            captioners["twin"] = DiffCaptioner.from_pretrained(twin, device=device)
+    except BaseException as exc:  # noqa: BLE001 — the parent raises it
+        conn.send(("error", _portable(exc)))
+        return
+    conn.send(("ready", {name: c.info for name, c in captioners.items()}))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if message is None:
+            return
+        which, op, args, kwargs = message
+        try:
+            if op not in _OPS or which not in captioners:
+                raise ValueError(f"no {op!r} on {which!r} in the model process")
+            captioner = captioners[which]
+            if op == "describe_stream":
+                for d in captioner.describe_stream(*args, **kwargs):
+                    conn.send(("item", d))
+                conn.send(("end", None))
+            elif op == "call":
+                conn.send(("result", resolve(args[0])(captioner, *args[1:], **kwargs)))
+            else:
+                conn.send(("result", getattr(captioner, op)(*args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 — the caller raises it; the process serves on
+            conn.send(("error", _portable(exc)))
+
+
+class _Link:
+    """The child process and the pipe to it. One request at a time, a stream included: the lock is held
+    until its last item, which is also all the child can do at once."""
+
+    def __init__(self, process, conn, names: tuple[str, ...]):
+        self.process = process
+        self.conn = conn
+        self.names = names  # the captioners the child loads: "model", and "twin" when asked
+        self.lock = threading.Lock()
+        self._infos: dict[str, ModelInfo] | None = None
+
+    def _recv(self):
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            try:
+                code = self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RemoteError(f"the model process ended (exit code {code})") from None
+
+    def infos(self) -> dict[str, ModelInfo]:
+        with self.lock:
+            if self._infos is None:
+                kind, payload = self._recv()
+                if kind == "error":
+                    self.close()
+                    raise payload
+                self._infos = payload
+            return self._infos
+
+    def request(self, which: str, op: str, args: tuple, kwargs: dict):
+        self.infos()
+        with self.lock:
+            self.conn.send((which, op, args, kwargs))
+            kind, payload = self._recv()
+        if kind == "error":
+            raise payload
+        return payload
+
+    def stream(self, which: str, args: tuple, kwargs: dict) -> Iterator[Description]:
+        self.infos()
+        with self.lock:
+            self.conn.send((which, "describe_stream", args, kwargs))
+            finished = False
+            try:
+                while True:
+                    kind, payload = self._recv()
+                    if kind == "item":
+                        yield payload
+                    elif kind == "end":
+                        finished = True
+                        return
+                    else:
+                        finished = True
+                        raise payload
+            finally:
+                while not finished:  # the caller stopped early: the rest is read so the next request starts clean
+                    kind, _ = self._recv()
+                    finished = kind in ("end", "error")
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            try:
+                self.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        self.conn.close()
+
+
+class RemoteCaptioner:
+    """The describing API of ``DiffCaptioner``, served by a child process (see the module's notes)."""
+
+    def __init__(self, link: _Link, which: str = "model"):
+        self._link = link
+        self._which = which
+
+    @classmethod
+    def start(cls, model: str | Path | None = None, *, twin: str | Path | None = None,
+              device: str | None = None) -> "RemoteCaptioner":
+        """Start the child and return at once; ``info`` or the first request waits for the load (a load
+        error is raised there: ``ModelLoadError`` for a model that cannot be loaded)."""
+        # A fresh interpreter (not fork: that would copy the parent's threads and locks; not
+        # multiprocessing's spawn: that re-runs the parent's main script) on one end of a socket pair.
+        # It dies with the parent: the socket closes and its next read ends it.
+        parent, child = socket.socketpair()
+        spec = json.dumps({"model": None if model is None else str(model), "twin": None if twin is None else str(twin),
+                           "device": device, "path": sys.path, "fd": child.fileno()})
+        process = subprocess.Popen([sys.executable, "-m", "m3diff.remote", spec], pass_fds=(child.fileno(),))
+        child.close()
+        parent = Connection(parent.detach())
+        return cls(_Link(process, parent, ("model", "twin") if twin is not None else ("model",)))
+
+    # ------------------------------------------------------------ what DiffCaptioner offers
+    @property
+    def info(self) -> ModelInfo:
+        return self._link.infos()[self._which]
+
+    @property
+    def source(self) -> str:
+        return self.info.source
+
+    @property
+    def trained(self) -> bool:
+        return self.info.trained
+
+    @property
+    def uses_mdp(self) -> bool:
+        return self.info.use_mdp
+
+    @property
+    def twin(self) -> "RemoteCaptioner | None":
+        """The no-MDP twin loaded beside the model, if one was asked for."""
+        return RemoteCaptioner(self._link, "twin") if self._which == "model" and "twin" in self._link.names else None
+
+    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, trace: bool = True,
+                       settings: GenerationSettings = GenerationSettings()) -> list[Description]:
+        return self._link.request(self._which, "describe_batch", (list(pairs),),
+                                  dict(instruction=instruction, trace=trace, settings=settings))
+
+    def describe(self, before, after, *, instruction: str | None = None, trace: bool = True,
+                 settings: GenerationSettings = GenerationSettings()) -> Description:
+        return self._link.request(self._which, "describe", (before, after),
+                                  dict(instruction=instruction, trace=trace, settings=settings))
+
+    def describe_stream(self, before, after, *, instruction: str | None = None, trace: bool = True,
+                        settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:
+        return self._link.stream(self._which, (before, after),
+                                 dict(instruction=instruction, trace=trace, settings=settings))
+
+    def call(self, target: str, *args, **kwargs):
+        """``target(captioner, *args, **kwargs)`` in the model process; the result must be plain data."""
+        if ":" not in target:
+            raise ValueError(f"target must be 'module:function', got {target!r}")
+        return self._link.request(self._which, "call", (target, *args), kwargs)
+
+    def close(self) -> None:
+        """Stop the model process (the twin shares it)."""
+        self._link.close()
+
+    def __enter__(self) -> "RemoteCaptioner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+if __name__ == "__main__":  # the child RemoteCaptioner.start runs
+    _spec = json.loads(sys.argv[1])
+    sys.path[:] = _spec["path"]  # the parent's: its modules (the app's, for `call`) import here too
+    _serve(Connection(_spec["fd"]), _spec["model"], _spec["twin"], _spec["device"])
