@@ -5,7 +5,9 @@
 Starts `python app.py` on 127.0.0.1 (a subprocess, stopped by its PID), measures the time from start
 until the page answers and the /describe API is ready, then runs CLIENTS gradio_client clients at once,
 each calling /describe CALLS times with an example pair, and prints p50/p95/max latency (seconds) and
-throughput as JSON. Targets on our 2-core CPU machine: ready <= 10 s, p95 <= 1 s.
+throughput as JSON. It does this twice, side by side: with the model in its own process (the app's
+default) and in the server's process (`--same-process`), and prints the ratios, and the default's
+ratio to the targets on our 2-core CPU machine: ready <= 10 s, p95 <= 1 s.
 """
 from __future__ import annotations
 
@@ -52,24 +54,17 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--calls", type=int, default=8, help="calls per client (after one warm-up call)")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--concurrency", type=int, default=1, help="the app's model concurrency limit")
-    args = p.parse_args(argv)
-
+def measure(args, same_process: bool) -> dict:
+    """Start the app (the model in its own process, or in the server's), time ready, then the clients."""
     from gradio_client import Client, handle_file
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    cmd = [sys.executable, str(ROOT / "app.py"), "--model", args.model, "--port", str(port),
+           "--concurrency", str(args.concurrency)] + (["--same-process"] if same_process else [])
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", args.model, "--port", str(port),
-                             "--concurrency", str(args.concurrency)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(url, proc)
         ready = time.perf_counter() - start
@@ -93,7 +88,7 @@ def main(argv=None) -> int:
         single = []
         for _ in range(5):
             t = time.perf_counter()
-            clients[0].predict(*pair, args.max_new_tokens, api_name="/describe")
+            caption, _ = clients[0].predict(*pair, args.max_new_tokens, api_name="/describe")
             single.append(time.perf_counter() - t)
     finally:
         proc.terminate()
@@ -101,15 +96,39 @@ def main(argv=None) -> int:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    out = {
-        "model": args.model, "max_new_tokens": args.max_new_tokens, "clients": args.clients,
-        "calls": len(lat), "concurrency_limit": args.concurrency, "cpu_count": os.cpu_count(),
+    return {
+        "model_process": "same" if same_process else "own",
         "ready_s": round(ready, 2),
         "describe_p50_s": round(statistics.median(lat), 3), "describe_p95_s": round(percentile(lat, 0.95), 3),
         "describe_max_s": round(max(lat), 3), "pairs_per_s": round(len(lat) / wall, 2),
         "single_client_median_s": round(statistics.median(single), 3),
+        "caption_words": len(caption.split()),
         "load_avg_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--calls", type=int, default=8, help="calls per client (after one warm-up call)")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--concurrency", type=int, default=1, help="the app's model concurrency limit")
+    p.add_argument("--only", choices=("own", "same"), default=None,
+                   help="measure one way of running the model (default: both, side by side)")
+    args = p.parse_args(argv)
+
+    modes = {"own": False, "same": True}
+    runs = {name: measure(args, same) for name, same in modes.items() if args.only in (None, name)}
+    out = {"model": args.model, "max_new_tokens": args.max_new_tokens, "clients": args.clients,
+           "calls": args.clients * args.calls, "concurrency_limit": args.concurrency, "cpu_count": os.cpu_count(),
+           "targets": {"ready_s": 10.0, "describe_p95_s": 1.0}, "runs": runs}
+    own = runs.get("own")
+    if own:
+        out["own_vs_target"] = {"ready": round(own["ready_s"] / 10.0, 2), "p95": round(own["describe_p95_s"] / 1.0, 2)}
+    if len(runs) == 2:  # the model in its own process (the default) against the model in the server's
+        out["same_over_own"] = {k: round(runs["same"][k] / runs["own"][k], 2)
+                                for k in ("ready_s", "describe_p50_s", "describe_p95_s", "single_client_median_s")}
     print(json.dumps(out, indent=1))
     return 0
 
