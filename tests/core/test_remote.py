@@ -121,6 +121,14 @@ app.build_app(services)
 caption, scores = app.describe_api(services, {str(REPO / 'examples/images/color_before.png')!r},
                                    {str(REPO / 'examples/images/color_after.png')!r}, 6)
 assert caption and set(scores) == {{'2', '3', '4'}}, (caption, scores)
+*_, (streamed, _, shown) = app.describe_events(services, {str(REPO / 'examples/images/color_before.png')!r},
+                                               {str(REPO / 'examples/images/color_after.png')!r}, 6)
+assert streamed == caption and shown.trace is not None
+assert app.twin_caption(services, shown, 6)
+shown.caption = "the red cube moved"  # a random model's caption may hold no word to pick
+before_map, after_map, note = app.explain_word(services, shown, "1: red")
+assert before_map.size == shown.before.size and "log p" in note, note
+assert "M parameters" in app.model_card(services.captioner, services.twin)
 heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)
 assert not heavy, heavy
 services.captioner.close()
