@@ -873,6 +873,7 @@ def launch(demo, config: AppConfig, **kwargs):
 
 def main(argv: list[str] | None = None) -> int:
     from m3diff.describing import ModelLoadError
+    from m3diff.remote import RemoteError
 
     config = parse_args(argv)
     try:
@@ -884,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ReportError as exc:
         print(f"m3diff app: error: {exc}", file=sys.stderr)
+        return 2
+    except RemoteError as exc:  # the model process failed to start, or died
+        print(f"m3diff app: error: the model could not be loaded: {exc}", file=sys.stderr)
         return 2
     launch(demo, config)
     return 0

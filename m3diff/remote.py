@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import queue
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from m3diff.describing import Description, GenerationSettings, ModelInfo
 
 # Exceptions from these modules are sent as they are; any other becomes a RemoteError with its text,
 # so that unpickling one never imports torch (or anything else heavy) into the parent.
-_PORTABLE_EXCEPTIONS = ("builtins", "m3diff.describing", "m3diff.images")
+_PORTABLE_EXCEPTIONS = ("builtins", "m3diff.describing", "m3diff.images", "m3diff.remote")
 _OPS = ("describe_batch", "describe", "describe_stream", "call")
 
 
@@ -98,13 +99,15 @@ def _serve(conn, model: str | None, twin: str | None, device: str | None) -> Non
                 conn.send(("result", resolve(args[0])(captioner, *args[1:], **kwargs)))
             else:
                 conn.send(("result", getattr(captioner, op)(*args, **kwargs)))
-        except BaseException as exc:  # noqa: BLE001 — the caller raises it; the process serves on
+        except Exception as exc:  # noqa: BLE001 — the caller raises it; the process serves on
             conn.send(("error", _portable(exc)))
 
 
 class _Link:
     """The child process and the pipe to it. One request at a time, a stream included: the lock is held
-    until its last item, which is also all the child can do at once."""
+    until its last item, which is also all the child can do at once. A stream's replies are read by a
+    thread of its own, so a caller that drops the stream half-way (a closed browser tab) never holds
+    the lock or blocks the thread that drops it."""
 
     def __init__(self, process, conn, names: tuple[str, ...]):
         self.process = process
@@ -114,6 +117,8 @@ class _Link:
         self._infos: dict[str, ModelInfo] | None = None
 
     def _recv(self):
+        """The next reply: (kind, payload). A reply this process cannot unpickle is ("unreadable", error):
+        it was read whole, so the exchange stays in step."""
         try:
             return self.conn.recv()
         except (EOFError, OSError):
@@ -122,8 +127,12 @@ class _Link:
             except subprocess.TimeoutExpired:
                 code = None
             raise RemoteError(f"the model process ended (exit code {code})") from None
+        except Exception as exc:  # noqa: BLE001 — unpickling a reply can raise anything
+            return "unreadable", RemoteError(f"could not read the model process's reply: {type(exc).__name__}: {exc}")
 
     def infos(self) -> dict[str, ModelInfo]:
+        if self._infos is not None:
+            return self._infos
         with self.lock:
             if self._infos is None:
                 kind, payload = self._recv()
@@ -138,30 +147,35 @@ class _Link:
         with self.lock:
             self.conn.send((which, op, args, kwargs))
             kind, payload = self._recv()
-        if kind == "error":
+        if kind in ("error", "unreadable"):
             raise payload
         return payload
 
     def stream(self, which: str, args: tuple, kwargs: dict) -> Iterator[Description]:
         self.infos()
-        with self.lock:
-            self.conn.send((which, "describe_stream", args, kwargs))
-            finished = False
-            try:
-                while True:
-                    kind, payload = self._recv()
-                    if kind == "item":
-                        yield payload
-                    elif kind == "end":
-                        finished = True
-                        return
-                    else:
-                        finished = True
-                        raise payload
-            finally:
-                while not finished:  # the caller stopped early: the rest is read so the next request starts clean
-                    kind, _ = self._recv()
-                    finished = kind in ("end", "error")
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+
+        def pump() -> None:  # every reply is read, whoever is still listening
+            with self.lock:
+                try:
+                    self.conn.send((which, "describe_stream", args, kwargs))
+                    while True:
+                        kind, payload = self._recv()
+                        replies.put((kind, payload))
+                        if kind in ("end", "error"):
+                            return
+                except BaseException as exc:  # noqa: BLE001 — the process ended: the listener raises it
+                    replies.put(("error", exc))
+
+        threading.Thread(target=pump, name="m3diff-stream", daemon=True).start()
+        while True:
+            kind, payload = replies.get()
+            if kind == "item":
+                yield payload
+            elif kind == "end":
+                return
+            else:
+                raise payload
 
     def close(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -195,7 +209,10 @@ class RemoteCaptioner:
         parent, child = socket.socketpair()
         spec = json.dumps({"model": None if model is None else str(model), "twin": None if twin is None else str(twin),
                            "device": device, "path": sys.path, "fd": child.fileno()})
-        process = subprocess.Popen([sys.executable, "-m", "m3diff.remote", spec], pass_fds=(child.fileno(),))
+        # -P: nothing from the working directory shadows the package; a session of its own: Ctrl-C in a
+        # terminal goes to the parent alone, whose exit then ends the child
+        process = subprocess.Popen([sys.executable, "-P", "-m", "m3diff.remote", spec], pass_fds=(child.fileno(),),
+                                   start_new_session=True)
         child.close()
         parent = Connection(parent.detach())
         return cls(_Link(process, parent, ("model", "twin") if twin is not None else ("model",)))
@@ -257,4 +274,7 @@ class RemoteCaptioner:
 if __name__ == "__main__":  # the child RemoteCaptioner.start runs
     _spec = json.loads(sys.argv[1])
     sys.path[:] = _spec["path"]  # the parent's: its modules (the app's, for `call`) import here too
-    _serve(Connection(_spec["fd"]), _spec["model"], _spec["twin"], _spec["device"])
+    # the module's own copy, not __main__'s: the RemoteErrors it sends must unpickle as m3diff.remote's
+    from m3diff.remote import _serve as serve
+
+    serve(Connection(_spec["fd"]), _spec["model"], _spec["twin"], _spec["device"])

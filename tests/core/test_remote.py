@@ -94,6 +94,38 @@ def refuse(captioner):
     raise RuntimeError("refused")
 
 
+class Odd(Exception):
+    """An exception class the parent could import, but from a module that is not sent as it is."""
+
+
+def raise_odd(captioner):
+    raise Odd("odd one")
+
+
+def an_unpicklable_result(captioner):
+    return lambda: None
+
+
+def test_other_errors_arrive_as_remote_errors_with_their_text(remote, pair):
+    from m3diff.remote import RemoteError
+
+    with pytest.raises(RemoteError, match="Odd: odd one"):
+        remote.call("tests.core.test_remote:raise_odd")
+    with pytest.raises(Exception, match="pickle|lambda"):  # failed in the child while sending: its own error
+        remote.call("tests.core.test_remote:an_unpicklable_result")
+    assert remote.describe(*pair, settings=SHORT).caption
+
+
+def test_a_stream_dropped_unclosed_does_not_hold_the_model(remote, pair):
+    import gc
+
+    stream = remote.describe_stream(*pair, settings=GenerationSettings(max_new_tokens=40))
+    next(stream)
+    del stream  # what a closed browser tab amounts to
+    gc.collect()
+    assert remote.describe(*pair, settings=SHORT).caption  # the rest was read; the lock is free again
+
+
 def test_call_runs_a_function_of_the_captioner_where_the_model_lives(remote, saved, pair):
     from m3diff.remote import call_on
 
