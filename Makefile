@@ -11,7 +11,9 @@ export HF_HUB_OFFLINE ?= 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,app,train]"
+	# compat: setuptools' default editable finder maps packages but not the top-level app.py module,
+	# which `m3diff app` imports from any directory
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,app,train]" --config-settings editable_mode=compat
 	@! $(BIN)/pip list 2>/dev/null | grep -Eiq '^(torchvision|nvidia-)' || (echo "a CUDA package slipped in" && exit 1)
 	touch $@
 

@@ -232,3 +232,14 @@ def test_m3diff_app_command_reports_a_bad_model_in_one_line(tmp_path, capsys):
 
     assert cli_main(["app", "--model", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_the_app_module_imports_from_any_directory(tmp_path):
+    # `m3diff app` imports it wherever a person stands; an editable install must map it too (Makefile)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import app; print(app.__file__)"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert app.Path(out.stdout.strip()).name == "app.py"
