@@ -65,6 +65,15 @@ def bar_check(rep: dict, twin: dict | None) -> list[str]:
     return lines
 
 
+def parameter_count(model_dir: Path) -> int:
+    from math import prod
+
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
+        return sum(prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
 def architecture(model_dir: Path) -> str:
     c = json.loads((model_dir / "config.json").read_text())
     v, t = c["vision_config"], c["text_config"]
@@ -76,11 +85,24 @@ def architecture(model_dir: Path) -> str:
             f"{t['num_hidden_layers']} layers × {t['hidden_size']}")
 
 
+def trained_steps(run_dir: Path, run_json: dict) -> int:
+    """The step the run's model was saved at: its latest checkpoint (a run stopped part-way with
+    --stop-at), else the whole schedule."""
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file():
+        return int(latest.read_text().strip().removeprefix("step-"))
+    return int(run_json["total_steps"])
+
+
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,
-               size_mb: float, twin_shipped: bool, notes: str = "") -> Path:
+               size_mb: float, twin_shipped: bool, notes: str = "", steps: int | None = None) -> Path:
     from training.card import comparison_table, report_tables
 
     r = run_json["recipe"]
+    total = int(run_json["total_steps"])
+    steps = total if steps is None else steps
+    schedule = (f"{steps} steps" if steps >= total else
+                f"step {steps} of a {total}-step schedule (part-way: `--stop-at`, to be continued with `--resume`)")
     m = r["model"]
     reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
     meta = rep.get("meta", {})
@@ -96,12 +118,13 @@ not real photographs.
 | | |
 |---|---|
 | architecture | preset `{m['preset']}` {json.dumps(m['config']) if m['config'] else ''}: {architecture(dest)} |
+| parameters | {parameter_count(dest) / 1e6:.2f} M |
 | tokenizer | byte-level BPE, vocabulary {m['tokenizer_vocab_size']}, trained on the training captions |
 | weights | {size_mb:.1f} MB safetensors ({r['save_dtype']}) |
 | training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
-| recipe | `training/recipes/embedded.yaml`: {run_json['total_steps']} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process |
+| recipe | `training/recipes/embedded.yaml`: {schedule} × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
-| describe latency | {f'{latency:.2f} s per pair (median, 2 CPU threads, with the MDP trace)' if latency else 'not measured'} |
+| describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 
 ## Reproduce
 
@@ -180,7 +203,8 @@ def main(argv=None) -> int:
         pairs = [(p.before, p.after) for p in read_dataset(args.latency_pairs, split="test").pairs[:5]]
         latency = describe_latency(dest, pairs)
     run_json = json.loads((args.run_json or args.model.parent / "run.json").read_text())
-    write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes)
+    steps = trained_steps(args.model.parent, run_json)
+    write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps)
     print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
           f"describe latency {latency if latency is None else round(latency, 3)} s")
     return 0
