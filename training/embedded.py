@@ -101,8 +101,8 @@ def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, com
     r = run_json["recipe"]
     total = int(run_json["total_steps"])
     steps = total if steps is None else steps
-    schedule = (f"{steps} steps" if steps >= total else
-                f"step {steps} of a {total}-step schedule (part-way: `--stop-at`, to be continued with `--resume`)")
+    part = "" if steps >= total else (f" — part-way: stopped at step {steps:,} of the {total:,}-step schedule "
+                                      "(`--stop-at`); `--resume` continues it")
     m = r["model"]
     reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
     meta = rep.get("meta", {})
@@ -122,7 +122,7 @@ not real photographs.
 | tokenizer | byte-level BPE, vocabulary {m['tokenizer_vocab_size']}, trained on the training captions |
 | weights | {size_mb:.1f} MB safetensors ({r['save_dtype']}) |
 | training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
-| recipe | `training/recipes/embedded.yaml`: {schedule} × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process |
+| recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process{part} |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
 | describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 

@@ -34,7 +34,7 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
     assert json.loads((dest / "reports" / "m3diff.json").read_text())["overall"]["CIDEr-D"] == 25.0
     assert (dest / "reports" / "no_mdp.json").is_file()
     card = (dest / "README.md").read_text()
-    assert "step 2 of a 3-step schedule" in card
+    assert "stopped at step 2 of the 3-step schedule" in card
     params = DiffCaptioner.from_pretrained(dest).info.parameters["total"]
     assert f"| parameters | {params / 1e6:.2f} M |" in card
     assert "CIDEr-D overall 25.0 (bar: >= 100): NOT met" in card
