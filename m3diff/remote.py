@@ -42,11 +42,16 @@ class RemoteError(RuntimeError):
     """An error raised in the model process (its type and message), or that process ending."""
 
 
-def resolve(target: str):
-    """"module:function" -> the function."""
+def _split(target: str) -> tuple[str, str]:
     module, _, name = target.partition(":")
     if not module or not name:
         raise ValueError(f"target must be 'module:function', got {target!r}")
+    return module, name
+
+
+def resolve(target: str):
+    """"module:function" -> the function."""
+    module, name = _split(target)
     return getattr(import_module(module), name)
 
 
@@ -256,8 +261,7 @@ class RemoteCaptioner:
 
     def call(self, target: str, *args, **kwargs):
         """``target(captioner, *args, **kwargs)`` in the model process; the result must be plain data."""
-        if ":" not in target:
-            raise ValueError(f"target must be 'module:function', got {target!r}")
+        _split(target)  # a malformed target fails here, before the round trip
         return self._link.request(self._which, "call", (target, *args), kwargs)
 
     def close(self) -> None:

@@ -275,19 +275,14 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         accelerator.wait_for_everyone()
         return model_dir
 
-    stopping = stop_at_step is not None and step >= stop_at_step and step < total
-    if stopping and export_at_stop:  # resumed at or past the stop: the model as the checkpoint holds it
-        model_dir = export(step, {})
-        if writer is not None:
-            writer.close()
-        return TrainResult(out, model_dir if accelerator.is_main_process else None, step, float("nan"),
-                           time.time() - start_time)
+    def stopped() -> bool:  # resumed at or past the stop, the loop does not run: the checkpoint is the model
+        return stop_at_step is not None and stop_at_step <= step < total
 
     model.train()
     bar = tqdm(total=total, initial=step, desc=recipe.name, disable=quiet or not accelerator.is_main_process,
                dynamic_ncols=True)
     last_loss, tick, tokens_seen = float("nan"), time.time(), 0
-    while step < total:
+    while step < total and not stopped():
         micro = [collate([samples[i] for i in idx]) for idx in sampler.micro_batches(step, rank, world)]
         micro = [b.to(accelerator.device) for b in micro]
         local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
@@ -331,25 +326,16 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                 tick, tokens_seen = now, 0
         if recipe.eval_every and step % recipe.eval_every == 0 and step < total:
             evaluate(step)
-        stopping = stop_at_step is not None and step >= stop_at_step and step < total
-        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total or stopping:
+        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total or stopped():
             save_checkpoint(ckpt_root, step, model, optimizer, scheduler, {"meta": meta}, accelerator,
                             recipe.keep_checkpoints)
-        if stopping:
-            bar.close()
-            model_dir = None
-            if export_at_stop:
-                model.eval()
-                model_dir = export(step, {})
-            if writer is not None:
-                writer.close()
-            return TrainResult(out, model_dir if accelerator.is_main_process else None, step, last_loss,
-                               time.time() - start_time)
     bar.close()
 
-    # -- the end: evaluate, merge LoRA, save model + processor + card ----------------------------
-    scores = evaluate(step)
-    model_dir = export(step, scores)
+    # -- the end (or a stop): evaluate, merge LoRA, save model + processor + card -------------------
+    if stopped():
+        model_dir = export(step, {}) if export_at_stop else None
+    else:
+        model_dir = export(step, evaluate(step))
     if writer is not None:
         writer.close()
     return TrainResult(out, model_dir if accelerator.is_main_process else None, step, last_loss,

@@ -69,22 +69,17 @@ def odd_mode_files(tmp_path):
     """name -> path of an image in a mode the app converts (and the PIL mode it was written in)."""
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    images = {
+        "16-bit": ("sixteen.png", Image.fromarray(rng.integers(0, 65535, (40, 56)).astype(np.uint16))),
+        "CMYK": ("cmyk.jpg", rgb.convert("CMYK")),
+        "palette": ("palette.png", rgb.convert("P")),
+        "RGBA": ("rgba.png", rgb.convert("RGBA")),
+        "grayscale": ("gray.png", rgb.convert("L")),
+    }
     out = {}
-    p = tmp_path / "sixteen.png"
-    Image.fromarray((rng.integers(0, 65535, (40, 56))).astype(np.uint16)).save(p)
-    out["16-bit"] = p
-    p = tmp_path / "cmyk.jpg"
-    rgb.convert("CMYK").save(p)
-    out["CMYK"] = p
-    p = tmp_path / "palette.png"
-    rgb.convert("P").save(p)
-    out["palette"] = p
-    p = tmp_path / "rgba.png"
-    rgb.convert("RGBA").save(p)
-    out["RGBA"] = p
-    p = tmp_path / "gray.png"
-    rgb.convert("L").save(p)
-    out["grayscale"] = p
+    for name, (filename, image) in images.items():
+        out[name] = tmp_path / filename
+        image.save(out[name])
     return out
 
 
