@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst pairs listed per slice (default 10)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the ~10 s JVM start)")
     p.add_argument("--model", default="", help="the model's name, recorded in the report's metadata")
+    p.add_argument("--grounding", default=None, metavar="FILE.json",
+                   help="grounding checks written by `m3diff probe`, added to report.json as its 'grounding' section")
     p.set_defaults(handler=run_eval)
 
     p = subparsers.add_parser(
@@ -54,6 +56,30 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
     p.set_defaults(handler=run_predict)
+
+    p = subparsers.add_parser(
+        "probe", help="does a model read its images? distinct captions, swapped-image losses, identical pairs",
+        description="Grounding checks of one or more models on a dataset split: the share of distinct captions; "
+                    "the answer loss of each reference with its own images, with a random other pair's images and "
+                    "with the images of another pair of the same scene (the honest blind gap); and what the model "
+                    "says for identical before/after images. Writes grounding.json; `m3diff eval --grounding` "
+                    "adds it to report.json.",
+        epilog="example:\n  m3diff probe --model m3diff=runs/m/model --model no_mdp=runs/t/model --data data/synth "
+               "--split test --pairs 300 --out runs/grounding.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=None, metavar="[NAME=]MODEL",
+                   help="a model directory, hub id or 'embedded' (default: embedded); repeat for several")
+    p.add_argument("--data", required=True, metavar="PATH", help="a dataset folder or file (any layout m3diff reads)")
+    p.add_argument("--format", default=None, help="its format (default: detected)")
+    p.add_argument("--split", default="test", help="the split (default: test)")
+    p.add_argument("--pairs", type=int, default=300, help="pairs checked (the first N of the split; default 300)")
+    p.add_argument("--identical", type=int, default=100,
+                   help="pairs whose before image is given twice (default 100; 0: skip)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random swaps")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the checks here")
+    p.set_defaults(handler=run_probe)
 
     p = subparsers.add_parser("doctor", help="say which metrics can run here (Java, METEOR, SPICE)",
                               description="Check Java, the PTB tokenizer, METEOR and SPICE without downloading anything.")
@@ -116,6 +142,14 @@ def run_eval(args) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rep = build_report(runs, meta, avail, notes={n: a.notes for n, (a, _) in aligned.items()},
                        dropped={n: a.dropped for n, (a, _) in aligned.items()})
+    if args.grounding:
+        try:
+            grounding = json.loads(Path(args.grounding).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CLIError(f"--grounding {args.grounding}: not a grounding file written by `m3diff probe` ({exc})") from None
+        if not isinstance(grounding, dict) or not isinstance(grounding.get("models"), dict):
+            raise CLIError(f"--grounding {args.grounding}: no 'models' section; write it with `m3diff probe`")
+        rep["grounding"] = grounding
     if args.json:
         keys = ("overall", "micro", "macro", "per_type", "per_domain", "per_source", "comparison")
         print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=1))
@@ -226,3 +260,64 @@ def run_predict(args) -> int:
             bar.update(len(batch))
     print(f"wrote {len(done)} predictions to {out}", file=sys.stderr)
     return 0
+
+
+def run_probe(args) -> int:
+    import json
+
+    from m3diff.cli import CLIError
+
+    from analysis.grounding import check_grounding
+    from analysis.report import atomic_write
+
+    if args.pairs < 2:
+        raise CLIError(f"--pairs must be at least 2, got {args.pairs}")
+    if args.identical < 0 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise CLIError("--identical must be >= 0, --batch-size and --max-new-tokens >= 1")
+    specs = [_split_model(m) for m in (args.model or ["embedded"])]
+    if len({n for n, _ in specs}) != len(specs):
+        raise CLIError("two --model entries share a name; name them NAME=MODEL")
+    try:
+        from m3diff.data.readers import read_dataset
+
+        pairs = read_dataset(args.data, format=args.format, split=args.split, images="require").pairs[: args.pairs]
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    if len(pairs) < 2:
+        raise CLIError(f"{args.data}: split {args.split!r} has {len(pairs)} pair(s); the checks need at least 2")
+
+    from tqdm.auto import tqdm
+
+    from m3diff.pipeline import DiffCaptioner, ModelLoadError
+
+    results = {}
+    for name, model in specs:
+        try:
+            captioner = DiffCaptioner.from_pretrained(model)
+        except ModelLoadError as exc:
+            raise CLIError(str(exc)) from None
+        total = 4 * len(pairs) + min(args.identical, len(pairs))
+        with tqdm(total=total, desc=f"probing {name}", unit="pair") as bar:
+            checks = check_grounding(captioner, pairs, model_name=name, identical=args.identical,
+                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                     progress=lambda what, n: bar.update(n))
+        results[name] = checks.to_dict()
+        gap = checks.same_scene_gap
+        print(f"{name}: distinct captions {checks.distinct_share:.1%} | answer loss {checks.loss_true:.3f}, "
+              f"random swap {checks.random_gap:+.1%}, same-scene swap "
+              f"{'n/a' if gap is None else f'{gap:+.1%}'} | identical pairs: 'no change' "
+              f"{'n/a' if checks.no_change_share is None else f'{checks.no_change_share:.0%}'}")
+        for flag in checks.flags:
+            print(f"  FLAG {flag}")
+    doc = {"data": str(args.data), "split": args.split, "pairs": len(pairs), "models": results}
+    if args.out:
+        atomic_write(Path(args.out), json.dumps(doc, indent=1))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _split_model(spec: str) -> tuple[str, str]:
+    if "=" in spec and not Path(spec).exists():
+        name, model = spec.split("=", 1)
+        return name, model
+    return (Path(spec).name or spec), spec

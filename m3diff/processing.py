@@ -92,35 +92,43 @@ class PairProcessor(LlavaOnevisionProcessor):
         self,
         pairs: Sequence[tuple],
         answers: Sequence[str] | None = None,
-        instruction: str | None = None,
+        instruction: str | Sequence[str | None] | None = None,
     ) -> BatchFeature:
         """Model inputs for a batch of (before, after) pairs.
 
         Images may be paths, bytes, arrays or PIL images of any mode and size (see ``m3diff.images``).
+        ``instruction`` is one for the whole batch or one per pair (None: the default prompt).
         With ``answers`` the captions are appended and ``labels`` mark them (the rest is IGNORE_INDEX):
         the training batch. Padding is on the left, so generation continues every row at its end.
         """
         if not pairs:
             raise ValueError("encode_pairs needs at least one (before, after) pair")
         images = [[load_image(b, name="before image"), load_image(a, name="after image")] for b, a in pairs]
-        prompt = self.prompt(instruction)
-        texts = [prompt] * len(pairs)
+        if instruction is None or isinstance(instruction, str):
+            instruction = [instruction] * len(pairs)
+        if len(instruction) != len(pairs):
+            raise ValueError(f"{len(instruction)} instructions for {len(pairs)} pairs")
+        prompts = [self.prompt(i) for i in instruction]
+        texts = prompts
         if answers is not None:
             if len(answers) != len(pairs):
                 raise ValueError(f"{len(answers)} answers for {len(pairs)} pairs")
-            texts = [prompt + answer.strip() + "<|im_end|>" for answer in answers]
+            texts = [p + answer.strip() + "<|im_end|>" for p, answer in zip(prompts, answers)]
         batch = self(images=images, text=texts, return_tensors="pt", padding=True)
         if answers is not None:
-            batch["labels"] = self._answer_labels(batch["input_ids"], batch["attention_mask"], prompt)
+            batch["labels"] = self._answer_labels(batch["input_ids"], batch["attention_mask"], prompts)
         return batch
 
-    def _answer_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: str) -> torch.Tensor:
-        expanded = prompt.replace(self.image_token, self.image_token * (self.num_image_tokens + 1))
-        prompt_ids = torch.tensor(self.tokenizer(expanded, add_special_tokens=False)["input_ids"])
+    def _answer_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         labels = input_ids.clone()
         labels[attention_mask == 0] = IGNORE_INDEX
         start = input_ids.shape[1] - attention_mask.sum(1)  # first real token of each row (left padding)
-        for row, s in enumerate(start.tolist()):
+        cache: dict[str, torch.Tensor] = {}
+        for row, (s, prompt) in enumerate(zip(start.tolist(), prompts)):
+            if prompt not in cache:
+                expanded = prompt.replace(self.image_token, self.image_token * (self.num_image_tokens + 1))
+                cache[prompt] = torch.tensor(self.tokenizer(expanded, add_special_tokens=False)["input_ids"])
+            prompt_ids = cache[prompt]
             span = input_ids[row, s : s + len(prompt_ids)]
             if not torch.equal(span, prompt_ids):  # the answer merged into the prompt's last token
                 raise ValueError("the prompt does not tokenize the same with and without the answer")

@@ -23,6 +23,10 @@ class Sample:
     before: str
     after: str
     answer: str
+    instruction: str | None = None  # None: the recipe's (the difference-captioning prompt)
+    change_types: tuple[str, ...] = ()
+    regions: tuple = ()  # the generator's ground truth (training/auxiliary.py); empty for real data
+    objects: dict | None = None
 
 
 def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sample]:
@@ -50,7 +54,9 @@ def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sam
     for r in records:
         if not r.get("before") or not r.get("after") or not r.get("answer"):
             raise ValueError(f"sample {r.get('id')!r} has no images or no answer; rebuild the mixture with images")
-        samples.append(Sample(str(r["id"]), r["before"], r["after"], r["answer"]))
+        samples.append(Sample(str(r["id"]), r["before"], r["after"], r["answer"],
+                              change_types=tuple(r.get("change_types") or ()),
+                              regions=tuple(r.get("regions") or ()), objects=r.get("objects")))
     if not samples:
         raise ValueError(f"no training samples in {', '.join(sources)}")
     return samples
@@ -100,14 +106,98 @@ class StepSampler:
 
 
 class Collator:
-    """Samples → model inputs with ``labels`` on the answer tokens only (PairProcessor.encode_pairs)."""
+    """Samples → model inputs with ``labels`` on the answer tokens only (PairProcessor.encode_pairs);
+    with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them."""
 
-    def __init__(self, processor, instruction: str | None = None):
+    def __init__(self, processor, instruction: str | None = None, geometry=None):
         self.processor = processor
         self.instruction = instruction
+        self.geometry = geometry
 
     def __call__(self, samples: list[Sample]):
-        return self.processor.encode_pairs(
+        batch = self.processor.encode_pairs(
             [(s.before, s.after) for s in samples], answers=[s.answer for s in samples],
-            instruction=self.instruction,
+            instruction=[s.instruction or self.instruction for s in samples],
         )
+        if self.geometry is not None:
+            from PIL import Image
+
+            from training.auxiliary import collate_targets, pair_targets
+
+            targets = []
+            for s in samples:
+                if s.objects is None:
+                    targets.append(None)
+                    continue
+                with Image.open(s.before) as im:  # reads the header only
+                    w, h = im.size
+                targets.append(pair_targets(s, self.geometry, w, h))
+            batch["targets"] = collate_targets(targets)
+        return batch
+
+
+# -- scene descriptions: the alignment task (ours) -------------------------------------------------
+SCENE_INSTRUCTIONS = (
+    "List every object in the first image: its size, colour, shape and where it is.",
+    "List every object in the second image: its size, colour, shape and where it is.",
+)
+_COLUMNS = ("left", "middle", "right")
+_ROWS = ("top", "middle", "bottom")
+
+
+def _where(box, width: int, height: int) -> str:
+    col = _COLUMNS[min(2, int(3 * (box[0] + box[2]) / 2 / width))]
+    row = _ROWS[min(2, int(3 * (box[1] + box[3]) / 2 / height))]
+    if row == col == "middle":
+        return "in the middle"
+    if row == "middle":
+        return f"on the {col}"
+    return f"at the {row}" if col == "middle" else f"at the {row} {col}"
+
+
+def scene_description(objects: list[dict], width: int, height: int) -> str:
+    """'A small red cube at the top left, a large blue ball in the middle and a person in green on
+    the right.' — objects read top to bottom, then left to right."""
+    from m3diff.data.synth.captions import NOUNS
+
+    order = sorted(objects, key=lambda o: (int(3 * (o["box"][1] + o["box"][3]) / 2 / height), o["box"][0]))
+    parts = []
+    for o in order:
+        if o["kind"] == "figure":
+            what = f"a person in {o['color']}"
+        elif o["kind"] == "sign":
+            what = "a white sign"
+        else:
+            what = f"a {o['size']} {o['color']} {NOUNS[o['kind']][0]}"
+        parts.append(f"{what} {_where(o['box'], width, height)}")
+    if not parts:
+        return "There are no objects."
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[:1].upper() + text[1:] + "."
+
+
+def scene_samples(samples: list[Sample], share: float, seed: int) -> list[Sample]:
+    """``share`` × len(samples) scene-description samples (the alignment task that teaches the LLM
+    to read image tokens, as LLaVA's first stage does), drawn from the pairs that carry object ground
+    truth, each about one image of its pair."""
+    from PIL import Image
+
+    pairs: dict = {}
+    for s in samples:
+        if s.objects is not None:
+            pairs.setdefault((s.before, s.after), s)
+    if share <= 0 or not pairs:
+        return []
+    rng = np.random.default_rng([seed, 31])
+    keys = sorted(pairs)
+    out = []
+    for i in rng.integers(len(keys), size=int(round(share * len(samples)))):
+        s = pairs[keys[int(i)]]
+        which = int(rng.integers(2))
+        objects = s.objects["before" if which == 0 else "after"]
+        with Image.open(s.before if which == 0 else s.after) as im:  # the header only
+            w, h = im.size
+        out.append(Sample(f"{s.id}#scene{which}", s.before, s.after,
+                          scene_description(objects, w, h), instruction=SCENE_INSTRUCTIONS[which],
+                          change_types=s.change_types, regions=s.regions, objects=s.objects))
+    return out

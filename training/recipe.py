@@ -83,6 +83,18 @@ class DataRecipe:
 
 
 @dataclass
+class GroundingRecipe:
+    """Grounded training from the generator's ground truth (training/auxiliary.py; ours, not the paper's).
+
+    Auxiliary losses on the features the projector reads, and scene-description samples that teach
+    the LLM to read image tokens. Samples without ground truth (real datasets) train on captions only.
+    """
+
+    weight: float = 1.0  # scale of the summed auxiliary losses beside the caption loss
+    scene_share: float = 0.2  # scene-description samples added, as a share of the caption samples
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     seed: int = 0
@@ -91,6 +103,7 @@ class Recipe:
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     batch: BatchRecipe = field(default_factory=BatchRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
+    grounding: GroundingRecipe | None = None  # null: caption loss only (the paper's recipe)
     max_steps: int | None = None  # optimizer steps; None: `epochs` over the training samples
     epochs: float = 1.0
     precision: str = "no"  # accelerate's mixed_precision: no | bf16 | fp16
@@ -142,6 +155,11 @@ class Recipe:
         for key in ("checkpoint_every", "eval_every", "log_every", "keep_checkpoints"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.grounding is not None:
+            if self.grounding.weight < 0:
+                fail("grounding.weight", f"must be >= 0, got {self.grounding.weight}")
+            if not 0 <= self.grounding.scene_share <= 4:
+                fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
         if self.data.val_pairs < 0:
             fail("data.val_pairs", f"must be >= 0, got {self.data.val_pairs}")
         if self.model.tokenizer == "train" and self.model.init_from:

@@ -94,8 +94,20 @@ def apply_lora(recipe: Recipe, model):
 
 
 def base_model(model):
-    """The M3DiffForConditionalGeneration inside (peft wraps it; LoRA layers stay active in it)."""
+    """The M3DiffForConditionalGeneration inside (peft wraps it; LoRA layers stay active in it;
+    grounded training wraps it with its auxiliary heads)."""
+    from training.auxiliary import GroundedCaptioner
+
+    if isinstance(model, GroundedCaptioner):
+        model = model.model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def captioning_model(model):
+    """What gets saved: the (peft-wrapped) captioning model without training-only heads."""
+    from training.auxiliary import GroundedCaptioner
+
+    return model.model if isinstance(model, GroundedCaptioner) else model
 
 
 def param_groups(recipe: Recipe, model) -> list[dict]:
@@ -123,16 +135,30 @@ def lr_lambda(total: int, warmup: int, min_ratio: float):
 
 def answer_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the answer tokens (labels != -100) and their count."""
+    loss, n, _ = step_losses(model, batch)
+    return loss, n
+
+
+def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """The answer loss sum, its token count and the grounding losses (empty unless ``model`` is a
+    GroundedCaptioner and the batch carries targets)."""
     labels = batch["labels"]
-    out = model(
+    inputs = dict(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
         image_sizes=batch["image_sizes"], batch_num_images=batch["batch_num_images"], use_cache=False,
     )
+    aux = {}
+    if batch.get("targets") is not None:
+        out, aux = model(targets=batch["targets"], **inputs)
+    else:
+        out = model(**inputs)
+        if isinstance(out, tuple):  # a GroundedCaptioner given no targets
+            out = out[0]
     logits = out.logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
                            reduction="sum")
-    return loss, int((target != IGNORE_INDEX).sum())
+    return loss, int((target != IGNORE_INDEX).sum()), aux
 
 
 def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tokens: int = 128,
@@ -176,9 +202,9 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
     from m3diff.processing import PairProcessor
     from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from training.data import Collator, StepSampler, load_samples, load_val_pairs
+    from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
 
-    start_time = time.time()
+    start_time, start_cpu = time.time(), time.process_time()
     out = Path(out)
     # SigLIP's post_layernorm never feeds LLaVA-OneVision's features (it reads hidden_states), so DDP
     # must allow parameters without gradients
@@ -199,6 +225,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     accelerator.wait_for_everyone()
 
     samples = load_samples(sources, recipe.data.every_caption, recipe.seed)
+    if recipe.grounding is not None:
+        samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed)
     val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
     sampler = StepSampler(len(samples), recipe.batch.global_batch, recipe.batch.per_device_batch, recipe.seed)
     total = max_steps or recipe.max_steps or max(1, int(recipe.epochs * sampler.steps_per_epoch))
@@ -208,9 +236,16 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     model = build_model(recipe, tokenizer)
     processor = PairProcessor.for_config(model.config, tokenizer)
     model = apply_lora(recipe, model)
+    geometry = None
+    if recipe.grounding is not None:
+        from training.auxiliary import GroundedCaptioner, PatchGeometry
+
+        vision = base_model(model).config.vision_config
+        geometry = PatchGeometry(vision.image_size, vision.patch_size)
+        model = GroundedCaptioner(model, vision.hidden_size)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    collate = Collator(processor, recipe.data.instruction)
+    collate = Collator(processor, recipe.data.instruction, geometry)
 
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(recipe, model), betas=tuple(o.betas), eps=o.eps)
@@ -266,7 +301,14 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             from m3diff.pipeline import DiffCaptioner
             from training.card import write_card
 
-            final = accelerator.unwrap_model(model)
+            unwrapped = accelerator.unwrap_model(model)
+            final = captioning_model(unwrapped)
+            if final is not unwrapped:  # the grounding heads: kept beside the model, never inside it
+                from safetensors.torch import save_file
+
+                model_dir.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.heads.state_dict().items()},
+                          str(model_dir / "grounding_heads.safetensors"))
             if recipe.lora is not None:
                 final = final.merge_and_unload()
             final = final.to(getattr(torch, recipe.save_dtype))
@@ -285,18 +327,27 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     while step < total and not stopped():
         micro = [collate([samples[i] for i in idx]) for idx in sampler.micro_batches(step, rank, world)]
         micro = [b.to(accelerator.device) for b in micro]
+        for b in micro:
+            if b.get("targets") is not None:
+                b["targets"] = {k: v.to(accelerator.device) for k, v in b["targets"].items()}
         local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
         n_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item()
         loss_sum = 0.0
+        aux_sums: dict[str, float] = {}
         for i, batch in enumerate(micro):
             # gradients sync across processes only on the last micro-batch
             sync = i == len(micro) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 with accelerator.autocast():
-                    loss, _ = answer_loss_sum(model, batch)
+                    loss, _, aux = step_losses(model, batch)
                 # DDP averages gradients over processes; × world makes it a mean over the global tokens
-                accelerator.backward(loss * world / n_tokens)
+                total_loss = loss * world / n_tokens
+                if aux:  # grounding: the mean of each auxiliary loss over the micro-batches
+                    total_loss = total_loss + recipe.grounding.weight * sum(aux.values()) / len(micro)
+                accelerator.backward(total_loss)
             loss_sum += loss.item()
+            for k, v in aux.items():
+                aux_sums[k] = aux_sums.get(k, 0.0) + v.item() / len(micro)
         grad_norm = None
         if o.max_grad_norm:
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm))
@@ -316,7 +367,9 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                 row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "loss": round(last_loss, 5),
                        "grad_norm": None if grad_norm is None else round(grad_norm, 4),
                        "lr": lrs.get("rest", lrs.get("rest-no-decay")), "lr_vision": lrs.get("vision"),
-                       "tokens_per_s": round(tokens_seen / (now - tick), 1), "elapsed_s": round(now - start_time, 1)}
+                       "tokens_per_s": round(tokens_seen / (now - tick), 1), "elapsed_s": round(now - start_time, 1),
+                       "cpu_s": round(time.process_time() - start_cpu, 1),
+                       **{f"aux_{k}": round(v, 4) for k, v in sorted(aux_sums.items())}}
                 write_row(log_csv, row)
                 writer.add_scalar("train/loss", last_loss, step)
                 writer.add_scalar("train/lr", row["lr"], step)

@@ -17,6 +17,7 @@ import numpy as np
 from m3diff.data.layout import Dataset
 
 EVERY_CAPTION_SOURCES = frozenset({"clevr_change", "clevr_dc"})
+GROUND_TRUTH_KEYS = ("regions", "objects")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def build_mixture(datasets: list[tuple[MixSource, Dataset]], seed: int = 0, ever
                     "after": str(Path(p.after).resolve()) if p.after else None,
                     "prompt": DEFAULT_PROMPT, "answer": answer, "change_types": list(p.change_types),
                     "domain": p.domain, "split": p.split,
+                    # the generator's ground truth, for grounded training (training/auxiliary.py)
+                    **{k: p.extra[k] for k in GROUND_TRUTH_KEYS if k in p.extra},
                 })
         whole, frac = divmod(src.weight, 1.0)
         part = base * int(whole)

@@ -56,11 +56,20 @@ def test_splits_8_1_1_share_no_scene_and_hold_every_type(small_set):
 def test_records_images_and_captions(small_set):
     root, _ = small_set
     ds = read_dataset(root)  # validates every record and that every image exists
+    unchanged = 0
     for p in ds.pairs:
         assert len(p.captions) >= 3 and len(set(p.captions)) >= 2, p.captions
-        assert 1 <= len(p.change_types) <= 4
         assert Image.open(p.before).size == (64, 64)
+        # every object of both images is recorded with its box (grounded training reads them)
+        for image in ("before", "after"):
+            assert all(0 <= o["box"][0] < o["box"][2] <= 64 for o in p.extra["objects"][image])
+        if p.extra.get("no_change"):  # an exact no-change pair: no type, no region
+            unchanged += 1
+            assert p.change_types == () and p.extra["regions"] == []
+            continue
+        assert 1 <= len(p.change_types) <= 4
         assert [r["type"] for r in p.extra["regions"]] and set(p.change_types) == {r["type"] for r in p.extra["regions"]}
+    assert unchanged >= 1  # 6% of 130 pairs, drawn from each pair's own stream
     multi = [len(words(c)) for p in ds.pairs for c in p.captions
              if len([t for t in p.change_types if t not in DISTRACTORS]) > 1]
     assert 40 <= sum(multi) / len(multi) <= 70

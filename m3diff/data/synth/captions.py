@@ -461,3 +461,19 @@ def write_captions(changes, domain: str, rng: np.random.Generator, n: int = 3, b
     while len(out) < n:  # a tiny grammar corner (e.g. one fixed phrasing): keep the count promised
         out.append(out[-1])
     return out
+
+
+# -- pairs where nothing changed (Spot-the-Diff's "there are no differences") --------------------
+NO_CHANGE = (
+    "there is no difference between the two images", "nothing has changed", "the two images are the same",
+    "no change is visible between the before and after images", "both pictures show exactly the same scene",
+    "there are no differences", "the scene is unchanged", "nothing was added, removed or altered",
+    "the before and after images are identical", "I cannot see any change between the two images",
+)
+
+
+def write_no_change_captions(rng: np.random.Generator, n: int = 3) -> list[str]:
+    """``n`` distinct references for a pair whose two images show the same scene."""
+    picks = rng.choice(len(NO_CHANGE), size=min(n, len(NO_CHANGE)), replace=False)
+    out = [cap(NO_CHANGE[int(i)]) + "." for i in picks]
+    return out + [out[-1]] * (n - len(out))

@@ -18,7 +18,7 @@ import numpy as np
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
 from m3diff.data.synth import photo as photo_mod
 from m3diff.data.synth import render as render_mod
-from m3diff.data.synth.captions import Ref, cell, relation, write_captions
+from m3diff.data.synth.captions import Ref, cell, relation, write_captions, write_no_change_captions
 from m3diff.data.synth.changes import Change, apply_changes, base_scene, ground_coords, populate
 from m3diff.data.synth.fonts import FontCache
 from m3diff.data.synth.scene import Scene
@@ -38,6 +38,10 @@ class SynthConfig:
     render_scenes: int = 100
     distractor_only: float = 0.5  # share of viewpoint/illumination-primary pairs with no semantic change
     mixed_distractor: float = 0.2  # chance that a semantic pair also carries a camera or light change
+    # share of pairs whose after image shows the same scene as the before image (identical, or only
+    # re-encoded as JPEG / with sensor noise); the first 24 pairs of a split never are, so any split
+    # of 24 pairs still holds every type in both domains
+    no_change: float = 0.06
 
     def __post_init__(self):
         if not 64 <= self.size <= 512:
@@ -46,6 +50,8 @@ class SynthConfig:
             raise ValueError("pairs must be at least 1")
         if self.references < 1:
             raise ValueError("references must be at least 1")
+        if not 0 <= self.no_change < 1:
+            raise ValueError(f"no_change must be a share in [0, 1), got {self.no_change}")
 
 
 def split_position(index: int) -> tuple[str, int]:
@@ -118,13 +124,23 @@ class Worker:
                 break
         else:  # pragma: no cover - the scene builder always makes room for the primary type
             raise RuntimeError(f"pair {index}: could not apply a {primary} change")
+        pid = f"s{cfg.seed}-{index:06d}"
         img_b, boxes_b = self.draw(before)
+        unchanged = np.random.default_rng([cfg.seed, index, 17])  # its own stream: other pairs stay as they were
+        if k >= 24 and unchanged.random() < cfg.no_change:
+            img_a, perturbation = perturb(img_b, unchanged)
+            record = {
+                "id": pid, "before": f"images/{pid}_before.png", "after": f"images/{pid}_after.png",
+                "captions": write_no_change_captions(unchanged, cfg.references), "change_types": [],
+                "domain": domain, "scene": scene_id, "regions": [], "no_change": perturbation,
+                "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(before, boxes_b)},
+            }
+            return split, record, img_b, img_a
         img_a, boxes_a = self.draw(after)
         changes = describe(before, after, changes)
         semantic = [c for c in changes if c.type not in DISTRACTORS]
         captions = write_captions(semantic or changes, domain, rng, cfg.references,
                                   backdrop=before.floor if domain == "render" else before.photo)
-        pid = f"s{cfg.seed}-{index:06d}"
         regions = []
         for c in changes:
             regions.append({"type": c.type, "before": _union(boxes_b, c.before_uids),
@@ -134,8 +150,33 @@ class Worker:
             "captions": captions,
             "change_types": [t for t in TYPE_IDS if any(c.type == t for c in changes)],
             "domain": domain, "scene": scene_id, "regions": regions,
+            "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(after, boxes_a)},
         }
         return split, record, img_b, img_a
+
+
+def object_boxes(scene: Scene, boxes) -> list[dict]:
+    """Every object drawn in one image: what it is and its pixel box — the ground truth that
+    grounded training reads (no real dataset has it)."""
+    return [{"uid": o.uid, "kind": o.kind, "color": o.color, "size": o.size, "box": list(boxes[o.uid])}
+            for o in scene.objects if o.uid in boxes]
+
+
+def perturb(img, rng: np.random.Generator):
+    """The after image of a no-change pair: the same pixels, a JPEG re-encoding, or faint sensor noise."""
+    import io
+
+    from PIL import Image
+
+    kind = ("identical", "jpeg", "noise")[int(rng.integers(3))]
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), kind
+    if kind == "noise":
+        a = np.asarray(img, np.float32) + rng.normal(0, float(rng.uniform(1, 3)), (img.height, img.width, 3))
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)), kind
+    return img.copy(), kind
 
 
 def _union(boxes, uids):

@@ -1,0 +1,181 @@
+"""Grounded training: auxiliary losses from the generator's ground truth (ours, not the paper's).
+
+Caption loss alone did not teach the from-scratch embedded model to read its images: after 3,000
+steps its answer loss was the same with another pair of the same scene (0.952 vs 0.949). The
+generator knows, for every pair, each object's kind, colour, size and box in both images and each
+change's type and boxes — supervision no real dataset gives. These heads read the features the
+projector reads (the MDP's F'1, F'2 for M3Diff; the vision tower's features for the no-MDP twin, so
+the ablation stays fair) and ask, per patch of the patch grid:
+
+    objects   which kind / colour / size of object covers this patch (or none), in each image
+    changed   does this patch lie on a changed object, in the before image / in the after image
+    type      which change type that object underwent (or none)
+
+and per pair, which of the 12 change types occurred (pooled over the predicted change map, plus
+the mean for global changes such as viewpoint and illumination). Features that answer these
+linearly are features an LLM can read the caption's facts from. The heads exist only in training;
+the shipped model is the plain M3Diff (or LLaVA-OneVision) class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.data.synth.scene import COLOR_NAMES, PHOTO_SHAPES, RENDER_SHAPES, SIZES, SPECIAL_KINDS
+from m3diff.processing import IGNORE_INDEX
+
+KINDS = RENDER_SHAPES + PHOTO_SHAPES + SPECIAL_KINDS
+SEMANTIC_TYPES = tuple(t for t in TYPE_IDS if t not in DISTRACTORS)
+# class 0 of every per-patch vocabulary is "nothing here"
+KIND_IDS = {k: i + 1 for i, k in enumerate(KINDS)}
+COLOR_IDS = {c: i + 1 for i, c in enumerate(COLOR_NAMES)}
+SIZE_IDS = {s: i + 1 for i, s in enumerate(SIZES)}
+PATCH_TYPE_IDS = {t: i + 1 for i, t in enumerate(SEMANTIC_TYPES)}
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How a box in an original image maps onto the model's patch grid (square pad, then resize)."""
+
+    image_size: int
+    patch_size: int
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def cover(self, box, width: int, height: int, min_share: float = 0.25) -> torch.Tensor:
+        """[g, g] bool: patches that ``box`` (x0, y0, x1, y1 in original pixels) covers by at least
+        ``min_share`` of the patch, or whose box centre they hold (small objects keep one patch)."""
+        side = max(width, height)
+        s = self.image_size / side
+        ox, oy = (side - width) / 2 * s, (side - height) / 2 * s  # centred square padding
+        x0, y0, x1, y1 = (box[0] * s + ox, box[1] * s + oy, box[2] * s + ox, box[3] * s + oy)
+        g, p = self.grid, self.patch_size
+        edges = torch.arange(g + 1, dtype=torch.float32) * p
+        ox_ = (torch.minimum(edges[1:], torch.tensor(x1)) - torch.maximum(edges[:-1], torch.tensor(x0))).clamp(min=0)
+        oy_ = (torch.minimum(edges[1:], torch.tensor(y1)) - torch.maximum(edges[:-1], torch.tensor(y0))).clamp(min=0)
+        mask = (oy_[:, None] * ox_[None, :]) >= min_share * p * p
+        cx, cy = int(min(g - 1, max(0, (x0 + x1) / 2 // p))), int(min(g - 1, max(0, (y0 + y1) / 2 // p)))
+        if x1 > x0 and y1 > y0:
+            mask[cy, cx] = True
+        return mask
+
+
+def pair_targets(sample, geometry: PatchGeometry, width: int, height: int) -> dict[str, torch.Tensor] | None:
+    """Per-patch and per-pair targets of one sample, or None when it has no ground truth (real data)."""
+    if sample.objects is None:
+        return None
+    g = geometry.grid
+    out = {}
+    for k, image in enumerate(("before", "after")):
+        kind = torch.zeros(g, g, dtype=torch.long)
+        color = torch.zeros(g, g, dtype=torch.long)
+        size = torch.zeros(g, g, dtype=torch.long)
+        # larger boxes first, so a small object in front of a large one keeps its patches
+        objs = sorted(sample.objects.get(image, []), key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]))
+        for o in objs:
+            m = geometry.cover(o["box"], width, height)
+            kind[m], color[m], size[m] = KIND_IDS[o["kind"]], COLOR_IDS[o["color"]], SIZE_IDS[o["size"]]
+        out[f"kind_{k}"], out[f"color_{k}"], out[f"size_{k}"] = kind, color, size
+        changed = torch.zeros(g, g)
+        ptype = torch.zeros(g, g, dtype=torch.long)
+        for r in sample.regions:
+            if r.get(image) and r["type"] in PATCH_TYPE_IDS:
+                m = geometry.cover(r[image], width, height, min_share=0.1)
+                changed[m] = 1.0
+                ptype[m] = PATCH_TYPE_IDS[r["type"]]
+        out[f"changed_{k}"], out[f"ptype_{k}"] = changed, ptype
+    out["types"] = torch.tensor([float(t in sample.change_types) for t in TYPE_IDS])
+    return out
+
+
+def collate_targets(targets: list[dict | None]) -> dict[str, torch.Tensor] | None:
+    """Stack per-sample targets; samples without ground truth are ignored by every loss."""
+    ref = next((t for t in targets if t is not None), None)
+    if ref is None:
+        return None
+    out = {}
+    for key, value in ref.items():
+        rows = []
+        for t in targets:
+            if t is not None:
+                rows.append(t[key])
+            elif value.dtype == torch.long:
+                rows.append(torch.full_like(value, IGNORE_INDEX))
+            else:
+                rows.append(torch.full_like(value, float("nan")))
+        out[key] = torch.stack(rows)
+    return out
+
+
+class GroundingHeads(nn.Module):
+    """Linear read-outs of per-patch facts and a small MLP on the pair's per-patch difference."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sizes = (len(KIND_IDS) + 1, len(COLOR_IDS) + 1, len(SIZE_IDS) + 1)
+        self.objects = nn.Linear(dim, sum(self.sizes))  # linear: the facts must be linearly readable
+        self.pair = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU())
+        self.patch_out = nn.Linear(dim, 2 + len(PATCH_TYPE_IDS) + 1)  # changed before/after, type
+        self.types = nn.Linear(2 * dim, len(TYPE_IDS))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``x1``, ``x2``: [B, N, d] features of the before / after images. Returns the named losses."""
+        B, N, _ = x1.shape
+        flat = lambda t: t.reshape(B, N)  # noqa: E731  [B, g, g] → [B, N]
+        losses = {}
+        for k, x in enumerate((x1, x2)):
+            kind, color, size = self.objects(x).split(self.sizes, -1)
+            for name, logits in (("kind", kind), ("color", color), ("size", size)):
+                loss = F.cross_entropy(logits.reshape(B * N, -1), flat(targets[f"{name}_{k}"]).reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
+                losses[name] = losses.get(name, 0) + loss / 2
+        h = self.pair(torch.cat([x1, x2, x1 - x2], -1))  # [B, N, d]
+        out = self.patch_out(h)
+        changed = torch.stack([flat(targets["changed_0"]), flat(targets["changed_1"])], -1)  # [B, N, 2]
+        known = ~torch.isnan(changed)
+        losses["changed"] = F.binary_cross_entropy_with_logits(out[..., :2][known], changed[known])
+        ptype = torch.maximum(flat(targets["ptype_0"]), flat(targets["ptype_1"]))
+        losses["patch_type"] = F.cross_entropy(out[..., 2:].reshape(B * N, -1), ptype.reshape(-1),
+                                               ignore_index=IGNORE_INDEX)
+        w = torch.softmax(out[..., :2].amax(-1), dim=1).unsqueeze(-1)  # [B, N, 1]: the predicted change map
+        pooled = torch.cat([(w * h).sum(1), h.mean(1)], -1)
+        types = targets["types"]
+        rows = ~torch.isnan(types).any(-1)
+        losses["types"] = F.binary_cross_entropy_with_logits(self.types(pooled)[rows], types[rows])
+        return losses
+
+
+class GroundedCaptioner(nn.Module):
+    """The captioning model and its training-only heads, as one module for accelerate / DDP.
+
+    A forward pre-hook on the projector captures exactly the features it reads ([2B, N, d], images
+    ordered before₀, after₀, …), for M3Diff and the no-MDP twin alike.
+    """
+
+    def __init__(self, model: nn.Module, dim: int):
+        super().__init__()
+        self.model = model
+        self.heads = GroundingHeads(dim)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._features: list[torch.Tensor] = []
+        inner.model.multi_modal_projector.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module, args):
+        if self.training:
+            self._features.append(args[0])
+
+    def forward(self, targets: dict[str, torch.Tensor] | None = None, **inputs):
+        self._features.clear()
+        out = self.model(**inputs)
+        losses = {}
+        if targets is not None and self._features:
+            x = self._features[-1]  # [2B, N, d]
+            losses = self.heads(x[0::2], x[1::2], targets)
+        self._features.clear()
+        return out, losses
