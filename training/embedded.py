@@ -50,19 +50,73 @@ def describe_latency(model_dir: Path, pairs, repeats: int = 5) -> float:
 
 
 def bar_check(rep: dict, twin: dict | None) -> list[str]:
-    """The shipping bar: CIDEr-D >= 100 overall, >= 50 on each of the 12 types, ahead of the no-MDP twin."""
+    """The shipping bar of the embedded model (CIDEr-D >= 40 overall and >= 15 on each of the 12
+    types, ahead of the no-MDP twin with a paired interval above 0, and the grounding checks);
+    the long-term bar stays CIDEr-D 100, about what one reference scores against the other two."""
     lines = []
     overall = rep["overall"]["CIDEr-D"]
-    lines.append(f"- CIDEr-D overall {overall:.1f} (bar: >= 100): {'met' if overall >= 100 else 'NOT met'}")
-    low = {t: rep["per_type"][t]["CIDEr-D"] for t in TYPES if t in rep["per_type"] and rep["per_type"][t]["CIDEr-D"] < 50}
+    lines.append(f"- CIDEr-D overall {overall:.1f} (bar: >= 40; long-term >= 100): {'met' if overall >= 40 else 'NOT met'}")
+    low = {t: rep["per_type"][t]["CIDEr-D"] for t in TYPES if t in rep["per_type"] and rep["per_type"][t]["CIDEr-D"] < 15}
     missing = [t for t in TYPES if t not in rep["per_type"]]
-    lines.append(f"- CIDEr-D >= 50 on every type: {'met' if not low and not missing else 'NOT met'}"
+    lines.append(f"- CIDEr-D >= 15 on every type: {'met' if not low and not missing else 'NOT met'}"
                  + (f" (below: {', '.join(f'{t} {v:.1f}' for t, v in low.items())})" if low else "")
                  + (f" (absent: {', '.join(missing)})" if missing else ""))
     if twin is not None:
         t = twin["overall"]["CIDEr-D"]
-        lines.append(f"- ahead of the no-MDP twin overall ({overall:.1f} vs {t:.1f}): {'met' if overall > t else 'NOT met'}")
+        delta = paired_delta(rep)
+        verdict = "met" if delta and delta["ci"] and delta["ci"][0] > 0 else "NOT met"
+        shown = (f"paired difference {delta['delta']:+.1f} [{delta['ci'][0]:+.1f}, {delta['ci'][1]:+.1f}]"
+                 if delta and delta["ci"] else "no paired interval in the report")
+        lines.append(f"- ahead of the no-MDP twin ({overall:.1f} vs {t:.1f}; {shown}): {verdict}")
+    for name, g in (rep.get("grounding") or {}).get("models", {}).items():
+        lines.append(f"- grounding checks of `{name}`: {'passed' if g['passed'] else 'NOT passed'}"
+                     + ("" if g["passed"] else f" ({'; '.join(g['flags'])})"))
     return lines
+
+
+def paired_delta(rep: dict) -> dict | None:
+    """M3Diff minus the twin, overall CIDEr-D, with its paired interval: from a report of
+    `m3diff eval --pred m3diff=… --pred no_mdp=…` (base first, so its deltas are twin − M3Diff)."""
+    comp = rep.get("comparison") or {}
+    for table in (comp.get("runs") or {}).values():
+        d = (table.get("overall:overall") or {}).get("CIDEr-D")
+        if isinstance(d, dict) and "delta" in d:
+            ci = d.get("ci")
+            return {"delta": -d["delta"], "ci": [-ci[1], -ci[0]] if ci else None}
+    return None
+
+
+def grounding_table(rep: dict) -> str:
+    """The grounding checks of every model in the report (`m3diff probe` → `m3diff eval --grounding`)."""
+    models = (rep.get("grounding") or {}).get("models") or {}
+    if not models:
+        return "(not measured: run `m3diff probe` and `m3diff eval --grounding`)"
+    rows = ["| model | distinct captions | answer loss | random swap | same-scene swap | identical pairs: 'no change' | checks |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for name, g in models.items():
+        gap = g.get("same_scene_gap")
+        nc = g.get("no_change_share")
+        rows.append(f"| {name} | {g['distinct_share']:.0%} | {g['loss_true']:.3f} | {g['random_gap']:+.1%} | "
+                    f"{'n/a' if gap is None else f'{gap:+.1%}'} | {'n/a' if nc is None else f'{nc:.0%}'} | "
+                    f"{'passed' if g['passed'] else 'flagged: ' + '; '.join(g['flags'])} |")
+    return "\n".join(rows)
+
+
+def cpu_minutes(run_dir: Path) -> float | None:
+    """CPU minutes the run's process spent (log.csv's cpu_s; the sum over resumed pieces)."""
+    import csv
+
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return None
+    total, last = 0.0, 0.0
+    with open(log, newline="") as f:
+        for row in csv.DictReader(f):
+            cpu = float(row.get("cpu_s") or 0)
+            if cpu < last:  # a resumed process starts its clock again
+                total += last
+            last = cpu
+    return (total + last) / 60 or None
 
 
 def parameter_count(model_dir: Path) -> int:
@@ -94,8 +148,18 @@ def trained_steps(run_dir: Path, run_json: dict) -> int:
     return int(run_json["total_steps"])
 
 
+def grounding_line(recipe: dict) -> str:
+    g = recipe.get("grounding")
+    if not g:
+        return "none: caption loss only"
+    return (f"ours, not the paper's: auxiliary per-patch losses (object kind / colour / size, changed patches, "
+            f"change type) on the features the projector reads, weight {g['weight']}, and scene-description "
+            f"samples ({g['scene_share']:.0%} of the caption samples) — `training/auxiliary.py`")
+
+
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,
-               size_mb: float, twin_shipped: bool, notes: str = "", steps: int | None = None) -> Path:
+               size_mb: float, twin_shipped: bool, notes: str = "", steps: int | None = None,
+               dest_run: Path | None = None) -> Path:
     from training.card import comparison_table, report_tables
 
     r = run_json["recipe"]
@@ -124,6 +188,8 @@ not real photographs.
 | training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
 | recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process{part} |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
+| grounded training | {grounding_line(r)} |
+| training time | {f'{cpu:.0f} CPU-minutes (one thread)' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
 | describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 
 ## Reproduce
@@ -141,6 +207,15 @@ every slice re-scored as its own corpus; [95% bootstrap interval]. SPICE is not 
 ### CIDEr-D, M3Diff beside the no-MDP twin (same data, recipe and steps, `use_mdp=false`)
 
 {comparison_table(reports)}
+
+### Does it read its images? (grounding checks, `m3diff probe`)
+
+{grounding_table(rep)}
+
+Distinct captions: share of test pairs whose caption no other pair got. Answer loss: per-token loss of
+each pair's first reference; random swap / same-scene swap: how much higher it is with the images of a
+random other pair / of another pair of the same scene (the honest blind gap). Identical pairs: the
+before image given twice.
 
 ### The shipping bar
 
@@ -204,7 +279,8 @@ def main(argv=None) -> int:
         latency = describe_latency(dest, pairs)
     run_json = json.loads((args.run_json or args.model.parent / "run.json").read_text())
     steps = trained_steps(args.model.parent, run_json)
-    write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps)
+    write_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps,
+               dest_run=args.model.parent)
     print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
           f"describe latency {latency if latency is None else round(latency, 3)} s")
     return 0
