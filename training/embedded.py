@@ -88,18 +88,15 @@ def paired_delta(rep: dict) -> dict | None:
 
 def grounding_table(rep: dict) -> str:
     """The grounding checks of every model in the report (`m3diff probe` → `m3diff eval --grounding`)."""
-    models = (rep.get("grounding") or {}).get("models") or {}
-    if not models:
+    from analysis.grounding import report_rows
+
+    rows = report_rows(rep)
+    if not rows:
         return "(not measured: run `m3diff probe` and `m3diff eval --grounding`)"
-    rows = ["| model | distinct captions | answer loss | random swap | same-scene swap | identical pairs: 'no change' | checks |",
-            "|---|---:|---:|---:|---:|---:|---|"]
-    for name, g in models.items():
-        gap = g.get("same_scene_gap")
-        nc = g.get("no_change_share")
-        rows.append(f"| {name} | {g['distinct_share']:.0%} | {g['loss_true']:.3f} | {g['random_gap']:+.1%} | "
-                    f"{'n/a' if gap is None else f'{gap:+.1%}'} | {'n/a' if nc is None else f'{nc:.0%}'} | "
-                    f"{'passed' if g['passed'] else 'flagged: ' + '; '.join(g['flags'])} |")
-    return "\n".join(rows)
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    lines += ["| " + " | ".join(r[k] for k in head) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def cpu_minutes(run_dir: Path) -> float | None:
