@@ -147,8 +147,8 @@ def generated(tmp_path_factory):
 
 
 def test_pixel_difference_points_at_single_changes(generated):
-    """Measured at 64 px on an 8×8 grid (seed 5): 92% (centre rule) / 95% (overlap) of the images
-    with a box. The misses are moved objects: |before − after| is the same map for both images, so
+    """Measured at 64 px on an 8×8 grid (seed 5, 83 single-change pairs, 137 images with a box):
+    94.2% (centre rule) / 97.1% (overlap); 92.2% / 95.1% at 128 px (seed 7, 144 pairs). The misses are moved objects: |before − after| is the same map for both images, so
     its one peak lies at the old or at the new place and the other image misses; no pixel differs
     outside the regions (shadows are inside them). The uniform map scores the boxes' area share."""
     from PIL import Image
