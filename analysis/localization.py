@@ -291,6 +291,22 @@ def flatten_maps(maps: Mapping) -> dict[tuple[str, int | None], np.ndarray]:
     return out
 
 
+def maps_from_trace(trace: Mapping) -> dict[str, dict[int, np.ndarray]]:
+    """The MDP maps of a trace (``Description.trace`` / ``MDPTrace.pair``) in the layout ``localize``
+    takes: {kind: {layer: [2, g, g]}}. ‖ΔF‖ (eq. 3) is one grid for the pair — ΔF mixes both
+    images patch by patch — so the same grid is scored on the before and on the after image."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for kind in ("attn_eq5", "attn_eq6", "delta_norm"):
+        for layer, m in (trace.get(kind) or {}).items():
+            m = np.asarray(m, np.float64)
+            if m.ndim == 2 and m.shape[0] == m.shape[1]:
+                m = np.stack([m, m])
+            if m.ndim != 3 or m.shape[0] != 2:
+                raise ValueError(f"trace map {kind}@{layer}: expected [g, g] or [2, g, g], got {m.shape}")
+            out.setdefault(kind, {})[int(layer)] = m
+    return out
+
+
 def map_name(kind: str, layer: int | None) -> str:
     """How a (kind, layer) is named in report.json: ``attn_eq5@4``, ``pixel_difference``."""
     return kind if layer is None else f"{kind}@{layer}"

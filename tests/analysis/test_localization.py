@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.localization import (
-    PatchGeometry, baseline_maps, box_to_patches, compare_no_change, localize, padded_square, peakedness,
+    PatchGeometry, baseline_maps, box_to_patches, compare_no_change, localize, maps_from_trace, padded_square, peakedness,
     pixel_patches, region_truth, sanity_check, score_map, shared_scale, spearman, summarize, weighted_auroc,
 )
 
@@ -131,6 +131,15 @@ def test_summary_counts_images_with_boxes_like_robust_change_captioning():
     assert t.setting == "no_change" and localize(t, {"m": hit}) == []
 
 
+def test_maps_from_a_trace():
+    trace = {"layers": [2, 4], "delta_norm": {2: np.ones((G, G)), 4: np.zeros((G, G))},
+             "attn_eq5": {2: np.ones((2, G, G)), 4: np.ones((2, G, G))}, "score": {2: np.ones(3)}}
+    maps = maps_from_trace(trace)
+    assert set(maps) == {"delta_norm", "attn_eq5"} and maps["delta_norm"][2].shape == (2, G, G)
+    with pytest.raises(ValueError):
+        maps_from_trace({"attn_eq6": {2: np.ones((3, G, G))}})
+
+
 def test_layers_are_named_in_the_trace_layout():
     rec = {"id": "a", "change_types": ["color"], "regions": [{"type": "color", "before": [0, 0, 8, 8], "after": [0, 0, 8, 8]}]}
     maps = {"attn_eq5": {2: np.ones((2, G, G)), 4: np.ones((2, G, G))}, "pixel_difference": np.ones((2, G, G))}
@@ -148,9 +157,10 @@ def generated(tmp_path_factory):
 
 def test_pixel_difference_points_at_single_changes(generated):
     """Measured at 64 px on an 8×8 grid (seed 5, 83 single-change pairs, 137 images with a box):
-    94.2% (centre rule) / 97.1% (overlap); 92.2% / 95.1% at 128 px (seed 7, 144 pairs). The misses are moved objects: |before − after| is the same map for both images, so
-    its one peak lies at the old or at the new place and the other image misses; no pixel differs
-    outside the regions (shadows are inside them). The uniform map scores the boxes' area share."""
+    94.2% (centre rule) / 97.1% (overlap); 92.2% / 95.1% at 128 px (seed 7, 144 pairs). The misses
+    are mostly moved objects: |before − after| is the same map for both images, so its one peak lies
+    at the old or at the new place and the other image misses; the rest (centre rule only) are peaks
+    on a patch the box covers partly. No pixel differs outside the regions: shadows are inside them. The uniform map scores the boxes' area share."""
     from PIL import Image
 
     root, recs = generated
@@ -176,7 +186,7 @@ def test_no_change_pairs_give_flat_pixel_differences_on_one_colour_scale(generat
     from PIL import Image
 
     root, recs = generated
-    changed = [r for r in recs if r["change_types"] and r["regions"] and any(g["before"] or g["after"] for g in r["regions"])][:20]
+    changed = [r for r in recs if any(g["before"] or g["after"] for g in r["regions"])][:20]
     same = [r for r in recs if r.get("no_change")]
     assert same, "the generator makes no-change pairs"
     maps = lambda rs: [baseline_maps(Image.open(root / r["before"]), Image.open(root / r["after"]), G) for r in rs]
