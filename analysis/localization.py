@@ -583,6 +583,25 @@ def reinitialise(model, path: str) -> int:
     return sum(not torch.equal(p, before[n]) for n, p in sub.named_parameters())
 
 
+def mdp_map_fn(processor) -> Callable:
+    """A ``map_fn`` for ``sanity_check`` on an M3Diff model: ``pair`` = (before, after) images (any
+    form ``PairProcessor`` takes) → the MDP trace's maps ({kind: {layer: [2, g, g]}}), computed by
+    the same call the pipeline makes at prefill (no caption is generated)."""
+    def map_fn(model, pair):
+        import torch
+
+        batch = processor.encode_pairs([tuple(pair)]).to(model.device)
+        with torch.inference_mode():
+            features = model.model.get_image_features(
+                batch["pixel_values"].to(model.dtype), batch["image_sizes"],
+                batch_num_images=batch["batch_num_images"], output_mdp_trace=True)
+        if features.mdp_trace is None:
+            raise ValueError("this model has no MDP, so it has no MDP maps to check")
+        return maps_from_trace(features.mdp_trace.pair(0))
+
+    return map_fn
+
+
 def sanity_check(model, pairs: Sequence, map_fn: Callable, modules: Sequence[str] = ("model.mdp", "model.vision_tower"),
                  threshold: float = 0.8, seed: int = 20181013) -> SanityCheck:
     """Cascading randomisation: the maps of ``model`` and of copies with ``modules[0]``, then also

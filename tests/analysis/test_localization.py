@@ -289,3 +289,25 @@ def test_reinitialise_reaches_every_learned_weight_of_the_real_model(make_model)
             n = reinitialise(model, path)
         same = [k for k, p in sub.named_parameters() if torch.equal(p, before[k]) and before[k].std() > 0]
         assert n > 0 and same == [], (path, same)
+
+
+def test_the_tiny_models_mdp_maps_depend_on_its_weights(make_model, processor):
+    """End to end on M3Diff: the trace's maps through ``mdp_map_fn``, re-initialising the real
+    submodules. A random tiny model's MDP maps are re-drawn with its MDP, so nothing is flagged at
+    that step; the pixel difference beside them would be (it has no weights)."""
+    from analysis.localization import mdp_map_fn
+
+    from tests.conftest import pair_images
+
+    pairs = [pair_images(seed) for seed in range(2)]
+    trace_maps = mdp_map_fn(processor)
+
+    def map_fn(model, pair):
+        g = next(iter(next(iter(trace_maps(model, pair).values())).values())).shape[-1]
+        return {**trace_maps(model, pair), "pixel_difference": baseline_maps(*pair, g)["pixel_difference"]}
+
+    check = sanity_check(make_model(), pairs, map_fn)
+    assert [s.randomised for s in check.steps] == [("model.mdp",), ("model.mdp", "model.vision_tower")]
+    first = check.steps[0].correlation
+    assert {"attn_eq5@", "attn_eq6@", "delta_norm@"} <= {k.split("@")[0] + "@" for k in first}
+    assert check.flags["pixel_difference"] and all(not k.startswith("attn") for k in check.flags)
