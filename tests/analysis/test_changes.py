@@ -105,3 +105,13 @@ def test_clauses_mentions_and_cues():
     assert mentions("three little purple rhombuses") == [("diamond", "purple")]
     assert set(cue_types("the red cube appears bigger than before")) == {"addition", "size"}
     assert cue_types("the camera has moved to the left") == ("viewpoint", "removal")
+
+
+def test_diff_pairs_from_the_reader_work_like_records(records):
+    from m3diff.data.record import DiffPair
+
+    pairs = [DiffPair(r["id"], None, None, r["captions"], r["change_types"], r["domain"],
+                      extra={k: r[k] for k in ("regions", "objects", "no_change") if k in r}) for r in records[:40]]
+    s, rows = evaluate_changes({p.id: p.captions[-1] for p in pairs}, pairs)
+    assert len(rows) == 40 and s.overall.recall == 1.0
+    assert [r.setting for r in rows] == [score_caption(r["captions"][-1], r).setting for r in records[:40]]
