@@ -142,6 +142,12 @@ def run_eval(args) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rep = build_report(runs, meta, avail, notes={n: a.notes for n, (a, _) in aligned.items()},
                        dropped={n: a.dropped for n, (a, _) in aligned.items()})
+    if any("regions" in p.extra and "objects" in p.extra for p in pairs):
+        # generated references know every change: does each caption name it, and invent none?
+        from analysis.changes import evaluate_changes
+
+        rep["changes"] = {name: evaluate_changes(dict(zip(al.ids, al.hyps)), al.pairs)[0].to_dict()
+                          for name, (al, _) in aligned.items()}
     if args.grounding:
         try:
             grounding = json.loads(Path(args.grounding).read_text(encoding="utf-8"))

@@ -115,3 +115,21 @@ def test_diff_pairs_from_the_reader_work_like_records(records):
     s, rows = evaluate_changes({p.id: p.captions[-1] for p in pairs}, pairs)
     assert len(rows) == 40 and s.overall.recall == 1.0
     assert [r.setting for r in rows] == [score_caption(r["captions"][-1], r).setting for r in records[:40]]
+
+
+def test_eval_adds_the_changes_section_for_generated_references(tmp_path, cli_scorer):
+    """`m3diff eval` on generated references reports change recall / precision per run."""
+    from m3diff.cli import main
+    from m3diff.data.synth.generator import SynthConfig, generate
+
+    generate(SynthConfig(seed=4, pairs=120, size=64), tmp_path / "d", workers=1, progress=False)
+    recs = json.loads((tmp_path / "d" / "test.json").read_text())
+    (tmp_path / "refs.json").write_text(json.dumps([{"id": r["id"], "caption": r["captions"][0]} for r in recs]))
+    (tmp_path / "other.json").write_text(json.dumps(
+        [{"id": r["id"], "caption": recs[(i + 1) % len(recs)]["captions"][0]} for i, r in enumerate(recs)]))
+    assert main(["eval", "--pred", f"own={tmp_path / 'refs.json'}", "--pred", f"other={tmp_path / 'other.json'}",
+                 "--refs", str(tmp_path / "d"), "--split", "test", "--out", str(tmp_path / "ev"),
+                 "--bootstrap", "0", "--no-meteor"]) == 0
+    changes = json.loads((tmp_path / "ev" / "report.json").read_text())["changes"]
+    assert changes["own"]["overall"]["recall"] >= 0.95
+    assert changes["other"]["overall"]["recall"] < 0.3
