@@ -149,8 +149,9 @@ def grounding_line(recipe: dict) -> str:
     g = recipe.get("grounding")
     if not g:
         return "none: caption loss only"
-    return (f"ours, not the paper's: auxiliary per-patch losses (object kind / colour / size, changed patches, "
-            f"change type) on the features the projector reads, weight {g['weight']}, and scene-description "
+    return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
+            f"/ colour / size, changed patches, change type; per pair: the change types and, from each image's mean "
+            f"feature, the changed objects' kinds, colours, sizes and places), weight {g['weight']}, and scene-description "
             f"samples ({g['scene_share']:.0%} of the caption samples) — `training/auxiliary.py`")
 
 
