@@ -162,6 +162,7 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
 
     ref_ids = [p.id for p in pairs]
     ref_set = set(ref_ids)
+    captions = _by_alias(captions, pairs, ref_set)
     extra = [k for k in captions if k not in ref_set]
     missing = [k for k in ref_ids if k not in captions]
     if extra or missing:
@@ -200,6 +201,19 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
         notes.append(msg + "; empty predictions scored as empty strings, empty reference captions left out")
     return Aligned(ids=[p.id for p in kept], hyps=[captions[p.id] for p in kept], pairs=kept,
                    notes=notes, dropped=dropped)
+
+
+def _by_alias(captions: dict[str, str], pairs: list[DiffPair], ref_set: set[str]) -> dict[str, str]:
+    """Prediction ids written in a dataset's own naming, renamed to the reader's ids. CLEVR-Change's
+    authors name a scene's pairs '000003.png' and '000003.png_n' (the reader: sc_000003, nsc_000003);
+    readers list such names in ``extra['aliases']``. An id that is already a reference id is never renamed."""
+    alias = {a: p.id for p in pairs for a in p.extra.get("aliases", ()) if a not in ref_set}
+    if not alias or not any(k in alias for k in captions):
+        return captions
+    out: dict[str, str] = {}
+    for k, cap in captions.items():
+        out.setdefault(alias.get(k, k), cap)
+    return out
 
 
 def _without_empty_refs(p: DiffPair) -> DiffPair:
