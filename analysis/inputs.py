@@ -66,7 +66,8 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
         for i, rec in enumerate(data):
             if not isinstance(rec, dict):
                 raise InputError(f"{where}: record #{i} is {type(rec).__name__}, expected an object with 'id' and 'caption'")
-            key = "id" if "id" in rec else "image_id" if "image_id" in rec else None
+            # COCO results name the pair by image_id; an "id" beside it is an annotation id (loadRes renumbers it)
+            key = "image_id" if "image_id" in rec else "id" if "id" in rec else None
             if key is None or "caption" not in rec:
                 raise InputError(f"{where}: record #{i} needs 'id' (or COCO's 'image_id') and 'caption'; it has {sorted(rec)}")
             rows.append((rec[key], rec["caption"]))
@@ -106,19 +107,24 @@ def load_references(path, format: str | None = None, split: str | None = None) -
 
 
 def _coco_references(data: dict, path: Path) -> list[DiffPair]:
+    """A COCO caption ground truth read as pycocotools' ``COCO`` reads it: ``images`` may list an id once
+    per annotation (authors publish it so, e.g. Spot-the-Diff's DDLA ground truth) and annotation ids may
+    repeat; captions are grouped by ``image_id`` in file order, pairs ordered by first appearance in
+    ``images`` (the order COCOEvalCap tokenises in). An image without any caption cannot be scored and
+    is left out (a prediction for it is reported as not in the references)."""
     anns = data.get("annotations")
     if not isinstance(anns, list):
         raise InputError(f"{path}: 'annotations' must be a list of {{'image_id', 'caption'}}")
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise InputError(f"{path}: 'images' must be a list of {{'id'}}")
     caps: dict[str, list[str]] = {}
     for i, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a or not isinstance(a.get("caption"), str):
             raise InputError(f"{path}: annotation #{i} needs 'image_id' and a string 'caption'")
         caps.setdefault(str(a["image_id"]), []).append(a["caption"])
-    order = [str(im["id"]) for im in data.get("images", []) if isinstance(im, dict) and "id" in im]
-    without = [k for k in order if k not in caps]
-    if without:
-        raise InputError(f"{path}: {len(without)} image(s) without any caption: {listing(without)}")
-    ids = order + [k for k in caps if k not in set(order)]
+    order = list(dict.fromkeys(str(im["id"]) for im in images if isinstance(im, dict) and "id" in im))
+    ids = [k for k in order if k in caps] + [k for k in caps if k not in set(order)]
     return [DiffPair(id=k, before=None, after=None, captions=tuple(caps[k]), source="coco") for k in ids]
 
 
