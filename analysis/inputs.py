@@ -18,6 +18,11 @@ from pathlib import Path
 
 from m3diff.data.record import DiffPair
 
+# Captions are cut to this many words (and characters) before scoring. Real captions are far shorter
+# (the longest references of the six datasets run to a few hundred words); a degenerate model output of
+# 20,000 words stopped the METEOR jar, and a 50 MB reference kept eval busy for minutes.
+MAX_CAPTION_WORDS = 1000
+MAX_CAPTION_CHARS = 30_000
 MISMATCH_POLICIES = ("error", "intersect")
 EMPTY_POLICIES = ("error", "score-as-empty")
 DUPLICATE_POLICIES = ("error", "first", "last")
@@ -205,8 +210,37 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
         # an empty prediction stays and scores as the empty string
         kept = [p if all(c.strip() for c in p.captions) else _without_empty_refs(p) for p in kept]
         notes.append(msg + "; empty predictions scored as empty strings, empty reference captions left out")
-    return Aligned(ids=[p.id for p in kept], hyps=[captions[p.id] for p in kept], pairs=kept,
-                   notes=notes, dropped=dropped)
+    hyps = [captions[p.id] for p in kept]
+    kept, hyps = _cut_long_captions(kept, hyps, where, notes)
+    return Aligned(ids=[p.id for p in kept], hyps=hyps, pairs=kept, notes=notes, dropped=dropped)
+
+
+def cut_caption(text: str, words: int = MAX_CAPTION_WORDS, chars: int = MAX_CAPTION_CHARS) -> str:
+    """The caption's first ``words`` words (and at most ``chars`` characters); short captions unchanged."""
+    if len(text) > chars:
+        text = text[:chars]
+    parts = text.split(None, words)  # stops splitting after `words`: cheap on a 50 MB string
+    return " ".join(parts[:words]) if len(parts) > words else text
+
+
+def _cut_long_captions(pairs: list[DiffPair], hyps: list[str], where: str, notes: list[str]):
+    from dataclasses import replace
+
+    long_pred = [p.id for p, h in zip(pairs, hyps) if cut_caption(h) != h]
+    long_ref = [p.id for p in pairs if any(cut_caption(c) != c for c in p.captions)]
+    if not long_pred and not long_ref:
+        return pairs, hyps
+    hyps = [cut_caption(h) for h in hyps]
+    pairs = [replace(p, captions=tuple(cut_caption(c) for c in p.captions)) if p.id in set(long_ref) else p
+             for p in pairs]
+    parts = []
+    if long_pred:
+        parts.append(f"{len(long_pred)} prediction(s) {listing(long_pred)}")
+    if long_ref:
+        parts.append(f"the references of {len(long_ref)} pair(s) {listing(long_ref)}")
+    notes.append(f"{where}: " + " and ".join(parts) + f" are longer than {MAX_CAPTION_WORDS:,} words "
+                 f"({MAX_CAPTION_CHARS:,} characters); scored on their first {MAX_CAPTION_WORDS:,} words")
+    return pairs, hyps
 
 
 def _by_alias(captions: dict[str, str], pairs: list[DiffPair], ref_set: set[str]) -> dict[str, str]:

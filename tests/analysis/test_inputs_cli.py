@@ -157,3 +157,39 @@ def test_coco_ground_truth_with_repeated_image_ids_scores_as_cocoevalcap(tmp_pat
     row = next(line for line in table.splitlines() if line.startswith("overall"))
     for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
         assert f"{want[m]:.2f}" in row.split(), m
+
+
+def test_very_long_captions_are_cut_with_a_warning_and_scored_quickly(dataset, cli_scorer, capsys):
+    """A 20,000-word prediction stopped the METEOR jar; a 50 MB reference kept eval busy for minutes.
+    Both are cut to their first MAX_CAPTION_WORDS words, said once, and score as the cut text would."""
+    import time
+
+    from analysis.inputs import MAX_CAPTION_WORDS
+    from m3diff.cli import main
+
+    recs = json.loads((dataset / "data" / "test.json").read_text())
+    preds = json.loads((dataset / "pred.json").read_text())
+    words = "the red cube moved to the left of a small blue sphere".split()
+    long_pred = " ".join(words[i % len(words)] for i in range(20_000))
+    preds[0]["caption"] = long_pred
+    recs[1]["captions"] = [recs[1]["captions"][0] + " " + "a " * 25_000_000]  # ~50 MB
+    (dataset / "data" / "test.json").write_text(json.dumps(recs))
+    (dataset / "long.json").write_text(json.dumps(preds))
+    start = time.perf_counter()
+    assert main(["eval", "--pred", str(dataset / "long.json"), "--refs", str(dataset / "data"), "--split", "test",
+                 "--json", "--bootstrap", "0"]) == 0
+    assert time.perf_counter() - start < 120
+    out, err = capsys.readouterr()
+    got = json.loads(out)["overall"]
+    assert got["METEOR"] is not None
+    assert err.count(f"longer than {MAX_CAPTION_WORDS:,} words") == 1 and "'p0000'" in err and "'p0001'" in err
+
+    # the same numbers as the captions cut by hand
+    preds[0]["caption"] = " ".join(long_pred.split()[:MAX_CAPTION_WORDS])
+    recs[1]["captions"] = [" ".join(recs[1]["captions"][0].split()[:MAX_CAPTION_WORDS])]
+    (dataset / "data" / "test.json").write_text(json.dumps(recs))
+    (dataset / "cut.json").write_text(json.dumps(preds))
+    assert main(["eval", "--pred", str(dataset / "cut.json"), "--refs", str(dataset / "data"), "--split", "test",
+                 "--json", "--bootstrap", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["overall"] == got and "longer than" not in err
