@@ -90,7 +90,8 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
     return Predictions(path=path, captions=captions, occurrences=dup, model=model)
 
 
-def load_references(path, format: str | None = None, split: str | None = None) -> list[DiffPair]:
+def load_references(path, format: str | None = None, split: str | None = None,
+                    allow_outside: bool = False) -> list[DiffPair]:
     """Reference pairs from a dataset (any layout the readers know) or a COCO ground-truth file."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json" and format in (None, "coco"):
@@ -106,9 +107,14 @@ def load_references(path, format: str | None = None, split: str | None = None) -
     from m3diff.data.readers import read_dataset
 
     try:
-        return list(read_dataset(path, format=format, split=split, images="optional").pairs)
+        ds = read_dataset(path, format=format, split=split, images="optional", allow_outside=allow_outside)
     except (DatasetError, ValueError) as exc:
         raise InputError(str(exc)) from None
+    import sys
+
+    for note in ds.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    return list(ds.pairs)
 
 
 def _coco_references(data: dict, path: Path) -> list[DiffPair]:
