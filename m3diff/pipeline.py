@@ -107,7 +107,7 @@ class DiffCaptioner:
             raise ModelLoadError(
                 f"{path}: its weights could not be read ({str(exc).splitlines()[0]}); the file may be truncated "
                 "or from another model: copy it again or save the model again with save_pretrained.") from None
-        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = _non_finite(model)
         if bad:
             raise ModelLoadError(
                 f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}): the training run that saved "
@@ -137,6 +137,9 @@ class DiffCaptioner:
                    trained=False)
 
     def save_pretrained(self, directory: str | Path) -> None:
+        bad = _non_finite(self.model)
+        if bad:  # such a model only ever writes empty captions; saving it would pass the fault on
+            raise ValueError(f"not saved: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]})")
         self.model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
 
@@ -239,6 +242,10 @@ class DiffCaptioner:
         if errors:
             raise errors[0]
         yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True)
+
+
+def _non_finite(model) -> list[str]:
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _check_local_model(folder: Path) -> None:

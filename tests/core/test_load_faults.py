@@ -69,3 +69,16 @@ def test_a_url_is_not_fetched_and_says_so(url):
     for src in (url, Path(url)):  # pathlib turns "https://" into "https:/"
         with pytest.raises(ImageError, match="is a URL: m3diff does not fetch images"):
             load_image(src, name="before image")
+
+
+def test_a_model_with_non_finite_weights_is_not_saved(tmp_path, make_model, processor):
+    import torch
+
+    from m3diff.pipeline import DiffCaptioner
+
+    model = make_model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(ValueError, match="not saved: 1 weight tensors hold NaN or inf"):
+        DiffCaptioner(model, processor).save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
