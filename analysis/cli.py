@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 
+OUTSIDE_HELP = ("read image paths that lead outside the dataset folder (absolute paths, '..', symlinks out); "
+                "refused by default")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="score predictions: COCO metrics overall, per change type, domain and source",
@@ -41,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="", help="the model's name, recorded in the report's metadata")
     p.add_argument("--grounding", default=None, metavar="FILE.json",
                    help="grounding checks written by `m3diff probe`, added to report.json as its 'grounding' section")
+    p.add_argument("--allow-outside-root", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(handler=run_eval)
 
     p = subparsers.add_parser(
@@ -55,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
+    p.add_argument("--restart", action="store_true",
+                   help="replace an existing --out instead of resuming it (needed when its data or images changed)")
+    p.add_argument("--allow-outside-root", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(handler=run_predict)
 
     p = subparsers.add_parser(
@@ -113,7 +121,7 @@ def run_eval(args) -> int:
     if not avail.java:
         raise CLIError(avail.notes[0])
     try:
-        pairs = load_references(args.refs, args.format, args.split)
+        pairs = load_references(args.refs, args.format, args.split, allow_outside=args.allow_outside_root)
         if not pairs:
             raise CLIError(f"{args.refs}: no pairs" + (f" in split {args.split!r}" if args.split else ""))
         aligned = {}
@@ -208,30 +216,28 @@ def run_predict(args) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     out = Path(args.out)
     model_name = args.model or "embedded"
-    done: dict[str, str] = {}
-    if out.exists():
-        try:
-            data = json.loads(out.read_text(encoding="utf-8"))
-            rows = data["predictions"] if isinstance(data, dict) else data
-            done = {str(r["id"]): r["caption"] for r in rows}
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
-        # Resuming with another model or split would mix two runs' captions in one file.
-        if isinstance(data, dict):
-            for key, now in (("model", model_name), ("split", args.split)):
-                if key in data and data[key] != now:
-                    raise CLIError(f"{out} holds predictions of {key} {data[key]!r}, not {now!r}; "
-                                   f"pass the same --{key} to resume it, or pick another --out")
     try:
         from m3diff.data.readers import read_dataset
 
-        pairs = read_dataset(args.data, format=args.format, split=args.split, images="require").pairs
+        dataset = read_dataset(args.data, format=args.format, split=args.split, images="require",
+                               allow_outside=args.allow_outside_root)
     except (ValueError, OSError) as exc:
         raise CLIError(str(exc)) from None
+    for note in dataset.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    pairs = dataset.pairs
     if args.limit is not None:
         pairs = pairs[: args.limit]
+    if not pairs:
+        raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
+    done: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    if out.exists() and not args.restart:
+        done, digests = _resumable(out, args, model_name, pairs, CLIError)
     todo = [p for p in pairs if p.id not in done]
     if not todo:
         print(f"{out}: all {len(pairs)} pairs already predicted", file=sys.stderr)
@@ -239,6 +245,7 @@ def run_predict(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from m3diff.images import ImageError
     from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
     try:
@@ -248,23 +255,47 @@ def run_predict(args) -> int:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = {p.id for p in pairs}
+    failed: dict[str, str] = {}
 
     def save():
         # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
         rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
         rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
         atomic_write(out, json.dumps({"model": model_name, "data": str(args.data), "split": args.split,
-                                      "predictions": rows}, ensure_ascii=False, indent=1))
+                                      "predictions": rows, "images": {i: digests[i] for i in done if i in digests}},
+                                     ensure_ascii=False, indent=1))
+
+    def describe(batch):
+        try:
+            return captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
+        except ImageError:
+            if len(batch) == 1:
+                raise
+        # one unreadable image fails its whole batch: find it, describe the others
+        descs = []
+        for p in batch:
+            try:
+                descs += describe([p])
+            except ImageError as exc:
+                failed[p.id] = str(exc)
+                descs.append(None)
+        return descs
 
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="describing", unit="pair") as bar:
         for s in range(0, len(todo), args.batch_size):
             batch = todo[s:s + args.batch_size]
-            descs = captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
-            for p, d in zip(batch, descs):
-                done[p.id] = d.caption
+            for p, d in zip(batch, describe(batch)):
+                if d is not None:
+                    done[p.id] = d.caption
+                    digests[p.id] = _pair_digest(p)
             save()
             bar.update(len(batch))
     print(f"wrote {len(done)} predictions to {out}", file=sys.stderr)
+    if failed:
+        first = next(iter(failed))
+        raise CLIError(f"{len(failed)} pair(s) skipped because an image could not be read (id {first!r}: "
+                       f"{failed[first]}); the other predictions are in {out}: fix or remove those images and "
+                       "run the same command again to finish")
     return 0
 
 
@@ -327,3 +358,43 @@ def _split_model(spec: str) -> tuple[str, str]:
         name, model = spec.split("=", 1)
         return name, model
     return (Path(spec).name or spec), spec
+
+
+def _pair_digest(pair) -> str:
+    """What a prediction was made from: the bytes of both images (a regenerated set keeps ids and paths)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for path in (pair.before, pair.after):
+        h.update(Path(path).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict]:
+    """The rows of an earlier run to keep, or one line saying why resuming would mix two runs."""
+    import json
+
+    try:
+        data = json.loads(out.read_text(encoding="utf-8"))
+        rows = data["predictions"] if isinstance(data, dict) else data
+        done = {str(r["id"]): r["caption"] for r in rows}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
+    again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
+    if not isinstance(data, dict):
+        return done, {}
+    # Resuming with another model, split or dataset would mix two runs' captions in one file.
+    for key, now in (("model", model_name), ("split", args.split)):
+        if key in data and data[key] != now:
+            raise CLIError(f"{out} holds predictions of {key} {data[key]!r}, not {now!r}; " + again.format(key=key))
+    if "data" in data and Path(str(data["data"])).resolve() != Path(args.data).resolve():
+        raise CLIError(f"{out} holds predictions of data {data['data']!r}, not {str(args.data)!r}; "
+                       + again.format(key="data"))
+    digests = data.get("images") if isinstance(data.get("images"), dict) else {}
+    changed = [p.id for p in pairs if p.id in done and p.id in digests and digests[p.id] != _pair_digest(p)]
+    if changed:
+        shown = ", ".join(repr(i) for i in changed[:5]) + (f", ... (+{len(changed) - 5} more)" if len(changed) > 5 else "")
+        raise CLIError(f"{out}: the images of {len(changed)} pair(s) changed since they were predicted ({shown}); "
+                       "pass --restart to predict everything again, or pick another --out")
+    return done, dict(digests)

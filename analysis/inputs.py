@@ -18,6 +18,11 @@ from pathlib import Path
 
 from m3diff.data.record import DiffPair
 
+# Captions are cut to this many words (and characters) before scoring. Real captions are far shorter
+# (the longest references of the six datasets run to a few hundred words); a degenerate model output of
+# 20,000 words stopped the METEOR jar, and a 50 MB reference kept eval busy for minutes.
+MAX_CAPTION_WORDS = 1000
+MAX_CAPTION_CHARS = 30_000
 MISMATCH_POLICIES = ("error", "intersect")
 EMPTY_POLICIES = ("error", "score-as-empty")
 DUPLICATE_POLICIES = ("error", "first", "last")
@@ -66,7 +71,8 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
         for i, rec in enumerate(data):
             if not isinstance(rec, dict):
                 raise InputError(f"{where}: record #{i} is {type(rec).__name__}, expected an object with 'id' and 'caption'")
-            key = "id" if "id" in rec else "image_id" if "image_id" in rec else None
+            # COCO results name the pair by image_id; an "id" beside it is an annotation id (loadRes renumbers it)
+            key = "image_id" if "image_id" in rec else "id" if "id" in rec else None
             if key is None or "caption" not in rec:
                 raise InputError(f"{where}: record #{i} needs 'id' (or COCO's 'image_id') and 'caption'; it has {sorted(rec)}")
             rows.append((rec[key], rec["caption"]))
@@ -84,7 +90,8 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
     return Predictions(path=path, captions=captions, occurrences=dup, model=model)
 
 
-def load_references(path, format: str | None = None, split: str | None = None) -> list[DiffPair]:
+def load_references(path, format: str | None = None, split: str | None = None,
+                    allow_outside: bool = False) -> list[DiffPair]:
     """Reference pairs from a dataset (any layout the readers know) or a COCO ground-truth file."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json" and format in (None, "coco"):
@@ -100,25 +107,35 @@ def load_references(path, format: str | None = None, split: str | None = None) -
     from m3diff.data.readers import read_dataset
 
     try:
-        return list(read_dataset(path, format=format, split=split, images="optional").pairs)
+        ds = read_dataset(path, format=format, split=split, images="optional", allow_outside=allow_outside)
     except (DatasetError, ValueError) as exc:
         raise InputError(str(exc)) from None
+    import sys
+
+    for note in ds.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    return list(ds.pairs)
 
 
 def _coco_references(data: dict, path: Path) -> list[DiffPair]:
+    """A COCO caption ground truth read as pycocotools' ``COCO`` reads it: ``images`` may list an id once
+    per annotation (authors publish it so, e.g. Spot-the-Diff's DDLA ground truth) and annotation ids may
+    repeat; captions are grouped by ``image_id`` in file order, pairs ordered by first appearance in
+    ``images`` (the order COCOEvalCap tokenises in). An image without any caption cannot be scored and
+    is left out (a prediction for it is reported as not in the references)."""
     anns = data.get("annotations")
     if not isinstance(anns, list):
         raise InputError(f"{path}: 'annotations' must be a list of {{'image_id', 'caption'}}")
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise InputError(f"{path}: 'images' must be a list of {{'id'}}")
     caps: dict[str, list[str]] = {}
     for i, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a or not isinstance(a.get("caption"), str):
             raise InputError(f"{path}: annotation #{i} needs 'image_id' and a string 'caption'")
         caps.setdefault(str(a["image_id"]), []).append(a["caption"])
-    order = [str(im["id"]) for im in data.get("images", []) if isinstance(im, dict) and "id" in im]
-    without = [k for k in order if k not in caps]
-    if without:
-        raise InputError(f"{path}: {len(without)} image(s) without any caption: {listing(without)}")
-    ids = order + [k for k in caps if k not in set(order)]
+    order = list(dict.fromkeys(str(im["id"]) for im in images if isinstance(im, dict) and "id" in im))
+    ids = [k for k in order if k in caps] + [k for k in caps if k not in set(order)]
     return [DiffPair(id=k, before=None, after=None, captions=tuple(caps[k]), source="coco") for k in ids]
 
 
@@ -162,6 +179,7 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
 
     ref_ids = [p.id for p in pairs]
     ref_set = set(ref_ids)
+    captions = _by_alias(captions, pairs, ref_set)
     extra = [k for k in captions if k not in ref_set]
     missing = [k for k in ref_ids if k not in captions]
     if extra or missing:
@@ -198,8 +216,50 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
         # an empty prediction stays and scores as the empty string
         kept = [p if all(c.strip() for c in p.captions) else _without_empty_refs(p) for p in kept]
         notes.append(msg + "; empty predictions scored as empty strings, empty reference captions left out")
-    return Aligned(ids=[p.id for p in kept], hyps=[captions[p.id] for p in kept], pairs=kept,
-                   notes=notes, dropped=dropped)
+    hyps = [captions[p.id] for p in kept]
+    kept, hyps = _cut_long_captions(kept, hyps, where, notes)
+    return Aligned(ids=[p.id for p in kept], hyps=hyps, pairs=kept, notes=notes, dropped=dropped)
+
+
+def cut_caption(text: str, words: int = MAX_CAPTION_WORDS, chars: int = MAX_CAPTION_CHARS) -> str:
+    """The caption's first ``words`` words (and at most ``chars`` characters); short captions unchanged."""
+    if len(text) > chars:
+        text = text[:chars]
+    parts = text.split(None, words)  # stops splitting after `words`: cheap on a 50 MB string
+    return " ".join(parts[:words]) if len(parts) > words else text
+
+
+def _cut_long_captions(pairs: list[DiffPair], hyps: list[str], where: str, notes: list[str]):
+    from dataclasses import replace
+
+    long_pred = [p.id for p, h in zip(pairs, hyps) if cut_caption(h) != h]
+    long_ref = [p.id for p in pairs if any(cut_caption(c) != c for c in p.captions)]
+    if not long_pred and not long_ref:
+        return pairs, hyps
+    hyps = [cut_caption(h) for h in hyps]
+    pairs = [replace(p, captions=tuple(cut_caption(c) for c in p.captions)) if p.id in set(long_ref) else p
+             for p in pairs]
+    parts = []
+    if long_pred:
+        parts.append(f"{len(long_pred)} prediction(s) {listing(long_pred)}")
+    if long_ref:
+        parts.append(f"the references of {len(long_ref)} pair(s) {listing(long_ref)}")
+    notes.append(f"{where}: " + " and ".join(parts) + f" are longer than {MAX_CAPTION_WORDS:,} words "
+                 f"({MAX_CAPTION_CHARS:,} characters); scored on their first {MAX_CAPTION_WORDS:,} words")
+    return pairs, hyps
+
+
+def _by_alias(captions: dict[str, str], pairs: list[DiffPair], ref_set: set[str]) -> dict[str, str]:
+    """Prediction ids written in a dataset's own naming, renamed to the reader's ids. CLEVR-Change's
+    authors name a scene's pairs '000003.png' and '000003.png_n' (the reader: sc_000003, nsc_000003);
+    readers list such names in ``extra['aliases']``. An id that is already a reference id is never renamed."""
+    alias = {a: p.id for p in pairs for a in p.extra.get("aliases", ()) if a not in ref_set}
+    if not alias or not any(k in alias for k in captions):
+        return captions
+    out: dict[str, str] = {}
+    for k, cap in captions.items():
+        out.setdefault(alias.get(k, k), cap)
+    return out
 
 
 def _without_empty_refs(p: DiffPair) -> DiffPair:

@@ -48,6 +48,8 @@ def _describe(args: argparse.Namespace) -> int:
     from m3diff.images import ImageError
     from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     try:
         captioner = DiffCaptioner.from_pretrained(args.model)
         d = captioner.describe(args.before, args.after, instruction=args.instruction,
@@ -57,12 +59,26 @@ def _describe(args: argparse.Namespace) -> int:
     if args.json:
         out = d.to_json(with_maps=args.maps)
         out["model"] = captioner.source
-        print(json.dumps(out, indent=2))
+        print(json.dumps(_finite_json(out), indent=2, allow_nan=False))
         return 0
     print(d.caption)
     if d.layer_scores:
         print("MDP Score per vision layer: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items()))
     return 0
+
+
+def _finite_json(value):
+    """NaN and infinities as null: JSON has no NaN, and a reader that meets one (json.loads in JavaScript,
+    jq) rejects the whole document."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -7,12 +7,17 @@ tiny images, truncated files and decompression bombs refused *before* decoding t
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+# A URL, also after pathlib collapsed its "//" ("https:/x"): never a local file name worth trying
+_URL = re.compile(r"^(https?|ftp|s3|gs|hf|file):/", re.IGNORECASE)
 
 
 class ImageError(ValueError):
@@ -55,6 +60,9 @@ def load_image(src, *, name: str = "image", limits: ImageLimits = DEFAULT_LIMITS
 def _open(src, name: str) -> tuple[Image.Image, str]:
     label = name
     if isinstance(src, (str, Path)):
+        if _URL.match(str(src)):  # Path() would turn "https://x/a.png" into the misleading "https:/x/a.png"
+            raise ImageError(f"{name} {src} is a URL: m3diff does not fetch images from the network. Download it "
+                             "and pass the file.")
         path = Path(src)
         label = f"{name} {path}"
         if not path.is_file():

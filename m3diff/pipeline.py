@@ -70,11 +70,13 @@ class DiffCaptioner:
         from transformers import AutoConfig
 
         local = Path(path)
-        if local.exists() and not (local / "config.json").is_file():
-            raise ModelLoadError(f"{local} has no config.json: not a model saved with save_pretrained.")
+        if local.exists():
+            _check_local_model(local)
         try:
             config = AutoConfig.from_pretrained(str(path))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            if local.exists():  # checked above, so transformers found something else it cannot use
+                raise ModelLoadError(f"{local}: {str(exc).splitlines()[0]}") from None
             raise ModelLoadError(
                 f"could not load model {path!r}: it is not a local directory, and the hub did not answer "
                 f"({exc.__class__.__name__}). Pass a directory made by save_pretrained, or check the hub id."
@@ -92,10 +94,24 @@ class DiffCaptioner:
                     f"{path} has {size / 1e9:.1f} B parameters; on a CPU that is ~{size * 4 / 2**30:.0f} GiB and "
                     "minutes per caption. Run it on a GPU (device='cuda'), or use the embedded default model."
                 )
-        if isinstance(config, M3DiffConfig):
-            model = M3DiffForConditionalGeneration.from_pretrained(str(path), **kwargs)
-        else:
-            model, fresh = M3DiffForConditionalGeneration.from_llava_onevision(str(path), **kwargs)
+        from safetensors import SafetensorError
+
+        if local.exists():
+            _check_local_weights(local)
+        try:
+            if isinstance(config, M3DiffConfig):
+                model = M3DiffForConditionalGeneration.from_pretrained(str(path), **kwargs)
+            else:
+                model, fresh = M3DiffForConditionalGeneration.from_llava_onevision(str(path), **kwargs)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"{path}: its weights could not be read ({str(exc).splitlines()[0]}); the file may be truncated "
+                "or from another model: copy it again or save the model again with save_pretrained.") from None
+        bad = _non_finite(model)
+        if bad:
+            raise ModelLoadError(
+                f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}): the training run that saved "
+                "it diverged. Use an earlier checkpoint, or train again with a lower learning rate.")
         processor = PairProcessor.from_pretrained(str(path))
         return cls(model.to(device), processor, source=source, trained=True)
 
@@ -121,6 +137,9 @@ class DiffCaptioner:
                    trained=False)
 
     def save_pretrained(self, directory: str | Path) -> None:
+        bad = _non_finite(self.model)
+        if bad:  # such a model only ever writes empty captions; saving it would pass the fault on
+            raise ValueError(f"not saved: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]})")
         self.model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
 
@@ -223,6 +242,33 @@ class DiffCaptioner:
         if errors:
             raise errors[0]
         yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True)
+
+
+def _non_finite(model) -> list[str]:
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _check_local_model(folder: Path) -> None:
+    """A local model folder's faults, each named for a person before transformers meets them."""
+    import json
+
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"{folder} has no config.json: not a model saved with save_pretrained.")
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{cfg} is not valid JSON ({exc}): the folder is damaged; copy or save the model "
+                             "again.") from None
+    if not isinstance(raw, dict) or not raw.get("model_type"):
+        raise ModelLoadError(f"{cfg} names no model_type: not a config written by save_pretrained; copy or save "
+                             "the model again.")
+
+
+def _check_local_weights(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise ModelLoadError(f"{folder} has no model.safetensors (weights are read from safetensors only): "
+                             "copy the weights file into it, or save the model again.")
 
 
 def _as_m3diff(config) -> M3DiffConfig:

@@ -22,6 +22,56 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+class NonFiniteWeights(ValueError):
+    """Weights holding NaN or inf: never written, so the last good checkpoint stays the one to resume."""
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss or gradient: training stops before the optimizer step that would spread it."""
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(tensors: dict, what: str) -> None:
+    bad = non_finite(tensors)
+    if bad:
+        raise NonFiniteWeights(f"{what}: {len(bad)} of {len(tensors)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                               "not saved")
+
+
+def last_good(root: Path) -> str:
+    """For a message: where a stopped run can resume from."""
+    ckpt = latest_checkpoint(root)
+    return f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Remove the rows of a CSV log whose step is past ``step``: a killed run logged steps that the
+    run resuming from an earlier checkpoint logs again, and each step must appear once."""
+    import csv
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        return
+    at = rows[0].index("step") if "step" in rows[0] else 0
+    keep = [rows[0]] + [r for r in rows[1:] if r and r[at].isdigit() and int(r[at]) <= step]
+    if len(keep) == len(rows):
+        return
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(keep)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
 def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     sd = optimizer.state_dict()
     tensors = {}
@@ -44,13 +94,19 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, extra: d
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
+    # every process checks (the weights are the same everywhere), so all stop together before any collective
+    state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise TrainingDiverged(
+            f"training stopped at step {step}: {len(bad)} of {len(state)} weight tensors hold NaN or inf after the "
+            f"update (first: {bad[0]}; is the learning rate too high?); not saved, {last_good(root)}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_file({"state": torch.random.get_rng_state()}, str(tmp / f"rng-rank{accelerator.process_index}.safetensors"))
     if accelerator.is_main_process:
-        state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -84,6 +140,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> dic
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "model.safetensors"))
+    check_finite(weights, f"checkpoint {path}")
     missing, unexpected = accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")

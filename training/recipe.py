@@ -167,6 +167,7 @@ class Recipe:
                                     "checkpoint (or leave init_from empty to train from scratch)")
         from m3diff.config import PRESETS, preset
 
+        check_model_config(self.model.config, where)
         if self.model.preset not in PRESETS:
             fail("model.preset", f"unknown preset {self.model.preset!r}; known: {', '.join(sorted(PRESETS))}")
         if self.model.init_from is None:  # the config is built from the preset: check its fields now
@@ -203,6 +204,55 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_model_config(config: dict, where: str = "recipe") -> None:
+    """Type-check ``model.config`` against M3DiffConfig's annotated fields: the config class stores what it
+    is given, so ``use_mdp: maybe`` would be saved as the (true) string "maybe" and ``mdp_dept: 3`` ignored."""
+    from m3diff.config import M3DiffConfig
+
+    annotations: dict = {}
+    for cls in reversed(M3DiffConfig.__mro__):
+        annotations.update(getattr(cls, "__annotations__", {}))
+    known = {k for k in annotations if not k.startswith("_")} | {"vision_config", "text_config"}
+    for key, value in config.items():
+        if key not in known:
+            raise RecipeError(f"{where}: model.config.{key}: not a field of M3DiffConfig "
+                              f"(e.g. use_mdp, mdp_layers, mdp_depth, mdp_num_heads, mdp_mlp_ratio)")
+        tp = annotations.get(key)
+        if isinstance(tp, str):
+            try:  # the fields' annotations are strings (postponed evaluation); those of plain types evaluate
+                tp = eval(tp, {"list": list, "tuple": tuple, "dict": dict, "int": int, "float": float,
+                               "bool": bool, "str": str, "None": None})
+            except Exception:  # names another module's type (torch.dtype, a config class): not checked here
+                continue
+        if tp is None:
+            continue
+        try:
+            _coerce(_plain(tp), value, where, f"model.config.{key}")
+        except _Unchecked:
+            continue
+
+
+class _Unchecked(Exception):
+    pass
+
+
+def _plain(tp):
+    """``tp`` with tuples read as lists (YAML has no tuple) and a bare ``list`` as a list of anything."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_plain(a) for a in typing.get_args(tp))]
+    if origin is tuple or tp is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return list[_plain(args[0])] if len(args) == 1 or len(set(args)) == 1 else list[typing.Any]
+    if origin is list:
+        return list[_plain(typing.get_args(tp)[0])] if typing.get_args(tp) else list[typing.Any]
+    if tp is list:
+        return list[typing.Any]
+    if tp in (bool, int, float, str, dict, typing.Any, type(None)) or origin is dict:
+        return tp
+    raise _Unchecked
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -255,6 +305,12 @@ def _build(cls, raw, where: str, prefix: str):
 
 
 def _coerce(tp, value, where: str, key: str):
+    if tp is typing.Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise RecipeError(f"{where}: {key}: expected null, got {value!r}")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

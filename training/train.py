@@ -201,7 +201,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     from tqdm.auto import tqdm
 
     from m3diff.processing import PairProcessor
-    from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from training.checkpoint import (
+        TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint, load_checkpoint,
+        save_checkpoint,
+    )
     from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
 
     start_time, start_cpu = time.time(), time.process_time()
@@ -266,6 +269,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     eval_csv = out / "eval.csv"
     writer = None
     if accelerator.is_main_process:
+        for log in (log_csv, eval_csv):  # rows a killed run wrote past the step resumed from
+            drop_rows_after(log, step)
         (out / "run.json").write_text(json.dumps(meta, indent=1))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -312,6 +317,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             if recipe.lora is not None:
                 final = final.merge_and_unload()
             final = final.to(getattr(torch, recipe.save_dtype))
+            check_finite(final.state_dict(), f"the model at step {at_step}")
             DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
             write_card(model_dir, meta=meta, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
         accelerator.wait_for_everyone()
@@ -348,14 +354,24 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             loss_sum += loss.item()
             for k, v in aux.items():
                 aux_sums[k] = aux_sums.get(k, 0.0) + v.item() / len(micro)
+        last_loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / n_tokens
         grad_norm = None
         if o.max_grad_norm:
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm))
+        # a non-finite loss or gradient would poison every weight at optimizer.step(): stop before it
+        aux_total = sum(aux_sums.values())
+        if (not math.isfinite(last_loss) or not math.isfinite(aux_total)
+                or (grad_norm is not None and not math.isfinite(grad_norm))):
+            bar.close()
+            what = (f"loss {last_loss}" if not math.isfinite(last_loss) else
+                    f"auxiliary loss {aux_total}" if not math.isfinite(aux_total) else f"gradient norm {grad_norm}")
+            raise TrainingDiverged(
+                f"training stopped at step {step + 1}: the {what} is not finite (is optim.lr "
+                f"{o.lr:g} too high?); nothing of this step was saved, {last_good(ckpt_root)}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        last_loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / n_tokens
         tokens_seen += n_tokens
 
         if accelerator.is_main_process:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 FORMAT_HELP = "omnidiff (our layout, also: synth), spot_the_diff, iedit, clevr_change, clevr_dc, birds_to_words"
+OUTSIDE_HELP = ("read image paths that lead outside the dataset folder (absolute paths, '..', symlinks out); "
+                "refused by default")
 
 
 def register(subparsers) -> None:
@@ -39,6 +41,7 @@ def register(subparsers) -> None:
     s.add_argument("--split", metavar="S", help="train, val or test (default: all)")
     s.add_argument("--json", action="store_true", help="print JSON (keys: pairs, captions, sentences, avg_words, "
                    "vocabulary, long_caption_pct, per_type, ...)")
+    s.add_argument("--allow-outside-root", action="store_true", help=OUTSIDE_HELP)
     s.set_defaults(handler=_stats)
 
     m = sub.add_parser(
@@ -56,6 +59,7 @@ def register(subparsers) -> None:
     m.add_argument("--every-caption", action="store_true",
                    help="make every caption of every source its own sample (not only CLEVR's)")
     m.add_argument("--no-shuffle", action="store_true", help="keep source order")
+    m.add_argument("--allow-outside-root", action="store_true", help=OUTSIDE_HELP)
     m.set_defaults(handler=_mix)
 
 
@@ -81,15 +85,20 @@ def _synth(args) -> int:
     return 0
 
 
-def _read(path, fmt, split, images):
+def _read(path, fmt, split, images, allow_outside=False):
+    import sys
+
     from m3diff.cli import CLIError
     from m3diff.data.layout import DatasetError
     from m3diff.data.readers import read_dataset
 
     try:
-        return read_dataset(path, format=fmt, split=split, images=images)
+        ds = read_dataset(path, format=fmt, split=split, images=images, allow_outside=allow_outside)
     except (DatasetError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    for note in ds.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    return ds
 
 
 def _stats(args) -> int:
@@ -97,10 +106,11 @@ def _stats(args) -> int:
 
     from m3diff.data.stats import compute_stats, format_stats
 
-    ds = _read(args.path, args.format, args.split, "optional")
+    ds = _read(args.path, args.format, args.split, "optional", args.allow_outside_root)
     st = compute_stats(ds.pairs)
     st["format"] = ds.format
     st["missing_images"] = len(ds.missing_images)
+    st["skipped_records"] = len(ds.skipped)
     if args.json:
         print(json.dumps(st, indent=1))
     else:
@@ -122,7 +132,8 @@ def _mix(args) -> int:
             sources.append(parse_source(spec))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    datasets = [(src, _read(src.path, src.format, args.split, "require")) for src in sources]
+    datasets = [(src, _read(src.path, src.format, args.split, "require", args.allow_outside_root))
+                for src in sources]
     try:
         samples = build_mixture(datasets, seed=args.seed, every_caption=args.every_caption,
                                 shuffle=not args.no_shuffle)

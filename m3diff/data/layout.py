@@ -36,6 +36,23 @@ class Dataset:
     root: Path
     pairs: list[DiffPair]
     missing_images: list[Path] = field(default_factory=list)
+    # image paths outside ``root``, read because the caller allowed it (said once by the CLI)
+    outside_images: list[Path] = field(default_factory=list)
+    # records left out as their authors published them, e.g. a Spot-the-Diff pair whose every sentence
+    # is empty: (record, why)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per thing a person should know about this read (for the CLI's warnings)."""
+        out = []
+        if self.skipped:
+            out.append(f"{len(self.skipped)} record(s) of {self.root} left out: "
+                       + "; ".join(f"{r} ({why})" for r, why in self.skipped[:3])
+                       + (f"; ... (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""))
+        if self.outside_images:
+            out.append(f"{len(self.outside_images)} image path(s) lie outside the dataset folder {self.root} "
+                       f"(first: {self.outside_images[0]}); read because outside paths were allowed")
+        return out
 
 
 def load_json(path: Path):
@@ -52,16 +69,48 @@ def load_json(path: Path):
         raise DatasetError(path, f"not UTF-8 text ({exc.reason})") from None
 
 
+class ImagePaths:
+    """Where a reader's image paths may lead: inside the dataset folder, unless the caller allowed more.
+
+    A record whose image path leaves ``root`` (an absolute path, ``../``, a symlink pointing out) is
+    refused: a dataset is data, and must not make a program read files elsewhere on the machine.
+    ``allow_outside=True`` reads such paths and lists them in ``outside`` so the caller can say so once.
+    ``required=False`` collects missing images in ``missing`` instead of failing (annotations only).
+    """
+
+    def __init__(self, root, required: bool = True, allow_outside: bool = False):
+        self.root = Path(root)
+        self.required = required
+        self.allow_outside = allow_outside
+        self.missing: list[Path] = []
+        self.outside: list[Path] = []
+        self._real_root = self.root.resolve()
+
+    def resolve(self, rel, path: Path, record: str, base=None) -> Path | None:
+        """The image ``rel`` (relative to ``base``, default the root) as a path, or an error naming the record."""
+        p = Path(rel)
+        p = p if p.is_absolute() else Path(base if base is not None else self.root) / p
+        real = p.resolve()  # follows symlinks and "..": what would really be opened
+        if not real.is_relative_to(self._real_root):
+            if not self.allow_outside:
+                raise DatasetError(path, f"image path {str(rel)!r} leads outside the dataset folder {self.root} "
+                                         "(refused; pass --allow-outside-root if you trust this dataset)", record)
+            self.outside.append(p)
+        if p.is_file():
+            return p
+        if self.required:
+            raise DatasetError(path, f"image {p} does not exist (pass images='optional' for annotations only)", record)
+        self.missing.append(p)
+        return None
+
+
 def resolve_image(root: Path, rel, missing: list[Path] | None, path: Path, record: str) -> Path | None:
-    """Absolute image path; a missing image is fatal unless ``missing`` collects it."""
-    p = Path(rel)
-    p = p if p.is_absolute() else root / p
-    if p.is_file():
-        return p
-    if missing is None:
-        raise DatasetError(path, f"image {p} does not exist (pass images='optional' for annotations only)", record)
-    missing.append(p)
-    return None
+    """Absolute image path inside ``root``; a missing image is fatal unless ``missing`` collects it."""
+    images = ImagePaths(root, required=missing is None)
+    found = images.resolve(rel, path, record)
+    if missing is not None:
+        missing.extend(images.missing)
+    return found
 
 
 def _check_record(raw, path: Path, index: int) -> str:
@@ -94,14 +143,17 @@ def _check_record(raw, path: Path, index: int) -> str:
 
 
 def read_split(path, *, root=None, split: str = "", source: str = "omnidiff",
-               missing: list[Path] | None = None) -> list[DiffPair]:
+               missing: list[Path] | None = None, images: ImagePaths | None = None) -> list[DiffPair]:
     """Read and validate one split file of our layout.
 
     ``missing`` is None to require every image, or a list that collects the absent ones (their
-    ``DiffPair.before``/``after`` is then None).
+    ``DiffPair.before``/``after`` is then None). ``images`` (an ``ImagePaths``) replaces both.
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
+    own = images is None
+    if own:
+        images = ImagePaths(root, required=missing is None)
     data = load_json(path)
     if not isinstance(data, list):
         raise DatasetError(path, f"expected a list of records, got {type(data).__name__}")
@@ -114,8 +166,8 @@ def read_split(path, *, root=None, split: str = "", source: str = "omnidiff",
         extra = {k: v for k, v in raw.items() if k not in REQUIRED_KEYS}
         pairs.append(DiffPair(
             id=raw["id"],
-            before=resolve_image(root, raw["before"], missing, path, label),
-            after=resolve_image(root, raw["after"], missing, path, label),
+            before=images.resolve(raw["before"], path, label),
+            after=images.resolve(raw["after"], path, label),
             captions=tuple(raw["captions"]),
             change_types=tuple(raw["change_types"]),
             domain=raw["domain"],
@@ -124,6 +176,8 @@ def read_split(path, *, root=None, split: str = "", source: str = "omnidiff",
             split=split,
             extra=extra,
         ))
+    if own and missing is not None:
+        missing.extend(images.missing)
     return pairs
 
 

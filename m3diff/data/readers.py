@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from m3diff.change_types import map_label
-from m3diff.data.layout import SPLITS, Dataset, DatasetError, load_json, read_split, resolve_image
+from m3diff.data.layout import SPLITS, Dataset, DatasetError, ImagePaths, load_json, read_split
 from m3diff.data.record import DiffPair
 
 # Published split names → ours.
@@ -38,30 +38,38 @@ def _splits(split: str | None, available=SPLITS) -> tuple[str, ...]:
     return (s,)
 
 
-def _missing(images: str) -> list[Path] | None:
+def _images(root: Path, images: str, allow_outside: bool) -> ImagePaths:
     if images not in ("require", "optional"):
         raise ValueError(f"images must be 'require' or 'optional', not {images!r}")
-    return [] if images == "optional" else None
+    return ImagePaths(root, required=images == "require", allow_outside=allow_outside)
 
 
-def _captions(value, path: Path, record: str) -> tuple[str, ...]:
+def _dataset(fmt: str, root: Path, pairs, imgs: ImagePaths, skipped=()) -> Dataset:
+    return Dataset(fmt, root, pairs, imgs.missing, imgs.outside, list(skipped))
+
+
+def _captions(value, path: Path, record: str, allow_none: bool = False) -> tuple[str, ...]:
+    """The non-empty captions of a record (stripped). Published files hold empty sentences (Spot-the-Diff's
+    test.json has records whose only sentence is ""): they are dropped; with ``allow_none`` a record left
+    with none gives () for the caller to report, else it is an error."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise DatasetError(path, "captions must be a list of strings", record)
     caps = tuple(c.strip() for c in value if c.strip())
-    if not caps:
+    if not caps and not allow_none:
         raise DatasetError(path, "no non-empty caption", record)
     return caps
 
 
-def read_omnidiff(root: Path, split=None, images="require") -> Dataset:
+def read_omnidiff(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """Our layout (OmniDiff and ``m3diff synth``): ``root/{split}.json``, or one split file."""
-    missing = _missing(images)
     if root.is_file():
+        imgs = _images(root.parent, images, allow_outside)
         split_name = SPLIT_ALIASES.get(root.stem, root.stem)
-        pairs = read_split(root, split=split_name, missing=missing)
-        return Dataset("omnidiff", root.parent, pairs, missing or [])
+        pairs = read_split(root, split=split_name, images=imgs)
+        return _dataset("omnidiff", root.parent, pairs, imgs)
+    imgs = _images(root, images, allow_outside)
     wanted = _splits(split)
     files = [(s, root / f"{s}.json") for s in wanted]
     present = [(s, f) for s, f in files if f.is_file()]
@@ -71,19 +79,21 @@ def read_omnidiff(root: Path, split=None, images="require") -> Dataset:
         raise DatasetError(files[0][1], "no such file")
     pairs, seen = [], {}
     for s, f in present:
-        for p in read_split(f, root=root, split=s, missing=missing):
+        for p in read_split(f, root=root, split=s, images=imgs):
             if p.id in seen:
                 raise DatasetError(f, f"duplicate id, also in {seen[p.id]}", f"id {p.id!r}")
             seen[p.id] = f.name
             pairs.append(p)
-    return Dataset("omnidiff", root, pairs, missing or [])
+    return _dataset("omnidiff", root, pairs, imgs)
 
 
-def read_spot_the_diff(root: Path, split=None, images="require") -> Dataset:
+def read_spot_the_diff(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """``annotations/{split}.json`` of ``{img_id, sentences}``, one record per annotator: merged per
-    ``img_id``, every sentence a reference; ``extra['annotators']`` keeps each annotator's sentences."""
-    missing = _missing(images)
-    pairs = []
+    ``img_id``, every non-empty sentence a reference; ``extra['annotators']`` keeps each annotator's
+    sentences. The published test.json has annotators whose only sentence is empty: they are dropped, and
+    a pair left with no sentence at all is skipped and reported in ``Dataset.skipped``, as the literature does."""
+    imgs = _images(root, images, allow_outside)
+    pairs, skipped = [], []
     for s in _splits(split):
         path = root / "annotations" / f"{s}.json"
         data = load_json(path)
@@ -93,25 +103,32 @@ def read_spot_the_diff(root: Path, split=None, images="require") -> Dataset:
         for i, rec in enumerate(data):
             if not isinstance(rec, dict) or "img_id" not in rec or "sentences" not in rec:
                 raise DatasetError(path, "expected keys img_id and sentences", f"#{i}")
-            merged.setdefault(str(rec["img_id"]), []).append(_captions(rec["sentences"], path, f"#{i}"))
+            sents = _captions(rec["sentences"], path, f"#{i}", allow_none=True)
+            annotators = merged.setdefault(str(rec["img_id"]), [])
+            if sents:
+                annotators.append(sents)
         for img_id, annotators in merged.items():
             label = f"img_id {img_id!r}"
+            if not annotators:
+                skipped.append((f"{path.name} {label}", "no non-empty sentence"))
+                continue
             pairs.append(DiffPair(
                 id=img_id,
-                before=resolve_image(root, f"resized_images/{img_id}.png", missing, path, label),
-                after=resolve_image(root, f"resized_images/{img_id}_2.png", missing, path, label),
+                before=imgs.resolve(f"resized_images/{img_id}.png", path, label),
+                after=imgs.resolve(f"resized_images/{img_id}_2.png", path, label),
                 captions=tuple(c for sents in annotators for c in sents),
                 domain="real", scene=img_id, source="spot_the_diff", split=s,
                 extra={"annotators": [list(a) for a in annotators]},
             ))
-    return Dataset("spot_the_diff", root, pairs, missing or [])
+    return _dataset("spot_the_diff", root, pairs, imgs, skipped)
 
 
-def read_iedit(root: Path, split=None, images="require") -> Dataset:
+def read_iedit(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """``{train,valid,test}.json`` of ``{img0, img1, sents, uid}``; image files relative to the
-    dataset folder or its ``images/``."""
-    missing = _missing(images)
-    pairs, seen = [], {}
+    dataset folder or its ``images/``. The same image pair can occur under several uids (one per
+    request): each uid is its own pair. A record with no non-empty request is skipped and reported."""
+    imgs = _images(root, images, allow_outside)
+    pairs, seen, skipped = [], {}, []
     file_of = {"train": "train", "val": "valid", "test": "test"}
     for s in _splits(split):
         path = root / f"{file_of[s]}.json"
@@ -128,20 +145,27 @@ def read_iedit(root: Path, split=None, images="require") -> Dataset:
             seen[uid] = path.name
 
             def img(name):
-                base = root / "images" if (root / "images" / name).is_file() else root
-                return resolve_image(base, name, missing, path, label)
+                base = root / "images" if (root / "images" / str(name)).is_file() else root
+                return imgs.resolve(str(name), path, label, base=base)
 
+            caps = _captions(rec["sents"], path, label, allow_none=True)
+            if not caps:
+                skipped.append((f"{path.name} {label}", "no non-empty request"))
+                continue
             pairs.append(DiffPair(
-                id=uid, before=img(rec["img0"]), after=img(rec["img1"]),
-                captions=_captions(rec["sents"], path, label),
+                id=uid, before=img(rec["img0"]), after=img(rec["img1"]), captions=caps,
                 domain="real", scene=uid, source="iedit", split=s,
             ))
-    return Dataset("iedit", root, pairs, missing or [])
+    return _dataset("iedit", root, pairs, imgs, skipped)
 
 
-def read_clevr_change(root: Path, split=None, images="require") -> Dataset:
-    """Per scene id: a semantic pair ``sc_%06d`` and a distractor pair ``nsc_%06d``."""
-    missing = _missing(images)
+def read_clevr_change(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
+    """Per scene id: a semantic pair ``sc_%06d`` and a distractor pair ``nsc_%06d``.
+
+    The authors' evaluation (RobustChangeCaptioning's utils/eval_utils.py) names the same pairs
+    ``%06d.png`` and ``%06d.png_n`` in its COCO files; ``extra['aliases']`` keeps those names so
+    predictions written that way match (analysis.inputs.align)."""
+    imgs = _images(root, images, allow_outside)
     splits_path = root / "splits.json"
     splits = load_json(splits_path)
     if not isinstance(splits, dict):
@@ -168,11 +192,11 @@ def read_clevr_change(root: Path, split=None, images="require") -> Dataset:
         for n in ids:
             key = f"CLEVR_default_{int(n):06d}.png"
             scene = f"{int(n):06d}"
-            for kind, caps_by, after_rel, types in (
+            for kind, caps_by, after_rel, types, alias in (
                 ("sc", change, f"sc_images/CLEVR_semantic_{int(n):06d}.png",
-                 map_label("clevr_change", type_of[int(n)]) if int(n) in type_of else ()),
+                 map_label("clevr_change", type_of[int(n)]) if int(n) in type_of else (), f"{scene}.png"),
                 ("nsc", no_change, f"nsc_images/CLEVR_nonsemantic_{int(n):06d}.png",
-                 map_label("clevr_change", "distractor")),
+                 map_label("clevr_change", "distractor"), f"{scene}.png_n"),
             ):
                 label = f"{key} ({kind})"
                 src = root / ("change_captions.json" if kind == "sc" else "no_change_captions.json")
@@ -180,18 +204,19 @@ def read_clevr_change(root: Path, split=None, images="require") -> Dataset:
                     raise DatasetError(src, "no captions for this image", key)
                 pairs.append(DiffPair(
                     id=f"{kind}_{scene}",
-                    before=resolve_image(root, f"images/{key}", missing, splits_path, label),
-                    after=resolve_image(root, after_rel, missing, splits_path, label),
+                    before=imgs.resolve(f"images/{key}", splits_path, label),
+                    after=imgs.resolve(after_rel, splits_path, label),
                     captions=_captions(caps_by[key], src, key), change_types=types,
                     domain="render", scene=scene, source="clevr_change", split=s,
-                    extra={"label": type_of.get(int(n), "") if kind == "sc" else "distractor"},
+                    extra={"label": type_of.get(int(n), "") if kind == "sc" else "distractor",
+                           "aliases": [alias]},
                 ))
-    return Dataset("clevr_change", root, pairs, missing or [])
+    return _dataset("clevr_change", root, pairs, imgs)
 
 
-def read_clevr_dc(root: Path, split=None, images="require") -> Dataset:
+def read_clevr_dc(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """``bef/<id>.png``, ``aft/<id>.png``, ``captions.json`` keyed by the unpadded id, ``split.json``."""
-    missing = _missing(images)
+    imgs = _images(root, images, allow_outside)
     split_path = root / "split.json"
     splits = load_json(split_path)
     if not isinstance(splits, dict):
@@ -211,13 +236,13 @@ def read_clevr_dc(root: Path, split=None, images="require") -> Dataset:
             action = CLEVR_DC_ACTIONS[block] if 0 <= block < len(CLEVR_DC_ACTIONS) else ""
             pairs.append(DiffPair(
                 id=key,
-                before=resolve_image(root, f"bef/{key}.png", missing, split_path, f"id {key}"),
-                after=resolve_image(root, f"aft/{key}.png", missing, split_path, f"id {key}"),
+                before=imgs.resolve(f"bef/{key}.png", split_path, f"id {key}"),
+                after=imgs.resolve(f"aft/{key}.png", split_path, f"id {key}"),
                 captions=_captions(caps[key], cap_path, key),
                 change_types=map_label("clevr_dc", action) if action else (),
                 domain="render", scene=key, source="clevr_dc", split=s, extra={"action": action},
             ))
-    return Dataset("clevr_dc", root, pairs, missing or [])
+    return _dataset("clevr_dc", root, pairs, imgs)
 
 
 def _birds_tsv(root: Path) -> Path:
@@ -229,12 +254,15 @@ def _birds_tsv(root: Path) -> Path:
     return found[0]
 
 
-def read_birds_to_words(root: Path, split=None, images="require") -> Dataset:
+def read_birds_to_words(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """One TSV; a pair is the two image URLs, up to five descriptions. Images are URLs: a local copy
-    is looked for under ``images/<basename of the URL>``; ``extra`` keeps the URLs and species."""
-    missing = _missing(images)
+    is looked for under ``images/`` + the URL's path (``https://static.inaturalist.org/photos/647514/
+    medium.jpg`` → ``images/photos/647514/medium.jpg``, what ``wget -x -nH`` writes): iNaturalist's file
+    names are all ``medium.jpg``, so the name alone would give every pair the same image.
+    ``extra`` keeps the URLs and species."""
     path = _birds_tsv(root)
     base = path.parent
+    imgs = _images(base, images, allow_outside)
     wanted = set(_splits(split))
     groups: dict[tuple[str, str], dict] = {}
     with open(path, encoding="utf-8", newline="") as f:
@@ -259,7 +287,7 @@ def read_birds_to_words(root: Path, split=None, images="require") -> Dataset:
         pid = hashlib.sha1(f"{url1}\t{url2}".encode()).hexdigest()[:12]
 
         def img(url):
-            return resolve_image(base / "images", url.rstrip("/").rsplit("/", 1)[-1] or "?", missing, path, label)
+            return imgs.resolve(_url_path(url), path, label, base=base / "images")
 
         pairs.append(DiffPair(
             id=pid, before=img(url1), after=img(url2), captions=tuple(g["captions"]),
@@ -267,7 +295,14 @@ def read_birds_to_words(root: Path, split=None, images="require") -> Dataset:
             extra={"before_url": url1, "after_url": url2,
                    "species": [row["img1Species"], row["img2Species"]]},
         ))
-    return Dataset("birds_to_words", base, pairs, missing or [])
+    return _dataset("birds_to_words", base, pairs, imgs)
+
+
+def _url_path(url: str) -> str:
+    """The path part of an image URL, relative (no host, no query): where its local copy lies under images/."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url.strip()).path).lstrip("/") or "?"
 
 
 FORMATS: dict[str, Callable[..., Dataset]] = {
@@ -317,10 +352,14 @@ def detect_format(path: Path) -> str:
     raise DatasetError(path, f"cannot tell the dataset format; pass one of: {', '.join(FORMATS)}")
 
 
-def read_dataset(path, format: str | None = None, split: str | None = None, images: str = "require") -> Dataset:
-    """Read any supported layout. ``format`` None detects it; ``split`` None reads every split."""
+def read_dataset(path, format: str | None = None, split: str | None = None, images: str = "require",
+                 allow_outside: bool = False) -> Dataset:
+    """Read any supported layout. ``format`` None detects it; ``split`` None reads every split.
+
+    Image paths must stay inside the dataset folder; ``allow_outside=True`` reads paths that leave it
+    and lists them in ``Dataset.outside_images`` (``Dataset.notes()`` says so in one line)."""
     path = Path(path)
     name = format_name(format) if format else detect_format(path)
     if not path.exists():
         raise DatasetError(path, "no such file or folder")
-    return FORMATS[name](path, split=split, images=images)
+    return FORMATS[name](path, split=split, images=images, allow_outside=allow_outside)

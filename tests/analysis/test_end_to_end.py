@@ -137,3 +137,96 @@ def test_eval_on_the_generated_split(predictions, data, workdir, cli_scorer):
     tex = (out / "table.tex").read_text()
     assert "\\begin{tabular}" in tex and "\nmodel &" in tex and "\nfixed &" in tex
     assert "plotly" in (out / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- predict faults: resume, images, empty input
+def _copy(data, dest):
+    import shutil
+
+    if not dest.exists():
+        shutil.copytree(data, dest)
+    return dest
+
+
+def test_predict_refuses_to_resume_with_another_dataset(predictions, data, model_dir, workdir, capsys):
+    other = _copy(data, workdir / "other_set")
+    out = workdir / "resume_other.json"
+    out.write_text(predictions.read_text())
+    before = out.read_text()
+    assert _predict(other, model_dir, out) == 2
+    err = capsys.readouterr().err
+    assert "data" in err and "--restart" in err and "Traceback" not in err
+    assert out.read_text() == before
+    # asked to, it starts again on the new data
+    assert _predict(other, model_dir, out, "--restart") == 0
+    doc = json.loads(out.read_text())
+    assert doc["data"] == str(other) and [r["id"] for r in doc["predictions"]] == _test_ids(other)
+
+
+def test_predict_refuses_to_resume_when_the_images_changed(data, model_dir, workdir, capsys):
+    from PIL import Image
+
+    regen = _copy(data, workdir / "regenerated")
+    out = workdir / "resume_regen.json"
+    assert _predict(regen, model_dir, out, "--limit", "2") == 0
+    first = json.loads((regen / "test.json").read_text())[0]
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(regen / first["before"])  # same id and path, other image
+    before = out.read_text()
+    capsys.readouterr()
+    assert _predict(regen, model_dir, out) == 2
+    err = capsys.readouterr().err
+    assert repr(first["id"]) in err and "changed" in err and "--restart" in err
+    assert out.read_text() == before
+
+
+def test_predict_skips_a_corrupt_image_names_the_pair_and_keeps_the_rest(data, model_dir, workdir, capsys):
+    corrupt = _copy(data, workdir / "corrupt_set")
+    recs = json.loads((corrupt / "test.json").read_text())
+    bad = recs[2]
+    good_bytes = (corrupt / bad["after"]).read_bytes()
+    (corrupt / bad["after"]).write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    out = workdir / "corrupt_pred.json"
+    assert _predict(corrupt, model_dir, out) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("m3diff predict: error:")
+    assert repr(bad["id"]) in last and "1 pair(s) skipped" in last and bad["after"].split("/")[-1] in last
+    kept = [r["id"] for r in json.loads(out.read_text())["predictions"]]
+    assert kept == [r["id"] for r in recs if r["id"] != bad["id"]]
+    # fixed, the same command finishes the file
+    (corrupt / bad["after"]).write_bytes(good_bytes)
+    assert _predict(corrupt, model_dir, out) == 0
+    assert [r["id"] for r in json.loads(out.read_text())["predictions"]] == [r["id"] for r in recs]
+
+
+def test_predict_on_an_empty_split_is_an_error_not_a_success(data, model_dir, workdir, capsys):
+    empty = _copy(data, workdir / "empty_split")
+    (empty / "test.json").write_text("[]")
+    out = workdir / "empty_pred.json"
+    assert _predict(empty, model_dir, out) == 2
+    err = capsys.readouterr().err
+    assert "no pairs" in err and "already predicted" not in err
+    assert not out.exists()
+
+
+def test_predict_max_new_tokens_must_be_positive(data, model_dir, workdir, capsys):
+    out = workdir / "zero.json"
+    assert _predict(data, model_dir, out, "--max-new-tokens", "0") == 2
+    err = capsys.readouterr().err
+    assert "--max-new-tokens must be at least 1" in err and "Traceback" not in err and not out.exists()
+
+
+def test_predict_refuses_image_paths_outside_the_dataset_unless_allowed(data, model_dir, workdir, capsys):
+    import shutil
+
+    leaky = _copy(data, workdir / "leaky")
+    recs = json.loads((leaky / "test.json").read_text())
+    shutil.copy(leaky / recs[0]["before"], workdir / "outside.png")
+    recs[0]["before"] = "../outside.png"
+    (leaky / "test.json").write_text(json.dumps(recs))
+    out = workdir / "leaky_pred.json"
+    assert _predict(leaky, model_dir, out, "--limit", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leads outside the dataset folder" in err and not out.exists()
+    assert _predict(leaky, model_dir, out, "--limit", "1", "--allow-outside-root") == 0
+    assert capsys.readouterr().err.count("outside the dataset folder") == 1

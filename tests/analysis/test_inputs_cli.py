@@ -101,3 +101,95 @@ def test_doctor(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "METEOR" in out and "SPICE" in out
+
+
+def _coco_files(tmp_path, n=30, seed=5):
+    """A COCO caption ground truth the way authors publish it (Spot-the-Diff's DDLA files): string image
+    ids, one ``images`` entry per annotation (the id repeated), annotation ids equal to the image id, and
+    a results file with one caption per image."""
+    from tests.analysis.conftest import make_split
+
+    recs, preds = make_split(n, seed=seed)
+    images, anns = [], []
+    for r in recs:
+        iid = str(int(r["id"][1:]) * 7 + 256)
+        for c in r["captions"]:
+            images.append({"id": iid})
+            anns.append({"image_id": iid, "caption": c, "id": iid})
+    results = [{"image_id": str(int(p["id"][1:]) * 7 + 256), "caption": p["caption"], "id": "x"} for p in preds]
+    gt, res = tmp_path / "gtfile.json", tmp_path / "predfile.json"
+    gt.write_text(json.dumps({"annotations": anns, "images": images}))
+    res.write_text(json.dumps(results))
+    assert len(images) > len({im["id"] for im in images})  # the id really repeats
+    return gt, res
+
+
+def test_coco_ground_truth_with_repeated_image_ids_scores_as_cocoevalcap(tmp_path, cli_scorer, capsys):
+    """The path of the authors' notebook: COCO(gt) → loadRes(pred) → COCOEvalCap with
+    params['image_id'] = cocoRes.getImgIds(), scorers run one by one (SPICE left out, it needs CoreNLP)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocotools.coco import COCO
+
+    from m3diff.cli import main
+
+    gt_file, res_file = _coco_files(tmp_path)
+    coco = COCO(str(gt_file))
+    coco_res = coco.loadRes(str(res_file))
+    img_ids = coco_res.getImgIds()
+    gts = PTBTokenizer().tokenize({i: coco.imgToAnns[i] for i in img_ids})
+    res = PTBTokenizer().tokenize({i: coco_res.imgToAnns[i] for i in img_ids})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    want = {"BLEU-4": 100 * bleu[3], "ROUGE-L": 100 * Rouge().compute_score(gts, res)[0],
+            "CIDEr-D": 100 * Cider().compute_score(gts, res)[0],
+            "METEOR": 100 * cli_scorer._meteor.compute_score(gts, res)[0]}
+    capsys.readouterr()
+
+    assert main(["eval", "--pred", str(res_file), "--refs", str(gt_file), "--json", "--bootstrap", "0"]) == 0
+    overall = json.loads(capsys.readouterr().out)["overall"]
+    assert overall["n"] == len(img_ids)
+    for m, v in want.items():
+        assert overall[m] == round(v, 4), m  # report.json keeps 4 decimals
+    assert main(["eval", "--pred", str(res_file), "--refs", str(gt_file), "--bootstrap", "0"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("overall"))
+    for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+        assert f"{want[m]:.2f}" in row.split(), m
+
+
+def test_very_long_captions_are_cut_with_a_warning_and_scored_quickly(dataset, cli_scorer, capsys):
+    """A 20,000-word prediction stopped the METEOR jar; a 50 MB reference kept eval busy for minutes.
+    Both are cut to their first MAX_CAPTION_WORDS words, said once, and score as the cut text would."""
+    import time
+
+    from analysis.inputs import MAX_CAPTION_WORDS
+    from m3diff.cli import main
+
+    recs = json.loads((dataset / "data" / "test.json").read_text())
+    preds = json.loads((dataset / "pred.json").read_text())
+    words = "the red cube moved to the left of a small blue sphere".split()
+    long_pred = " ".join(words[i % len(words)] for i in range(20_000))
+    preds[0]["caption"] = long_pred
+    recs[1]["captions"] = [recs[1]["captions"][0] + " " + "a " * 25_000_000]  # ~50 MB
+    (dataset / "data" / "test.json").write_text(json.dumps(recs))
+    (dataset / "long.json").write_text(json.dumps(preds))
+    start = time.perf_counter()
+    assert main(["eval", "--pred", str(dataset / "long.json"), "--refs", str(dataset / "data"), "--split", "test",
+                 "--json", "--bootstrap", "0"]) == 0
+    assert time.perf_counter() - start < 120
+    out, err = capsys.readouterr()
+    got = json.loads(out)["overall"]
+    assert got["METEOR"] is not None
+    assert err.count(f"longer than {MAX_CAPTION_WORDS:,} words") == 1 and "'p0000'" in err and "'p0001'" in err
+
+    # the same numbers as the captions cut by hand
+    preds[0]["caption"] = " ".join(long_pred.split()[:MAX_CAPTION_WORDS])
+    recs[1]["captions"] = [" ".join(recs[1]["captions"][0].split()[:MAX_CAPTION_WORDS])]
+    (dataset / "data" / "test.json").write_text(json.dumps(recs))
+    (dataset / "cut.json").write_text(json.dumps(preds))
+    assert main(["eval", "--pred", str(dataset / "cut.json"), "--refs", str(dataset / "data"), "--split", "test",
+                 "--json", "--bootstrap", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["overall"] == got and "longer than" not in err
