@@ -44,15 +44,15 @@ def test_a_non_finite_loss_stops_before_the_update_and_keeps_the_last_good_check
                                                                                      monkeypatch, capsys):
     import training.train as train_module
 
-    real = train_module.answer_loss_sum
+    real = train_module.step_losses
     calls = {"n": 0}
 
     def loss_goes_nan_at_step_3(model, batch):  # 2 micro-batches per step in tiny-cpu
-        loss, n = real(model, batch)
+        loss, n, aux = real(model, batch)
         calls["n"] += 1
-        return (loss * float("nan") if calls["n"] > 4 else loss), n
+        return (loss * float("nan") if calls["n"] > 4 else loss), n, aux
 
-    monkeypatch.setattr(train_module, "answer_loss_sum", loss_goes_nan_at_step_3)
+    monkeypatch.setattr(train_module, "step_losses", loss_goes_nan_at_step_3)
     run = tmp_path / "run"
     rc = main(["train", "--recipe", str(TINY), "--data", str(synth_data), "--out", str(run), *QUICK,
                "--set", "max_steps=6", "--set", "checkpoint_every=2"])
