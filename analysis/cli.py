@@ -219,7 +219,7 @@ def run_predict(args) -> int:
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="describing", unit="pair") as bar:
         for s in range(0, len(todo), args.batch_size):
             batch = todo[s:s + args.batch_size]
-            descs = captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
+            descs = captioner.describe_batch([(p.before, p.after) for p in batch], with_trace=False, settings=settings)
             for p, d in zip(batch, descs):
                 done[p.id] = d.caption
             save()
