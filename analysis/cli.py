@@ -205,6 +205,7 @@ def run_predict(args) -> int:
         captioner = DiffCaptioner.from_pretrained(args.model)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
+    captioner.use_recommended_threads()  # this command owns its process
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = {p.id for p in pairs}
