@@ -13,11 +13,7 @@ mutable state: ``load_services`` builds the models (once, at start; on a ZeroGPU
 time, which the platform requires) and ``build_app`` wires them into callbacks through closures.
 Every callback below is a plain function of its inputs, tested without a browser (tests/app).
 """
-from __future__ import annotations
-
 import argparse
-import json
-import math
 import os
 import sys
 import tempfile
@@ -25,13 +21,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
 EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the placeholder model on the examples
 MAX_FILE_SIZE = "20mb"  # a 40 MP PNG fits; load_image refuses bigger pictures before decoding
-METRICS = ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "SPICE")
-SHOWN_METRICS = ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L")  # SPICE has no offline route (docs/analysis.md)
 DEFAULT_MAX_NEW_TOKENS = 96
 
 UNTRAINED_NOTE = (
@@ -45,6 +40,13 @@ EMBEDDED_LIMITS = (
     "seen real photo pairs: on them (e.g. the motorcycle example) expect captions about generated-scene "
     "objects that are not there. It knows English only, at most ~4 changes per pair, and no camera motion "
     "beyond small shifts and zooms."
+)
+NO_REPORT_NOTE = (
+    "**No shipped evaluation report yet**: the embedded model's reports will be at "
+    "`m3diff/weights/reports/{m3diff,no_mdp}.json` once it is trained. Until then this tab shows "
+    "the paper's reference numbers, and the example report: the model now loaded scored on the "
+    "13 example pairs (`examples/report.json`, one pair per type, so no intervals). "
+    "Upload a `report.json` from `m3diff eval` to see yours."
 )
 
 
@@ -64,54 +66,6 @@ class AppConfig:
     separate_process: bool = False
 
 
-class PairBatcher:
-    """Runs concurrent ``/describe`` calls as one batch (``DiffCaptioner.describe_batch``).
-
-    Each caller validates its own images first (so a bad upload is that caller's error only), then
-    queues its pair. Whichever caller holds the run lock describes every queued pair with the same
-    settings, up to ``max_batch``, in one generate; the others find their results ready. On a CPU a batch
-    of 4 costs far less than 4 single calls, so 4 clients at once wait about one call, not four.
-    No thread of its own; the only state is the queue, guarded by a lock.
-    """
-
-    def __init__(self, captioner, max_batch: int = 4):
-        import threading
-
-        self.captioner = captioner
-        self.max_batch = max_batch
-        self._queue: list[dict] = []
-        self._queue_lock = threading.Lock()
-        self._run_lock = threading.Lock()
-
-    def describe(self, before, after, settings):
-        import threading
-
-        item = {"pair": (before, after), "settings": settings, "done": threading.Event(), "result": None,
-                "error": None}
-        with self._queue_lock:
-            self._queue.append(item)
-        with self._run_lock:
-            if not item["done"].is_set():
-                with self._queue_lock:
-                    batch = [item] + [q for q in self._queue if q is not item and q["settings"] == settings]
-                    batch = batch[: self.max_batch]
-                    for q in batch:
-                        self._queue.remove(q)
-                try:
-                    results = self.captioner.describe_batch([q["pair"] for q in batch], settings=settings)
-                    for q, r in zip(batch, results):
-                        q["result"] = r
-                except Exception as exc:  # noqa: BLE001 — handed to every caller of the failed batch
-                    for q in batch:
-                        q["error"] = exc
-                for q in batch:
-                    q["done"].set()
-        item["done"].wait()
-        if item["error"] is not None:
-            raise item["error"]
-        return item["result"]
-
-
 @dataclass
 class Services:
     """What the callbacks need, built once: the captioner, its no-MDP twin (optional) and the reports.
@@ -121,13 +75,15 @@ class Services:
 
     captioner: object  # m3diff.pipeline.DiffCaptioner, or m3diff.remote.RemoteCaptioner (same API)
     twin: object | None = None
-    reports: dict[str, dict] = field(default_factory=dict)  # run name -> report.json content
+    reports: dict = field(default_factory=dict)  # run name -> report (analysis.report.read_report)
     report_note: str = ""
     config: AppConfig = AppConfig()
-    batcher: PairBatcher | None = None  # batches concurrent /describe calls; None: one call at a time
+    batcher: object | None = None  # m3diff.batching.PairBatcher of concurrent /describe calls
 
     def __post_init__(self):
         if self.batcher is None:
+            from m3diff.batching import PairBatcher
+
             self.batcher = PairBatcher(self.captioner, max_batch=max(1, self.config.api_batch))
 
 
@@ -152,39 +108,48 @@ def load_services(config: AppConfig, device: str | None = None) -> Services:
 
     With ``config.separate_process`` the model loads in its own process and this returns at once; the
     first use of the captioner (``build_app`` reads its facts) waits for it and raises the load error."""
-    from m3diff.describing import EMBEDDED_TWIN_DIR, ModelLoadError
+    from m3diff.describing import EMBEDDED_TWIN_DIR
 
     twin_src = config.twin
     if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_TWIN_DIR / "config.json").is_file():
         twin_src = str(EMBEDDED_TWIN_DIR)
+    captioner, twin = _load_captioners(config, twin_src, device)
+    reports, note = load_reports(config)
+    return Services(captioner, twin, reports, note, config)
+
+
+def _load_captioners(config: AppConfig, twin_src: str | None, device: str | None):
+    from m3diff.describing import ModelLoadError
+
     if config.separate_process:
         from m3diff.remote import RemoteCaptioner
 
         captioner = RemoteCaptioner.start(config.model, twin=twin_src, device=device)
-        twin = captioner.twin
-    else:
-        from m3diff.pipeline import DiffCaptioner
+        return captioner, captioner.twin
+    from m3diff.pipeline import DiffCaptioner
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
-                captioner = DiffCaptioner.from_pretrained(config.model, device=device)
-        except ModelLoadError as exc:
-            raise load_error(exc, config) from None
-        twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
+            captioner = DiffCaptioner.from_pretrained(config.model, device=device)
+    except ModelLoadError as exc:
+        raise load_error(exc, config) from None
+    captioner.use_recommended_threads()  # the model lives in this process, which the app owns
+    twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
+    return captioner, twin
+
+
+def load_reports(config: AppConfig) -> tuple[dict, str]:
+    """The Dashboard's reports (the named ones, else the shipped ones, else the examples'), and a note."""
+    from analysis.report import read_report
+
     paths = [Path(p) for p in config.reports] or default_report_paths()
-    reports, note = {}, ""
-    for p in paths:
-        reports[p.stem] = load_report(p)
-    if not reports:
-        note = ("**No shipped evaluation report yet**: the embedded model's reports will be at "
-                "`m3diff/weights/reports/{m3diff,no_mdp}.json` once it is trained. Until then this tab shows "
-                "the paper's reference numbers, and the example report: the model now loaded scored on the "
-                "13 example pairs (`examples/report.json`, one pair per type, so no intervals). "
-                "Upload a `report.json` from `m3diff eval` to see yours.")
-        if EXAMPLE_REPORT.is_file():
-            reports["examples"] = load_report(EXAMPLE_REPORT)
-    return Services(captioner, twin, reports, note, config)
+    reports = {p.stem: read_report(p, search=(HERE,)) for p in paths}
+    if reports:
+        return reports, ""
+    if EXAMPLE_REPORT.is_file():
+        reports["examples"] = read_report(EXAMPLE_REPORT, search=(HERE,))
+    return reports, NO_REPORT_NOTE
 
 
 # ============================================================================ inputs
@@ -213,17 +178,17 @@ def _strip_tmp(message: str) -> str:
 
 
 # ============================================================================ figures (analysis.figures)
-def score_figure(trace: dict | None, layer_scores: dict):
+def score_figure(trace, layer_scores: dict):
     """Bars of the mean MDP Score per vision layer, with the spread of its channel weights."""
     from analysis.figures import mdp_scores
 
-    per_channel = (trace or {}).get("score") or None
+    per_channel = trace.score if trace is not None else None
     fig = mdp_scores({int(k): float(v) for k, v in layer_scores.items()}, per_channel)
     fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40))
     return fig
 
 
-def dashboard_figure(reports: dict[str, dict], metric: str):
+def dashboard_figure(reports: dict, metric: str):
     """Per change type (with intervals) for evaluation reports; per domain for the paper's numbers."""
     from analysis.figures import metrics_by_domain, metrics_by_type
     from analysis.paper import paper_reports
@@ -235,208 +200,6 @@ def dashboard_figure(reports: dict[str, dict], metric: str):
         fig.update_layout(title=f"{metric} reported in the paper (OmniDiff Table 3), per domain")
     fig.update_layout(height=380)
     return fig
-
-
-# ============================================================================ reports (tables)
-class ReportError(ValueError):
-    """A report.json that is not one ``m3diff eval`` wrote; the message says what is wrong."""
-
-
-def load_report(path) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path.name} could not be read ({exc.__class__.__name__}).") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path.name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
-    data = validate_report(data, path.name)
-    data["_images"] = resolve_images(data, path.parent)  # for the Errors tab: where each pair's images are
-    return data
-
-
-def validate_report(data, name: str = "report") -> dict:
-    if not isinstance(data, dict) or "overall" not in data or "per_type" not in data:
-        raise ReportError(f"{name} is not a report.json from `m3diff eval`: it needs the keys 'overall' and "
-                          "'per_type' (and usually 'per_domain' and 'pairs').")
-    if not isinstance(data["per_type"], dict) or not isinstance(data.get("per_domain", {}), dict):
-        raise ReportError(f"{name}: 'per_type' and 'per_domain' must map names to scores.")
-    pairs = report_pairs(data)
-    if not isinstance(pairs, list) or any(not isinstance(p, dict) or "id" not in p for p in pairs):
-        raise ReportError(f"{name}: 'pairs' must be a list of per-pair records with an 'id'.")
-    return data
-
-
-def report_pairs(report: dict) -> list[dict]:
-    return report.get("pairs", report.get("per_pair", []))
-
-
-def _fmt(v, ci=None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    s = f"{v:.1f}"
-    if ci:
-        s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
-    return s
-
-
-def slice_table(reports: dict[str, dict], key: str, metrics=SHOWN_METRICS):
-    """Rows: slices of ``key`` ("per_type" | "per_domain"), plus overall; columns: n and metric [CI] per run."""
-    import pandas as pd
-
-    names: list[str] = []
-    for rep in reports.values():
-        names += [n for n in rep.get(key, {}) if n not in names]
-    if key == "per_type":
-        from m3diff.change_types import TYPE_IDS
-
-        names = [t for t in TYPE_IDS if t in names] + [n for n in names if n not in TYPE_IDS]
-    rows = []
-    for slice_name in ["overall", *names]:
-        row = {"slice": slice_name}
-        for run, rep in reports.items():
-            s = rep["overall"] if slice_name == "overall" else rep.get(key, {}).get(slice_name)
-            prefix = f"{run}: " if len(reports) > 1 else ""
-            row[f"{prefix}n"] = None if s is None else s.get("n")
-            for m in metrics:
-                row[f"{prefix}{m}"] = "—" if s is None else _fmt(s.get(m), (s.get("ci") or {}).get(m))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def delta_table(reports: dict[str, dict], base: str | None = None, metrics=SHOWN_METRICS):
-    """Each run minus the base run, per overall / type / domain slice (where both have the slice)."""
-    import pandas as pd
-
-    if len(reports) < 2:
-        return pd.DataFrame({"note": ["load a second report to compare runs"]})
-    base = base if base in reports else next(iter(reports))
-    b = reports[base]
-    rows = []
-    for run, rep in reports.items():
-        if run == base:
-            continue
-        for kind, key in (("overall", None), ("type", "per_type"), ("domain", "per_domain")):
-            pairs = [("overall", rep["overall"], b["overall"])] if key is None else [
-                (n, s, b.get(key, {}).get(n)) for n, s in rep.get(key, {}).items()]
-            for name, s, t in pairs:
-                if t is None:
-                    continue
-                row = {"run": f"{run} − {base}", "slice": f"{kind}:{name}" if key else "overall",
-                       "n": s.get("n"), "n base": t.get("n")}
-                for m in metrics:
-                    x, y = s.get(m), t.get(m)
-                    row[f"Δ {m}"] = None if x is None or y is None else round(x - y, 2)
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def paper_table():
-    """The paper's reference numbers (OmniDiff Table 3, x100), from analysis.paper."""
-    import pandas as pd
-
-    from analysis.paper import OMNIDIFF_TABLE3
-
-    rows = []
-    for method, doms in OMNIDIFF_TABLE3.items():
-        row = {"method (paper, Table 3)": method}
-        for dom, vals in doms.items():
-            row.update({f"{dom} {m}": vals.get(m) for m in SHOWN_METRICS})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def combined_report(reports: dict[str, dict]) -> dict:
-    """Several loaded reports as one report.json with ``runs`` (what analysis.report's exports read)."""
-    base = next(iter(reports))
-    rep = dict(reports[base])
-    rep["meta"] = dict(rep.get("meta") or {}, run=base)
-    if len(reports) > 1:
-        rep["runs"] = dict(reports)
-    return rep
-
-
-def export_report(reports: dict[str, dict], fmt: str) -> str:
-    """The loaded reports as CSV or a LaTeX table (analysis.report), in a fresh temporary folder:
-    never a fixed path, since requests run at the same time."""
-    from analysis import report as R
-
-    folder = Path(tempfile.mkdtemp(prefix="m3diff-export-"))
-    if fmt == "csv":
-        path = folder / "m3diff_scores.csv"
-        text = R.csv_text(combined_report(reports)) if reports else paper_table().to_csv(index=False)
-    elif fmt == "latex":
-        path = folder / "m3diff_table.tex"
-        text = R.latex_table(combined_report(reports)) if reports else paper_table().to_latex(index=False)
-    else:
-        raise ValueError(f"unknown export format {fmt!r}")
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def pairs_frame(report: dict, change_type: str = "all", domain: str = "all", sort_by: str = "CIDEr-D",
-                ascending: bool = True):
-    """A report's test pairs, filtered by change type and domain, sorted by a per-pair score (worst first)."""
-    import pandas as pd
-
-    rows = []
-    for p in report_pairs(report):
-        types = p.get("types", p.get("change_types", [])) or []
-        if change_type != "all" and change_type not in types:
-            continue
-        if domain != "all" and p.get("domain", "") != domain:
-            continue
-        row = {"id": p["id"], "types": ", ".join(types), "domain": p.get("domain", "")}
-        row.update({m: p.get(m) for m in SHOWN_METRICS})
-        row["prediction"] = p.get("caption", p.get("prediction", ""))
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=["id", "types", "domain", *SHOWN_METRICS, "prediction"])
-    if sort_by in df.columns and len(df):
-        df = df.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable")
-    return df.reset_index(drop=True)
-
-
-def report_choices(report: dict) -> tuple[list[str], list[str]]:
-    types, domains = [], []
-    for p in report_pairs(report):
-        types += [t for t in p.get("types", p.get("change_types", [])) or [] if t not in types]
-        if p.get("domain") and p["domain"] not in domains:
-            domains.append(p["domain"])
-    from m3diff.change_types import TYPE_IDS
-
-    return [t for t in TYPE_IDS if t in types], sorted(domains)
-
-
-def resolve_images(report: dict, report_dir: Path | None = None) -> dict[str, list[str]]:
-    """id -> [before, after] files, from the references the report was scored against (meta.references),
-    looked up as written, then relative to the report's folder and to the app's folder."""
-    meta = report.get("meta") or {}
-    refs = meta.get("references")
-    if not refs:
-        return {}
-    from analysis.inputs import InputError, load_references
-
-    ref = Path(refs)
-    candidates = [ref] if ref.is_absolute() else [p / ref for p in (report_dir, Path.cwd(), HERE) if p is not None]
-    for c in candidates:
-        if not c.exists():
-            continue
-        try:
-            pairs = load_references(c.resolve(), meta.get("format"), meta.get("split"))
-        except (InputError, ValueError, OSError):
-            continue
-        return {p.id: [str(p.before), str(p.after)] for p in pairs if p.before and p.after}
-    return {}
-
-
-def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
-    """The before/after files of a report's pair, if they can be found and exist."""
-    files = [record.get("before"), record.get("after")]
-    if not all(files):
-        files = (report.get("_images") or {}).get(record["id"]) or [None, None]
-    if not all(files) or not all(Path(f).is_file() for f in files):
-        return None
-    return files[0], files[1]
 
 
 # ============================================================================ describe
@@ -484,7 +247,7 @@ class Shown:
 
     before: object = None  # PIL images, as loaded
     after: object = None
-    trace: dict | None = None
+    trace: object = None  # m3diff.describing.PairTrace, or None
     caption: str = ""
 
 
@@ -497,7 +260,7 @@ def caption_words(caption: str) -> list[str]:
 
 
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-                    ) -> Iterator[tuple[str, dict, Shown]]:
+                    ) -> Iterator[tuple]:
     """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
     from m3diff.describing import GenerationSettings
 
@@ -517,7 +280,7 @@ def describe_api(services: Services, before, after, max_new_tokens: int = DEFAUL
 
 
 def heatmaps(shown: Shown | None, layer, kind: str):
-    """The chosen MDP layer's map over each image (one colour scale for both), and the slider pair."""
+    """The chosen MDP layer's map over each image (one colour scale for both)."""
     import gradio as gr
 
     from m3diff.overlay import overlay_pair
@@ -532,10 +295,11 @@ def heatmaps(shown: Shown | None, layer, kind: str):
 
 
 def explain_word(services: Services, shown: Shown | None, word: str | None):
-    """Captum attribution of one caption word on both images (analysis.attribution), as overlays on
-    one shared colour scale, and a line saying what was explained."""
+    """Captum attribution of one caption word on both images (``analysis.attribution.explain_maps``, run
+    where the model lives), as overlays on one shared colour scale, and a line saying what was explained."""
     import gradio as gr
 
+    from analysis.attribution import explain_maps
     from m3diff.overlay import overlay
     from m3diff.remote import call_on
 
@@ -545,25 +309,11 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         raise gr.Error("Pick a word of the caption to explain.")
     index = int(str(word).split(":", 1)[0])
     try:
-        mb, ma, note = call_on(services.captioner, "app:explain_maps", shown.before, shown.after, shown.caption, index)
+        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
     scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
     return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
-
-
-def explain_maps(captioner, before, after, caption: str, index: int):
-    """Where the model lives: the word's attribution maps on both images (numpy) and a line saying what
-    was explained: plain data, so it crosses to the web process without torch."""
-    import numpy as np
-
-    from analysis.attribution import explain_word as attribute
-
-    res = attribute(captioner, before, after, caption, index, overlay_side=512)
-    mb, ma = (np.asarray(m, dtype=np.float32) for m in res.image_maps)
-    note = (f"**{res.word}** (word {res.word_index}, tokens {res.tokens}): log p = {res.score:.2f}; "
-            f"{res.method}, brighter = pixels that raise it more")
-    return mb, ma, note
 
 
 def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
@@ -574,16 +324,43 @@ def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = 
         return "(no no-MDP twin loaded: start with --twin DIR to compare)"
     if shown is None or shown.before is None:
         return ""
-    return services.twin.describe(shown.before, shown.after, trace=False,
+    return services.twin.describe(shown.before, shown.after, with_trace=False,
                                   settings=GenerationSettings(max_new_tokens=int(max_new_tokens))).caption
 
 
-def load_examples() -> list[dict]:
-    path = EXAMPLES_DIR / "test.json"  # m3diff's dataset layout: `m3diff eval --refs examples` reads it too
-    if not path.is_file():
-        return []
-    return [dict(e, before=str(EXAMPLES_DIR / e["before"]), after=str(EXAMPLES_DIR / e["after"]))
-            for e in json.loads(path.read_text(encoding="utf-8"))]
+def error_pair(traced: Callable, report: dict | None, pair_id: str | None):
+    """The Errors tab's view of one test pair: the pair for a slider, its |ΔF| maps (last MDP layer, the
+    model now loaded: ``traced(before, after)``) and the report's text about it (``analysis.tables``)."""
+    from analysis.report import pair_images
+    from analysis.tables import pair_markdown, pair_record
+    from m3diff.overlay import common_size
+
+    if report is None or pair_id is None:
+        return None, None, None, ""
+    record = pair_record(report, pair_id)
+    text = pair_markdown(record)
+    files = pair_images(report, record)
+    if files is None:
+        return None, None, None, text + "\n\n_(the report does not say where this pair's images are)_"
+    b, a = load_pair(*files)
+    d = traced(b, a)
+    hb = ha = None
+    if d is not None and d.trace is not None:
+        hb, ha = heatmaps(Shown(b, a, d.trace), d.trace.layers[-1], "delta_norm")
+        text += "\n\n**MDP Score**: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items())
+    return common_size(b, a), hb, ha, text
+
+
+def _traced(captioner, before, after):
+    return captioner.describe(before, after, settings=_short()) if captioner.uses_mdp else None
+
+
+def load_examples() -> list:
+    """The example pairs (m3diff's dataset layout: `m3diff eval --refs examples` reads them too)."""
+    from m3diff.data.layout import read_split
+
+    path = EXAMPLES_DIR / "test.json"
+    return read_split(path) if path.is_file() else []
 
 
 # ============================================================================ layout
@@ -591,243 +368,267 @@ CSS = """
 #caption textarea {font-size: 1.1rem; line-height: 1.5;}
 .note {border-left: 4px solid #f59e0b; padding-left: .6rem;}
 """
+CPU_ONLY = MappingProxyType({"concurrency_limit": None})  # the dashboard never waits behind the model
 
 
 def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f: f):
     """The Blocks app. ``gpu`` wraps the model calls (``spaces.GPU(duration=...)`` on a ZeroGPU Space)."""
     import gradio as gr
 
-    from m3diff.overlay import MAP_KINDS, common_size
-
     cap = services.captioner
-    layers = [f"L{k}" for k in cap.info.mdp_layers]  # waits here for a model loading in its own process
-    examples = load_examples()
-    kind_choices = [(label, key) for key, label in MAP_KINDS.items()]
-    model_limit = dict(concurrency_id="model", concurrency_limit=services.config.concurrency)
-    cpu_only = dict(concurrency_limit=None)  # the dashboard never waits behind the model
-
-    @gpu
-    def _stream(before, after, max_new_tokens):
-        yield from describe_events(services, before, after, max_new_tokens)
-
-    def on_describe(before, after, layer, kind, max_new_tokens):
-        first = True
-        shown = None
-        for caption, scores, shown in _stream(before, after, max_new_tokens):
-            if first:  # the trace is complete before the first token: draw it once
-                first = False
-                hb, ha = heatmaps(shown, layer, kind)
-                fig = score_figure(shown.trace, scores) if scores else None
-                yield (caption, fig, hb, ha, common_size(shown.before, shown.after), shown, gr.skip())
-            else:
-                yield caption, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        words = caption_words(shown.caption) if shown else []
-        yield (gr.skip(),) * 5 + (shown, gr.update(choices=words, value=words[0] if words else None))
-
-    api_describe = gpu(lambda before, after, max_new_tokens=DEFAULT_MAX_NEW_TOKENS:
-                       describe_api(services, before, after, max_new_tokens))
-    api_twin = gpu(lambda shown, n: twin_caption(services, shown, n))
-    api_explain = gpu(lambda shown, word: explain_word(services, shown, word))
-
+    cap.info  # noqa: B018 — waits here for a model loading in its own process (and raises its load error)
     with gr.Blocks(title="m3diff — what changed between two images") as demo:
         gr.Markdown("# m3diff — what changed between two images, and why the model thinks so\n"
                     "M3Diff (OmniDiff, ICCV 2025): LLaVA-OneVision with multi-scale differential perception (MDP).")
         if not cap.trained:
             gr.Markdown("⚠️ " + UNTRAINED_NOTE, elem_classes="note")
         with gr.Tabs():
-            # ------------------------------------------------------------ Describe
             with gr.Tab("Describe", id="describe"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        with gr.Row():
-                            before = gr.Image(label="Before", type="filepath", elem_id="before", height=260)
-                            after = gr.Image(label="After", type="filepath", elem_id="after", height=260)
-                        with gr.Row():
-                            go_btn = gr.Button("Describe", variant="primary", elem_id="describe-btn")
-                            max_tokens = gr.Slider(8, 192, value=services.config.max_new_tokens, step=8,
-                                                   label="max caption tokens")
-                        if examples:
-                            gr.Examples([[e["before"], e["after"]] for e in examples], [before, after],
-                                        example_labels=[f"{e['id']} ({e['domain']})" for e in examples],
-                                        examples_per_page=len(examples),
-                                        label="Examples: one generated pair per change type, and a real photo pair")
-                    with gr.Column(scale=1):
-                        caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
-                        scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
-                with gr.Row():
-                    layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer",
-                                        elem_id="layer")
-                    kind = gr.Radio(kind_choices, value="attn_eq5", label="map")
-                with gr.Row():
-                    heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
-                    heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
-                    slider = gr.ImageSlider(label="Before / after", type="pil", interactive=False, max_height=280)
-                with gr.Accordion("Explain a word (captum attribution on both images)", open=False):
-                    with gr.Row():
-                        word = gr.Dropdown([], label="word of the caption", elem_id="word")
-                        explain_btn = gr.Button("Explain")
-                    with gr.Row():
-                        attr_b = gr.Image(label="Before: attribution", interactive=False, height=240)
-                        attr_a = gr.Image(label="After: attribution", interactive=False, height=240)
-                    attr_note = gr.Markdown()
-                with gr.Accordion("The same pair without MDP (the no-MDP twin)", open=services.twin is not None):
-                    twin_box = gr.Textbox(label="No-MDP twin caption", interactive=False)
-                with gr.Accordion("Model card", open=not cap.trained):
-                    gr.Markdown(model_card(cap, services.twin))
-                shown = gr.State(None)
-
-                go_btn.click(
-                    on_describe, [before, after, layer, kind, max_tokens],
-                    [caption, scores, heat_b, heat_a, slider, shown, word],
-                    api_name="describe_stream", api_visibility="undocumented", **model_limit,
-                ).then(api_twin, [shown, max_tokens], twin_box, api_visibility="private", **model_limit)
-                for trigger in (layer.change, kind.change):
-                    trigger(lambda s, l, k: heatmaps(s, l, k), [shown, layer, kind], [heat_b, heat_a],
-                            api_visibility="private", **cpu_only)
-                explain_btn.click(api_explain, [shown, word], [attr_b, attr_a, attr_note], api_visibility="private",
-                                  **model_limit)
-                # The API endpoint: two image files in, (caption, per-layer scores) out.
-                api_caption = gr.Textbox(visible=False)
-                api_scores = gr.JSON(visible=False)
-                api_btn = gr.Button(visible=False)
-                # Its calls are batched together (PairBatcher), so up to api_batch of them may wait at once.
-                api_btn.click(api_describe, [before, after, max_tokens], [api_caption, api_scores],
-                              api_name="describe", concurrency_id="model-api",
-                              concurrency_limit=max(1, services.config.api_batch))
-
-            # ------------------------------------------------------------ Dashboard
+                describe_tab(services, gpu)
             with gr.Tab("Dashboard", id="dashboard"):
-                reports_state = gr.State(dict(services.reports))
-                if services.report_note:
-                    gr.Markdown("ℹ️ " + services.report_note, elem_classes="note")
-                with gr.Row():
-                    metric = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="metric")
-                    upload = gr.File(label="Compare with another report.json", file_types=[".json"],
-                                     type="filepath")
-                per_type_plot = gr.Plot(label="per change type")
-                gr.Markdown("**Per change type** (n pairs; score [95% bootstrap CI], x100)")
-                type_df = gr.Dataframe(interactive=False, wrap=True)
-                gr.Markdown("**Per domain**")
-                domain_df = gr.Dataframe(interactive=False)
-                gr.Markdown("**Run vs run** (each run minus the first)")
-                delta_df = gr.Dataframe(interactive=False)
-                gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
-                gr.Dataframe(paper_table(), interactive=False)
-                paper_plot = gr.Plot(label="the paper, per domain")
-                with gr.Row():
-                    csv_btn = gr.Button("Export per-type table: CSV")
-                    tex_btn = gr.Button("Export per-type table: LaTeX")
-                    export_file = gr.File(label="export", interactive=False)
-
-                def show_dashboard(reps, m):
-                    if not reps:
-                        empty = slice_table({}, "per_type")
-                        return dashboard_figure({}, m), empty, empty, delta_table({})
-                    return (dashboard_figure(reps, m), slice_table(reps, "per_type"),
-                            slice_table(reps, "per_domain"), delta_table(reps))
-
-                def add_report(reps, path, m):
-                    if path is None:
-                        return (reps, *show_dashboard(reps, m))
-                    try:
-                        rep = load_report(path)
-                    except ReportError as exc:
-                        raise gr.Error(str(exc), title="Not a report") from None
-                    reps = dict(reps)
-                    name = Path(path).stem
-                    while name in reps:
-                        name += "'"
-                    reps[name] = rep
-                    return (reps, *show_dashboard(reps, m))
-
-                def export(reps, fmt):
-                    return export_report(reps, fmt)
-
-                dash_out = [per_type_plot, type_df, domain_df, delta_df]
-                metric.change(show_dashboard, [reports_state, metric], dash_out, api_visibility="private", **cpu_only)
-                upload.upload(add_report, [reports_state, upload, metric], [reports_state, *dash_out],
-                              api_visibility="private", **cpu_only)
-                csv_btn.click(lambda r: export(r, "csv"), reports_state, export_file, api_visibility="private",
-                              **cpu_only)
-                tex_btn.click(lambda r: export(r, "latex"), reports_state, export_file, api_visibility="private",
-                              **cpu_only)
-
-            # ------------------------------------------------------------ Errors
+                reports_state = dashboard_tab(services, demo)
             with gr.Tab("Errors", id="errors"):
-                run_names = list(services.reports)
-                if not run_names:
-                    gr.Markdown("ℹ️ No report loaded: upload a `report.json` on the Dashboard tab, then pick it here.",
-                                elem_classes="note")
-                with gr.Row():
-                    run = gr.Dropdown(run_names, value=run_names[0] if run_names else None, label="run",
-                                      allow_custom_value=False)
-                    ftype = gr.Dropdown(["all"], value="all", label="change type")
-                    fdomain = gr.Dropdown(["all"], value="all", label="domain")
-                    sort_by = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="sort by")
-                    asc = gr.Checkbox(True, label="worst first")
-                table = gr.Dataframe(interactive=False, wrap=True, elem_id="errors-table")
-                with gr.Row():
-                    err_slider = gr.ImageSlider(label="pair", type="pil", interactive=False, max_height=260)
-                    err_heat_b = gr.Image(label="Before + |ΔF| (last MDP layer)", interactive=False, height=260)
-                    err_heat_a = gr.Image(label="After + |ΔF|", interactive=False, height=260)
-                err_text = gr.Markdown()
-
-                def run_filters(reps, name):
-                    rep = reps.get(name) if name else None
-                    if rep is None:
-                        return gr.update(choices=["all"], value="all"), gr.update(choices=["all"], value="all")
-                    types, domains = report_choices(rep)
-                    return (gr.update(choices=["all", *types], value="all"),
-                            gr.update(choices=["all", *domains], value="all"))
-
-                def filter_table(reps, name, t, d, s, a):
-                    rep = reps.get(name) if name else None
-                    return pairs_frame(rep or {}, t or "all", d or "all", s, bool(a))
-
-                @gpu
-                def pair_trace(before, after):
-                    return cap.describe(before, after, settings=_short()) if cap.uses_mdp else None
-
-                def select_pair(reps, name, df, evt: gr.SelectData):
-                    rep = reps.get(name) if name else None
-                    if rep is None or df is None or evt is None or evt.index is None:
-                        return None, None, None, ""
-                    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-                    pid = df.iloc[row]["id"]
-                    record = next(p for p in report_pairs(rep) if p["id"] == pid)
-                    refs = "\n".join(f"- {r}" for r in record.get("refs", []))
-                    text = (f"**{pid}** · {', '.join(record.get('types', []))} · {record.get('domain', '')}\n\n"
-                            f"**Prediction:** {record.get('caption', '')}\n\n**References:**\n{refs}\n\n"
-                            + "  ".join(f"{m} {_fmt(record.get(m))}" for m in SHOWN_METRICS))
-                    files = pair_images(rep, record)
-                    if files is None:
-                        return None, None, None, text + "\n\n_(the report does not say where this pair's images are)_"
-                    b, a = load_pair(*files)
-                    d = pair_trace(b, a)
-                    hb = ha = None
-                    if d is not None and d.trace:
-                        hb, ha = heatmaps(Shown(b, a, d.trace), d.trace["layers"][-1], "delta_norm")
-                        text += "\n\n**MDP Score**: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items())
-                    return common_size(b, a), hb, ha, text
-
-                select_pair.__annotations__["evt"] = gr.SelectData  # gradio reads it to pass the event
-
-                run.change(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **cpu_only)
-                for comp in (run, ftype, fdomain, sort_by, asc):
-                    comp.change(filter_table, [reports_state, run, ftype, fdomain, sort_by, asc], table,
-                                api_visibility="private", **cpu_only)
-                table.select(select_pair, [reports_state, run, table], [err_slider, err_heat_b, err_heat_a, err_text],
-                             api_visibility="private", **model_limit)
-                reports_state.change(lambda reps, name: gr.update(choices=list(reps), value=name or next(iter(reps), None)),
-                                     [reports_state, run], run, api_visibility="private", **cpu_only)
-
-        demo.load(show_dashboard, [reports_state, metric], dash_out, api_visibility="private", **cpu_only)
-        for trigger in (demo.load, metric.change):
-            trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **cpu_only)
-        demo.load(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **cpu_only).then(
-            filter_table, [reports_state, run, ftype, fdomain, sort_by, asc], table, api_visibility="private",
-            **cpu_only)
+                errors_tab(services, gpu, reports_state, demo)
     return demo
+
+
+def _model_calls(services: Services) -> dict:
+    return dict(concurrency_id="model", concurrency_limit=services.config.concurrency)
+
+
+def describe_tab(services: Services, gpu) -> None:
+    """Describe: a pair in; the caption streamed out with the Score chart, maps, explain, twin and card."""
+    ui = SimpleNamespace(**_describe_inputs(services), **_describe_outputs(services))
+    _wire_describe(services, gpu, ui)
+
+
+def _describe_inputs(services: Services) -> dict:
+    import gradio as gr
+
+    examples = load_examples()
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                before = gr.Image(label="Before", type="filepath", elem_id="before", height=260)
+                after = gr.Image(label="After", type="filepath", elem_id="after", height=260)
+            with gr.Row():
+                go = gr.Button("Describe", variant="primary", elem_id="describe-btn")
+                max_tokens = gr.Slider(8, 192, value=services.config.max_new_tokens, step=8,
+                                       label="max caption tokens")
+            if examples:
+                gr.Examples([[str(e.before), str(e.after)] for e in examples], [before, after],
+                            example_labels=[f"{e.id} ({e.domain})" for e in examples],
+                            examples_per_page=len(examples),
+                            label="Examples: one generated pair per change type, and a real photo pair")
+        with gr.Column(scale=1):
+            caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
+            scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
+    return dict(before=before, after=after, go=go, max_tokens=max_tokens, caption=caption, scores=scores)
+
+
+def _describe_outputs(services: Services) -> dict:
+    import gradio as gr
+
+    from m3diff.describing import MAP_KINDS
+
+    layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
+    with gr.Row():
+        layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
+        kind = gr.Radio([(label, key) for key, label in MAP_KINDS.items()], value="attn_eq5", label="map")
+    with gr.Row():
+        heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
+        heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
+        slider = gr.ImageSlider(label="Before / after", type="pil", interactive=False, max_height=280)
+    with gr.Accordion("Explain a word (captum attribution on both images)", open=False):
+        with gr.Row():
+            word = gr.Dropdown([], label="word of the caption", elem_id="word")
+            explain = gr.Button("Explain")
+        with gr.Row():
+            attr_b = gr.Image(label="Before: attribution", interactive=False, height=240)
+            attr_a = gr.Image(label="After: attribution", interactive=False, height=240)
+        attr_note = gr.Markdown()
+    with gr.Accordion("The same pair without MDP (the no-MDP twin)", open=services.twin is not None):
+        twin = gr.Textbox(label="No-MDP twin caption", interactive=False)
+    with gr.Accordion("Model card", open=not services.captioner.trained):
+        gr.Markdown(model_card(services.captioner, services.twin))
+    return dict(layer=layer, kind=kind, heat_b=heat_b, heat_a=heat_a, slider=slider, word=word, explain=explain,
+                attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
+
+
+def _wire_describe(services: Services, gpu, ui) -> None:
+    import gradio as gr
+
+    model_calls = _model_calls(services)
+    ui.go.click(
+        _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens],
+        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.slider, ui.shown, ui.word],
+        api_name="describe_stream", api_visibility="undocumented", **model_calls,
+    ).then(gpu(lambda shown, n: twin_caption(services, shown, n)), [ui.shown, ui.max_tokens], ui.twin,
+           api_visibility="private", **model_calls)
+    for trigger in (ui.layer.change, ui.kind.change):
+        trigger(heatmaps, [ui.shown, ui.layer, ui.kind], [ui.heat_b, ui.heat_a], api_visibility="private", **CPU_ONLY)
+    ui.explain.click(gpu(lambda shown, word: explain_word(services, shown, word)), [ui.shown, ui.word],
+                     [ui.attr_b, ui.attr_a, ui.attr_note], api_visibility="private", **model_calls)
+    # The API endpoint: two image files in, (caption, per-layer scores) out. Its calls are batched
+    # together (m3diff.batching.PairBatcher), so up to api_batch of them may wait at once.
+    api_caption, api_scores, api_btn = gr.Textbox(visible=False), gr.JSON(visible=False), gr.Button(visible=False)
+    api_btn.click(gpu(lambda before, after, max_new_tokens=DEFAULT_MAX_NEW_TOKENS:
+                      describe_api(services, before, after, max_new_tokens)),
+                  [ui.before, ui.after, ui.max_tokens], [api_caption, api_scores], api_name="describe",
+                  concurrency_id="model-api", concurrency_limit=max(1, services.config.api_batch))
+
+
+def _describe_stream(services: Services, gpu, ui):
+    """The Describe button's callback: the trace is drawn once (it is complete before the first token),
+    then only the caption grows; at the end the words of the caption become pickable."""
+    import gradio as gr
+
+    from m3diff.overlay import common_size
+
+    @gpu
+    def stream(before, after, max_new_tokens):
+        yield from describe_events(services, before, after, max_new_tokens)
+
+    def on_describe(before, after, layer, kind, max_new_tokens):
+        shown = None
+        for caption, scores, now in stream(before, after, max_new_tokens):
+            if shown is None:
+                hb, ha = heatmaps(now, layer, kind)
+                yield {ui.caption: caption, ui.scores: score_figure(now.trace, scores) if scores else None,
+                       ui.heat_b: hb, ui.heat_a: ha, ui.slider: common_size(now.before, now.after), ui.shown: now}
+            else:
+                yield {ui.caption: caption}
+            shown = now
+        words = caption_words(shown.caption) if shown else []
+        yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None)}
+
+    return on_describe
+
+
+def dashboard_tab(services: Services, demo):
+    """Dashboard: the loaded reports per change type and domain, run against run, the paper, exports.
+    Returns the reports' state (the Errors tab browses the same reports)."""
+    import gradio as gr
+
+    from analysis.metrics import SHOWN_METRICS
+    from analysis.tables import export_report, paper_table
+
+    reports_state = gr.State(dict(services.reports))
+    if services.report_note:
+        gr.Markdown("ℹ️ " + services.report_note, elem_classes="note")
+    with gr.Row():
+        metric = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="metric")
+        upload = gr.File(label="Compare with another report.json", file_types=[".json"], type="filepath")
+    shown = [gr.Plot(label="per change type")]
+    for title in ("**Per change type** (n pairs; score [95% bootstrap CI], x100)", "**Per domain**",
+                  "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
+                  "scored together)"):
+        gr.Markdown(title)
+        shown.append(gr.Dataframe(interactive=False, wrap=True))
+    gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
+    gr.Dataframe(paper_table(), interactive=False)
+    paper_plot = gr.Plot(label="the paper, per domain")
+    with gr.Row():
+        csv_btn = gr.Button("Export per-type table: CSV")
+        tex_btn = gr.Button("Export per-type table: LaTeX")
+        export_file = gr.File(label="export", interactive=False)
+
+    metric.change(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    upload.upload(add_report, [reports_state, upload, metric], [reports_state, *shown], api_visibility="private",
+                  **CPU_ONLY)
+    for button, fmt in ((csv_btn, "csv"), (tex_btn, "latex")):
+        button.click(lambda reps, f=fmt: export_report(reps, f), reports_state, export_file,
+                     api_visibility="private", **CPU_ONLY)
+    demo.load(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    for trigger in (demo.load, metric.change):
+        trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **CPU_ONLY)
+    return reports_state
+
+
+def dashboard_view(reports: dict, metric: str):
+    """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
+    from analysis.tables import delta_table, slice_table
+
+    return (dashboard_figure(reports, metric), slice_table(reports, "per_type"), slice_table(reports, "per_domain"),
+            delta_table(reports))
+
+
+def add_report(reports: dict, path, metric: str):
+    """An uploaded report.json joins the loaded ones (under its file name; a name taken gets a ')."""
+    import gradio as gr
+
+    from analysis.report import ReportError, read_report
+
+    if path is None:
+        return (reports, *dashboard_view(reports, metric))
+    try:
+        report = read_report(path, search=(HERE,))
+    except ReportError as exc:
+        raise gr.Error(str(exc), title="Not a report") from None
+    name = Path(path).stem
+    while name in reports:
+        name += "'"
+    reports = {**reports, name: report}
+    return (reports, *dashboard_view(reports, metric))
+
+
+def errors_tab(services: Services, gpu, reports_state, demo) -> None:
+    """Errors: a report's test pairs, filtered and sorted; a row shows the pair, its text and its maps."""
+    import gradio as gr
+
+    from analysis.metrics import SHOWN_METRICS
+
+    run_names = list(services.reports)
+    if not run_names:
+        gr.Markdown("ℹ️ No report loaded: upload a `report.json` on the Dashboard tab, then pick it here.",
+                    elem_classes="note")
+    with gr.Row():
+        run = gr.Dropdown(run_names, value=run_names[0] if run_names else None, label="run", allow_custom_value=False)
+        ftype = gr.Dropdown(["all"], value="all", label="change type")
+        fdomain = gr.Dropdown(["all"], value="all", label="domain")
+        sort_by = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="sort by")
+        asc = gr.Checkbox(True, label="worst first")
+    table = gr.Dataframe(interactive=False, wrap=True, elem_id="errors-table")
+    with gr.Row():
+        pair = [gr.ImageSlider(label="pair", type="pil", interactive=False, max_height=260),
+                gr.Image(label="Before + |ΔF| (last MDP layer)", interactive=False, height=260),
+                gr.Image(label="After + |ΔF|", interactive=False, height=260)]
+    text = gr.Markdown()
+    traced = gpu(lambda before, after: _traced(services.captioner, before, after))
+
+    def select_pair(reps, name, df, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        ok = name in reps and df is not None and row is not None
+        return error_pair(traced, reps[name] if ok else None, df.iloc[row]["id"] if ok else None)
+
+    filters = [reports_state, run, ftype, fdomain, sort_by, asc]
+    run.change(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY)
+    for comp in (run, ftype, fdomain, sort_by, asc):
+        comp.change(filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+    table.select(select_pair, [reports_state, run, table], [*pair, text], api_visibility="private",
+                 **_model_calls(services))
+    reports_state.change(lambda reps, name: gr.update(choices=list(reps), value=name or next(iter(reps), None)),
+                         [reports_state, run], run, api_visibility="private", **CPU_ONLY)
+    demo.load(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY).then(
+        filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+
+
+def run_filters(reports: dict, name: str | None):
+    """The change types and domains of a run's pairs, as the Errors tab's filter choices."""
+    import gradio as gr
+
+    from analysis.tables import report_choices
+
+    if name not in reports:
+        return gr.update(choices=["all"], value="all"), gr.update(choices=["all"], value="all")
+    types, domains = report_choices(reports[name])
+    return gr.update(choices=["all", *types], value="all"), gr.update(choices=["all", *domains], value="all")
+
+
+def filter_table(reports: dict, name: str | None, change_type, domain, sort_by, ascending):
+    from analysis.tables import pairs_frame
+
+    return pairs_frame(reports.get(name) or {}, change_type or "all", domain or "all", sort_by, bool(ascending))
 
 
 def _short():
@@ -872,6 +673,7 @@ def launch(demo, config: AppConfig, **kwargs):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from analysis.report import ReportError
     from m3diff.describing import ModelLoadError
     from m3diff.remote import RemoteError
 
@@ -891,6 +693,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     launch(demo, config)
     return 0
+
+
+# ============================================================================ the `m3diff app` command
+def register(sub) -> None:
+    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml)."""
+    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
+    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--same-process", action="store_true",
+                   help="run the model in the web server's process (default: its own process, which starts in "
+                        "parallel and decodes without stalling the server)")
+    p.set_defaults(handler=_app_command)
+
+
+def _app_command(args: argparse.Namespace) -> int:
+    from m3diff.cli import CLIError
+
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
+    return main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)]
+                + (["--same-process"] if args.same_process else []))
 
 
 if __name__ == "__main__":

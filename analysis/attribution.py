@@ -5,18 +5,18 @@ hand-made toy model. ``explain_word`` is the adapter for the real model: ``f`` =
 one word of a caption given the images and the caption before it (teacher-forced).
 Saliency (|gradient|) is the default: one backward pass. Integrated Gradients (zero baseline) is the
 option for sharper maps when the time is there (n_steps backward passes).
+
+Importing this module costs no torch (it is imported where it is used), so a process that only
+shows results can name ``explain_maps`` for the model's process to run.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from m3diff.describing import WORD_RE, caption_words  # noqa: F401 — the words explain_word counts
+from m3diff.describing import WORD_RE, caption_words, grid_to_image  # noqa: F401 — caption_words: the words explain_word counts
 
 METHODS = ("saliency", "integrated_gradients")
 
@@ -40,6 +40,8 @@ class Attribution:
 def attribute(f: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor,
               config: AttributionConfig | None = None) -> Attribution:
     """Attribute ``f``'s scalar output onto both images of every pair."""
+    import torch
+    import torch.nn.functional as F
     from captum.attr import IntegratedGradients, Saliency
 
     config = config or AttributionConfig()
@@ -62,40 +64,6 @@ def attribute(f: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Ten
     p = config.patch
     patches = F.avg_pool2d(pix.reshape(b * 2, 1, h, w), kernel_size=p, stride=p).reshape(b, 2, h // p, w // p)
     return Attribution(pix.cpu().numpy(), patches.cpu().numpy(), config.method, delta)
-
-
-def trace_maps(trace: dict, layer: int | None = None) -> dict[str, np.ndarray]:
-    """The difference-attention maps of an MDP trace (``Description.trace``) as 2-D patch grids.
-
-    Returns {"delta_norm": [g, g], "attn_eq5": ..., "attn_eq6": ...} for one layer (default: the
-    last), each a numpy array ready for ``analysis.figures.heatmap_overlay``; maps that hold one grid
-    per image come back as "<name>_before" / "<name>_after".
-    """
-    out: dict[str, np.ndarray] = {}
-    for key in ("delta_norm", "attn_eq5", "attn_eq6"):
-        per_layer = trace.get(key) or {}
-        if not per_layer:
-            continue
-        layers = sorted(per_layer, key=int)
-        k = layers[-1] if layer is None else next((l for l in layers if int(l) == int(layer)), None)
-        if k is None:
-            continue
-        m = np.asarray(per_layer[k], dtype=float)
-        m = _as_grid(m)
-        if m.ndim == 3 and m.shape[0] == 2:
-            out[f"{key}_before"], out[f"{key}_after"] = m[0], m[1]
-        elif m.ndim == 2:
-            out[key] = m
-    return out
-
-
-def _as_grid(m: np.ndarray) -> np.ndarray:
-    # a flat token axis (N = g*g) becomes a g x g grid; leading axes are kept
-    if m.ndim >= 1:
-        g = int(round(np.sqrt(m.shape[-1])))
-        if g * g == m.shape[-1] and (m.ndim == 1 or m.shape[-1] != m.shape[-2]):
-            return m.reshape(*m.shape[:-1], g, g)
-    return m
 
 
 # ---------------------------------------------------------------------------- the real model
@@ -138,7 +106,8 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
     and the word's tokens are found with the tokenizer's offsets, so multi-token words and words that
     share a token with punctuation are handled. Returns a ``WordAttribution``: ``pixels`` [2, S, S] and
     ``patches`` [2, g, g] in the model's input frame, and ``image_maps`` = (before [h, w], after [h, w])
-    on each original image (padding removed), ready for ``analysis.figures.heatmap_overlay(image, map)``.
+    on each original image (padding removed, ``m3diff.describing.grid_to_image``), ready for
+    ``m3diff.overlay.overlay(image, map)``.
     Raises ValueError for an empty caption, a word not in it, or an index out of range.
     """
     config = config or AttributionConfig()
@@ -149,19 +118,24 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
     if not words:
         raise ValueError(f"caption {caption!r} has no words to explain; describe the pair first")
     index = _word_index([w for w, _, _ in words], word)
-    threads = getattr(captioner, "_threads", None)  # small models run faster on one CPU thread
+    import torch
+
     # Callers may hold inference mode (generation does); tensors made under it could not enter autograd.
-    with torch.inference_mode(False), torch.enable_grad(), (threads() if threads else nullcontext()):
+    with torch.inference_mode(False), torch.enable_grad():
         return _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side)
 
 
 def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
+    import torch
+
+    from m3diff.processing import IGNORE_INDEX
+
     text, start, end = words[index]
     model, processor = captioner.model, captioner.processor
     tokenizer = processor.tokenizer
     batch = processor.encode_pairs([(before, after)], answers=[caption], instruction=instruction)
     input_ids = batch["input_ids"][0]  # [T]
-    answer_at = int((batch["labels"][0] != -100).nonzero()[0])  # the caption's first token
+    answer_at = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])  # the caption's first token
     enc = tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True)
     cap_ids = enc["input_ids"]
     if input_ids[answer_at:answer_at + len(cap_ids)].tolist() != cap_ids:
@@ -192,7 +166,7 @@ def _explain(captioner, before, after, caption, words, index, config, target, in
         score = float(f(x.float())[0])
     attr = attribute(f, x, replace(config, patch=model.config.vision_config.patch_size))
     sizes_hw = [tuple(int(v) for v in hw) for hw in batch["image_sizes"]]
-    maps = tuple(_to_image(attr.pixels[0, i], hw, overlay_side) for i, hw in enumerate(sizes_hw))
+    maps = tuple(grid_to_image(attr.pixels[0, i], (w, h), overlay_side) for i, (h, w) in enumerate(sizes_hw))
     delta = None if attr.convergence_delta is None else float(np.ravel(attr.convergence_delta)[0])
     return WordAttribution(
         word=text, word_index=index, words=[w for w, _, _ in words], token_positions=positions,
@@ -215,19 +189,13 @@ def _word_index(words: list[str], word: int | str) -> int:
     raise TypeError(f"word must be an index or a string, got {type(word).__name__}")
 
 
-def _to_image(m: np.ndarray, hw: tuple[int, int], max_side: int | None) -> np.ndarray:
-    """A map on the model's square input back onto the original image: the processor padded the image to
-    a centred square (the longer side) and resized it, so undo both, sampling bilinearly."""
-    h, w = hw
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    scale = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
-    oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
-    # grid_sample's coordinates: -1 and 1 are the outer edges of the padded square (align_corners=False)
-    ys = (top + (torch.arange(oh, dtype=torch.float64) + 0.5) * h / oh) * 2 / side - 1
-    xs = (left + (torch.arange(ow, dtype=torch.float64) + 0.5) * w / ow) * 2 / side - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].float()  # [1, oh, ow, 2] (x, y)
-    out = F.grid_sample(torch.as_tensor(m, dtype=torch.float32)[None, None], grid, mode="bilinear",
-                        padding_mode="border", align_corners=False)
-    return out[0, 0].numpy()
-
+def explain_maps(captioner, before, after, caption: str, index: int):
+    """One word's attribution on both images, as plain data: (before [S, S], after [S, S]) on the model's
+    square input, which ``m3diff.overlay.overlay`` maps back onto each image, and a line saying what was
+    explained. The work the app asks of the model's process (``m3diff.remote.call_on``): it runs where
+    the model lives and sends back numpy and text only, never torch."""
+    res = explain_word(captioner, before, after, caption, index)
+    mb, ma = (np.asarray(m, dtype=np.float32) for m in res.pixels)
+    note = (f"**{res.word}** (word {res.word_index}, tokens {res.tokens}): log p = {res.score:.2f}; "
+            f"{res.method}, brighter = pixels that raise it more")
+    return mb, ma, note

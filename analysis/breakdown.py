@@ -24,12 +24,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from analysis import resample
-from analysis.metrics import METRICS, CaptionScorer, PreparedCorpus
+from analysis.metrics import HEADLINE, METRICS, CaptionScorer, PreparedCorpus
 from m3diff.change_types import TYPE_IDS
 from m3diff.data.record import DiffPair
-
-PAIR_METRICS = ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L", "SPICE")
-
 
 @dataclass(frozen=True)
 class BreakdownConfig:
@@ -156,7 +153,7 @@ def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair]
     macro = {m: _mean([s.scores[m] for s in per_type.values()]) for m in METRICS}
     pair_scores = [
         PairScore(p.id, hyps_raw[i], list(p.captions), list(p.change_types), p.domain, p.source,
-                  {m: (None if per_pair[m] is None else float(per_pair[m][i])) for m in PAIR_METRICS})
+                  {m: (None if per_pair[m] is None else float(per_pair[m][i])) for m in HEADLINE})
         for i, p in enumerate(pairs)
     ]
     return Breakdown(overall, micro, per_type, per_domain, per_source, macro, list(per_type),

@@ -252,6 +252,7 @@ def run_predict(args) -> int:
         captioner = DiffCaptioner.from_pretrained(args.model)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
+    captioner.use_recommended_threads()  # this command owns its process
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = {p.id for p in pairs}
@@ -267,7 +268,7 @@ def run_predict(args) -> int:
 
     def describe(batch):
         try:
-            return captioner.describe_batch([(p.before, p.after) for p in batch], trace=False, settings=settings)
+            return captioner.describe_batch([(p.before, p.after) for p in batch], with_trace=False, settings=settings)
         except ImageError:
             if len(batch) == 1:
                 raise

@@ -73,29 +73,6 @@ def mdp_scores(layer_means: Mapping[int, float], per_channel: Mapping[int, np.nd
     return fig
 
 
-def heatmap_overlay(image, heat: np.ndarray, title: str = "", opacity: float = 0.5,
-                    colorscale: str = "Jet") -> go.Figure:
-    """A PIL image with a 2-D map laid over it; the map may be at patch-grid resolution (e.g. 27x27),
-    and is stretched over the image (each cell covers its patch), min-max normalised."""
-    rgb = np.asarray(image.convert("RGB"))
-    h, w = rgb.shape[:2]
-    heat = np.asarray(heat, dtype=float)
-    if heat.ndim != 2:
-        raise ValueError(f"heat must be 2-D (a patch grid or a pixel map), got shape {heat.shape}")
-    span = heat.max() - heat.min()
-    norm = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-    gh, gw = norm.shape
-    fig = go.Figure()
-    fig.add_trace(go.Image(z=rgb, hoverinfo="skip"))
-    fig.add_trace(go.Heatmap(z=norm, x0=(w / gw) / 2 - 0.5, dx=w / gw, y0=(h / gh) / 2 - 0.5, dy=h / gh,
-                             colorscale=colorscale, opacity=opacity, zmin=0, zmax=1,
-                             colorbar=dict(title="rel."), hovertemplate="%{z:.2f}<extra></extra>"))
-    fig.update_layout(title=title, template="plotly_white", margin=dict(l=10, r=10, t=40 if title else 10, b=10))
-    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
-    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
-    return fig
-
-
 def _slice_order(runs, table):
     seen = []
     for rep in runs.values():

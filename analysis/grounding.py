@@ -154,7 +154,7 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
     captions = []
     for s in range(0, len(pairs), batch_size):
         chunk = true_images[s:s + batch_size]
-        captions += [d.caption for d in captioner.describe_batch(chunk, trace=False, settings=settings)]
+        captions += [d.caption for d in captioner.describe_batch(chunk, with_trace=False, settings=settings)]
         tick("describe", len(chunk))
     distinct = sum(1 for c in captions if captions.count(c) == 1) / len(captions)
 
@@ -179,7 +179,7 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
         twice = [(p.before, p.before) for p in pairs[:n_identical]]
         said = []
         for s in range(0, n_identical, batch_size):
-            said += [d.caption for d in captioner.describe_batch(twice[s:s + batch_size], trace=False,
+            said += [d.caption for d in captioner.describe_batch(twice[s:s + batch_size], with_trace=False,
                                                                  settings=settings)]
             tick("identical", len(twice[s:s + batch_size]))
         no_change = sum(map(says_no_change, said)) / n_identical

@@ -33,6 +33,9 @@ from analysis.resample import CiderStats
 # The report's metric names, in the order papers print them.
 METRICS: tuple[str, ...] = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 HEADLINE: tuple[str, ...] = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
+# The headline metrics every machine can compute (SPICE needs Java and a model download): what the app
+# and the model cards show.
+SHOWN_METRICS: tuple[str, ...] = tuple(m for m in HEADLINE if m != "SPICE")
 
 _PKG_DIR = Path(__import__("pycocoevalcap").__path__[0])
 SPICE_JARS = (

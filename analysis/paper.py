@@ -2,12 +2,12 @@
 so the dashboard can show them beside ours. x100; None where the paper reports nothing."""
 from __future__ import annotations
 
-_KEYS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
+from analysis.metrics import HEADLINE
 
 
 def _row(*vals):
-    vals = list(vals) + [None] * (len(_KEYS) - len(vals))
-    return dict(zip(_KEYS, vals))
+    vals = list(vals) + [None] * (len(HEADLINE) - len(vals))
+    return dict(zip(HEADLINE, vals))
 
 
 # Table 3: OmniDiff, per domain. Keyed like report.json's per_domain ("real", "render").

@@ -256,3 +256,71 @@ def _tex_escape(s: str) -> str:
 
 def _nan_none(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------- reading (the app's Dashboard and Errors)
+class ReportError(ValueError):
+    """A report.json that is not one ``m3diff eval`` wrote; the message says what is wrong."""
+
+
+def read_report(path, search: tuple[Path, ...] = ()) -> dict:
+    """A report.json as ``m3diff eval`` wrote it, checked; ``_images`` says where each pair's images are
+    (``resolve_images``, looking in ``search`` folders too). Raises ReportError for a person."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path.name} could not be read ({exc.__class__.__name__}).") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path.name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
+    data = validate_report(data, path.name)
+    data["_images"] = resolve_images(data, (path.parent, *search))  # for the Errors tab: where each pair's images are
+    return data
+
+
+def validate_report(data, name: str = "report") -> dict:
+    if not isinstance(data, dict) or "overall" not in data or "per_type" not in data:
+        raise ReportError(f"{name} is not a report.json from `m3diff eval`: it needs the keys 'overall' and "
+                          "'per_type' (and usually 'per_domain' and 'pairs').")
+    if not isinstance(data["per_type"], dict) or not isinstance(data.get("per_domain", {}), dict):
+        raise ReportError(f"{name}: 'per_type' and 'per_domain' must map names to scores.")
+    pairs = report_pairs(data)
+    if not isinstance(pairs, list) or any(not isinstance(p, dict) or "id" not in p for p in pairs):
+        raise ReportError(f"{name}: 'pairs' must be a list of per-pair records with an 'id'.")
+    return data
+
+
+def report_pairs(report: dict) -> list[dict]:
+    return report.get("pairs", report.get("per_pair", []))
+
+
+def resolve_images(report: dict, folders: tuple[Path, ...] = ()) -> dict[str, list[str]]:
+    """id -> [before, after] files, from the references the report was scored against (meta.references),
+    looked up as written, then relative to ``folders`` and the working directory."""
+    meta = report.get("meta") or {}
+    refs = meta.get("references")
+    if not refs:
+        return {}
+    from analysis.inputs import InputError, load_references
+
+    ref = Path(refs)
+    candidates = [ref] if ref.is_absolute() else [Path(p) / ref for p in (*folders, Path.cwd())]
+    for c in candidates:
+        if not c.exists():
+            continue
+        try:
+            pairs = load_references(c.resolve(), meta.get("format"), meta.get("split"))
+        except (InputError, ValueError, OSError):
+            continue
+        return {p.id: [str(p.before), str(p.after)] for p in pairs if p.before and p.after}
+    return {}
+
+
+def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
+    """The before/after files of a report's pair, if they can be found and exist."""
+    files = [record.get("before"), record.get("after")]
+    if not all(files):
+        files = (report.get("_images") or {}).get(record["id"]) or [None, None]
+    if not all(files) or not all(Path(f).is_file() for f in files):
+        return None
+    return files[0], files[1]

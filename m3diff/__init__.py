@@ -10,6 +10,7 @@ _EXPORTS = {
     "DiffCaptioner": "m3diff.pipeline",
     "Description": "m3diff.describing",
     "GenerationSettings": "m3diff.describing",
+    "PairTrace": "m3diff.describing",
     "M3DiffConfig": "m3diff.config",
     "M3DiffForConditionalGeneration": "m3diff.modeling",
     "MultiScaleDifferentialPerception": "m3diff.mdp",

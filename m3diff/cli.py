@@ -1,24 +1,18 @@
 """The `m3diff` command line.
 
-This module is the composition root: each area of the project contributes its own sub-commands
-through a ``register(subparsers)`` function in its own ``cli`` module, listed in ``COMMAND_MODULES``.
-Those modules import only argparse at import time and do heavy imports inside their handlers, so
-`m3diff --help` stays fast. (This is the one place where ``m3diff`` reaches into ``analysis`` and
-``training``; it does so lazily and only to offer their commands.)
+Each area of the project contributes its own sub-commands through a ``register(subparsers)`` function,
+declared in pyproject.toml under the ``m3diff.commands`` entry-point group; this module finds them
+there and imports none of them by name, so the core package never reaches up into ``analysis``,
+``training``, the app or the Space builder. Those modules import only argparse at import time and do
+heavy imports inside their handlers, so `m3diff --help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
-COMMAND_MODULES = (
-    "m3diff.commands",   # describe, info, app
-    "m3diff.data.cli",   # synth, data stats, data mix
-    "analysis.cli",      # predict, eval, doctor
-    "training.cli",      # train
-    "m3diff.hosting",    # space build (spaces/ is a plain folder: a package there would shadow HF's `spaces`)
-)
+COMMAND_GROUP = "m3diff.commands"
 
 
 class CLIError(Exception):
@@ -32,14 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
         "between two images, with the evidence (per-layer MDP Score weights, difference-attention maps).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    found = entry_points(group=COMMAND_GROUP)
+    if not found:
+        raise RuntimeError(f"no {COMMAND_GROUP!r} entry points are installed: install m3diff (pip install -e .) "
+                           "so that its commands can be found")
+    for ep in found:
         try:
-            module = importlib.import_module(name)
+            register = ep.load()
         except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):  # that area is not part of this build
+            if exc.name and (ep.module == exc.name or ep.module.startswith(exc.name + ".")):  # an area not installed here
                 continue
             raise
-        module.register(sub)
+        register(sub)
     return parser
 
 

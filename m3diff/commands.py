@@ -1,4 +1,4 @@
-"""The model's own commands: `m3diff describe`, `m3diff info`, `m3diff app`."""
+"""The model's own commands: `m3diff describe`, `m3diff info` (the app's is in app.py, the Space's in hosting.py)."""
 from __future__ import annotations
 
 import argparse
@@ -33,15 +33,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_info)
 
-    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
-    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--same-process", action="store_true",
-                   help="run the model in the web server's process (default: its own process, which starts in "
-                        "parallel and decodes without stalling the server)")
-    p.set_defaults(handler=_app)
-
 
 def _describe(args: argparse.Namespace) -> int:
     from m3diff.cli import CLIError
@@ -52,6 +43,7 @@ def _describe(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     try:
         captioner = DiffCaptioner.from_pretrained(args.model)
+        captioner.use_recommended_threads()  # this command owns its process
         d = captioner.describe(args.before, args.after, instruction=args.instruction,
                                settings=GenerationSettings(max_new_tokens=args.max_new_tokens))
     except (ImageError, ModelLoadError) as exc:
@@ -118,14 +110,3 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  MDP on vision layers {list(c.mdp_layers)}, depth {c.mdp_depth}")
     print(f"  {c.vision_config.image_size}px images, {c.num_image_tokens} tokens each")
     return 0
-
-
-def _app(args: argparse.Namespace) -> int:
-    from m3diff.cli import CLIError
-
-    try:
-        import app
-    except ModuleNotFoundError as exc:
-        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
-    return app.main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)]
-                    + (["--same-process"] if args.same_process else []))

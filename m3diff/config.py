@@ -6,7 +6,9 @@ the patch embeddings, index ``k`` the output of encoder layer ``k``), so the pap
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
@@ -86,78 +88,64 @@ def paper_mdp_layers(num_vision_layers: int) -> list[int]:
     return sorted({max(1, num_vision_layers - 3 * k) for k in range(4)})
 
 
-def _m3diff_7b(**overrides) -> M3DiffConfig:
-    """LLaVA-OneVision-7B (SigLIP-so400m with the 26 layers the released model uses, Qwen2-7B) + MDP."""
-    vision = SiglipVisionConfig(
-        hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-        image_size=384, patch_size=14, vision_use_head=False,
-    )
-    text = Qwen2Config(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
-        tie_word_embeddings=False,
-    )
-    fields = dict(
-        vision_config=vision, text_config=text, image_token_index=151646, video_token_index=151647,
-        mdp_layers=[17, 20, 23, 26], mdp_depth=2, mdp_num_heads=16,
-    )
-    fields.update(overrides)
-    return M3DiffConfig(**fields)
+OUR_TOKENS = MappingProxyType({"image_token_index": 3, "video_token_index": 4})  # ids in our own tokenizers
 
 
-def _tiny(vocab_size: int = 512, image_token_index: int = 3, video_token_index: int = 4, **overrides) -> M3DiffConfig:
-    """A model that runs a forward in milliseconds on a CPU: for tests and as the untrained fallback."""
-    vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-        image_size=32, patch_size=8, vision_use_head=False,
-    )
-    text = Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024, tie_word_embeddings=False,
-    )
-    fields = dict(
-        vision_config=vision, text_config=text, image_token_index=image_token_index,
-        video_token_index=video_token_index, mdp_layers=[2, 3, 4], mdp_depth=2, mdp_num_heads=2,
-        mdp_mlp_ratio=2.0, image_grid_pinpoints=[[32, 32]],
-    )
-    fields.update(overrides)
-    return M3DiffConfig(**fields)
+@dataclass(frozen=True)
+class Preset:
+    """A named model size: the vision and language towers' shapes and the MDP's. ``build`` makes the
+    M3DiffConfig; its keyword arguments override fields (``vocab_size`` goes to the language model)."""
+
+    vision: dict  # SiglipVisionConfig fields
+    text: dict  # Qwen2Config fields
+    fields: dict  # M3DiffConfig fields: image tokens, MDP, pinpoints
+
+    def build(self, **overrides) -> M3DiffConfig:
+        text = dict(self.text)
+        if "vocab_size" in overrides:
+            text["vocab_size"] = overrides.pop("vocab_size")
+        return M3DiffConfig(vision_config=SiglipVisionConfig(**self.vision, vision_use_head=False),
+                            text_config=Qwen2Config(**text, tie_word_embeddings=False), **{**self.fields, **overrides})
 
 
-def _embedded(vocab_size: int = 1024, image_token_index: int = 3, video_token_index: int = 4, **overrides) -> M3DiffConfig:
-    """The embedded default: trained from scratch on generated pairs, small enough to ship in the wheel.
+def _siglip(*, width: int, mlp: int, layers: int, heads: int, image: int, patch: int) -> dict:
+    return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                image_size=image, patch_size=patch)
 
-    128-px images in 16-px patches (64 tokens + image_newline each) keep sequences near 200 tokens,
-    so a shared 2-core CPU trains it in about an hour and describes a pair in well under a second.
-    """
-    vision = SiglipVisionConfig(
-        hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-        image_size=128, patch_size=16, vision_use_head=False,
-    )
-    text = Qwen2Config(
-        hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512, tie_word_embeddings=False,
-    )
-    fields = dict(
-        vision_config=vision, text_config=text, image_token_index=image_token_index,
-        video_token_index=video_token_index, mdp_layers=[2, 4], mdp_depth=2, mdp_num_heads=4,
-        mdp_mlp_ratio=2.0, image_grid_pinpoints=[[128, 128]],
-    )
-    fields.update(overrides)
-    return M3DiffConfig(**fields)
+
+def _qwen2(*, width: int, mlp: int, layers: int, heads: int, kv_heads: int, vocab: int, positions: int, **more) -> dict:
+    return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=positions, **more)
 
 
 # Named presets: `m3diff info --preset NAME`, `M3DiffConfig` factories for tests and training recipes.
-PRESETS: dict[str, Callable[..., M3DiffConfig]] = {
-    "m3diff-7b": _m3diff_7b,
-    "tiny": _tiny,
-    "embedded": _embedded,
-}
+# Every language model unties its embeddings (``build`` adds it).
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    # LLaVA-OneVision-7B (SigLIP-so400m with the 26 layers the released model uses, Qwen2-7B) + MDP
+    "m3diff-7b": Preset(
+        vision=_siglip(width=1152, mlp=4304, layers=26, heads=16, image=384, patch=14),
+        text=_qwen2(width=3584, mlp=18944, layers=28, heads=28, kv_heads=4, vocab=152064, positions=32768,
+                    rope_theta=1000000.0),
+        fields=dict(image_token_index=151646, video_token_index=151647, mdp_layers=[17, 20, 23, 26], mdp_depth=2,
+                    mdp_num_heads=16)),
+    # runs a forward in milliseconds on a CPU: for tests and as the untrained fallback
+    "tiny": Preset(vision=_siglip(width=32, mlp=64, layers=4, heads=2, image=32, patch=8),
+                   text=_qwen2(width=64, mlp=128, layers=2, heads=4, kv_heads=2, vocab=512, positions=1024),
+                   fields=dict(mdp_layers=[2, 3, 4], mdp_depth=2, mdp_num_heads=2, mdp_mlp_ratio=2.0,
+                               image_grid_pinpoints=[[32, 32]], **OUR_TOKENS)),
+    # The embedded default: trained from scratch on generated pairs, small enough to ship in the wheel.
+    # 128-px images in 16-px patches (64 tokens + image_newline each) keep sequences near 200 tokens,
+    # so a shared 2-core CPU trains it in about an hour and describes a pair in well under a second.
+    "embedded": Preset(vision=_siglip(width=128, mlp=512, layers=4, heads=4, image=128, patch=16),
+                       text=_qwen2(width=192, mlp=512, layers=3, heads=4, kv_heads=2, vocab=1024, positions=512),
+                       fields=dict(mdp_layers=[2, 4], mdp_depth=2, mdp_num_heads=4, mdp_mlp_ratio=2.0,
+                                   image_grid_pinpoints=[[128, 128]], **OUR_TOKENS)),
+})
 
 
 def preset(name: str, **overrides) -> M3DiffConfig:
     try:
-        factory = PRESETS[name]
+        spec = PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
-    return factory(**overrides)
+    return spec.build(**overrides)

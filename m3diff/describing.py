@@ -25,11 +25,91 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be loaded; the message names the source and what to do."""
 
 
+# The maps of a trace a person can look at, and how the app labels them.
+MAP_KINDS: dict[str, str] = {
+    "attn_eq5": "eq. 5 attention (difference → image)",
+    "attn_eq6": "eq. 6 attention (image → difference)",
+    "delta_norm": "|ΔF| (feature difference norm)",
+}
+
+
+@dataclass(frozen=True)
+class PairTrace:
+    """What the MDP saw for one pair, as numpy, keyed by vision layer (``MDPTrace.pair``); ``g`` is the
+    side of the vision tower's patch grid, on the processor's padded square (``grid_to_image`` maps a
+    grid back onto an original image)."""
+
+    layers: tuple[int, ...]
+    score_mean: dict[int, float]  # mean Score, eq. (7)
+    score: dict[int, np.ndarray]  # [d] Score per channel, eq. (7)
+    delta_norm: dict[int, np.ndarray]  # [g, g] per-patch norm of ΔF, eq. (3): one map for the pair
+    attn_eq5: dict[int, np.ndarray]  # [2, g, g] difference queries onto the before / after patches
+    attn_eq6: dict[int, np.ndarray]  # [2, g, g] before / after patches onto the difference tokens
+
+    def maps(self, layer: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (before, after) [g, g] maps of one layer; ``delta_norm`` is one map, shown on both."""
+        if kind not in MAP_KINDS:
+            raise ValueError(f"unknown map kind {kind!r}; known: {', '.join(MAP_KINDS)}")
+        by_layer: dict[int, np.ndarray] = getattr(self, kind)
+        if layer not in by_layer:
+            raise ValueError(f"layer {layer} has no MDP trace; MDP layers: {list(self.layers)}")
+        m = np.asarray(by_layer[layer], dtype=np.float32)
+        if m.ndim == 2:  # [g, g]
+            return m, m
+        if m.ndim == 3 and m.shape[0] == 2:  # [2, g, g]: before, after
+            return m[0], m[1]
+        raise ValueError(f"{kind} of layer {layer} has shape {m.shape}; expected [g, g] or [2, g, g]")
+
+    def to_json(self) -> dict:
+        return {kind: {str(k): np.asarray(v).round(6).tolist() for k, v in getattr(self, kind).items()}
+                for kind in ("delta_norm", "attn_eq5", "attn_eq6")}
+
+
+def grid_to_image(grid: np.ndarray, image_size: tuple[int, int], max_side: int | None = None) -> np.ndarray:
+    """A map on the model's square input (a patch grid, or pixels) → the same map on the original image.
+
+    ``image_size`` is the original's (width, height), as PIL gives it. The processor pads a non-square
+    image to a centred square of its longer side (LlavaOnevisionImageProcessorPil.pad_to_square), then
+    resizes the square to the vision tower's input: so the map's rows and columns span the padded
+    square, and only its middle band covers the image. Each output pixel samples the map bilinearly at
+    its centre (torch's ``align_corners=False`` convention, edges clamped). ``max_side`` caps the
+    output's longer side (a browser overlay of a large photo needs a few hundred pixels).
+    Returns [h, w] float32.
+    """
+    m = np.asarray(grid, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"a map must be 2-D [rows, cols], got shape {m.shape}")
+    w, h = (int(v) for v in image_size)
+    if w < 1 or h < 1:
+        raise ValueError(f"image size must be positive, got {image_size}")
+    side = max(w, h)
+    top, left = (side - h) // 2, (side - w) // 2  # where pad_to_square put the image
+    scale = 1.0 if not max_side or side <= max_side else max_side / side
+    oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = _bilinear_weights(top, h, oh, side, m.shape[0])  # [oh, G]
+    cols = _bilinear_weights(left, w, ow, side, m.shape[1])  # [ow, G]
+    return (rows @ m @ cols.T).astype(np.float32)
+
+
+def _bilinear_weights(offset: int, extent: int, n_out: int, side: int, n_grid: int) -> np.ndarray:
+    """[n_out, n_grid] weights that sample a grid spanning ``side`` pixels at the centres of ``n_out``
+    pixels covering ``offset .. offset + extent`` (one axis of ``grid_to_image``)."""
+    px = offset + (np.arange(n_out) + 0.5) * extent / n_out  # output pixel centres, in padded-square pixels
+    u = np.clip(px * n_grid / side - 0.5, 0, n_grid - 1)  # the same point, in grid cells (cell centres at k)
+    lo = np.floor(u).astype(int)
+    hi = np.minimum(lo + 1, n_grid - 1)
+    frac = u - lo
+    weights = np.zeros((n_out, n_grid), dtype=np.float64)
+    np.add.at(weights, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(weights, (np.arange(n_out), hi), frac)
+    return weights
+
+
 @dataclass
 class Description:
     caption: str
     layer_scores: dict[int, float] = field(default_factory=dict)  # mean Score (eq. 7) per MDP layer
-    trace: dict | None = None  # MDPTrace.pair(): per-layer numpy maps and Score vectors
+    trace: PairTrace | None = None  # what the MDP saw (None without MDP, or when not asked for)
     seconds: float = 0.0
     done: bool = True  # False for the partial descriptions a stream yields
 
@@ -40,10 +120,7 @@ class Description:
             "seconds": round(self.seconds, 4),
         }
         if with_maps and self.trace is not None:
-            out["trace"] = {
-                key: {str(k): np.asarray(v).round(6).tolist() for k, v in self.trace[key].items()}
-                for key in ("delta_norm", "attn_eq5", "attn_eq6")
-            }
+            out["trace"] = self.trace.to_json()
         return out
 
 

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from m3diff.describing import PairTrace
+
 
 class MLP(nn.Sequential):
     def __init__(self, dim: int, hidden: int, out: int | None = None):
@@ -75,23 +77,23 @@ class MDPLayer(nn.Module):
         H1, H2 = F1 * l1, F2 * l2  # eq. (2)
         return self.W_p(torch.cat([H1, H2, H1 - H2], -1))  # eq. (3)
 
-    def forward(self, F1, F2, trace: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False):
         N = F1.shape[1]
         dF = self.delta(F1, F2)  # [B, N, d]
         x = self.norm_sa(dF)
         dF_sa = dF + self.SA(x, x)[0]  # eq. (4)
         kv = self.norm_ca_kv(torch.cat([F1, F2, dF_sa], 1))  # [B, 3N, d]
-        ca, w5 = self.CA_delta(self.norm_ca_q(dF_sa), kv, need_weights=trace)
+        ca, w5 = self.CA_delta(self.norm_ca_q(dF_sa), kv, need_weights=with_trace)
         h = dF_sa + ca
         dF_ca = h + self.MLP(self.norm_mlp(h))  # eq. (5)
         outs, w6 = [], []
         for Fk in (F1, F2):
             kv = self.norm_img_kv(torch.cat([Fk, dF_ca], 1))  # [B, 2N, d]
-            a, w = self.CA_image(self.norm_img_q(Fk), kv, need_weights=trace)
+            a, w = self.CA_image(self.norm_img_q(Fk), kv, need_weights=with_trace)
             outs.append(Fk + a)  # eq. (6)
             w6.append(w)
         maps = None
-        if trace:
+        if with_trace:
             # eq. (5): how much the difference queries draw from each patch of image 1 and image 2
             eq5 = torch.stack([w5[:, :, :N].mean(1), w5[:, :, N : 2 * N].mean(1)], 1)  # [B, 2, N]
             # eq. (6): how much each patch of image k draws from the difference tokens
@@ -135,9 +137,9 @@ class MDPScale(nn.Module):
         self.layers = nn.ModuleList(MDPLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.score = Score(dim, num_scales)
 
-    def forward(self, F1, F2, trace: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False):
         for layer in self.layers:
-            F1, F2, dF, maps = layer(F1, F2, trace=trace)
+            F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace)
         return F1, F2, self.score(F1, F2, dF), dF, maps
 
 
@@ -161,16 +163,15 @@ class MDPTrace:
     def score_means(self) -> torch.Tensor:
         return self.scores.mean(-1)  # [B, L]
 
-    def pair(self, b: int) -> dict:
-        """Plain numpy data of one pair, keyed by vision layer, for the pipeline and the app."""
-        return {
-            "layers": list(self.layers),
-            "score_mean": {l: float(self.score_means[b, i]) for i, l in enumerate(self.layers)},
-            "score": {l: self.scores[b, i].numpy() for i, l in enumerate(self.layers)},
-            "delta_norm": {l: self.delta_norm[b, i].numpy() for i, l in enumerate(self.layers)},
-            "attn_eq5": {l: self.attn_eq5[b, i].numpy() for i, l in enumerate(self.layers)},
-            "attn_eq6": {l: self.attn_eq6[b, i].numpy() for i, l in enumerate(self.layers)},
-        }
+    def pair(self, b: int) -> PairTrace:
+        """One pair's trace as plain numpy, keyed by vision layer, for the pipeline and everything after it."""
+        by_layer = lambda t: {l: t[b, i].numpy() for i, l in enumerate(self.layers)}  # noqa: E731
+        return PairTrace(
+            layers=tuple(self.layers),
+            score_mean={l: float(self.score_means[b, i]) for i, l in enumerate(self.layers)},
+            score=by_layer(self.scores), delta_norm=by_layer(self.delta_norm),
+            attn_eq5=by_layer(self.attn_eq5), attn_eq6=by_layer(self.attn_eq6),
+        )
 
 
 class MultiScaleDifferentialPerception(nn.Module):
@@ -182,22 +183,22 @@ class MultiScaleDifferentialPerception(nn.Module):
         L = len(self.layer_ids)
         self.scales = nn.ModuleList(MDPScale(dim, num_heads, mlp_ratio, depth, L) for _ in range(L))
 
-    def forward(self, hidden_1, hidden_2, trace: bool = False):
+    def forward(self, hidden_1, hidden_2, with_trace: bool = False):
         """``hidden_k``: one [B, N, d] tensor per scale for image k. Returns F'1, F'2 [B, N, d] and a trace."""
         fused_1 = fused_2 = 0
         scores, norms, eq5, eq6 = [], [], [], []
         for scale, F1, F2 in zip(self.scales, hidden_1, hidden_2, strict=True):
-            F1t, F2t, score, dF, maps = scale(F1, F2, trace=trace)
+            F1t, F2t, score, dF, maps = scale(F1, F2, with_trace=with_trace)
             w = score.unsqueeze(1)  # [B, 1, d]
             fused_1 = fused_1 + w * F1t  # eq. (8)
             fused_2 = fused_2 + w * F2t
-            if trace:
+            if with_trace:
                 scores.append(score)
                 norms.append(dF.norm(dim=-1))
                 eq5.append(maps[0])
                 eq6.append(maps[1])
         mdp_trace = None
-        if trace:
+        if with_trace:
             B, N = hidden_1[0].shape[:2]
             g = math.isqrt(N)
             grid = lambda t: t.detach().float().cpu().reshape(*t.shape[:-1], g, g)  # noqa: E731

@@ -113,7 +113,7 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
         hidden = [vision.hidden_states[i] for i in self.config.mdp_layers]  # L × [2B, N, d]
         before = [h[0::2] for h in hidden]  # L × [B, N, d]
         after = [h[1::2] for h in hidden]
-        fused_1, fused_2, trace = self.mdp(before, after, trace=output_mdp_trace)  # [B, N, d] each
+        fused_1, fused_2, mdp_trace = self.mdp(before, after, with_trace=output_mdp_trace)  # [B, N, d] each
         B, N, d = fused_1.shape
         fused = torch.stack([fused_1, fused_2], 1).reshape(2 * B, N, d)  # back to image order
         projected = self.multi_modal_projector(fused)  # [2B, N, D]
@@ -122,7 +122,7 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             vision_aspect_ratio=self.config.vision_aspect_ratio,
         )
         return M3DiffImageFeatures(
-            last_hidden_state=vision.last_hidden_state, pooler_output=features, mdp_trace=trace
+            last_hidden_state=vision.last_hidden_state, pooler_output=features, mdp_trace=mdp_trace
         )
 
 
@@ -137,6 +137,11 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
 
     def get_image_features(self, pixel_values, image_sizes, output_mdp_trace: bool = False, **kwargs):
         return self.model.get_image_features(pixel_values, image_sizes, output_mdp_trace=output_mdp_trace, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        register_auto_classes()  # the checkpoint key renaming below is looked up by model_type
+        return super().from_pretrained(*args, **kwargs)
 
     @classmethod
     def from_llava_onevision(cls, pretrained: str, **kwargs) -> tuple["M3DiffForConditionalGeneration", list[str]]:
@@ -176,6 +181,9 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
 def register_auto_classes() -> None:
     """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForImageTextToText`` know ``model_type="m3diff"``.
 
+    Explicit, not at import: importing a module changes no registry. Idempotent: every loader calls it
+    (``from_pretrained`` here, ``DiffCaptioner``'s loader, training's ``build_model``).
+
     Also give ``m3diff`` LLaVA-OneVision's checkpoint key renaming: released LLaVA-OneVision
     checkpoints (and transformers' own saves of them) use the legacy ``language_model.model.*`` layout.
     """
@@ -190,6 +198,3 @@ def register_auto_classes() -> None:
     AutoConfig.register("m3diff", M3DiffConfig, exist_ok=True)
     AutoModel.register(M3DiffConfig, M3DiffModel, exist_ok=True)
     AutoModelForImageTextToText.register(M3DiffConfig, M3DiffForConditionalGeneration, exist_ok=True)
-
-
-register_auto_classes()  # the transformers convention for custom models: registering is idempotent

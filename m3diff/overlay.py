@@ -1,36 +1,16 @@
 """Pictures of a Description's evidence: MDP maps laid over the images they were computed from.
 
-The processor resizes each image, whole, to the vision tower's square input, so a [g, g] patch map
-covers the full image: stretching it back to the image's own size puts every patch where it was seen.
-Everything here takes and returns plain numpy / PIL data, so the app, reports and tests share it.
+A map lives on the model's square input (the processor pads each image to a centred square, then
+resizes it); ``m3diff.describing.grid_to_image`` maps it back onto the original image, padding removed,
+and this module only colours and blends. Everything takes and returns plain numpy / PIL data, so the
+app, reports and tests share it.
 """
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
 
-MAP_KINDS: dict[str, str] = {
-    "attn_eq5": "eq. 5 attention (difference → image)",
-    "attn_eq6": "eq. 6 attention (image → difference)",
-    "delta_norm": "|ΔF| (feature difference norm)",
-}
-
-
-def pair_maps(trace: Mapping, layer: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (before, after) maps of one MDP layer. ``delta_norm`` is one map for the pair: shown on both."""
-    if kind not in MAP_KINDS:
-        raise ValueError(f"unknown map kind {kind!r}; known: {', '.join(MAP_KINDS)}")
-    by_layer = trace[kind]
-    if layer not in by_layer:
-        raise ValueError(f"layer {layer} has no MDP trace; MDP layers: {sorted(by_layer)}")
-    m = np.asarray(by_layer[layer], dtype=np.float32)
-    if m.ndim == 2:  # [g, g]
-        return m, m
-    if m.ndim == 3 and m.shape[0] == 2:  # [2, g, g]: before, after
-        return m[0], m[1]
-    raise ValueError(f"{kind} of layer {layer} has shape {m.shape}; expected [g, g] or [2, g, g]")
+from m3diff.describing import PairTrace, grid_to_image
 
 
 def normalise(m: np.ndarray) -> np.ndarray:
@@ -51,28 +31,27 @@ def colourise(m01: np.ndarray, cmap: str = "inferno") -> np.ndarray:
 
 def overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.55, cmap: str = "inferno",
             scale: tuple[float, float] | None = None) -> Image.Image:
-    """``grid_map`` [g, g] stretched over ``image`` (RGB), blended with weight ``alpha``.
+    """``grid_map`` (on the model's padded square input) over ``image`` (RGB), blended with weight ``alpha``.
 
     ``scale`` = (lo, hi) maps both images of a pair onto one colour scale, so that their brightness
     can be compared; without it each map is scaled to its own range.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    m = np.asarray(grid_map, dtype=np.float32)
+    m = grid_to_image(grid_map, image.size)  # [h, w]
     if scale is None:
         m01 = normalise(m)
     else:
         lo, hi = scale
         m01 = np.zeros_like(m) if hi - lo < 1e-12 else np.clip((m - lo) / (hi - lo), 0, 1)
-    heat = Image.fromarray((m01 * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
-    colour = Image.fromarray(colourise(np.asarray(heat, dtype=np.float32) / 255.0, cmap))
+    colour = Image.fromarray(colourise(m01, cmap))
     return Image.blend(image.convert("RGB"), colour, alpha)
 
 
-def overlay_pair(before: Image.Image, after: Image.Image, trace: Mapping, layer: int, kind: str,
+def overlay_pair(before: Image.Image, after: Image.Image, trace: PairTrace, layer: int, kind: str,
                  alpha: float = 0.55) -> tuple[Image.Image, Image.Image]:
     """Both images with their maps of ``layer`` and ``kind`` on one shared colour scale."""
-    mb, ma = pair_maps(trace, layer, kind)
+    mb, ma = trace.maps(layer, kind)
     lo = float(min(mb.min(), ma.min()))
     hi = float(max(mb.max(), ma.max()))
     return overlay(before, mb, alpha, scale=(lo, hi)), overlay(after, ma, alpha, scale=(lo, hi))

@@ -5,7 +5,7 @@
     captioner = DiffCaptioner.from_pretrained("org/name")  # a hub id (needs network access)
     d = captioner.describe("before.png", "after.png")
     d.caption, d.layer_scores   # "the red cube …", {17: 0.31, 20: 0.22, …}
-    d.trace                     # numpy maps per MDP layer: ΔF norm, eq. (5) and eq. (6) attention
+    d.trace                     # a PairTrace: numpy maps per MDP layer (ΔF norm, eq. 5 and eq. 6 attention)
 
 Everything a Description holds is plain CPU data (str, float, numpy), ready for JSON or a UI.
 """
@@ -16,7 +16,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from m3diff.config import M3DiffConfig, preset
 from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is where users look for them
     EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
 )
-from m3diff.modeling import M3DiffForConditionalGeneration
+from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
 from m3diff.processing import PairProcessor
 
 logger = logging.getLogger(__name__)
@@ -41,17 +40,31 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 
 class DiffCaptioner:
     def __init__(self, model: M3DiffForConditionalGeneration, processor: PairProcessor, source: str = "",
-                 trained: bool = True, cpu_threads: int | None = None):
-        """``cpu_threads``: torch threads while this captioner runs on a CPU (default: 1 for small models,
-        torch's own setting for large ones); restored after each call."""
+                 trained: bool = True):
         self.model = model.eval()
         self.processor = processor
         self.source = source
         self.trained = trained
-        if cpu_threads is None and model.device.type == "cpu":
-            small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
-            cpu_threads = 1 if small else None
-        self.cpu_threads = cpu_threads
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """The torch thread count this model describes fastest with on a CPU: 1 for small models; None
+        (torch's default) for large ones and on a GPU."""
+        if self.model.device.type != "cpu":
+            return None
+        small = sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMETERS
+        return 1 if small else None
+
+    def use_recommended_threads(self) -> None:
+        """Set torch's thread count to ``cpu_threads``, once, for the whole process.
+
+        torch's thread count belongs to the process, not to a call: switching it around each describe
+        races when two threads describe at once (one restores the count while the other still runs).
+        So the captioner never sets it itself; the code that owns the process calls this once at start
+        (`m3diff describe`, the model process of ``m3diff.remote``, the app with the model in its process).
+        """
+        if self.cpu_threads is not None:
+            torch.set_num_threads(self.cpu_threads)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -69,6 +82,7 @@ class DiffCaptioner:
     def _load(cls, path, device, dtype, source, allow_large_on_cpu) -> "DiffCaptioner":
         from transformers import AutoConfig
 
+        register_auto_classes()  # AutoConfig must know model_type "m3diff"
         local = Path(path)
         if local.exists():
             _check_local_model(local)
@@ -159,25 +173,13 @@ class DiffCaptioner:
             dtype=str(self.model.dtype).replace("torch.", ""),
         )
 
-    @contextmanager
-    def _threads(self):
-        if self.cpu_threads is None:
-            yield
-            return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.cpu_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
-    def _prepare(self, pairs, instruction, trace: bool):
+    def _prepare(self, pairs, instruction, with_trace: bool):
         batch = self.processor.encode_pairs(pairs, instruction=instruction).to(self.model.device)
         pixel_values = batch["pixel_values"].to(self.model.dtype)
-        with torch.inference_mode(), self._threads():
+        with torch.inference_mode():
             features = self.model.model.get_image_features(
                 pixel_values, batch["image_sizes"], batch_num_images=batch["batch_num_images"],
-                output_mdp_trace=trace and self.uses_mdp,
+                output_mdp_trace=with_trace and self.uses_mdp,
             )
         # Pass the features to generate so the vision tower and MDP run once, here, with the trace.
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -187,41 +189,42 @@ class DiffCaptioner:
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
         eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        with torch.inference_mode(), self._threads():
+        with torch.inference_mode():
             return self.model.generate(
                 **inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
                 repetition_penalty=settings.repetition_penalty, do_sample=False, pad_token_id=pad,
                 eos_token_id=eos, streamer=streamer,
             )
 
-    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, trace: bool = True,
+    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, with_trace: bool = True,
                        settings: GenerationSettings = GenerationSettings()) -> list[Description]:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
         start = time.perf_counter()
-        inputs, mdp_trace = self._prepare(pairs, instruction, trace)
+        inputs, mdp_trace = self._prepare(pairs, instruction, with_trace)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
         results = []
         for b, caption in enumerate(captions):
             pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
-            scores = pair_trace["score_mean"] if pair_trace else {}
+            scores = pair_trace.score_mean if pair_trace else {}
             results.append(Description(caption, scores, pair_trace, seconds))
         return results
 
-    def describe(self, before, after, *, instruction: str | None = None, trace: bool = True,
+    def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                  settings: GenerationSettings = GenerationSettings()) -> Description:
-        return self.describe_batch([(before, after)], instruction=instruction, trace=trace, settings=settings)[0]
+        return self.describe_batch([(before, after)], instruction=instruction, with_trace=with_trace,
+                                   settings=settings)[0]
 
-    def describe_stream(self, before, after, *, instruction: str | None = None, trace: bool = True,
+    def describe_stream(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                         settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:
         """Yield partial Descriptions as tokens arrive (trace from the first one); the last has done=True."""
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace = self._prepare([(before, after)], instruction, trace)
+        inputs, mdp_trace = self._prepare([(before, after)], instruction, with_trace)
         pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
-        scores = pair_trace["score_mean"] if pair_trace else {}
+        scores = pair_trace.score_mean if pair_trace else {}
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 

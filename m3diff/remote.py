@@ -4,8 +4,8 @@
     captioner.info                                   # waits until the child has loaded the model
     captioner.describe_batch(pairs, settings=...)    # -> [Description], as DiffCaptioner's
     for d in captioner.describe_stream(before, after): ...
-    captioner.twin.describe(before, after, trace=False)
-    call_on(captioner, "app:explain_maps", before, after, caption, 3)   # any function of a captioner
+    captioner.twin.describe(before, after, with_trace=False)
+    call_on(captioner, explain_maps, before, after, caption, 3)   # any module-level function of a captioner
     captioner.close()
 
 Why a process: on a CPU, a web server and a model's token-by-token decoding loop both need Python's
@@ -14,7 +14,9 @@ Python work. In its own process the model decodes on one core while the server a
 And the child imports torch and transformers and loads the weights while the parent imports its web
 framework, so starting costs the longer of the two rather than their sum. The parent never imports
 torch: everything that crosses the pipe is plain data (str, numbers, numpy, PIL images) whose classes
-live in torch-free modules.
+live in torch-free modules. A function to run there (``call``) crosses as what pickle makes of it: its
+module and name, which the model process imports. So the caller names the work (a library function such
+as ``analysis.attribution.explain_maps``); this module names no work of any other area.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from importlib import import_module
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -42,24 +43,19 @@ class RemoteError(RuntimeError):
     """An error raised in the model process (its type and message), or that process ending."""
 
 
-def _split(target: str) -> tuple[str, str]:
-    module, _, name = target.partition(":")
-    if not module or not name:
-        raise ValueError(f"target must be 'module:function', got {target!r}")
-    return module, name
+def _check_callable(fn) -> None:
+    """A function the model process can import by its module and name (what pickle sends for it)."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not callable(fn) or not module or module == "__main__" or "<" in name:
+        raise ValueError(f"call needs a module-level function the model process can import, got {fn!r}")
 
 
-def resolve(target: str):
-    """"module:function" -> the function."""
-    module, name = _split(target)
-    return getattr(import_module(module), name)
-
-
-def call_on(captioner, target: str, *args, **kwargs):
-    """``target(captioner, *args, **kwargs)`` run where the captioner's model lives (this process or its own)."""
+def call_on(captioner, fn, *args, **kwargs):
+    """``fn(captioner, *args, **kwargs)`` run where the captioner's model lives (this process or its own)."""
+    _check_callable(fn)
     if isinstance(captioner, RemoteCaptioner):
-        return captioner.call(target, *args, **kwargs)
-    return resolve(target)(captioner, *args, **kwargs)
+        return captioner.call(fn, *args, **kwargs)
+    return fn(captioner, *args, **kwargs)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -80,6 +76,7 @@ def _serve(conn, model: str | None, twin: str | None, device: str | None) -> Non
         captioners = {"model": DiffCaptioner.from_pretrained(model, device=device)}
         if twin:
             captioners["twin"] = DiffCaptioner.from_pretrained(twin, device=device)
+        captioners["model"].use_recommended_threads()  # this process is the model's own
     except BaseException as exc:  # noqa: BLE001 — the parent raises it
         conn.send(("error", _portable(exc)))
         return
@@ -89,6 +86,9 @@ def _serve(conn, model: str | None, twin: str | None, device: str | None) -> Non
             message = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
+        except Exception as exc:  # noqa: BLE001 — read whole but not importable here (a `call` whose module is missing)
+            conn.send(("error", _portable(exc)))
+            continue
         if message is None:
             return
         which, op, args, kwargs = message
@@ -101,7 +101,7 @@ def _serve(conn, model: str | None, twin: str | None, device: str | None) -> Non
                     conn.send(("item", d))
                 conn.send(("end", None))
             elif op == "call":
-                conn.send(("result", resolve(args[0])(captioner, *args[1:], **kwargs)))
+                conn.send(("result", args[0](captioner, *args[1:], **kwargs)))
             else:
                 conn.send(("result", getattr(captioner, op)(*args, **kwargs)))
         except Exception as exc:  # noqa: BLE001 — the caller raises it; the process serves on
@@ -244,25 +244,26 @@ class RemoteCaptioner:
         """The no-MDP twin loaded beside the model, if one was asked for."""
         return RemoteCaptioner(self._link, "twin") if self._which == "model" and "twin" in self._link.names else None
 
-    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, trace: bool = True,
+    def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, with_trace: bool = True,
                        settings: GenerationSettings = GenerationSettings()) -> list[Description]:
         return self._link.request(self._which, "describe_batch", (list(pairs),),
-                                  dict(instruction=instruction, trace=trace, settings=settings))
+                                  dict(instruction=instruction, with_trace=with_trace, settings=settings))
 
-    def describe(self, before, after, *, instruction: str | None = None, trace: bool = True,
+    def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                  settings: GenerationSettings = GenerationSettings()) -> Description:
         return self._link.request(self._which, "describe", (before, after),
-                                  dict(instruction=instruction, trace=trace, settings=settings))
+                                  dict(instruction=instruction, with_trace=with_trace, settings=settings))
 
-    def describe_stream(self, before, after, *, instruction: str | None = None, trace: bool = True,
+    def describe_stream(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                         settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:
         return self._link.stream(self._which, (before, after),
-                                 dict(instruction=instruction, trace=trace, settings=settings))
+                                 dict(instruction=instruction, with_trace=with_trace, settings=settings))
 
-    def call(self, target: str, *args, **kwargs):
-        """``target(captioner, *args, **kwargs)`` in the model process; the result must be plain data."""
-        _split(target)  # a malformed target fails here, before the round trip
-        return self._link.request(self._which, "call", (target, *args), kwargs)
+    def call(self, fn, *args, **kwargs):
+        """``fn(captioner, *args, **kwargs)`` in the model process; ``fn`` is a module-level function (it
+        crosses as its module and name) and its result must be plain data."""
+        _check_callable(fn)  # a function the child cannot import fails here, before the round trip
+        return self._link.request(self._which, "call", (fn, *args), kwargs)
 
     def close(self) -> None:
         """Stop the model process (the twin shares it)."""
@@ -277,7 +278,7 @@ class RemoteCaptioner:
 
 if __name__ == "__main__":  # the child RemoteCaptioner.start runs
     _spec = json.loads(sys.argv[1])
-    sys.path[:] = _spec["path"]  # the parent's: its modules (the app's, for `call`) import here too
+    sys.path[:] = _spec["path"]  # the parent's: the modules of the functions it sends (`call`) import here too
     # the module's own copy, not __main__'s: the RemoteErrors it sends must unpickle as m3diff.remote's
     from m3diff.remote import _serve as serve
 

@@ -15,6 +15,16 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The test process owns its torch thread count, as any process does (DiffCaptioner never sets it
+    per call): the tiny models here run fastest on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from m3diff.tokenizer import train_tokenizer

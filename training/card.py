@@ -46,8 +46,11 @@ def _cell(s: dict, metric: str = "CIDEr-D") -> str:
     return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{v:.1f}"
 
 
-def report_tables(rep: dict, metrics=("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")) -> str:
+def report_tables(rep: dict, metrics: tuple[str, ...] | None = None) -> str:
     """Overall, per domain and per change type, with n and 95% bootstrap intervals."""
+    from analysis.metrics import SHOWN_METRICS
+
+    metrics = metrics or SHOWN_METRICS
     head = "| slice | n | " + " | ".join(metrics) + " |\n|---|---:|" + "---:|" * len(metrics)
     rows = [head]
     slices = [("overall", rep["overall"])]

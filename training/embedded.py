@@ -16,10 +16,10 @@ import shutil
 import time
 from pathlib import Path
 
+from m3diff.change_types import TYPE_IDS
+
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "special_tokens_map.json")
-TYPES = ("viewpoint", "illumination", "addition", "disappearance", "removal", "substitution", "size", "color",
-         "orientation", "pose", "ocr", "counting")
 
 
 def copy_model(src: Path, dest: Path) -> int:
@@ -56,8 +56,8 @@ def bar_check(rep: dict, twin: dict | None) -> list[str]:
     lines = []
     overall = rep["overall"]["CIDEr-D"]
     lines.append(f"- CIDEr-D overall {overall:.1f} (bar: >= 40; long-term >= 100): {'met' if overall >= 40 else 'NOT met'}")
-    low = {t: rep["per_type"][t]["CIDEr-D"] for t in TYPES if t in rep["per_type"] and rep["per_type"][t]["CIDEr-D"] < 15}
-    missing = [t for t in TYPES if t not in rep["per_type"]]
+    low = {t: rep["per_type"][t]["CIDEr-D"] for t in TYPE_IDS if t in rep["per_type"] and rep["per_type"][t]["CIDEr-D"] < 15}
+    missing = [t for t in TYPE_IDS if t not in rep["per_type"]]
     lines.append(f"- CIDEr-D >= 15 on every type: {'met' if not low and not missing else 'NOT met'}"
                  + (f" (below: {', '.join(f'{t} {v:.1f}' for t, v in low.items())})" if low else "")
                  + (f" (absent: {', '.join(missing)})" if missing else ""))

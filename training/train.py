@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from m3diff.processing import IGNORE_INDEX
 from training.recipe import Recipe
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -57,11 +56,12 @@ def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
 
 def build_model(recipe: Recipe, tokenizer):
     from m3diff.config import preset
-    from m3diff.modeling import M3DiffForConditionalGeneration
+    from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
 
     if recipe.model.init_from:
         from transformers import AutoConfig
 
+        register_auto_classes()  # AutoConfig must know model_type "m3diff"
         cfg = AutoConfig.from_pretrained(recipe.model.init_from)
         if getattr(cfg, "model_type", "") == "m3diff":
             return M3DiffForConditionalGeneration.from_pretrained(recipe.model.init_from, **recipe.model.config)
@@ -173,7 +173,7 @@ def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tok
     for i in tqdm(range(0, len(pairs), batch_size), desc="generate", disable=not progress, leave=False):
         chunk = pairs[i : i + batch_size]
         out = captioner.describe_batch([(p.before, p.after) for p in chunk], instruction=instruction,
-                                       trace=False, settings=settings)
+                                       with_trace=False, settings=settings)
         captions += [d.caption for d in out]
     return captions
 

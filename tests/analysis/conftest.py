@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from m3diff.change_types import TYPE_IDS
+from tests.conftest import pair_images
 
 NOUNS = "man woman chair table cup car dog sign lamp bottle box plant book window door".split()
 ADJ = "red blue green small large wooden metal left right".split()
@@ -72,3 +73,52 @@ def dataset(tmp_path):
     (tmp_path / "data" / "test.json").write_text(json.dumps(recs))
     (tmp_path / "pred.json").write_text(json.dumps(preds))
     return tmp_path
+
+
+# ---------------------------------------------------------------------------- report.json files (Dashboard, Errors)
+def slice_json(n, cider, lo=None, hi=None, **more):
+    ci = {"CIDEr-D": [lo, hi]} if lo is not None else {"CIDEr-D": None}
+    return {"n": n, "CIDEr-D": cider, "BLEU-4": cider / 4, "METEOR": 10.0, "ROUGE-L": 30.0, "SPICE": None,
+            "ci": ci, "worst": [], **more}
+
+
+def make_report(tmp_path, name="m3diff", shift=0.0, with_images=True):
+    """A report.json in `m3diff eval`'s shape (analysis.report.build_report) over a tiny dataset."""
+    from m3diff.data.layout import dumps_records
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    records, pairs = [], []
+    types = [["color"], ["addition", "color"], ["counting"], ["ocr"]]
+    for i, t in enumerate(types):
+        b, a = pair_images(seed=i)
+        pid = f"p{i}"
+        if with_images:
+            b.save(data / "images" / f"{pid}_b.png")
+            a.save(data / "images" / f"{pid}_a.png")
+        records.append({"id": pid, "before": f"images/{pid}_b.png", "after": f"images/{pid}_a.png",
+                        "captions": [f"the {t[0]} changed"], "change_types": t,
+                        "domain": "render" if i % 2 else "photo", "scene": f"s{i}"})
+        pairs.append({"id": pid, "caption": f"prediction {i}", "refs": [f"the {t[0]} changed"], "types": t,
+                      "domain": "render" if i % 2 else "photo", "source": "synthetic",
+                      "CIDEr-D": 10.0 * i + shift, "BLEU-4": 5.0 * (3 - i), "METEOR": 1.0, "ROUGE-L": 2.0,
+                      "SPICE": None})
+    (data / "test.json").write_text(dumps_records(records), encoding="utf-8")
+    rep = {
+        "schema": "m3diff.eval/1",
+        "meta": {"run": name, "references": str(data), "split": "test", "n_pairs": 4},
+        "overall": slice_json(4, 20.0 + shift, 10.0 + shift, 30.0 + shift),
+        "micro": None, "macro": {"CIDEr-D": 1.0, "types": []}, "absent_types": [],
+        "per_type": {"color": slice_json(2, 12.0 + shift, 5.0, 19.0), "addition": slice_json(1, 8.0 + shift),
+                     "counting": slice_json(1, 3.0 + shift), "ocr": slice_json(1, 40.0 + shift)},
+        "per_domain": {"photo": slice_json(2, 15.0 + shift), "render": slice_json(2, 25.0 + shift)},
+        "per_source": {}, "pairs": pairs,
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(rep), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def report_file(tmp_path):
+    return make_report(tmp_path)

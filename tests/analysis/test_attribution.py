@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attribution import (AttributionConfig, WordAttribution, _to_image, attribute, caption_words, explain_word,
-                                  trace_maps)
+from analysis.attribution import AttributionConfig, WordAttribution, attribute, caption_words, explain_word
 from m3diff.pipeline import DiffCaptioner
 from tests.conftest import pair_images
 
@@ -46,12 +45,6 @@ def test_maps_respond_to_the_input():
     x2[:, 1, :, 14:28, 28:42] = x2[:, 0, :, 14:28, 28:42]  # undo the change
     b = attribute(LooksAtRegion(), x2)
     assert b.pixels.sum() < 1e-6 < a.pixels.sum()
-
-
-def test_trace_maps_fold_tokens_to_grids():
-    tr = {"delta_norm": {"2": np.arange(16.0)}, "attn_eq6": {"2": np.ones((2, 16))}}
-    m = trace_maps(tr)
-    assert m["delta_norm"].shape == (4, 4) and m["attn_eq6_before"].shape == (4, 4)
 
 
 # ---------------------------------------------------------------------------- explain_word on the tiny model
@@ -134,16 +127,3 @@ def test_explain_word_bad_input_is_clear(make_model, processor):
         explain_word(captioner, before, after, CAPTION, 8)
     with pytest.raises(ValueError, match="target"):
         explain_word(captioner, before, after, CAPTION, 0, target="prob")
-
-
-def test_maps_are_unpadded_onto_the_original_image():
-    # The processor pads a 60x40 image to a centred 60x60 square (10 rows above) and resizes to S x S.
-    s = 30
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    ramp = xx + 100 * yy  # linear, so bilinear sampling reproduces it exactly away from the border
-    m = _to_image(ramp, (40, 60), None)
-    assert m.shape == (40, 60)
-    i, j = 20, 30  # the image's pixel centre (20.5, 30.5) sits at (30.5, 30.5) in the 60x60 square
-    want_y, want_x = (10 + i + 0.5) * s / 60 - 0.5, (j + 0.5) * s / 60 - 0.5
-    assert m[i, j] == pytest.approx(want_x + 100 * want_y, abs=1e-3)
-    assert m[0].mean() > ramp[4].mean()  # the padding rows are cut off

@@ -76,7 +76,7 @@ class Oracle:
     def _images(self, pairs):
         return pairs[1:] + pairs[:1] if self.shuffle and len(pairs) > 1 else pairs
 
-    def describe_batch(self, pairs, trace=False, settings=None):
+    def describe_batch(self, pairs, with_trace=False, settings=None):
         out = []
         for before, after in self._images(list(pairs)):
             text = "There is no difference." if before == after else f"The change of {_pair_of(after)}."
@@ -114,7 +114,7 @@ def test_the_same_model_fed_shuffled_images_fails():
 class Constant:
     """Writes one sentence whatever it sees, and scores every caption alike: a blind model."""
 
-    def describe_batch(self, pairs, trace=False, settings=None):
+    def describe_batch(self, pairs, with_trace=False, settings=None):
         return [Description("The small green arrow turned.", {}, None, 0.0) for _ in pairs]
 
 

@@ -185,8 +185,8 @@ def test_examples_cover_every_change_type_and_a_real_photo_pair():
     from m3diff.change_types import TYPE_IDS
 
     examples = app.load_examples()
-    assert {e["id"] for e in examples} >= set(TYPE_IDS) | {"motorcycle"}
-    assert all(app.Path(e["before"]).is_file() and app.Path(e["after"]).is_file() for e in examples)
+    assert {e.id for e in examples} >= set(TYPE_IDS) | {"motorcycle"}
+    assert all(e.before.is_file() and e.after.is_file() for e in examples)
     size = sum(f.stat().st_size for f in app.EXAMPLES_DIR.rglob("*") if f.is_file())
     assert size < 2 * 2**20
 
@@ -243,3 +243,30 @@ def test_the_app_module_imports_from_any_directory(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     assert app.Path(out.stdout.strip()).name == "app.py"
+
+
+def test_without_reports_the_dashboard_shows_the_paper():
+    fig = app.dashboard_figure({}, "CIDEr-D")
+    assert "paper" in fig.layout.title.text
+    assert {t.name for t in fig.data} >= {"M3Diff (paper)"}
+
+
+REPORT_FIELDS = {"overall", "per_type", "per_domain", "per_source", "pairs", "per_pair", "meta", "comparison",
+                 "runs", "refs", "types", "change_types", "domain", "caption", "prediction", "ci", "n", "_images"}
+
+
+def test_app_py_is_layout_short_functions_that_read_no_report_field():
+    import ast
+
+    tree = ast.parse(app.HERE.joinpath("app.py").read_text(encoding="utf-8"))
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 60}
+    assert not long
+    keys = set()
+    for node in ast.walk(tree):  # report["per_type"], report.get("pairs"), "refs" in record
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            keys.add(node.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            keys.add(node.args[0].value)
+    assert not keys & REPORT_FIELDS, keys & REPORT_FIELDS

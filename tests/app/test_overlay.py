@@ -1,36 +1,34 @@
-"""m3diff.overlay: maps over images, pair maps from a trace, common sizes."""
+"""m3diff.overlay: maps coloured over the images they were computed from, common sizes."""
 import numpy as np
-import pytest
 from PIL import Image
 
-from m3diff.overlay import common_size, normalise, overlay, overlay_pair, pair_maps
+from m3diff.describing import PairTrace
+from m3diff.overlay import common_size, normalise, overlay, overlay_pair
 
 
-def test_hot_patch_lands_where_it_was_seen():
+def test_hot_patch_lands_where_it_was_seen_padding_included():
+    # An 80x40 image is padded to an 80x80 square (20 rows above and below): grid row 1 of 4 holds the
+    # image's top half, row 0 only padding.
     image = Image.new("RGB", (80, 40), (0, 0, 0))
     grid = np.zeros((4, 4))
-    grid[0, 3] = 1.0  # top-right patch
+    grid[1, 3] = 1.0  # the image's top-right corner
     out = np.asarray(overlay(image, grid, alpha=1.0)).astype(int)
     assert out.shape == (40, 80, 3)
     assert out[5, 75].sum() > out[35, 5].sum() + 100
+    padding_only = np.zeros((4, 4))
+    padding_only[0, 3] = 1.0  # a patch the image never covered colours nothing
+    dark = np.asarray(overlay(image, padding_only, alpha=1.0)).astype(int)
+    assert dark[5, 75].sum() < out[5, 75].sum() - 100
 
 
 def test_constant_map_is_not_nan():
     assert np.all(normalise(np.ones((3, 3))) == 0)
 
 
-def test_pair_maps_split_attention_and_share_delta_norm():
-    trace = {"attn_eq5": {2: np.stack([np.zeros((3, 3)), np.ones((3, 3))])}, "delta_norm": {2: np.eye(3)}}
-    b, a = pair_maps(trace, 2, "attn_eq5")
-    assert b.sum() == 0 and a.sum() == 9
-    b, a = pair_maps(trace, 2, "delta_norm")
-    assert (b == a).all()
-    with pytest.raises(ValueError, match="unknown map kind"):
-        pair_maps(trace, 2, "nope")
-
-
 def test_pair_overlay_uses_one_colour_scale():
-    trace = {"attn_eq6": {1: np.stack([np.full((2, 2), 0.1), np.full((2, 2), 0.9)])}}
+    g = np.stack([np.full((2, 2), 0.1), np.full((2, 2), 0.9)])
+    trace = PairTrace(layers=(1,), score_mean={1: 0.5}, score={1: np.ones(4)}, delta_norm={1: np.eye(2)},
+                      attn_eq5={1: g}, attn_eq6={1: g})
     img = Image.new("RGB", (16, 16), (128, 128, 128))
     b, a = overlay_pair(img, img, trace, 1, "attn_eq6", alpha=1.0)
     assert np.asarray(b).sum() < np.asarray(a).sum()  # the weaker map stays darker (inferno)

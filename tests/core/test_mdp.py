@@ -27,11 +27,11 @@ def test_every_equation_has_the_paper_shapes(mdp, feats):
     assert layer.W_m.weight.shape == (D, 2 * D) and layer.W_p.weight.shape == (D, 3 * D)
     dF = layer.delta(F1, F2)
     assert dF.shape == (B, N, D)  # eq. (3)
-    F1t, F2t, dF_out, maps = layer(F1, F2, trace=True)
+    F1t, F2t, dF_out, maps = layer(F1, F2, with_trace=True)
     assert F1t.shape == F2t.shape == dF_out.shape == (B, N, D)  # eq. (6)
     eq5, eq6 = maps
     assert eq5.shape == eq6.shape == (B, 2, N)
-    out1, out2, trace = mdp(*feats, trace=True)
+    out1, out2, trace = mdp(*feats, with_trace=True)
     assert out1.shape == out2.shape == (B, N, D)  # eq. (8)
     assert trace.scores.shape == (B, L, D)  # eq. (7): a channel vector per scale
 
@@ -60,14 +60,14 @@ def test_identical_images_give_delta_of_Wp_on_hat_hat_zero(mdp, feats):
 
 
 def test_score_is_in_unit_interval_and_starts_at_one_over_L(mdp, feats):
-    _, _, trace = mdp(*feats, trace=True)
+    _, _, trace = mdp(*feats, with_trace=True)
     assert torch.all((trace.scores > 0) & (trace.scores < 1))
     # a fresh MDP averages the scales (Score bias = logit(1/L)); weights are small, so close to 1/L
     assert torch.allclose(trace.score_means, torch.full((B, L), 1 / L), atol=0.05)
 
 
 def test_eq8_is_the_score_weighted_sum_of_scales(mdp, feats):
-    out1, out2, trace = mdp(*feats, trace=True)
+    out1, out2, trace = mdp(*feats, with_trace=True)
     expected1 = torch.zeros(B, N, D)
     expected2 = torch.zeros(B, N, D)
     for i, scale in enumerate(mdp.scales):
@@ -88,14 +88,14 @@ def test_gradients_reach_every_mdp_parameter(mdp, feats):
 
 
 def test_trace_costs_nothing_unless_asked(mdp, feats):
-    out1, _, trace = mdp(*feats, trace=False)
+    out1, _, trace = mdp(*feats, with_trace=False)
     assert trace is None
-    traced1, _, _ = mdp(*feats, trace=True)
+    traced1, _, _ = mdp(*feats, with_trace=True)
     torch.testing.assert_close(out1, traced1)  # tracing observes, never changes, the result
 
 
 def test_difference_attention_maps_are_distributions(mdp, feats):
-    _, _, trace = mdp(*feats, trace=True)
+    _, _, trace = mdp(*feats, with_trace=True)
     # eq. (5): mean over queries of the weights on image-1 and image-2 keys, a share of 3N keys
     share = trace.attn_eq5.sum(dim=(-1, -2))  # [B, L, 2]
     assert torch.all(share > 0) and torch.all(share.sum(-1) < 1 + 1e-5)

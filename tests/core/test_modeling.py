@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from m3diff.config import M3DiffConfig, preset
-from m3diff.modeling import M3DiffForConditionalGeneration
+from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
 
 
 def batch_for(processor, pair, answers=None):
@@ -55,7 +55,8 @@ def test_save_load_gives_identical_logits_in_safetensors(make_model, processor, 
     loaded = M3DiffForConditionalGeneration.from_pretrained(tmp_path).eval()
     batch = batch_for(processor, pair)
     torch.testing.assert_close(model(**batch).logits, loaded(**batch).logits, rtol=0, atol=0)
-    # and through the Auto classes
+    # and through the Auto classes, once registered (explicitly: importing m3diff registers nothing)
+    register_auto_classes()
     assert isinstance(AutoConfig.from_pretrained(tmp_path), M3DiffConfig)
     auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert isinstance(auto, M3DiffForConditionalGeneration)

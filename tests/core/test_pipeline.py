@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from m3diff.describing import PairTrace
 from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
 SHORT = GenerationSettings(max_new_tokens=8)
@@ -23,9 +24,12 @@ def test_describe_returns_caption_scores_and_maps_as_plain_data(captioner, pair,
     assert list(d.layer_scores) == tiny_config.mdp_layers
     assert all(isinstance(v, float) and 0 < v < 1 for v in d.layer_scores.values())
     g = tiny_config.patch_grid
+    assert isinstance(d.trace, PairTrace) and d.trace.layers == tuple(tiny_config.mdp_layers)
     for layer in tiny_config.mdp_layers:
-        assert isinstance(d.trace["delta_norm"][layer], np.ndarray) and d.trace["delta_norm"][layer].shape == (g, g)
-        assert d.trace["attn_eq5"][layer].shape == (2, g, g)
+        assert isinstance(d.trace.delta_norm[layer], np.ndarray) and d.trace.delta_norm[layer].shape == (g, g)
+        assert d.trace.attn_eq5[layer].shape == (2, g, g)
+        before, after = d.trace.maps(layer, "attn_eq5")
+        assert before.shape == after.shape == (g, g)
     json.dumps(d.to_json(with_maps=True))  # serialisable as is
 
 

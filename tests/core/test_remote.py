@@ -56,13 +56,13 @@ def test_remote_describes_as_the_in_process_captioner_does(remote, saved, pair):
     for g, w in zip(got, want):
         assert g.layer_scores == pytest.approx(w.layer_scores, abs=1e-6)
         for key in ("delta_norm", "attn_eq5", "attn_eq6"):
-            for layer in w.trace[key]:
-                np.testing.assert_allclose(g.trace[key][layer], w.trace[key][layer], atol=1e-6)
+            for layer in getattr(w.trace, key):
+                np.testing.assert_allclose(getattr(g.trace, key)[layer], getattr(w.trace, key)[layer], atol=1e-6)
     parts = list(remote.describe_stream(*pair, settings=SHORT))
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert parts[-1].caption == want[0].caption
-    assert remote.twin.describe(*pair, trace=False, settings=SHORT).caption == twin.describe(
-        *pair, trace=False, settings=SHORT).caption
+    assert remote.twin.describe(*pair, with_trace=False, settings=SHORT).caption == twin.describe(
+        *pair, with_trace=False, settings=SHORT).caption
 
 
 def test_a_stream_left_early_does_not_disturb_the_next_request(remote, pair):
@@ -76,13 +76,23 @@ def test_a_stream_left_early_does_not_disturb_the_next_request(remote, pair):
 def test_errors_come_back_by_type_and_the_process_serves_on(remote, pair, tmp_path):
     with pytest.raises(ImageError, match="does not exist"):
         remote.describe(tmp_path / "missing.png", pair[1], settings=SHORT)
-    with pytest.raises(ModuleNotFoundError):
-        remote.call("no_such_module:f")
-    with pytest.raises(ValueError, match="module:function"):
-        remote.call("not a target")
+    with pytest.raises(ModuleNotFoundError):  # a function whose module the model process cannot import
+        remote.call(_function_of_a_module_only_here())
+    with pytest.raises(ValueError, match="module-level function"):
+        remote.call(lambda captioner: None)
     with pytest.raises(RuntimeError, match="refused"):  # a function's own error, raised in the parent
-        remote.call("tests.core.test_remote:refuse")
+        remote.call(refuse)
     assert remote.describe(*pair, settings=SHORT).caption  # still serving
+
+
+def _function_of_a_module_only_here():
+    import sys
+    import types
+
+    module = types.ModuleType("m3diff_test_only_here")
+    exec("def f(captioner):\n    return 1\n", module.__dict__)
+    sys.modules[module.__name__] = module  # pickle finds it here; the model process has no such module
+    return module.f
 
 
 def caption_and_source(captioner, before, after):
@@ -110,9 +120,9 @@ def test_other_errors_arrive_as_remote_errors_with_their_text(remote, pair):
     from m3diff.remote import RemoteError
 
     with pytest.raises(RemoteError, match="Odd: odd one"):
-        remote.call("tests.core.test_remote:raise_odd")
+        remote.call(raise_odd)
     with pytest.raises(Exception, match="pickle|lambda"):  # failed in the child while sending: its own error
-        remote.call("tests.core.test_remote:an_unpicklable_result")
+        remote.call(an_unpicklable_result)
     assert remote.describe(*pair, settings=SHORT).caption
 
 
@@ -129,7 +139,7 @@ def test_a_stream_dropped_unclosed_does_not_hold_the_model(remote, pair):
 def test_call_runs_a_function_of_the_captioner_where_the_model_lives(remote, saved, pair):
     from m3diff.remote import call_on
 
-    caption, source = call_on(remote, "tests.core.test_remote:caption_and_source", *pair)
+    caption, source = call_on(remote, caption_and_source, *pair)
     assert source == str(saved / "model") and caption == remote.describe(*pair, settings=SHORT).caption
 
 

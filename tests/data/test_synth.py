@@ -142,3 +142,15 @@ def test_stats_of_a_generated_set(small_set):
     assert st["pairs"] == 130 and st["captions"] == 390
     assert set(st["per_type"]) == set(TYPE_IDS)
     assert 1.5 < st["sentences_per_caption"] < 4
+
+
+def test_every_change_type_has_one_applier_and_an_unknown_type_fails_loudly():
+    import numpy as np
+
+    from m3diff.change_types import DISTRACTORS, TYPE_IDS
+    from m3diff.data.synth.changes import DISTRACTOR_APPLIERS, SEMANTIC_APPLIERS, apply_changes
+
+    assert set(SEMANTIC_APPLIERS) | set(DISTRACTOR_APPLIERS) == set(TYPE_IDS)
+    assert set(DISTRACTOR_APPLIERS) == DISTRACTORS and not set(SEMANTIC_APPLIERS) & DISTRACTORS
+    with pytest.raises(ValueError, match="no applier for change type"):
+        apply_changes(None, ["colour"], np.random.default_rng(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.app.conftest import make_report
+from tests.analysis.conftest import make_report
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "training" / "recipes" / "tiny-cpu.yaml"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3diff.change_types import DISTRACTORS
+
 NOUNS = {
     "cube": ("cube", "block", "box"), "ball": ("ball", "sphere"), "cylinder": ("cylinder",),
     "cone": ("cone",), "pyramid": ("pyramid",), "circle": ("circle", "disc", "dot"), "square": ("square",),
@@ -434,7 +436,7 @@ def write_caption(changes, domain: str, rng: np.random.Generator, backdrop: str 
     if len(order) > 1 and w.chance(0.5):
         order = [order[i] for i in rng.permutation(len(order))]
     sents = []
-    semantic = not any(c.type in ("viewpoint", "illumination") for c in order)
+    semantic = not any(c.type in DISTRACTORS for c in order)
     if len(order) > 1 and semantic and w.chance(0.3):
         sents.append(w.pick(OPENINGS).format(n=NUMBERS[len(order)]))
     for i, ch in enumerate(order):

@@ -8,10 +8,13 @@ instances differ in each image — the regions that tests and pointing-game anal
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import numpy as np
 
+from m3diff.change_types import DISTRACTORS, TYPE_IDS
 from m3diff.data.synth import photo as photo_mod
 from m3diff.data.synth import render as render_mod
 from m3diff.data.synth.scene import (COLOR_NAMES, DIRECTIONS, POSE_NAMES, SHAPES, SIGN_WORDS, Camera, Light, Obj,
@@ -182,144 +185,207 @@ def _cell(scene: Scene, o: Obj) -> tuple[str, str]:
     return cell(scene.domain, *ground_coords(scene, o))
 
 
+@dataclass
+class _Edit:
+    """The after scene while one pair's changes are applied to it, and what they have touched so far."""
+
+    before: Scene
+    after: Scene
+    rng: np.random.Generator
+    changes: list[Change]
+    touched: set[int]  # uids a change already used: no object changes twice
+    next_uid: int
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return SHAPES[self.before.domain]
+
+    def taken(self) -> set[tuple[str, str]]:
+        """(kind, colour) pairs in either image: a new object must not be confusable with one of them."""
+        return _kc(self.after) | _kc(self.before)
+
+    def swap(self, old: Obj, new: Obj) -> None:
+        self.after = replace(self.after, objects=tuple(new if o.uid == old.uid else o for o in self.after.objects))
+
+    def drop(self, uids) -> None:
+        self.after = replace(self.after, objects=tuple(p for p in self.after.objects if p.uid not in uids))
+
+    def add(self, o: Obj) -> None:
+        self.after = replace(self.after, objects=self.after.objects + (o,))
+        self.next_uid += 1
+
+
 def apply_changes(scene: Scene, types: list[str], rng: np.random.Generator) -> tuple[Scene, list[Change]]:
     """The after scene and one ``Change`` per type that could be applied (semantic ones first;
     a type with no possible target is dropped, which the caller checks for the primary type)."""
-    domain = scene.domain
-    shapes = SHAPES[domain]
-    after = scene
-    changes: list[Change] = []
-    touched: set[int] = set()
-    next_uid = max((o.uid for o in scene.objects), default=-1) + 1
+    unknown = [t for t in types if t not in SEMANTIC_APPLIERS and t not in DISTRACTOR_APPLIERS]
+    if unknown:
+        raise ValueError(f"no applier for change type(s) {unknown}; known: {', '.join(TYPE_IDS)}")
+    e = _Edit(scene, scene, rng, [], set(), max((o.uid for o in scene.objects), default=-1) + 1)
+    for t in [t for t in types if t not in DISTRACTORS]:
+        SEMANTIC_APPLIERS[t](e, Placer(e.after, rng), t)
+    for t in [t for t in types if t in DISTRACTORS]:
+        e.after, change = DISTRACTOR_APPLIERS[t](scene, e.after, rng)
+        e.changes.append(change)
+    return e.after, e.changes
 
-    def basic_targets():
-        return [o for o in after.objects if o.kind in shapes and o.group < 0 and o.uid not in touched]
 
-    def swap(old: Obj, new: Obj):
-        nonlocal after
-        after = replace(after, objects=tuple(new if o.uid == old.uid else o for o in after.objects))
+# ---------------------------------------------------------------------------- one applier per change type
+# Each takes the edit, a Placer of the scene as it stands, and the type; it appends its Change, or
+# leaves everything as it was when the scene offers no target. The random draws happen in a fixed
+# order per type, so a seed gives the same pairs whatever else changes.
+def _addition(e: _Edit, placer: Placer, t: str) -> None:
+    rng = e.rng
+    kind = e.shapes[int(rng.integers(len(e.shapes)))]
+    free = [c for c in COLOR_NAMES if (kind, c) not in e.taken()]
+    if not free:
+        return
+    o = placer.place(Obj(e.next_uid, kind, free[int(rng.integers(len(free)))], pick_size(rng), 0, 0,
+                         angle=float(rng.uniform(0, math.pi / 2))), e.after.objects + e.before.objects)
+    if o is None:
+        return
+    e.add(o)
+    e.changes.append(Change(t, (), (o.uid,), -1, o.uid))
+    e.touched.add(o.uid)
 
-    for t in [t for t in types if t not in ("viewpoint", "illumination")]:
-        placer = Placer(after, rng)
-        if t == "addition":
-            kind = shapes[int(rng.integers(len(shapes)))]
-            free = [c for c in COLOR_NAMES if (kind, c) not in _kc(after) | _kc(scene)]
-            if not free:
+
+def _basic_targets(e: _Edit) -> list[Obj]:
+    return [o for o in e.after.objects if o.kind in e.shapes and o.group < 0 and o.uid not in e.touched]
+
+
+def _disappearance(e: _Edit, placer: Placer, t: str) -> None:
+    cands = _basic_targets(e)
+    if not cands:
+        return
+    o = cands[int(e.rng.permutation(len(cands))[0])]  # drawn like the other basic changes' target order
+    e.drop({o.uid})
+    e.changes.append(Change(t, (o.uid,), (), o.uid, -1))
+    e.touched.add(o.uid)
+
+
+def _one_target(make: Callable[[_Edit, Placer, Obj], Obj | None]):
+    """An applier that changes the first basic object, in random order, that ``make`` finds a new state for."""
+
+    def apply(e: _Edit, placer: Placer, t: str) -> None:
+        cands = _basic_targets(e)
+        if not cands:
+            return
+        for i in e.rng.permutation(len(cands)):
+            o = cands[int(i)]
+            new = make(e, placer, o)
+            if new is None:
                 continue
-            o = placer.place(Obj(next_uid, kind, free[int(rng.integers(len(free)))], pick_size(rng), 0, 0,
-                                 angle=float(rng.uniform(0, math.pi / 2))), after.objects + scene.objects)
+            e.swap(o, new)
+            if new.uid != o.uid:
+                e.next_uid += 1
+            e.changes.append(Change(t, (o.uid,), (new.uid,), o.uid, new.uid))
+            e.touched.update((new.uid, o.uid))
+            return
+
+    return apply
+
+
+def _moved(e: _Edit, placer: Placer, o: Obj) -> Obj | None:  # "removal": the object moves to another cell
+    after = e.after
+    old_cell = _cell(after, o)
+    return placer.place(o, after.objects + e.before.objects, tries=80, accept=lambda c: _cell(after, c) != old_cell)
+
+
+def _substituted(e: _Edit, placer: Placer, o: Obj) -> Obj | None:
+    rng = e.rng
+    kinds = [k for k in e.shapes if k != o.kind]
+    k2 = kinds[int(rng.integers(len(kinds)))]
+    colours = [c for c in COLOR_NAMES if (k2, c) not in e.taken()]
+    if rng.random() < 0.4 and o.color in colours:
+        colours = [o.color]
+    if not colours:
+        return None
+    new = replace(o, uid=e.next_uid, kind=k2, color=colours[int(rng.integers(len(colours)))], size=pick_size(rng))
+    others = [p for p in e.after.objects if p.uid != o.uid]
+    if placer.fits(new, others):
+        return new
+    new = replace(new, size="small")
+    return new if placer.fits(new, others) else None
+
+
+def _resized(e: _Edit, placer: Placer, o: Obj) -> Obj | None:
+    new = replace(o, size="small" if o.size == "large" else "large")
+    return new if placer.fits(new, e.after.objects) else None
+
+
+def _recoloured(e: _Edit, placer: Placer, o: Obj) -> Obj | None:
+    colours = [c for c in COLOR_NAMES if (o.kind, c) not in e.taken()]
+    return replace(o, color=colours[int(e.rng.integers(len(colours)))]) if colours else None
+
+
+def _one_of_kind(kind: str, make: Callable[[_Edit, Placer, Obj], Obj | None]):
+    """An applier that changes the first untouched object of ``kind`` (arrow, figure, sign) in place."""
+
+    def apply(e: _Edit, placer: Placer, t: str) -> None:
+        o = next((p for p in e.after.objects if p.kind == kind and p.uid not in e.touched), None)
+        if o is None:
+            return
+        new = make(e, placer, o)
+        if new is None:
+            return
+        e.swap(o, new)
+        e.touched.add(o.uid)
+        e.changes.append(Change(t, (o.uid,), (o.uid,), o.uid, o.uid))
+
+    return apply
+
+
+def _turned(e: _Edit, placer: Placer, o: Obj) -> Obj | None:
+    d2 = [d for d in DIRECTIONS[e.before.domain] if d != o.direction][int(e.rng.integers(3))]
+    new = replace(o, direction=d2, angle=_arrow_angle(e.after, d2))
+    return new if placer.fits(new, e.after.objects) else None
+
+
+def _posed(e: _Edit, placer: Placer, o: Obj) -> Obj:
+    return replace(o, pose=[p for p in POSE_NAMES if p != o.pose][int(e.rng.integers(len(POSE_NAMES) - 1))])
+
+
+def _retexted(e: _Edit, placer: Placer, o: Obj) -> Obj:
+    words = [w for w in SIGN_WORDS if w != o.text]
+    return replace(o, text=words[int(e.rng.integers(len(words)))])
+
+
+def _counting(e: _Edit, placer: Placer, t: str) -> None:
+    members = [p for p in e.after.objects if p.group == 0]
+    if len(members) < 2:
+        return
+    rng = e.rng
+    n1 = len(members)
+    options = [n for n in range(2, 6) if n != n1 and abs(n - n1) <= 2]
+    n2 = options[int(rng.integers(len(options)))]
+    if n2 < n1:
+        ids = {p.uid for p in members[n2:]}
+        e.drop(ids)
+        e.changes.append(Change(t, tuple(sorted(ids)), (), members[0].uid, members[0].uid, n1, n2))
+    else:
+        cx = sum(p.x for p in members) / n1
+        cy = sum(p.y for p in members) / n1
+        spread = 0.55 if e.before.domain == "render" else 0.09
+        added = []
+        for _ in range(n2 - n1):
+            o = placer.place(replace(members[0], uid=e.next_uid), e.after.objects + e.before.objects,
+                             near=(cx, cy), spread=spread, tries=80)
             if o is None:
-                continue
-            after = replace(after, objects=after.objects + (o,))
-            changes.append(Change(t, (), (o.uid,), -1, o.uid))
-            touched.add(o.uid)
-            next_uid += 1
-            continue
-        if t in BASIC_TARGETS:
-            cands = basic_targets()
-            if not cands:
-                continue
-            order = rng.permutation(len(cands))
-            done = False
-            for i in order:
-                o = cands[int(i)]
-                new = None
-                if t == "disappearance":
-                    after = replace(after, objects=tuple(p for p in after.objects if p.uid != o.uid))
-                    changes.append(Change(t, (o.uid,), (), o.uid, -1))
-                    done = True
-                elif t == "removal":
-                    old_cell = _cell(after, o)
-                    new = placer.place(o, after.objects + scene.objects, tries=80,
-                                       accept=lambda c: _cell(after, c) != old_cell)
-                elif t == "substitution":
-                    kinds = [k for k in shapes if k != o.kind]
-                    k2 = kinds[int(rng.integers(len(kinds)))]
-                    colours = [c for c in COLOR_NAMES if (k2, c) not in _kc(after) | _kc(scene)]
-                    if rng.random() < 0.4 and o.color in colours:
-                        colours = [o.color]
-                    if colours:
-                        new = replace(o, uid=next_uid, kind=k2, color=colours[int(rng.integers(len(colours)))],
-                                      size=pick_size(rng))
-                        if not placer.fits(new, [p for p in after.objects if p.uid != o.uid]):
-                            new = replace(new, size="small")
-                            new = new if placer.fits(new, [p for p in after.objects if p.uid != o.uid]) else None
-                elif t == "size":
-                    new = replace(o, size="small" if o.size == "large" else "large")
-                    new = new if placer.fits(new, after.objects) else None
-                elif t == "color":
-                    colours = [c for c in COLOR_NAMES if (o.kind, c) not in _kc(after) | _kc(scene)]
-                    if colours:
-                        new = replace(o, color=colours[int(rng.integers(len(colours)))])
-                if new is not None:
-                    swap(o, new)
-                    if new.uid != o.uid:
-                        next_uid += 1
-                    changes.append(Change(t, (o.uid,), (new.uid,), o.uid, new.uid))
-                    touched.add(new.uid)
-                    done = True
-                if done:
-                    touched.add(o.uid)
-                    break
-            continue
-        special = {"orientation": "arrow", "pose": "figure", "ocr": "sign"}.get(t)
-        if special:
-            o = next((p for p in after.objects if p.kind == special and p.uid not in touched), None)
-            if o is None:
-                continue
-            if t == "orientation":
-                d2 = [d for d in DIRECTIONS[domain] if d != o.direction][int(rng.integers(3))]
-                new = replace(o, direction=d2, angle=_arrow_angle(after, d2))
-            elif t == "pose":
-                new = replace(o, pose=[p for p in POSE_NAMES if p != o.pose][int(rng.integers(len(POSE_NAMES) - 1))])
-            else:
-                words = [w for w in SIGN_WORDS if w != o.text]
-                new = replace(o, text=words[int(rng.integers(len(words)))])
-            if t == "orientation" and not placer.fits(new, after.objects):
-                continue
-            swap(o, new)
-            touched.add(o.uid)
-            changes.append(Change(t, (o.uid,), (o.uid,), o.uid, o.uid))
-            continue
-        if t == "counting":
-            members = [p for p in after.objects if p.group == 0]
-            if len(members) < 2:
-                continue
-            n1 = len(members)
-            options = [n for n in range(2, 6) if n != n1 and abs(n - n1) <= 2]
-            n2 = options[int(rng.integers(len(options)))]
-            if n2 < n1:
-                gone = members[n2:]
-                ids = {p.uid for p in gone}
-                after = replace(after, objects=tuple(p for p in after.objects if p.uid not in ids))
-                changes.append(Change(t, tuple(sorted(ids)), (), members[0].uid, members[0].uid, n1, n2))
-            else:
-                cx = sum(p.x for p in members) / n1
-                cy = sum(p.y for p in members) / n1
-                spread = 0.55 if domain == "render" else 0.09
-                added = []
-                for _ in range(n2 - n1):
-                    o = placer.place(replace(members[0], uid=next_uid), after.objects + scene.objects,
-                                     near=(cx, cy), spread=spread, tries=80)
-                    if o is None:
-                        break
-                    after = replace(after, objects=after.objects + (o,))
-                    added.append(o.uid)
-                    next_uid += 1
-                if not added:
-                    continue
-                n2 = n1 + len(added)
-                changes.append(Change(t, (), tuple(added), members[0].uid, members[0].uid, n1, n2))
-            touched.update(p.uid for p in members)
-            continue
-    for t in types:
-        if t == "viewpoint":
-            after, ch = _viewpoint(scene, after, rng)
-            changes.append(ch)
-        elif t == "illumination":
-            after, ch = _illumination(after, rng)
-            changes.append(ch)
-    return after, changes
+                break
+            e.add(o)
+            added.append(o.uid)
+        if not added:
+            return
+        e.changes.append(Change(t, (), tuple(added), members[0].uid, members[0].uid, n1, n1 + len(added)))
+    e.touched.update(p.uid for p in members)
+
+
+def _camera_moved(before: Scene, after: Scene, rng) -> tuple[Scene, Change]:
+    return _viewpoint(before, after, rng)
+
+
+def _relit(before: Scene, after: Scene, rng) -> tuple[Scene, Change]:
+    return _illumination(after, rng)
 
 
 def _viewpoint(before: Scene, after: Scene, rng) -> tuple[Scene, Change]:
@@ -377,3 +443,20 @@ def _illumination(after: Scene, rng) -> tuple[Scene, Change]:
         detail.append(("shadows", "moved"))
     return replace(after, light=replace(li, intensity=intensity, tint=tint, azimuth=az)), \
         Change("illumination", detail=tuple(detail))
+
+
+SEMANTIC_APPLIERS: Mapping[str, Callable[[_Edit, Placer, str], None]] = MappingProxyType({
+    "addition": _addition,
+    "disappearance": _disappearance,
+    "removal": _one_target(_moved),
+    "substitution": _one_target(_substituted),
+    "size": _one_target(_resized),
+    "color": _one_target(_recoloured),
+    "orientation": _one_of_kind("arrow", _turned),
+    "pose": _one_of_kind("figure", _posed),
+    "ocr": _one_of_kind("sign", _retexted),
+    "counting": _counting,
+})
+# Distractors change the whole picture (camera, light) after the semantic changes: (before, after, rng).
+DISTRACTOR_APPLIERS: Mapping[str, Callable[[Scene, Scene, np.random.Generator], tuple[Scene, Change]]] = \
+    MappingProxyType({"viewpoint": _camera_moved, "illumination": _relit})

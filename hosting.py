@@ -8,6 +8,9 @@ evaluation reports), the app (`m3diff_app.py`) behind the GPU entry (`app.py`, f
 the examples, the metadata (README.md front-matter, requirements.txt, packages.txt) and
 space_config.json (which model to load). ``spaces/`` in the repository is a plain folder, not a package:
 a Python package named ``spaces`` would shadow Hugging Face's ``spaces`` library.
+
+Deployment, not the model: this module sits beside ``app.py``, outside the ``m3diff`` package, and
+offers its command through the ``m3diff.commands`` entry points.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ class SpaceBuildError(ValueError):
 def repo_root():
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parent
 
 
 def build_space(out, *, model: str | None = None, hardware: str | None = None, title: str | None = None,

@@ -1,0 +1,183 @@
+"""A report.json's contents as the tables people read: per slice with intervals, run against run
+(``analysis.breakdown.compare``, intervals kept), the test pairs filterable and sortable, exports.
+
+Every function takes reports as ``analysis.report.read_report`` returns them and gives a pandas
+DataFrame or text; the app lays these out and reads no report field itself.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from analysis.metrics import SHOWN_METRICS
+from analysis.report import report_pairs
+from m3diff.change_types import TYPE_IDS
+
+
+def _fmt(v, ci=None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    s = f"{v:.1f}"
+    if ci:
+        s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return s
+
+
+def slice_table(reports: dict[str, dict], key: str, metrics=SHOWN_METRICS):
+    """Rows: slices of ``key`` ("per_type" | "per_domain"), plus overall; columns: n and metric [CI] per run."""
+    import pandas as pd
+
+    names: list[str] = []
+    for rep in reports.values():
+        names += [n for n in rep.get(key, {}) if n not in names]
+    if key == "per_type":
+        names = [t for t in TYPE_IDS if t in names] + [n for n in names if n not in TYPE_IDS]
+    rows = []
+    for slice_name in ["overall", *names]:
+        row = {"slice": slice_name}
+        for run, rep in reports.items():
+            s = rep["overall"] if slice_name == "overall" else rep.get(key, {}).get(slice_name)
+            prefix = f"{run}: " if len(reports) > 1 else ""
+            row[f"{prefix}n"] = None if s is None else s.get("n")
+            for m in metrics:
+                row[f"{prefix}{m}"] = "—" if s is None else _fmt(s.get(m), (s.get("ci") or {}).get(m))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delta_table(reports: dict[str, dict], metrics=SHOWN_METRICS):
+    """Each run minus the first, per overall / type / domain slice, as ``analysis.breakdown.compare``
+    computes it: "delta [low, high]" with the paired interval where the runs were scored together
+    (``m3diff eval`` of several runs writes that comparison into its report), the delta alone where
+    two reports were loaded side by side (their bootstrap draws are not in report.json)."""
+    import pandas as pd
+
+    from analysis.breakdown import compare
+
+    comparisons = [rep["comparison"] for rep in reports.values() if rep.get("comparison")]
+    if len(reports) > 1:
+        comparisons.append(compare({run: breakdown_of(rep) for run, rep in reports.items()}))
+    rows = []
+    for comparison in comparisons:
+        base = comparison["base"]
+        for run, table in comparison["runs"].items():
+            for key, entry in table.items():
+                if key.startswith("source:"):
+                    continue
+                row = {"run": f"{run} − {base}", "slice": "overall" if key == "overall:overall" else key,
+                       "n": entry["n"], "n base": entry["n_base"]}
+                for m in metrics:
+                    d = entry.get(m)
+                    row[f"Δ {m}"] = None if d is None else _fmt(d["delta"], d.get("ci"))
+                rows.append(row)
+    if not rows:
+        return pd.DataFrame({"note": ["load a second report to compare runs"]})
+    return pd.DataFrame(rows)
+
+
+def breakdown_of(report: dict):
+    """A report's own run as an ``analysis.breakdown.Breakdown`` of its slice scores (no bootstrap draws:
+    report.json keeps the intervals, not the resamples), for ``compare``."""
+    from analysis.breakdown import Breakdown, BreakdownConfig, SliceResult
+    from analysis.metrics import METRICS
+
+    def one(kind: str, name: str, s: dict) -> SliceResult:
+        ci = s.get("ci") or {}
+        return SliceResult(kind, name, s.get("n", 0), {m: s.get(m) for m in METRICS},
+                           {m: (tuple(ci[m]) if ci.get(m) else None) for m in METRICS}, s.get("worst", []))
+
+    table = lambda key, kind: {n: one(kind, n, s) for n, s in (report.get(key) or {}).items()}  # noqa: E731
+    return Breakdown(one("overall", "overall", report["overall"]), None, table("per_type", "type"),
+                     table("per_domain", "domain"), table("per_source", "source"), {}, [], [], [],
+                     BreakdownConfig(bootstrap=0))
+
+
+def paper_table():
+    """The paper's reference numbers (OmniDiff Table 3, x100), from analysis.paper."""
+    import pandas as pd
+
+    from analysis.paper import OMNIDIFF_TABLE3
+
+    rows = []
+    for method, doms in OMNIDIFF_TABLE3.items():
+        row = {"method (paper, Table 3)": method}
+        for dom, vals in doms.items():
+            row.update({f"{dom} {m}": vals.get(m) for m in SHOWN_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def combined_report(reports: dict[str, dict]) -> dict:
+    """Several loaded reports as one report.json with ``runs`` (what analysis.report's exports read)."""
+    base = next(iter(reports))
+    rep = dict(reports[base])
+    rep["meta"] = dict(rep.get("meta") or {}, run=base)
+    if len(reports) > 1:
+        rep["runs"] = dict(reports)
+    return rep
+
+
+def export_report(reports: dict[str, dict], fmt: str) -> str:
+    """The loaded reports as CSV or a LaTeX table (analysis.report), in a fresh temporary folder:
+    never a fixed path, since requests run at the same time."""
+    from analysis import report as R
+
+    folder = Path(tempfile.mkdtemp(prefix="m3diff-export-"))
+    if fmt == "csv":
+        path = folder / "m3diff_scores.csv"
+        text = R.csv_text(combined_report(reports)) if reports else paper_table().to_csv(index=False)
+    elif fmt == "latex":
+        path = folder / "m3diff_table.tex"
+        text = R.latex_table(combined_report(reports)) if reports else paper_table().to_latex(index=False)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def pairs_frame(report: dict, change_type: str = "all", domain: str = "all", sort_by: str = "CIDEr-D",
+                ascending: bool = True):
+    """A report's test pairs, filtered by change type and domain, sorted by a per-pair score (worst first)."""
+    import pandas as pd
+
+    rows = []
+    for p in report_pairs(report):
+        types = p.get("types", p.get("change_types", [])) or []
+        if change_type != "all" and change_type not in types:
+            continue
+        if domain != "all" and p.get("domain", "") != domain:
+            continue
+        row = {"id": p["id"], "types": ", ".join(types), "domain": p.get("domain", "")}
+        row.update({m: p.get(m) for m in SHOWN_METRICS})
+        row["prediction"] = p.get("caption", p.get("prediction", ""))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=["id", "types", "domain", *SHOWN_METRICS, "prediction"])
+    if sort_by in df.columns and len(df):
+        df = df.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def report_choices(report: dict) -> tuple[list[str], list[str]]:
+    types, domains = [], []
+    for p in report_pairs(report):
+        types += [t for t in p.get("types", p.get("change_types", [])) or [] if t not in types]
+        if p.get("domain") and p["domain"] not in domains:
+            domains.append(p["domain"])
+    return [t for t in TYPE_IDS if t in types], sorted(domains)
+
+
+def pair_record(report: dict, pair_id: str) -> dict:
+    """The report's record of one test pair."""
+    for p in report_pairs(report):
+        if p["id"] == pair_id:
+            return p
+    raise KeyError(f"the report has no pair {pair_id!r}")
+
+
+def pair_markdown(record: dict, metrics=SHOWN_METRICS) -> str:
+    """One test pair as a person reads it: id, types, domain, prediction, references and scores."""
+    refs = "\n".join(f"- {r}" for r in record.get("refs", []))
+    return (f"**{record['id']}** · {', '.join(record.get('types', []))} · {record.get('domain', '')}\n\n"
+            f"**Prediction:** {record.get('caption', '')}\n\n**References:**\n{refs}\n\n"
+            + "  ".join(f"{m} {_fmt(record.get(m))}" for m in metrics))

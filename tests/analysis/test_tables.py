@@ -1,0 +1,101 @@
+"""What the Dashboard and Errors tabs show, as plain functions over report.json files (analysis.report, analysis.tables)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis import tables
+from analysis.report import ReportError, pair_images, read_report, report_pairs
+from tests.analysis.conftest import make_report
+
+EXAMPLE_REPORT = Path(__file__).resolve().parents[2] / "examples" / "report.json"
+
+
+def test_load_report_refuses_what_m3diff_eval_did_not_write(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(ReportError, match="not JSON"):
+        read_report(p)
+    p.write_text(json.dumps({"caption": "x"}))
+    with pytest.raises(ReportError, match="'overall' and 'per_type'"):
+        read_report(p)
+    p.write_text(json.dumps({"overall": {}, "per_type": {}, "pairs": [{"caption": "no id"}]}))
+    with pytest.raises(ReportError, match="'id'"):
+        read_report(p)
+
+
+def test_slice_table_lists_types_in_the_canonical_order_with_n_and_ci(report_file):
+    rep = read_report(report_file)
+    df = tables.slice_table({"m3diff": rep}, "per_type")
+    assert list(df["slice"]) == ["overall", "addition", "color", "ocr", "counting"]  # TYPE_IDS order
+    color = df[df["slice"] == "color"].iloc[0]
+    assert color["n"] == 2 and color["CIDEr-D"] == "12.0 [5.0, 19.0]"
+    assert df[df["slice"] == "ocr"].iloc[0]["CIDEr-D"] == "40.0"  # n=1: no interval
+
+
+def test_two_runs_give_side_by_side_columns_and_deltas(tmp_path):
+    a = read_report(make_report(tmp_path, "m3diff", shift=5.0))
+    b = read_report(make_report(tmp_path, "no_mdp", shift=0.0))
+    df = tables.slice_table({"m3diff": a, "no_mdp": b}, "per_domain")
+    assert {"m3diff: n", "no_mdp: CIDEr-D"} <= set(df.columns)
+    delta = tables.delta_table({"no_mdp": b, "m3diff": a})
+    overall = delta[delta["slice"] == "overall"].iloc[0]
+    assert overall["Δ CIDEr-D"] == "5.0"  # loaded side by side: no paired interval to show
+    assert set(delta["slice"]) >= {"type:color", "domain:render"}
+    assert "note" in tables.delta_table({"m3diff": a}).columns
+
+
+def test_pairs_frame_filters_and_sorts(report_file):
+    rep = read_report(report_file)
+    df = tables.pairs_frame(rep, "color", "all", "CIDEr-D", ascending=True)
+    assert list(df["id"]) == ["p0", "p1"]
+    df = tables.pairs_frame(rep, "all", "render", "BLEU-4", ascending=True)
+    assert list(df["id"]) == ["p3", "p1"]
+    df = tables.pairs_frame(rep, "all", "all", "CIDEr-D", ascending=False)
+    assert list(df["id"]) == ["p3", "p2", "p1", "p0"]
+    assert tables.pairs_frame(rep, "pose").empty
+    assert tables.report_choices(rep) == (["addition", "color", "ocr", "counting"], ["photo", "render"])
+
+
+def test_pair_images_come_from_the_references_the_report_names(report_file, tmp_path):
+    rep = read_report(report_file)
+    files = pair_images(rep, report_pairs(rep)[2])
+    assert files is not None and all(f.endswith(".png") for f in files)
+    bare = read_report(make_report(tmp_path / "other", with_images=False))
+    assert pair_images(bare, report_pairs(bare)[0]) is None
+
+
+def test_exports_are_written_by_analysis_report_in_fresh_folders(tmp_path):
+    a = read_report(make_report(tmp_path, "m3diff", shift=5.0))
+    b = read_report(make_report(tmp_path, "no_mdp"))
+    csv_path = tables.export_report({"m3diff": a, "no_mdp": b}, "csv")
+    text = open(csv_path, encoding="utf-8").read()
+    assert "m3diff,type,color" in text and "no_mdp,type,color" in text
+    tex = open(tables.export_report({"m3diff": a}, "latex"), encoding="utf-8").read()
+    assert r"\begin{tabular}" in tex and "m3diff" in tex
+    assert tables.export_report({}, "csv") != tables.export_report({}, "csv")  # never a shared path
+    paper = open(tables.export_report({}, "csv"), encoding="utf-8").read()
+    assert "M3Diff" in paper
+
+
+def test_run_vs_run_keeps_the_paired_intervals_of_runs_scored_together(tmp_path):
+    # `m3diff eval` of two runs writes analysis.breakdown.compare's result, intervals included
+    rep = read_report(make_report(tmp_path, "m3diff"))
+    rep["comparison"] = {"base": "no_mdp", "runs": {"m3diff": {
+        "overall:overall": {"n": 4, "n_base": 4, "paired": True, "CIDEr-D": {"delta": 3.25, "ci": [1.0, 5.5]}},
+        "source:x": {"n": 4, "n_base": 4, "paired": True, "CIDEr-D": {"delta": 1.0}}}}}
+    delta = tables.delta_table({"m3diff": rep})
+    assert list(delta["slice"]) == ["overall"] and delta.iloc[0]["Δ CIDEr-D"] == "3.2 [1.0, 5.5]"
+
+
+def test_the_paper_table_holds_table_3():
+    df = tables.paper_table()
+    assert df.iloc[0]["real CIDEr-D"] == pytest.approx(31.3)
+
+
+def test_shipped_example_report_loads_with_its_images():
+    rep = read_report(EXAMPLE_REPORT)
+    assert len(report_pairs(rep)) == 13
+    assert all(pair_images(rep, p) for p in report_pairs(rep))
