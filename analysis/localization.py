@@ -291,13 +291,16 @@ def flatten_maps(maps: Mapping) -> dict[tuple[str, int | None], np.ndarray]:
     return out
 
 
-def maps_from_trace(trace: Mapping) -> dict[str, dict[int, np.ndarray]]:
-    """The MDP maps of a trace (``Description.trace`` / ``MDPTrace.pair``) in the layout ``localize``
-    takes: {kind: {layer: [2, g, g]}}. ‖ΔF‖ (eq. 3) is one grid for the pair — ΔF mixes both
-    images patch by patch — so the same grid is scored on the before and on the after image."""
+def maps_from_trace(trace) -> dict[str, dict[int, np.ndarray]]:
+    """The MDP maps of a trace (a ``PairTrace``: ``Description.trace`` / ``MDPTrace.pair``, or its
+    JSON form) in the layout ``localize`` takes: {kind: {layer: [2, g, g]}}. ‖ΔF‖ (eq. 3) is one grid
+    for the pair — ΔF mixes both images patch by patch — so it is scored on both images."""
+    from m3diff.describing import MAP_KINDS
+
     out: dict[str, dict[int, np.ndarray]] = {}
-    for kind in ("attn_eq5", "attn_eq6", "delta_norm"):
-        for layer, m in (trace.get(kind) or {}).items():
+    for kind in MAP_KINDS:
+        by_layer = trace.get(kind) if isinstance(trace, Mapping) else getattr(trace, kind, None)
+        for layer, m in (by_layer or {}).items():
             m = np.asarray(m, np.float64)
             if m.ndim == 2 and m.shape[0] == m.shape[1]:
                 m = np.stack([m, m])
