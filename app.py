@@ -525,6 +525,12 @@ def dashboard_tab(services: Services, demo):
                   "scored together)"):
         gr.Markdown(title)
         shown.append(gr.Dataframe(interactive=False, wrap=True))
+    for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
+                  "how much the answer loss rises with the images of a random pair / of another pair of the same "
+                  "scene (the honest blind gap); what it says for two identical images",
+                  "**Does the caption name the change?** Change recall and precision (%), generated references"):
+        gr.Markdown(title)
+        shown.append(gr.Dataframe(interactive=False, wrap=True))
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
     paper_plot = gr.Plot(label="the paper, per domain")
@@ -547,10 +553,10 @@ def dashboard_tab(services: Services, demo):
 
 def dashboard_view(reports: dict, metric: str):
     """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
-    from analysis.tables import delta_table, slice_table
+    from analysis.tables import changes_table, delta_table, grounding_table, slice_table
 
     return (dashboard_figure(reports, metric), slice_table(reports, "per_type"), slice_table(reports, "per_domain"),
-            delta_table(reports))
+            delta_table(reports), grounding_table(reports), changes_table(reports))
 
 
 def add_report(reports: dict, path, metric: str):

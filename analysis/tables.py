@@ -181,3 +181,49 @@ def pair_markdown(record: dict, metrics=SHOWN_METRICS) -> str:
     return (f"**{record['id']}** · {', '.join(record.get('types', []))} · {record.get('domain', '')}\n\n"
             f"**Prediction:** {record.get('caption', '')}\n\n**References:**\n{refs}\n\n"
             + "  ".join(f"{m} {_fmt(record.get(m))}" for m in metrics))
+
+
+def grounding_table(reports: dict[str, dict]):
+    """Does each model read its images? The grounding checks every loaded report carries
+    (`m3diff probe` → `m3diff eval --grounding`), one row per (report, model), without repeats."""
+    import pandas as pd
+
+    from analysis.grounding import report_rows
+
+    rows, seen = [], set()
+    for rep in reports.values():
+        for row in report_rows(rep):
+            key = tuple(row.items())
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    if not rows:
+        return pd.DataFrame([{"grounding checks": "not in the loaded reports: run `m3diff probe`, then "
+                                                  "`m3diff eval --grounding`"}])
+    return pd.DataFrame(rows)
+
+
+def changes_table(reports: dict[str, dict]):
+    """Does the caption name each true change? Change recall / precision per change type and run, from
+    the `changes` section `m3diff eval` writes for generated references (analysis.changes)."""
+    import pandas as pd
+
+    runs = {}
+    for rep in reports.values():
+        for run, summary in (rep.get("changes") or {}).items():
+            runs.setdefault(run, summary)
+    if not runs:
+        return pd.DataFrame([{"change recall": "not in the loaded reports (only generated references "
+                                               "know every change)"}])
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rows = []
+    for name in ["overall", *TYPE_IDS]:
+        row = {"slice": name}
+        for run, s in runs.items():
+            cell = s["overall"] if name == "overall" else s.get("per_type", {}).get(name)
+            prefix = f"{run}: " if len(runs) > 1 else ""
+            row[f"{prefix}recall %"] = pct(None if cell is None else cell.get("recall"))
+            row[f"{prefix}precision %"] = pct(None if cell is None else cell.get("precision"))
+        if any(v != "—" for k, v in row.items() if k != "slice"):
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -99,3 +99,19 @@ def test_shipped_example_report_loads_with_its_images():
     rep = read_report(EXAMPLE_REPORT)
     assert len(report_pairs(rep)) == 13
     assert all(pair_images(rep, p) for p in report_pairs(rep))
+
+
+def test_grounding_and_change_tables_show_what_the_reports_carry():
+    from analysis.tables import changes_table, grounding_table
+
+    checks = {"distinct_share": 0.5, "loss_true": 1.0, "random_gap": 0.3, "same_scene_gap": 0.05,
+              "no_change_share": 1.0, "passed": False, "flags": ["same-scene swap raises the answer loss by +5.0%"]}
+    rep = {"grounding": {"models": {"m3diff": checks}},
+           "changes": {"m3diff": {"overall": {"recall": 0.25, "precision": 0.5},
+                                  "per_type": {"color": {"recall": 0.1, "precision": None}}}}}
+    g = grounding_table({"a": rep, "b": rep})  # the same model in two reports is one row
+    assert len(g) == 1 and g.loc[0, "same-scene swap"] == "+5.0%" and g.loc[0, "checks"].startswith("flagged")
+    c = changes_table({"a": rep})
+    assert list(c["slice"]) == ["overall", "color"]
+    assert c.loc[0, "recall %"] == "25.0" and c.loc[1, "precision %"] == "—"
+    assert "not in the loaded reports" in grounding_table({"a": {}}).iloc[0, 0]

@@ -131,6 +131,9 @@ def test_describe_json_never_prints_nan(monkeypatch, capsys):
     class Fake:
         source = "fake"
 
+        def use_recommended_threads(self):
+            pass
+
         def describe(self, *a, **k):
             return Description("", {2: float("nan"), 4: 0.5}, None, 0.1)
 
