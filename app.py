@@ -540,8 +540,9 @@ def dashboard_tab(services: Services, demo):
         export_file = gr.File(label="export", interactive=False)
 
     metric.change(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
-    upload.upload(add_report, [reports_state, upload, metric], [reports_state, *shown], api_visibility="private",
-                  **CPU_ONLY)
+    allowed = operator_folders(services)
+    upload.upload(lambda reps, path, m: add_report(reps, path, m, allowed), [reports_state, upload, metric],
+                  [reports_state, *shown], api_visibility="private", **CPU_ONLY)
     for button, fmt in ((csv_btn, "csv"), (tex_btn, "latex")):
         button.click(lambda reps, f=fmt: export_report(reps, f), reports_state, export_file,
                      api_visibility="private", **CPU_ONLY)
@@ -559,8 +560,19 @@ def dashboard_view(reports: dict, metric: str):
             delta_table(reports), grounding_table(reports), changes_table(reports))
 
 
-def add_report(reports: dict, path, metric: str):
-    """An uploaded report.json joins the loaded ones (under its file name; a name taken gets a ')."""
+def operator_folders(services: Services) -> tuple[Path, ...]:
+    """The folders the operator named at start (examples, shipped reports, --report files and the data
+    they were scored on): the only places an uploaded report's images may come from."""
+    from analysis.report import data_folders
+    from m3diff.describing import EMBEDDED_DIR
+
+    folders = [EXAMPLES_DIR, EMBEDDED_DIR / "reports", *(Path(p).parent for p in services.config.reports)]
+    return tuple(folders + [f for rep in services.reports.values() for f in data_folders(rep)])
+
+
+def add_report(reports: dict, path, metric: str, allowed: tuple[Path, ...] = ()):
+    """An uploaded report.json joins the loaded ones (under its file name; a name taken gets a ').
+    Its images are shown only from ``allowed`` folders (``operator_folders``)."""
     import gradio as gr
 
     from analysis.report import ReportError, read_report
@@ -568,7 +580,7 @@ def add_report(reports: dict, path, metric: str):
     if path is None:
         return (reports, *dashboard_view(reports, metric))
     try:
-        report = read_report(path, search=(HERE,))
+        report = read_report(path, search=(HERE,), allowed=allowed)
     except ReportError as exc:
         raise gr.Error(str(exc), title="Not a report") from None
     name = Path(path).stem

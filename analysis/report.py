@@ -263,9 +263,14 @@ class ReportError(ValueError):
     """A report.json that is not one ``m3diff eval`` wrote; the message says what is wrong."""
 
 
-def read_report(path, search: tuple[Path, ...] = ()) -> dict:
+def read_report(path, search: tuple[Path, ...] = (), allowed: tuple[Path, ...] | None = None) -> dict:
     """A report.json as ``m3diff eval`` wrote it, checked; ``_images`` says where each pair's images are
-    (``resolve_images``, looking in ``search`` folders too). Raises ReportError for a person."""
+    (``resolve_images``, looking in ``search`` folders too). Raises ReportError for a person.
+
+    ``allowed``: for a report someone else wrote (a visitor's upload), the only folders its image and
+    reference paths may lead into; a path outside them is never opened, not even checked for
+    existence, so the report can neither show nor probe other files. None trusts the report (the
+    operator named it)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -274,8 +279,22 @@ def read_report(path, search: tuple[Path, ...] = ()) -> dict:
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path.name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
     data = validate_report(data, path.name)
-    data["_images"] = resolve_images(data, (path.parent, *search))  # for the Errors tab: where each pair's images are
+    roots = None if allowed is None else [str(Path(a).resolve()) for a in allowed]
+    data["_allowed"] = roots
+    # for the Errors tab: where each pair's images are
+    data["_images"] = resolve_images(data, (path.parent, *search), roots)
     return data
+
+
+def inside(path, roots) -> bool:
+    """Whether ``path``, links followed, lies in one of the ``roots`` folders (None: no limit)."""
+    if roots is None:
+        return True
+    try:
+        p = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(p == Path(r) or Path(r) in p.parents for r in roots)
 
 
 def validate_report(data, name: str = "report") -> dict:
@@ -294,9 +313,10 @@ def report_pairs(report: dict) -> list[dict]:
     return report.get("pairs", report.get("per_pair", []))
 
 
-def resolve_images(report: dict, folders: tuple[Path, ...] = ()) -> dict[str, list[str]]:
+def resolve_images(report: dict, folders: tuple[Path, ...] = (), roots=None) -> dict[str, list[str]]:
     """id -> [before, after] files, from the references the report was scored against (meta.references),
-    looked up as written, then relative to ``folders`` and the working directory."""
+    looked up as written, then relative to ``folders`` and the working directory — only inside
+    ``roots`` when given (see ``read_report``)."""
     meta = report.get("meta") or {}
     refs = meta.get("references")
     if not refs:
@@ -306,14 +326,22 @@ def resolve_images(report: dict, folders: tuple[Path, ...] = ()) -> dict[str, li
     ref = Path(refs)
     candidates = [ref] if ref.is_absolute() else [Path(p) / ref for p in (*folders, Path.cwd())]
     for c in candidates:
-        if not c.exists():
+        if not inside(c, roots) or not c.exists():
             continue
         try:
             pairs = load_references(c.resolve(), meta.get("format"), meta.get("split"))
         except (InputError, ValueError, OSError):
             continue
-        return {p.id: [str(p.before), str(p.after)] for p in pairs if p.before and p.after}
+        report["_references_dir"] = str(c.resolve())
+        return {p.id: [str(p.before), str(p.after)] for p in pairs
+                if p.before and p.after and inside(p.before, roots) and inside(p.after, roots)}
     return {}
+
+
+def data_folders(report: dict) -> list[Path]:
+    """The dataset folder a loaded report's pairs were found in (empty when not found)."""
+    found = report.get("_references_dir")
+    return [Path(found)] if found else []
 
 
 def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
@@ -321,6 +349,9 @@ def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
     files = [record.get("before"), record.get("after")]
     if not all(files):
         files = (report.get("_images") or {}).get(record["id"]) or [None, None]
-    if not all(files) or not all(Path(f).is_file() for f in files):
+    roots = report.get("_allowed")
+    if not all(isinstance(f, str) and f for f in files) or not all(inside(f, roots) for f in files):
+        return None  # never opened: a visitor's report names no file outside the operator's folders
+    if not all(Path(f).is_file() for f in files):
         return None
     return files[0], files[1]
