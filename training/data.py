@@ -72,10 +72,15 @@ def load_val_pairs(sources: list[str], val: str | None, limit: int) -> list[Diff
     spec = val or next((s for s in sources if not s.endswith(".jsonl")), None)
     if spec is None:
         return []
+    from m3diff.data.layout import DatasetError
+
     src = parse_source(spec)
     try:
         pairs = read_dataset(src.path, src.format, split="val").pairs
-    except Exception:  # a source without a val split: evaluation is skipped, training goes on
+    except DatasetError as exc:  # no usable val split: said once, training goes on without evaluation
+        import sys
+
+        print(f"warning: no validation during training: {exc}", file=sys.stderr)
         return []
     return pairs[:limit]
 
