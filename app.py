@@ -227,6 +227,21 @@ def model_card(captioner, twin=None) -> str:
     return "\n".join(lines)
 
 
+def model_statement(services: Services) -> str:
+    """What the loaded model knows and how good it measured, said above its captions (the card has more)."""
+    from analysis.tables import quality_line
+
+    info = services.captioner.info
+    if not info.trained:
+        return "⚠️ " + UNTRAINED_NOTE
+    if info.source != "embedded":
+        return f"**Model** `{info.source}` — its measured quality is on the Dashboard when its report is loaded."
+    shipped = services.reports.get("m3diff")
+    measured = quality_line(shipped) if shipped else ""
+    return ("**Embedded demo model** — trained from scratch on generated scenes only (3D renders and shapes on "
+            "photos), not on real photographs" + (f"; {measured}" if measured else "") + ". See the model card below.")
+
+
 def _read_card(source: str) -> str:
     from m3diff.describing import EMBEDDED_DIR
 
@@ -421,6 +436,7 @@ def _describe_inputs(services: Services) -> dict:
                             examples_per_page=len(examples),
                             label="Examples: one generated pair per change type, and a real photo pair")
         with gr.Column(scale=1):
+            gr.Markdown(model_statement(services), elem_id="model-statement")
             caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
             scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
     return dict(before=before, after=after, go=go, max_tokens=max_tokens, caption=caption, scores=scores)

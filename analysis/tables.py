@@ -227,3 +227,24 @@ def changes_table(reports: dict[str, dict]):
         if any(v != "—" for k, v in row.items() if k != "slice"):
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def quality_line(report: dict) -> str:
+    """One sentence on how good a model measured, for a statement above its captions: overall CIDEr-D,
+    the types it reads best and worst, and whether it passed the grounding checks."""
+    overall = (report.get("overall") or {}).get("CIDEr-D")
+    if overall is None:
+        return ""
+    per_type = {t: s.get("CIDEr-D") for t, s in (report.get("per_type") or {}).items() if s.get("CIDEr-D") is not None}
+    ranked = sorted(per_type, key=per_type.get, reverse=True)
+    text = f"measured CIDEr-D {overall:.1f} on {report['overall'].get('n', '?')} test pairs"
+    if len(ranked) >= 4:
+        text += (f"; best on {ranked[0]} ({per_type[ranked[0]]:.1f}) and {ranked[1]} ({per_type[ranked[1]]:.1f}), "
+                 f"worst on {ranked[-1]} ({per_type[ranked[-1]]:.1f})")
+    models = (report.get("grounding") or {}).get("models") or {}
+    run = (report.get("meta") or {}).get("run")
+    checks = models.get(run) or next(iter(models.values()), None)
+    if checks is not None:
+        text += "; grounding checks " + ("passed" if checks.get("passed") else
+                                         "not passed (" + "; ".join(checks.get("flags", [])) + ")")
+    return text

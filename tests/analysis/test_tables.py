@@ -115,3 +115,18 @@ def test_grounding_and_change_tables_show_what_the_reports_carry():
     assert list(c["slice"]) == ["overall", "color"]
     assert c.loc[0, "recall %"] == "25.0" and c.loc[1, "precision %"] == "—"
     assert "not in the loaded reports" in grounding_table({"a": {}}).iloc[0, 0]
+
+
+def test_quality_line_names_overall_best_worst_and_the_checks():
+    from analysis.tables import quality_line
+
+    s = lambda v: {"CIDEr-D": v}  # noqa: E731
+    rep = {"meta": {"run": "m3diff"}, "overall": {"CIDEr-D": 26.94, "n": 500},
+           "per_type": {"color": s(10.0), "pose": s(2.5), "viewpoint": s(29.7), "illumination": s(34.0)},
+           "grounding": {"models": {"no_mdp": {"passed": True, "flags": []},
+                                    "m3diff": {"passed": False, "flags": ["distinct captions 48% < 90%"]}}}}
+    line = quality_line(rep)
+    assert line.startswith("measured CIDEr-D 26.9 on 500 test pairs")
+    assert "best on illumination (34.0) and viewpoint (29.7), worst on pose (2.5)" in line
+    assert line.endswith("not passed (distinct captions 48% < 90%)")  # the report's own run, not the twin
+    assert quality_line({"overall": {}}) == ""

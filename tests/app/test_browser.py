@@ -42,6 +42,9 @@ def test_describe_in_a_browser_and_screenshot_every_tab(live_app, tmp_path):
         page = browser.new_page()
         page.goto(live_app, wait_until="load")
         page.locator("#describe-btn").wait_for(timeout=30_000)
+        # what the loaded model knows and how good it measured, above the caption
+        statement = page.locator("#model-statement").inner_text()
+        assert "generated scenes only" in statement and "measured CIDEr-D" in statement
         # illumination: the change the shipped model reads best (its README table), so the screenshot
         # shows a caption that fits its pair
         page.locator("#before input[type=file]").set_input_files(str(ex / "illumination_before.png"))
@@ -67,7 +70,7 @@ def test_describe_in_a_browser_and_screenshot_every_tab(live_app, tmp_path):
         page.get_by_role("tab", name="Dashboard").click()
         page.locator(".js-plotly-plot:visible").first.wait_for(timeout=20_000)
         # the grounding checks of the shipped reports: one row per model
-        page.get_by_text("same-scene swap").first.wait_for(timeout=20_000)
+        page.locator("text=same-scene swap >> visible=true").first.wait_for(timeout=20_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(SHOTS / "app_dashboard.png"), full_page=True)
 
