@@ -208,12 +208,14 @@ class DescribedChange:
 
 @dataclass(frozen=True)
 class PairChanges:
+    """One pair's caption against its true changes: which were named, and what the caption described."""
+
     id: str
     domain: str
-    setting: str
+    setting: str  # setting_of(): single | multi | distractor | distractor_only | no_change
     types: tuple[str, ...]
-    truth: tuple[ChangeHit, ...]
-    described: tuple[DescribedChange, ...]
+    truth: tuple[ChangeHit, ...] = ()  # one per true change
+    described: tuple[DescribedChange, ...] = ()  # one per change-describing clause of the caption
 
     @property
     def recall(self) -> float | None:
