@@ -193,13 +193,16 @@ class Recipe:
         sources = list(sources) or list(self.data.sources)
         if not sources:
             raise RecipeError("data: no training data: give --data DIR (or FILE.jsonl), or data.sources in the recipe")
-        for spec in sources:
-            path = Path(spec.split(":")[0])
+        from m3diff.data.mixture import parse_source  # the one parser of DIR[:FORMAT][:WEIGHT], as training reads it
+
+        for key, spec in [("data", s) for s in sources] + ([("data.val", self.data.val)] if self.data.val else []):
+            try:
+                path = Path(spec) if spec.endswith(".jsonl") else parse_source(spec).path
+            except ValueError as exc:
+                raise RecipeError(f"{key}: {exc}") from None
             if not path.exists():
-                raise RecipeError(f"data: {path} does not exist (from {spec!r}); make it with `m3diff synth` or "
+                raise RecipeError(f"{key}: {path} does not exist (from {spec!r}); make it with `m3diff synth` or "
                                   "`m3diff data mix`, or fix the path")
-        if self.data.val and not Path(self.data.val).exists():
-            raise RecipeError(f"data.val: {self.data.val} does not exist")
         return sources
 
     def to_dict(self) -> dict:

@@ -142,3 +142,13 @@ def test_describe_json_never_prints_nan(monkeypatch, capsys):
     out = capsys.readouterr().out
     data = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert data["layer_scores"] == {"2": None, "4": 0.5}
+
+
+def test_a_data_spec_with_an_unknown_format_is_one_line_before_any_work(tmp_path, capsys):
+    """--data is parsed by the one parser training reads it with, so a bad spec fails at the recipe check."""
+    data = tmp_path / "d"
+    data.mkdir()
+    rc = main(["train", "--recipe", str(TINY), "--data", f"{data}:no-such-format", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "data:" in err and "no-such-format" in err
+    assert not (tmp_path / "run").exists()
