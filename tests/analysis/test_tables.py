@@ -130,3 +130,16 @@ def test_quality_line_names_overall_best_worst_and_the_checks():
     assert "best on illumination (34.0) and viewpoint (29.7), worst on pose (2.5)" in line
     assert line.endswith("not passed (distinct captions 48% < 90%)")  # the report's own run, not the twin
     assert quality_line({"overall": {}}) == ""
+
+
+def test_latex_export_keeps_every_domain_of_the_data(tmp_path):
+    """The generator's 'photo' pairs were dropped from table.tex (the paper has Real/Render only)."""
+    from analysis.report import latex_table
+
+    s = lambda c: {"n": 2, "BLEU-4": 1.0, "METEOR": 2.0, "ROUGE-L": 3.0, "CIDEr-D": c}  # noqa: E731
+    rep = {"meta": {"run": "m3diff", "references": "x"}, "overall": s(5.0), "per_type": {},
+           "per_domain": {"render": s(11.0), "photo": s(22.0)}}
+    tex = latex_table(rep)
+    assert "{Render}" in tex and "{Photo}" in tex
+    assert "m3diff & 1.0 & 2.0 & 3.0 & 11.0 & 1.0 & 2.0 & 3.0 & 22.0" in tex
+    assert "reported in the paper" in tex and "& -- & -- & -- & --" in tex  # the paper's rows, photo blank
