@@ -46,6 +46,9 @@ def _build(args: argparse.Namespace) -> int:
         out = build_space(args.out, model=args.model, hardware=args.hardware, title=args.title, force=args.force)
     except SpaceBuildError as exc:
         raise CLIError(str(exc)) from None
+    except OSError as exc:  # a read-only folder, a full disk: one line, not a traceback
+        raise CLIError(f"could not write the Space to {args.out}: {exc.strerror or exc}"
+                       + (f" ({exc.filename})" if exc.filename else "")) from None
     print(f"wrote the Space to {out}; push it with: huggingface-cli upload ORG/NAME {out} --repo-type space")
     return 0
 
@@ -76,6 +79,8 @@ def build_space(out, *, model: str | None = None, hardware: str | None = None, t
     if (template / "__init__.py").exists():
         raise SpaceBuildError(f"{template}/__init__.py exists: a package named 'spaces' would shadow Hugging Face's "
                               "spaces library in the Space; delete it.")
+    if out.exists() and not out.is_dir():
+        raise SpaceBuildError(f"{out} is a file, not a folder; choose a folder for the Space.")
     if out.exists() and any(out.iterdir()) and not force:
         raise SpaceBuildError(f"{out} is not empty; choose an empty folder or pass --force.")
     protected = [root.resolve()] + [(root / d).resolve() for d in ("m3diff", "analysis", "spaces", "examples")]

@@ -151,3 +151,14 @@ def test_gpu_benchmark_refuses_cleanly_without_cuda():
     from training.recipe import load_recipe
 
     assert load_recipe(ROOT / "training" / "recipes" / "paper-7b.yaml").lora.rank == 128
+
+
+@pytest.mark.parametrize("where", ["file", "unwritable"])
+def test_building_onto_a_file_or_an_unwritable_place_is_one_line(tmp_path, capsys, where):
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    if where == "unwritable":  # a folder that cannot be made (root ignores mode bits, not this)
+        target = target / "space"
+    assert cli_main(["space", "build", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(target.parent if where == "unwritable" else target) in err
