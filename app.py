@@ -411,6 +411,28 @@ def _model_calls(services: Services) -> dict:
     return dict(concurrency_id="model", concurrency_limit=services.config.concurrency)
 
 
+def uploaded_image(**kwargs):
+    """An image input whose upload reaches m3diff's own loader untouched (``m3diff.images.load_image``).
+
+    gr.Image decodes and re-encodes every upload before a callback sees it: a bad file then fails in
+    Gradio's preprocessing with its raw message and the server's temporary paths, and a 16-bit PNG is
+    clipped to black and white. This subclass hands the callback the uploaded file's path instead, so
+    the loader's rules and messages apply, as in the CLI and the library.
+    """
+    import gradio as gr
+
+    class UploadedImage(gr.Image):
+        @classmethod
+        def get_block_name(cls) -> str:
+            return "image"  # the browser draws it as the ordinary image component
+
+        def preprocess(self, payload):
+            path = getattr(payload, "path", None)
+            return path if path else super().preprocess(payload)
+
+    return UploadedImage(type="filepath", **kwargs)
+
+
 def describe_tab(services: Services, gpu) -> None:
     """Describe: a pair in; the caption streamed out with the Score chart, maps, explain, twin and card."""
     ui = SimpleNamespace(**_describe_inputs(services), **_describe_outputs(services))
@@ -424,8 +446,8 @@ def _describe_inputs(services: Services) -> dict:
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
-                before = gr.Image(label="Before", type="filepath", elem_id="before", height=260)
-                after = gr.Image(label="After", type="filepath", elem_id="after", height=260)
+                before = uploaded_image(label="Before", elem_id="before", height=260)
+                after = uploaded_image(label="After", elem_id="after", height=260)
             with gr.Row():
                 go = gr.Button("Describe", variant="primary", elem_id="describe-btn")
                 max_tokens = gr.Slider(8, 192, value=services.config.max_new_tokens, step=8,

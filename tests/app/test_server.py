@@ -63,3 +63,32 @@ def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
     with big.open("rb") as f:
         r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
     assert r.status_code == 413
+
+
+@pytest.mark.parametrize("kind", ["not an image", "empty", "bomb", "truncated"])
+def test_bad_uploads_get_the_apps_message_through_the_served_app(server, pair_files, bad_files, kind):
+    """Gradio's own preprocessing used to fail first, with its raw message and the server's temp paths."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict(handle_file(str(bad_files[kind])), handle_file(pair_files[1]), 8, api_name="/describe")
+    message = str(err.value)
+    assert "before image" in message, message
+    assert "preprocess" not in message and "/tmp" not in message and "gradio" not in message.lower(), message
+
+
+def test_a_16_bit_png_reaches_the_model_as_the_library_reads_it(server, services, pair_files, tmp_path):
+    """Gradio's preprocessing clipped 16-bit grayscale to black and white; the app now reads it as the
+    library does, so the layer scores through the served app equal the library's."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    ramp = (np.linspace(0, 65535, 48 * 48).reshape(48, 48)).astype(np.uint16)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(ramp, mode="I;16").save(deep)
+    client = Client(server, verbose=False)
+    _, scores = client.predict(handle_file(str(deep)), handle_file(pair_files[1]), 8, api_name="/describe")
+    expected = services.captioner.describe(deep, pair_files[1], with_trace=True).layer_scores
+    assert scores == {str(k): round(float(v), 6) for k, v in expected.items()}

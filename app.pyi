@@ -1,0 +1,780 @@
+"""The m3diff browser app: describe a pair and see why; break the errors down by change type.
+
+    python app.py [--model DIR|HUB_ID] [--twin DIR] [--host 127.0.0.1] [--port 7860]
+    m3diff app    (the same)
+
+Three tabs — Describe (a pair → caption streamed token by token, per-layer MDP Score, difference-attention
+heatmaps, "explain a word", the no-MDP twin, the model card), Dashboard (an evaluation report per change
+type and domain, run against run, CSV/LaTeX export) and Errors (a report's test pairs, filterable and
+sortable; a row shows the pair, references, prediction and trace).
+
+The app is thin: it lays out what ``m3diff`` and ``analysis`` compute. Nothing here is module-level
+mutable state: ``load_services`` builds the models (once, at start; on a ZeroGPU Space that is at import
+time, which the platform requires) and ``build_app`` wires them into callbacks through closures.
+Every callback below is a plain function of its inputs, tested without a browser (tests/app).
+"""
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES_DIR = HERE / "examples"
+EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the placeholder model on the examples
+MAX_FILE_SIZE = "20mb"  # a 40 MP PNG fits; load_image refuses bigger pictures before decoding
+DEFAULT_MAX_NEW_TOKENS = 96
+
+UNTRAINED_NOTE = (
+    "**No trained weights are installed yet** (`m3diff/weights/` is empty): this app runs a tiny model with "
+    "**random** weights, so its captions are noise. The Score chart and heatmaps are real computations of "
+    "that random model. Start with `--model DIR` (or `M3DIFF_MODEL`) to use a trained model."
+)
+EMBEDDED_LIMITS = (
+    "The embedded model is tiny and was trained **only on generated scenes** (`m3diff synth`: rendered "
+    "3D-style scenes and objects composited into a few scikit-image photos, 12 change types). It has never "
+    "seen real photo pairs: on them (e.g. the motorcycle example) expect captions about generated-scene "
+    "objects that are not there. It knows English only, at most ~4 changes per pair, and no camera motion "
+    "beyond small shifts and zooms."
+)
+NO_REPORT_NOTE = (
+    "**No shipped evaluation report yet**: the embedded model's reports will be at "
+    "`m3diff/weights/reports/{m3diff,no_mdp}.json` once it is trained. Until then this tab shows "
+    "the paper's reference numbers, and the example report: the model now loaded scored on the "
+    "13 example pairs (`examples/report.json`, one pair per type, so no intervals). "
+    "Upload a `report.json` from `m3diff eval` to see yours."
+)
+
+
+# ============================================================================ services (models, reports)
+@dataclass(frozen=True)
+class AppConfig:
+    model: str | None = None  # None / "embedded": the embedded default
+    twin: str | None = None  # the no-MDP baseline; default: m3diff/weights/twin when the model is embedded
+    host: str = "127.0.0.1"
+    port: int = 7860
+    concurrency: int = 1  # model calls at once; CPU torch already uses every core for one call
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    api_batch: int = 4  # /describe calls served together in one batch
+    reports: tuple[str, ...] = ()  # report.json files for the Dashboard; default: the shipped ones
+    # the model in a process of its own (m3diff.remote): the CPU default of `python app.py`; a ZeroGPU
+    # Space needs it in the server's process, where spaces.GPU can reach it
+    separate_process: bool = False
+
+
+@dataclass
+class Services:
+    """What the callbacks need, built once: the captioner, its no-MDP twin (optional) and the reports.
+
+    Not mutated after construction: callbacks only read it, so concurrent requests cannot interfere.
+    """
+
+    captioner: object  # m3diff.pipeline.DiffCaptioner, or m3diff.remote.RemoteCaptioner (same API)
+    twin: object | None = None
+    reports: dict = field(default_factory=dict)  # run name -> report (analysis.report.read_report)
+    report_note: str = ""
+    config: AppConfig = AppConfig()
+    batcher: object | None = None  # m3diff.batching.PairBatcher of concurrent /describe calls
+
+    def __post_init__(self):
+        if self.batcher is None:
+            from m3diff.batching import PairBatcher
+
+            self.batcher = PairBatcher(self.captioner, max_batch=max(1, self.config.api_batch))
+
+
+def default_report_paths() -> list[Path]:
+    from m3diff.describing import EMBEDDED_DIR
+
+    folder = EMBEDDED_DIR / "reports"
+    return [p for p in (folder / "m3diff.json", folder / "no_mdp.json") if p.is_file()]
+
+
+def load_error(exc: Exception, config: AppConfig) -> Exception:
+    """A model load error, with what to do about it in the app."""
+    from m3diff.describing import ModelLoadError
+
+    return ModelLoadError(
+        f"{exc}\nThe app could not start with model {config.model!r}. Large models need a CUDA GPU "
+        "(they load in bf16 with SDPA there); leave --model / M3DIFF_MODEL unset for the embedded model.")
+
+
+def load_services(config: AppConfig, device: str | None = None) -> Services:
+    """Load the model (and twin and reports). Raises ``ModelLoadError`` with a message for a person.
+
+    With ``config.separate_process`` the model loads in its own process and this returns at once; the
+    first use of the captioner (``build_app`` reads its facts) waits for it and raises the load error."""
+    from m3diff.describing import EMBEDDED_TWIN_DIR
+
+    twin_src = config.twin
+    if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_TWIN_DIR / "config.json").is_file():
+        twin_src = str(EMBEDDED_TWIN_DIR)
+    captioner, twin = _load_captioners(config, twin_src, device)
+    reports, note = load_reports(config)
+    return Services(captioner, twin, reports, note, config)
+
+
+def _load_captioners(config: AppConfig, twin_src: str | None, device: str | None):
+    from m3diff.describing import ModelLoadError
+
+    if config.separate_process:
+        from m3diff.remote import RemoteCaptioner
+
+        captioner = RemoteCaptioner.start(config.model, twin=twin_src, device=device)
+        return captioner, captioner.twin
+    from m3diff.pipeline import DiffCaptioner
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
+            captioner = DiffCaptioner.from_pretrained(config.model, device=device)
+    except ModelLoadError as exc:
+        raise load_error(exc, config) from None
+    captioner.use_recommended_threads()  # the model lives in this process, which the app owns
+    twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
+    return captioner, twin
+
+
+def load_reports(config: AppConfig) -> tuple[dict, str]:
+    """The Dashboard's reports (the named ones, else the shipped ones, else the examples'), and a note."""
+    from analysis.report import read_report
+
+    paths = [Path(p) for p in config.reports] or default_report_paths()
+    reports = {p.stem: read_report(p, search=(HERE,)) for p in paths}
+    if reports:
+        return reports, ""
+    if EXAMPLE_REPORT.is_file():
+        reports["examples"] = read_report(EXAMPLE_REPORT, search=(HERE,))
+    return reports, NO_REPORT_NOTE
+
+
+# ============================================================================ inputs
+def load_pair(before, after):
+    """Both images through ``m3diff.images.load_image``; any problem becomes one ``gr.Error`` for a person."""
+    import gradio as gr
+
+    from m3diff.images import ImageError, load_image
+
+    if before is None or after is None:
+        missing = " and ".join(n for n, v in (("before", before), ("after", after)) if v is None)
+        raise gr.Error(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
+    try:
+        return load_image(before, name="before image"), load_image(after, name="after image")
+    except ImageError as exc:
+        raise gr.Error(_strip_tmp(str(exc)), title="Unusable image") from None
+
+
+def _strip_tmp(message: str) -> str:
+    """Gradio's upload cache paths mean nothing to a person: keep the file name only."""
+    tmp = tempfile.gettempdir()
+    out = []
+    for word in message.split(" "):
+        out.append(Path(word).name if word.startswith(tmp) else word)
+    return " ".join(out)
+
+
+# ============================================================================ figures (analysis.figures)
+def score_figure(trace, layer_scores: dict):
+    """Bars of the mean MDP Score per vision layer, with the spread of its channel weights."""
+    from analysis.figures import mdp_scores
+
+    per_channel = trace.score if trace is not None else None
+    fig = mdp_scores({int(k): float(v) for k, v in layer_scores.items()}, per_channel)
+    fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def dashboard_figure(reports: dict, metric: str):
+    """Per change type (with intervals) for evaluation reports; per domain for the paper's numbers."""
+    from analysis.figures import metrics_by_domain, metrics_by_type
+    from analysis.paper import paper_reports
+
+    if reports:
+        fig = metrics_by_type(reports, metric)
+    else:
+        fig = metrics_by_domain(paper_reports(), metric)
+        fig.update_layout(title=f"{metric} reported in the paper (OmniDiff Table 3), per domain")
+    fig.update_layout(height=380)
+    return fig
+
+
+# ============================================================================ describe
+def model_card(captioner, twin=None) -> str:
+    """A short model card of what is loaded: source, size, MDP layers, training data, limits."""
+    info = captioner.info
+    counts = info.parameters
+    lines = [f"### Model: `{info.source}`", ""]
+    if not info.trained:
+        lines += ["> ⚠️ " + UNTRAINED_NOTE, ""]
+    lines += [
+        f"- **Size**: {counts['total'] / 1e6:,.2f} M parameters (vision {counts['vision'] / 1e6:.2f} M, "
+        f"MDP {counts['mdp'] / 1e6:.2f} M, language model {counts['language_model'] / 1e6:.2f} M)",
+        f"- **MDP**: " + (f"on vision layers {list(info.mdp_layers)}, depth {info.mdp_depth}" if info.use_mdp
+                          else "off (baseline)"),
+        f"- **Images**: {info.image_size}px, {info.num_image_tokens} tokens each; "
+        f"device `{info.device}`, dtype `{info.dtype}`",
+        f"- **No-MDP twin**: " + (f"`{twin.source}` loaded" if twin is not None else "not loaded"),
+    ]
+    card = _read_card(info.source)
+    if info.source in ("embedded", "untrained-tiny"):
+        lines += ["", "**What it knows and does not know.** " + EMBEDDED_LIMITS]
+    if card:
+        lines += ["", "<details><summary>The model's own card</summary>", "", card, "", "</details>"]
+    return "\n".join(lines)
+
+
+def model_statement(services: Services) -> str:
+    """What the loaded model knows and how good it measured, said above its captions (the card has more)."""
+    from analysis.tables import quality_line
+
+    info = services.captioner.info
+    if not info.trained:
+        return "⚠️ " + UNTRAINED_NOTE
+    if info.source != "embedded":
+        return f"**Model** `{info.source}` — its measured quality is on the Dashboard when its report is loaded."
+    shipped = services.reports.get("m3diff")
+    measured = quality_line(shipped) if shipped else ""
+    return ("**Embedded demo model** — trained from scratch on generated scenes only (3D renders and shapes on "
+            "photos), not on real photographs" + (f"; {measured}" if measured else "") + ". See the model card below.")
+
+
+def _read_card(source: str) -> str:
+    from m3diff.describing import EMBEDDED_DIR
+
+    folder = EMBEDDED_DIR if source == "embedded" else Path(source)
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return ""
+    text = readme.read_text(encoding="utf-8")
+    if text.startswith("---"):  # hub front-matter is metadata, not prose
+        end = text.find("\n---", 3)
+        text = text[end + 4:] if end > 0 else text
+    return text.strip()[:4000]
+
+
+@dataclass
+class Shown:
+    """What the Describe tab keeps between events (in gr.State): the pair and its trace, plain data."""
+
+    before: object = None  # PIL images, as loaded
+    after: object = None
+    trace: object = None  # m3diff.describing.PairTrace, or None
+    caption: str = ""
+
+
+def caption_words(caption: str) -> list[str]:
+    """The words a person can ask about, as "index: word" (a repeated word stays distinct); the indices
+    are analysis.attribution's, so the word explained is the word picked."""
+    from m3diff.describing import caption_words as words
+
+    return [f"{i}: {w}" for i, w in enumerate(words(caption or ""))]
+
+
+def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+                    ) -> Iterator[tuple]:
+    """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
+    from m3diff.describing import GenerationSettings
+
+    b, a = load_pair(before, after)
+    settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
+    for d in services.captioner.describe_stream(b, a, settings=settings):
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption)
+
+
+def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    """The ``/describe`` endpoint: (caption, {layer: mean Score}) for two image files."""
+    from m3diff.describing import GenerationSettings
+
+    b, a = load_pair(before, after)
+    d = services.batcher.describe(b, a, GenerationSettings(max_new_tokens=int(max_new_tokens)))
+    return d.caption, {str(k): round(float(v), 6) for k, v in d.layer_scores.items()}
+
+
+def heatmaps(shown: Shown | None, layer, kind: str):
+    """The chosen MDP layer's map over each image (one colour scale for both)."""
+    import gradio as gr
+
+    from m3diff.overlay import overlay_pair
+
+    if shown is None or shown.trace is None:
+        return None, None
+    layer = int(str(layer).lstrip("L"))
+    try:
+        return overlay_pair(shown.before, shown.after, shown.trace, layer, kind)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def explain_word(services: Services, shown: Shown | None, word: str | None):
+    """Captum attribution of one caption word on both images (``analysis.attribution.explain_maps``, run
+    where the model lives), as overlays on one shared colour scale, and a line saying what was explained."""
+    import gradio as gr
+
+    from analysis.attribution import explain_maps
+    from m3diff.overlay import overlay
+    from m3diff.remote import call_on
+
+    if shown is None or not shown.caption:
+        raise gr.Error("Describe a pair first, then pick a word of its caption.")
+    if not word:
+        raise gr.Error("Pick a word of the caption to explain.")
+    index = int(str(word).split(":", 1)[0])
+    try:
+        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
+    except ValueError as exc:
+        raise gr.Error(str(exc), title="Cannot explain this word") from None
+    scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
+    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
+
+
+def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+    """The same pair through the no-MDP twin (the baseline), when one is loaded."""
+    from m3diff.describing import GenerationSettings
+
+    if services.twin is None:
+        return "(no no-MDP twin loaded: start with --twin DIR to compare)"
+    if shown is None or shown.before is None:
+        return ""
+    return services.twin.describe(shown.before, shown.after, with_trace=False,
+                                  settings=GenerationSettings(max_new_tokens=int(max_new_tokens))).caption
+
+
+def error_pair(traced: Callable, report: dict | None, pair_id: str | None):
+    """The Errors tab's view of one test pair: the pair for a slider, its |ΔF| maps (last MDP layer, the
+    model now loaded: ``traced(before, after)``) and the report's text about it (``analysis.tables``)."""
+    from analysis.report import pair_images
+    from analysis.tables import pair_markdown, pair_record
+    from m3diff.overlay import common_size
+
+    if report is None or pair_id is None:
+        return None, None, None, ""
+    record = pair_record(report, pair_id)
+    text = pair_markdown(record)
+    files = pair_images(report, record)
+    if files is None:
+        return None, None, None, text + "\n\n_(the report does not say where this pair's images are)_"
+    b, a = load_pair(*files)
+    d = traced(b, a)
+    hb = ha = None
+    if d is not None and d.trace is not None:
+        hb, ha = heatmaps(Shown(b, a, d.trace), d.trace.layers[-1], "delta_norm")
+        text += "\n\n**MDP Score**: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items())
+    return common_size(b, a), hb, ha, text
+
+
+def _traced(captioner, before, after):
+    return captioner.describe(before, after, settings=_short()) if captioner.uses_mdp else None
+
+
+def load_examples() -> list:
+    """The example pairs (m3diff's dataset layout: `m3diff eval --refs examples` reads them too)."""
+    from m3diff.data.layout import read_split
+
+    path = EXAMPLES_DIR / "test.json"
+    return read_split(path) if path.is_file() else []
+
+
+# ============================================================================ layout
+CSS = """
+#caption textarea {font-size: 1.1rem; line-height: 1.5;}
+.note {border-left: 4px solid #f59e0b; padding-left: .6rem;}
+"""
+CPU_ONLY = MappingProxyType({"concurrency_limit": None})  # the dashboard never waits behind the model
+
+
+def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f: f):
+    """The Blocks app. ``gpu`` wraps the model calls (``spaces.GPU(duration=...)`` on a ZeroGPU Space)."""
+    import gradio as gr
+
+    cap = services.captioner
+    cap.info  # noqa: B018 — waits here for a model loading in its own process (and raises its load error)
+    with gr.Blocks(title="m3diff — what changed between two images") as demo:
+        gr.Markdown("# m3diff — what changed between two images, and why the model thinks so\n"
+                    "M3Diff (OmniDiff, ICCV 2025): LLaVA-OneVision with multi-scale differential perception (MDP).")
+        if not cap.trained:
+            gr.Markdown("⚠️ " + UNTRAINED_NOTE, elem_classes="note")
+        with gr.Tabs():
+            with gr.Tab("Describe", id="describe"):
+                describe_tab(services, gpu)
+            with gr.Tab("Dashboard", id="dashboard"):
+                reports_state = dashboard_tab(services, demo)
+            with gr.Tab("Errors", id="errors"):
+                errors_tab(services, gpu, reports_state, demo)
+    return demo
+
+
+def _model_calls(services: Services) -> dict:
+    return dict(concurrency_id="model", concurrency_limit=services.config.concurrency)
+
+
+def uploaded_image(**kwargs):
+    """An image input whose upload reaches m3diff's own loader untouched (``m3diff.images.load_image``).
+
+    gr.Image decodes and re-encodes every upload before a callback sees it: a bad file then fails in
+    Gradio's preprocessing with its raw message and the server's temporary paths, and a 16-bit PNG is
+    clipped to black and white. This subclass hands the callback the uploaded file's path instead, so
+    the loader's rules and messages apply, as in the CLI and the library.
+    """
+    import gradio as gr
+from gradio.events import Dependency
+
+    class UploadedImage(gr.Image):
+        @classmethod
+        def get_block_name(cls) -> str:
+            return "image"  # the browser draws it as the ordinary image component
+
+        def preprocess(self, payload):
+            path = getattr(payload, "path", None)
+            return path if path else super().preprocess(payload)
+
+    return UploadedImage(type="filepath", **kwargs)
+
+
+def describe_tab(services: Services, gpu) -> None:
+    """Describe: a pair in; the caption streamed out with the Score chart, maps, explain, twin and card."""
+    ui = SimpleNamespace(**_describe_inputs(services), **_describe_outputs(services))
+    _wire_describe(services, gpu, ui)
+
+
+def _describe_inputs(services: Services) -> dict:
+    import gradio as gr
+
+    examples = load_examples()
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                before = uploaded_image(label="Before", elem_id="before", height=260)
+                after = uploaded_image(label="After", elem_id="after", height=260)
+            with gr.Row():
+                go = gr.Button("Describe", variant="primary", elem_id="describe-btn")
+                max_tokens = gr.Slider(8, 192, value=services.config.max_new_tokens, step=8,
+                                       label="max caption tokens")
+            if examples:
+                gr.Examples([[str(e.before), str(e.after)] for e in examples], [before, after],
+                            example_labels=[f"{e.id} ({e.domain})" for e in examples],
+                            examples_per_page=len(examples),
+                            label="Examples: one generated pair per change type, and a real photo pair")
+        with gr.Column(scale=1):
+            gr.Markdown(model_statement(services), elem_id="model-statement")
+            caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
+            scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
+    return dict(before=before, after=after, go=go, max_tokens=max_tokens, caption=caption, scores=scores)
+
+
+def _describe_outputs(services: Services) -> dict:
+    import gradio as gr
+
+    from m3diff.describing import MAP_KINDS
+
+    layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
+    with gr.Row():
+        layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
+        kind = gr.Radio([(label, key) for key, label in MAP_KINDS.items()], value="attn_eq5", label="map")
+    with gr.Row():
+        heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
+        heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
+        slider = gr.ImageSlider(label="Before / after", type="pil", interactive=False, max_height=280)
+    with gr.Accordion("Explain a word (captum attribution on both images)", open=False):
+        with gr.Row():
+            word = gr.Dropdown([], label="word of the caption", elem_id="word")
+            explain = gr.Button("Explain")
+        with gr.Row():
+            attr_b = gr.Image(label="Before: attribution", interactive=False, height=240)
+            attr_a = gr.Image(label="After: attribution", interactive=False, height=240)
+        attr_note = gr.Markdown()
+    with gr.Accordion("The same pair without MDP (the no-MDP twin)", open=services.twin is not None):
+        twin = gr.Textbox(label="No-MDP twin caption", interactive=False)
+    with gr.Accordion("Model card", open=not services.captioner.trained):
+        gr.Markdown(model_card(services.captioner, services.twin))
+    return dict(layer=layer, kind=kind, heat_b=heat_b, heat_a=heat_a, slider=slider, word=word, explain=explain,
+                attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
+
+
+def _wire_describe(services: Services, gpu, ui) -> None:
+    import gradio as gr
+
+    model_calls = _model_calls(services)
+    ui.go.click(
+        _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens],
+        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.slider, ui.shown, ui.word],
+        api_name="describe_stream", api_visibility="undocumented", **model_calls,
+    ).then(gpu(lambda shown, n: twin_caption(services, shown, n)), [ui.shown, ui.max_tokens], ui.twin,
+           api_visibility="private", **model_calls)
+    for trigger in (ui.layer.change, ui.kind.change):
+        trigger(heatmaps, [ui.shown, ui.layer, ui.kind], [ui.heat_b, ui.heat_a], api_visibility="private", **CPU_ONLY)
+    ui.explain.click(gpu(lambda shown, word: explain_word(services, shown, word)), [ui.shown, ui.word],
+                     [ui.attr_b, ui.attr_a, ui.attr_note], api_visibility="private", **model_calls)
+    # The API endpoint: two image files in, (caption, per-layer scores) out. Its calls are batched
+    # together (m3diff.batching.PairBatcher), so up to api_batch of them may wait at once.
+    api_caption, api_scores, api_btn = gr.Textbox(visible=False), gr.JSON(visible=False), gr.Button(visible=False)
+    api_btn.click(gpu(lambda before, after, max_new_tokens=DEFAULT_MAX_NEW_TOKENS:
+                      describe_api(services, before, after, max_new_tokens)),
+                  [ui.before, ui.after, ui.max_tokens], [api_caption, api_scores], api_name="describe",
+                  concurrency_id="model-api", concurrency_limit=max(1, services.config.api_batch))
+
+
+def _describe_stream(services: Services, gpu, ui):
+    """The Describe button's callback: the trace is drawn once (it is complete before the first token),
+    then only the caption grows; at the end the words of the caption become pickable."""
+    import gradio as gr
+
+    from m3diff.overlay import common_size
+
+    @gpu
+    def stream(before, after, max_new_tokens):
+        yield from describe_events(services, before, after, max_new_tokens)
+
+    def on_describe(before, after, layer, kind, max_new_tokens):
+        shown = None
+        for caption, scores, now in stream(before, after, max_new_tokens):
+            if shown is None:
+                hb, ha = heatmaps(now, layer, kind)
+                yield {ui.caption: caption, ui.scores: score_figure(now.trace, scores) if scores else None,
+                       ui.heat_b: hb, ui.heat_a: ha, ui.slider: common_size(now.before, now.after), ui.shown: now}
+            else:
+                yield {ui.caption: caption}
+            shown = now
+        words = caption_words(shown.caption) if shown else []
+        yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None)}
+
+    return on_describe
+
+
+def dashboard_tab(services: Services, demo):
+    """Dashboard: the loaded reports per change type and domain, run against run, the paper, exports.
+    Returns the reports' state (the Errors tab browses the same reports)."""
+    import gradio as gr
+
+    from analysis.metrics import SHOWN_METRICS
+    from analysis.tables import export_report, paper_table
+
+    reports_state = gr.State(dict(services.reports))
+    if services.report_note:
+        gr.Markdown("ℹ️ " + services.report_note, elem_classes="note")
+    with gr.Row():
+        metric = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="metric")
+        upload = gr.File(label="Compare with another report.json", file_types=[".json"], type="filepath")
+    shown = [gr.Plot(label="per change type")]
+    for title in ("**Per change type** (n pairs; score [95% bootstrap CI], x100)", "**Per domain**",
+                  "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
+                  "scored together)"):
+        gr.Markdown(title)
+        shown.append(gr.Dataframe(interactive=False, wrap=True))
+    for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
+                  "how much the answer loss rises with the images of a random pair / of another pair of the same "
+                  "scene (the honest blind gap); what it says for two identical images",
+                  "**Does the caption name the change?** Change recall and precision (%), generated references"):
+        gr.Markdown(title)
+        shown.append(gr.Dataframe(interactive=False, wrap=True))
+    gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
+    gr.Dataframe(paper_table(), interactive=False)
+    paper_plot = gr.Plot(label="the paper, per domain")
+    with gr.Row():
+        csv_btn = gr.Button("Export per-type table: CSV")
+        tex_btn = gr.Button("Export per-type table: LaTeX")
+        export_file = gr.File(label="export", interactive=False)
+
+    metric.change(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    allowed = operator_folders(services)
+    upload.upload(lambda reps, path, m: add_report(reps, path, m, allowed), [reports_state, upload, metric],
+                  [reports_state, *shown], api_visibility="private", **CPU_ONLY)
+    for button, fmt in ((csv_btn, "csv"), (tex_btn, "latex")):
+        button.click(lambda reps, f=fmt: export_report(reps, f), reports_state, export_file,
+                     api_visibility="private", **CPU_ONLY)
+    demo.load(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    for trigger in (demo.load, metric.change):
+        trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **CPU_ONLY)
+    return reports_state
+
+
+def dashboard_view(reports: dict, metric: str):
+    """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
+    from analysis.tables import changes_table, delta_table, grounding_table, slice_table
+
+    return (dashboard_figure(reports, metric), slice_table(reports, "per_type"), slice_table(reports, "per_domain"),
+            delta_table(reports), grounding_table(reports), changes_table(reports))
+
+
+def operator_folders(services: Services) -> tuple[Path, ...]:
+    """The folders the operator named at start (examples, shipped reports, --report files and the data
+    they were scored on): the only places an uploaded report's images may come from."""
+    from analysis.report import data_folders
+    from m3diff.describing import EMBEDDED_DIR
+
+    folders = [EXAMPLES_DIR, EMBEDDED_DIR / "reports", *(Path(p).parent for p in services.config.reports)]
+    return tuple(folders + [f for rep in services.reports.values() for f in data_folders(rep)])
+
+
+def add_report(reports: dict, path, metric: str, allowed: tuple[Path, ...] = ()):
+    """An uploaded report.json joins the loaded ones (under its file name; a name taken gets a ').
+    Its images are shown only from ``allowed`` folders (``operator_folders``)."""
+    import gradio as gr
+
+    from analysis.report import ReportError, read_report
+
+    if path is None:
+        return (reports, *dashboard_view(reports, metric))
+    try:
+        report = read_report(path, search=(HERE,), allowed=allowed)
+    except ReportError as exc:
+        raise gr.Error(str(exc), title="Not a report") from None
+    name = Path(path).stem
+    while name in reports:
+        name += "'"
+    reports = {**reports, name: report}
+    return (reports, *dashboard_view(reports, metric))
+
+
+def errors_tab(services: Services, gpu, reports_state, demo) -> None:
+    """Errors: a report's test pairs, filtered and sorted; a row shows the pair, its text and its maps."""
+    import gradio as gr
+
+    from analysis.metrics import SHOWN_METRICS
+
+    run_names = list(services.reports)
+    if not run_names:
+        gr.Markdown("ℹ️ No report loaded: upload a `report.json` on the Dashboard tab, then pick it here.",
+                    elem_classes="note")
+    with gr.Row():
+        run = gr.Dropdown(run_names, value=run_names[0] if run_names else None, label="run", allow_custom_value=False)
+        ftype = gr.Dropdown(["all"], value="all", label="change type")
+        fdomain = gr.Dropdown(["all"], value="all", label="domain")
+        sort_by = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="sort by")
+        asc = gr.Checkbox(True, label="worst first")
+    table = gr.Dataframe(interactive=False, wrap=True, elem_id="errors-table")
+    with gr.Row():
+        pair = [gr.ImageSlider(label="pair", type="pil", interactive=False, max_height=260),
+                gr.Image(label="Before + |ΔF| (last MDP layer)", interactive=False, height=260),
+                gr.Image(label="After + |ΔF|", interactive=False, height=260)]
+    text = gr.Markdown()
+    traced = gpu(lambda before, after: _traced(services.captioner, before, after))
+
+    def select_pair(reps, name, df, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        ok = name in reps and df is not None and row is not None
+        return error_pair(traced, reps[name] if ok else None, df.iloc[row]["id"] if ok else None)
+
+    filters = [reports_state, run, ftype, fdomain, sort_by, asc]
+    run.change(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY)
+    for comp in (run, ftype, fdomain, sort_by, asc):
+        comp.change(filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+    table.select(select_pair, [reports_state, run, table], [*pair, text], api_visibility="private",
+                 **_model_calls(services))
+    reports_state.change(lambda reps, name: gr.update(choices=list(reps), value=name or next(iter(reps), None)),
+                         [reports_state, run], run, api_visibility="private", **CPU_ONLY)
+    demo.load(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY).then(
+        filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+
+
+def run_filters(reports: dict, name: str | None):
+    """The change types and domains of a run's pairs, as the Errors tab's filter choices."""
+    import gradio as gr
+
+    from analysis.tables import report_choices
+
+    if name not in reports:
+        return gr.update(choices=["all"], value="all"), gr.update(choices=["all"], value="all")
+    types, domains = report_choices(reports[name])
+    return gr.update(choices=["all", *types], value="all"), gr.update(choices=["all", *domains], value="all")
+
+
+def filter_table(reports: dict, name: str | None, change_type, domain, sort_by, ascending):
+    from analysis.tables import pairs_frame
+
+    return pairs_frame(reports.get(name) or {}, change_type or "all", domain or "all", sort_by, bool(ascending))
+
+
+def _short():
+    from m3diff.describing import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+
+
+# ============================================================================ start
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    p = argparse.ArgumentParser(prog="app.py", description="Start the m3diff browser app.")
+    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"),
+                   help="'embedded' (default), a model directory, or a hub id ($M3DIFF_MODEL)")
+    p.add_argument("--twin", default=os.environ.get("M3DIFF_TWIN"),
+                   help="the no-MDP twin to compare with (default: the embedded one when present)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--concurrency", type=int, default=1, help="streamed (UI) model calls at once (default 1)")
+    p.add_argument("--api-batch", type=int, default=4, help="/describe calls batched together (default 4)")
+    p.add_argument("--report", action="append", default=[], help="a report.json for the dashboard (repeatable)")
+    p.add_argument("--same-process", action="store_true",
+                   help="run the model in the web server's process (default: a process of its own, which "
+                        "starts in parallel and decodes without stalling the server)")
+    a = p.parse_args(argv)
+    model = None if a.model in (None, "", "embedded") else a.model
+    return AppConfig(model=model, twin=a.twin, host=a.host, port=a.port, concurrency=a.concurrency,
+                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process)
+
+
+def launch(demo, config: AppConfig, **kwargs):
+    """Queue and launch with the app's limits: upload size, served folders, theme."""
+    import gradio as gr
+
+    from m3diff.describing import EMBEDDED_DIR
+
+    demo.queue(max_size=64, default_concurrency_limit=None)
+    return demo.launch(
+        server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(EXAMPLES_DIR), str(EMBEDDED_DIR / "reports")], footer_links=["api"],
+        theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, show_error=True, **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.report import ReportError
+    from m3diff.describing import ModelLoadError
+    from m3diff.remote import RemoteError
+
+    config = parse_args(argv)
+    try:
+        # the model process starts first: it loads while this process imports gradio and lays out the app
+        services = load_services(config)
+        demo = build_app(services)
+    except ModelLoadError as exc:
+        print(f"m3diff app: error: {load_error(exc, config) if config.separate_process else exc}", file=sys.stderr)
+        return 2
+    except ReportError as exc:
+        print(f"m3diff app: error: {exc}", file=sys.stderr)
+        return 2
+    except RemoteError as exc:  # the model process failed to start, or died
+        print(f"m3diff app: error: the model could not be loaded: {exc}", file=sys.stderr)
+        return 2
+    launch(demo, config)
+    return 0
+
+
+# ============================================================================ the `m3diff app` command
+def register(sub) -> None:
+    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml)."""
+    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
+    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--same-process", action="store_true",
+                   help="run the model in the web server's process (default: its own process, which starts in "
+                        "parallel and decodes without stalling the server)")
+    p.set_defaults(handler=_app_command)
+
+
+def _app_command(args: argparse.Namespace) -> int:
+    from m3diff.cli import CLIError
+
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
+    return main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)]
+                + (["--same-process"] if args.same_process else []))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
