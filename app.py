@@ -619,8 +619,9 @@ def add_report(reports: dict, path, metric: str, allowed: tuple[Path, ...] = ())
         return (reports, *dashboard_view(reports, metric))
     try:
         report = read_report(path, search=(HERE,), allowed=allowed)
-    except ReportError as exc:
-        raise gr.Error(str(exc), title="Not a report") from None
+    except ReportError as exc:  # a warning: the Dashboard keeps showing what it had
+        gr.Warning(str(exc), title="Not a report")
+        return (reports, *dashboard_view(reports, metric))
     name = Path(path).stem
     while name in reports:
         name += "'"

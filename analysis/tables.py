@@ -55,18 +55,23 @@ def delta_table(reports: dict[str, dict], metrics=SHOWN_METRICS):
 
     from analysis.breakdown import compare
 
-    comparisons = [rep["comparison"] for rep in reports.values() if rep.get("comparison")]
+    comparisons = [(rep["comparison"], None) for rep in reports.values() if rep.get("comparison")]
     if len(reports) > 1:
-        comparisons.append(compare({run: breakdown_of(rep) for run, rep in reports.items()}))
+        # reports loaded side by side may cover different pairs: each row says whether they are the same
+        ids = {run: {p["id"] for p in report_pairs(rep)} for run, rep in reports.items()}
+        comparisons.append((compare({run: breakdown_of(rep) for run, rep in reports.items()}), ids))
     rows = []
-    for comparison in comparisons:
+    for comparison, ids in comparisons:
         base = comparison["base"]
         for run, table in comparison["runs"].items():
+            same_set = ids is None or (bool(ids[run]) and ids[run] == ids[base])
             for key, entry in table.items():
                 if key.startswith("source:"):
                     continue
+                same = same_set and entry["n"] == entry["n_base"]
                 row = {"run": f"{run} − {base}", "slice": "overall" if key == "overall:overall" else key,
-                       "n": entry["n"], "n base": entry["n_base"]}
+                       "n": entry["n"], "n base": entry["n_base"],
+                       "pairs": "same" if same else "DIFFERENT pair sets: not comparable"}
                 for m in metrics:
                     d = entry.get(m)
                     row[f"Δ {m}"] = None if d is None else _fmt(d["delta"], d.get("ci"))

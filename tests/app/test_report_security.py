@@ -75,3 +75,27 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
     calls = []
     image, hb, ha, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
     assert image is None and not calls and "does not say where" in text
+
+
+def test_a_bad_report_upload_keeps_the_dashboard_as_it_was(tmp_path):
+    """It used to raise, turning the chart and every table into "Error" until the metric changed."""
+    good = read_report(make_report(tmp_path / "g", "m3diff"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a report"}')
+    before = app.dashboard_view({"m3diff": good}, "CIDEr-D")
+    reports, *views = app.add_report({"m3diff": good}, str(bad), "CIDEr-D")
+    assert list(reports) == ["m3diff"]
+    assert [v.to_dict() for v in views[1:]] == [v.to_dict() for v in before[1:]]  # the tables, unchanged
+
+
+def test_deltas_between_different_pair_sets_say_so(tmp_path):
+    from analysis.tables import delta_table
+
+    a = read_report(make_report(tmp_path / "a", "m3diff"))
+    b = json.loads(Path(make_report(tmp_path / "b", "other", shift=2.0)).read_text())
+    same = delta_table({"m3diff": a, "other": b})
+    assert set(same["pairs"]) == {"same"}
+    b["pairs"] = b["pairs"][:2]  # another run over fewer pairs
+    b["overall"]["n"] = 2
+    different = delta_table({"m3diff": a, "other": b})
+    assert (different["pairs"] == "DIFFERENT pair sets: not comparable").all()
