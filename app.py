@@ -509,7 +509,9 @@ def _wire_describe(services: Services, gpu, ui) -> None:
                      [ui.attr_b, ui.attr_a, ui.attr_note], api_visibility="private", **model_calls)
     # The API endpoint: two image files in, (caption, per-layer scores) out. Its calls are batched
     # together (m3diff.batching.PairBatcher), so up to api_batch of them may wait at once.
-    api_caption, api_scores, api_btn = gr.Textbox(visible=False), gr.JSON(visible=False), gr.Button(visible=False)
+    # labelled: the API page names the outputs by their labels (else "value_41", "value_42")
+    api_caption = gr.Textbox(visible=False, label="caption")
+    api_scores, api_btn = gr.JSON(visible=False, label="layer_scores"), gr.Button(visible=False)
     api_btn.click(gpu(lambda before, after, max_new_tokens=DEFAULT_MAX_NEW_TOKENS:
                       describe_api(services, before, after, max_new_tokens)),
                   [ui.before, ui.after, ui.max_tokens], [api_caption, api_scores], api_name="describe",

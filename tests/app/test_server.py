@@ -92,3 +92,11 @@ def test_a_16_bit_png_reaches_the_model_as_the_library_reads_it(server, services
     _, scores = client.predict(handle_file(str(deep)), handle_file(pair_files[1]), 8, api_name="/describe")
     expected = services.captioner.describe(deep, pair_files[1], with_trace=True).layer_scores
     assert scores == {str(k): round(float(v), 6) for k, v in expected.items()}
+
+
+def test_the_api_page_names_the_describe_outputs(server):
+    import json
+
+    info = json.loads(urllib.request.urlopen(server + "gradio_api/info", timeout=10).read())
+    returns = info["named_endpoints"]["/describe"]["returns"]
+    assert [r["label"] for r in returns] == ["caption", "layer_scores"]
