@@ -28,6 +28,7 @@ EXAMPLES_DIR = HERE / "examples"
 EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the placeholder model on the examples
 MAX_FILE_SIZE = "20mb"  # a 40 MP PNG fits; load_image refuses bigger pictures before decoding
 DEFAULT_MAX_NEW_TOKENS = 96
+SESSION_CAPACITY = 256  # browser sessions whose Describe state the server keeps (the oldest go first)
 
 UNTRAINED_NOTE = (
     "**No trained weights are installed yet** (`m3diff/weights/` is empty): this app runs a tiny model with "
@@ -727,7 +728,10 @@ def launch(demo, config: AppConfig, **kwargs):
     return demo.launch(
         server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE,
         allowed_paths=[str(EXAMPLES_DIR), str(EMBEDDED_DIR / "reports")], footer_links=["api"],
-        theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, show_error=True, **kwargs,
+        theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, show_error=True,
+        # every API call without a session is a session of its own; Gradio keeps 10,000 of them in
+        # memory by default, which grew the server by ~700 MB in a 2-minute soak
+        state_session_capacity=SESSION_CAPACITY, **kwargs,
     )
 
 
