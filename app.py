@@ -417,21 +417,24 @@ def uploaded_image(**kwargs):
 
     gr.Image decodes and re-encodes every upload before a callback sees it: a bad file then fails in
     Gradio's preprocessing with its raw message and the server's temporary paths, and a 16-bit PNG is
-    clipped to black and white. This subclass hands the callback the uploaded file's path instead, so
-    the loader's rules and messages apply, as in the CLI and the library.
+    clipped to black and white. This input hands the callback the uploaded file's path instead, so the
+    loader's rules and messages apply, as in the CLI and the library. (The instance's preprocess is
+    replaced rather than subclassed: Gradio writes a .pyi stub beside any module that defines a
+    component class.)
     """
+    import types
+
     import gradio as gr
 
-    class UploadedImage(gr.Image):
-        @classmethod
-        def get_block_name(cls) -> str:
-            return "image"  # the browser draws it as the ordinary image component
+    image = gr.Image(type="filepath", **kwargs)
+    decode = image.preprocess
 
-        def preprocess(self, payload):
-            path = getattr(payload, "path", None)
-            return path if path else super().preprocess(payload)
+    def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        return path if path else decode(payload)
 
-    return UploadedImage(type="filepath", **kwargs)
+    image.preprocess = types.MethodType(preprocess, image)
+    return image
 
 
 def describe_tab(services: Services, gpu) -> None:
