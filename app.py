@@ -721,13 +721,64 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                      api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process)
 
 
+class OptionalAPIArguments:
+    """ASGI middleware: a plain-HTTP call that leaves out trailing optional arguments gets their defaults.
+
+    The API page (and gradio_client) call ``/describe``'s max_new_tokens optional, but Gradio's HTTP
+    route requires every input ("needed: 3, got: 2"); this fills in what gradio_client would have.
+    ``optional``: endpoint name -> (required count, defaults of the arguments after them).
+    """
+
+    def __init__(self, app, optional: dict[str, tuple[int, list]]):
+        self.app, self.optional = app, optional
+
+    async def __call__(self, scope, receive, send):
+        name = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            name = next((n for n in self.optional if scope["path"].endswith(f"/call/{n}")), None)
+        if name is None:
+            return await self.app(scope, receive, send)
+        import json
+
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        required, defaults = self.optional[name]
+        try:
+            data = json.loads(body)
+            given = data.get("data") if isinstance(data, dict) else None
+            if isinstance(given, list) and required <= len(given) < required + len(defaults):
+                data["data"] = given + defaults[len(given) - required:]
+                body = json.dumps(data).encode()
+        except ValueError:
+            pass  # not JSON: Gradio answers it as it would have
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        return await self.app({**scope, "headers": headers}, replay, send)
+
+
 def launch(demo, config: AppConfig, **kwargs):
     """Queue and launch with the app's limits: upload size, served folders, theme."""
     import gradio as gr
 
     from m3diff.describing import EMBEDDED_DIR
 
+    from starlette.middleware import Middleware
+
     demo.queue(max_size=64, default_concurrency_limit=None)
+    optional = {"describe": (2, [config.max_new_tokens])}
+    kwargs.setdefault("app_kwargs", {"middleware": [Middleware(OptionalAPIArguments, optional=optional)]})
     return demo.launch(
         server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE,
         allowed_paths=[str(EXAMPLES_DIR), str(EMBEDDED_DIR / "reports")], footer_links=["api"],

@@ -100,3 +100,21 @@ def test_the_api_page_names_the_describe_outputs(server):
     info = json.loads(urllib.request.urlopen(server + "gradio_api/info", timeout=10).read())
     returns = info["named_endpoints"]["/describe"]["returns"]
     assert [r["label"] for r in returns] == ["caption", "layer_scores"]
+
+
+def test_plain_http_describe_without_the_optional_max_new_tokens(server, pair_files):
+    """The API page calls max_new_tokens optional; over plain HTTP it was required ("needed: 3, got: 2")."""
+    import json
+
+    import httpx
+
+    api = server + "gradio_api"
+    with httpx.Client(timeout=60) as http:
+        files = [("files", (p.rsplit("/", 1)[-1], open(p, "rb").read(), "image/png")) for p in pair_files]
+        paths = http.post(f"{api}/upload", files=files).raise_for_status().json()
+        data = [{"path": p, "meta": {"_type": "gradio.FileData"}} for p in paths]  # two of three inputs
+        event = http.post(f"{api}/call/describe", json={"data": data}).raise_for_status().json()
+        text = http.get(f"{api}/call/describe/{event['event_id']}").text
+    assert "event: complete" in text, text[-500:]
+    caption, scores = json.loads(text.split("event: complete", 1)[1].split("data:", 1)[1].splitlines()[0])
+    assert isinstance(caption, str) and scores
