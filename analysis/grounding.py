@@ -114,26 +114,28 @@ def swaps(pairs, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return random, same
 
 
-def answer_losses(captioner, images: list[tuple], answers: list[str], batch_size: int = 16) -> tuple[float, int]:
-    """Summed cross-entropy of ``answers`` (and their end token) given the image pairs, and the token count."""
+def answer_losses(captioner, images: list[tuple], answers: list[str], batch_size: int = 16) -> list[tuple[float, int]]:
+    """Per pair, the summed cross-entropy of its answer (and end token) given its images, and the token count."""
     import torch
-    import torch.nn.functional as F
 
-    from m3diff.processing import IGNORE_INDEX
+    from m3diff.processing import answer_cross_entropy
 
     model, processor = captioner.model, captioner.processor
-    total, count = 0.0, 0
+    out = []
     for s in range(0, len(images), batch_size):
         batch = processor.encode_pairs(images[s:s + batch_size], answers=answers[s:s + batch_size]).to(model.device)
         with torch.inference_mode():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            pixel_values=batch["pixel_values"].to(model.dtype), image_sizes=batch["image_sizes"],
-                           batch_num_images=batch["batch_num_images"], use_cache=False).logits[:, :-1].float()
-        target = batch["labels"][:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       ignore_index=IGNORE_INDEX, reduction="sum"))
-        count += int((target != IGNORE_INDEX).sum())
-    return total, count
+                           batch_num_images=batch["batch_num_images"], use_cache=False).logits
+        sums, counts = answer_cross_entropy(logits, batch["labels"])
+        out += list(zip(sums.tolist(), counts.tolist()))
+    return out
+
+
+def _mean(per_pair: list[tuple[float, int]], rows) -> float:
+    """Per-token mean over the chosen pairs."""
+    return sum(per_pair[i][0] for i in rows) / sum(per_pair[i][1] for i in rows)
 
 
 def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 100, batch_size: int = 16,
@@ -141,9 +143,11 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
                     progress=None, loss_fn=answer_losses) -> GroundingChecks:
     """Run every check on ``pairs`` (DiffPairs with images, references and scenes).
 
-    ``loss_fn(captioner, images, answers, batch_size) -> (summed loss, tokens)`` scores references
-    given image pairs; the default runs the captioner's model on its answer tokens.
+    ``loss_fn(captioner, images, answers, batch_size) -> [(summed loss, tokens)] per pair`` scores
+    references given image pairs; the default runs the captioner's model on its answer tokens.
     """
+    from collections import Counter
+
     from m3diff.describing import GenerationSettings
 
     if len(pairs) < 2:
@@ -156,23 +160,24 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
         chunk = true_images[s:s + batch_size]
         captions += [d.caption for d in captioner.describe_batch(chunk, with_trace=False, settings=settings)]
         tick("describe", len(chunk))
-    distinct = sum(1 for c in captions if captions.count(c) == 1) / len(captions)
+    seen = Counter(captions)
+    distinct = sum(1 for c in captions if seen[c] == 1) / len(captions)
 
     answers = [p.captions[0] for p in pairs]
     random, same = swaps(pairs, seed)
+    everyone = range(len(pairs))
     loss_true = loss_fn(captioner, true_images, answers, batch_size)
     tick("loss", len(pairs))
     loss_random = loss_fn(captioner, [true_images[j] for j in random], answers, batch_size)
     tick("loss", len(pairs))
-    has_same = [i for i in range(len(pairs)) if same[i] >= 0]
+    has_same = [i for i in everyone if same[i] >= 0]
     loss_same = own_same = None
     if has_same:
         # compared with the true loss of the same pairs, so both means cover the same captions
-        own = loss_fn(captioner, [true_images[i] for i in has_same], [answers[i] for i in has_same], batch_size)
-        swapped = loss_fn(captioner, [true_images[same[i]] for i in has_same],
-                                [answers[i] for i in has_same], batch_size)
-        loss_same, own_same = swapped[0] / swapped[1], own[0] / own[1]
-        tick("loss", 2 * len(has_same))
+        swapped = loss_fn(captioner, [true_images[same[i]] for i in has_same], [answers[i] for i in has_same],
+                          batch_size)
+        loss_same, own_same = _mean(swapped, range(len(has_same))), _mean(loss_true, has_same)
+    tick("loss", len(pairs))
 
     no_change, n_identical = None, min(identical, len(pairs))
     if n_identical:
@@ -185,8 +190,8 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
         no_change = sum(map(says_no_change, said)) / n_identical
     examples = [{"id": p.id, "caption": c, "reference": p.captions[0]} for p, c in list(zip(pairs, captions))[:5]]
     return GroundingChecks(
-        model=model_name, n_pairs=len(pairs), distinct_share=distinct, loss_true=loss_true[0] / loss_true[1],
-        loss_random_swap=loss_random[0] / loss_random[1], loss_same_scene_swap=loss_same,
+        model=model_name, n_pairs=len(pairs), distinct_share=distinct, loss_true=_mean(loss_true, everyone),
+        loss_random_swap=_mean(loss_random, everyone), loss_same_scene_swap=loss_same,
         loss_true_same_scene=own_same,
         n_same_scene=len(has_same), n_identical=n_identical, no_change_share=no_change, targets=targets,
         examples=examples,

@@ -32,6 +32,16 @@ DEFAULT_PROMPT = (
 IGNORE_INDEX = -100  # label value the loss skips
 
 
+def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the summed cross-entropy of the answer tokens ``encode_pairs`` labelled (label !=
+    IGNORE_INDEX; position t predicts token t + 1) and how many there are: ([B], [B])."""
+    import torch.nn.functional as F
+
+    target = labels[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+    return ce.sum(1), (target != IGNORE_INDEX).sum(1)
+
+
 class PairProcessor(LlavaOnevisionProcessor):
     """LLaVA-OneVision's processor without the video slot (which needs torchvision), plus pair helpers."""
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from m3diff.processing import IGNORE_INDEX
+from m3diff.processing import IGNORE_INDEX, answer_cross_entropy
 from training.recipe import Recipe
 
 
@@ -142,7 +141,6 @@ def answer_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
 def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """The answer loss sum, its token count and the grounding losses (empty unless ``model`` is a
     GroundedCaptioner and the batch carries targets)."""
-    labels = batch["labels"]
     inputs = dict(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
         image_sizes=batch["image_sizes"], batch_num_images=batch["batch_num_images"], use_cache=False,
@@ -154,11 +152,8 @@ def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor
         out = model(**inputs)
         if isinstance(out, tuple):  # a GroundedCaptioner given no targets
             out = out[0]
-    logits = out.logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
-    target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss, int((target != IGNORE_INDEX).sum()), aux
+    sums, counts = answer_cross_entropy(out.logits, batch["labels"])
+    return sums.sum(), int(counts.sum()), aux
 
 
 def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tokens: int = 128,

@@ -87,8 +87,7 @@ class Oracle:
 def oracle_loss(captioner, images, answers, batch_size):
     """Low loss when the images are those of the pair the reference describes."""
     images = captioner._images(list(images))
-    total = sum(0.5 if _pair_of(after) in answer else 1.5 for (_, after), answer in zip(images, answers))
-    return total, len(answers)
+    return [(0.5 if _pair_of(after) in answer else 1.5, 1) for (_, after), answer in zip(images, answers)]
 
 
 def _pairs(n=24):
@@ -120,7 +119,7 @@ class Constant:
 
 def test_a_blind_model_is_flagged_on_every_check():
     def flat(captioner, images, answers, batch_size):
-        return float(sum(zlib.crc32(a.encode()) % 7 for a in answers)), len(answers)
+        return [(float(zlib.crc32(a.encode()) % 7), 1) for a in answers]
 
     checks = check_grounding(Constant(), _pairs(), identical=5, loss_fn=flat)
     assert checks.same_scene_gap == pytest.approx(0.0)
