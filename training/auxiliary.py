@@ -43,8 +43,9 @@ PATCH_TYPE_IDS = {t: i + 1 for i, t in enumerate(SEMANTIC_TYPES)}
 
 
 @dataclass(frozen=True)
-class PatchGeometry:
-    """How a box in an original image maps onto the model's patch grid (square pad, then resize)."""
+class ModelGrid:
+    """The model's patch grid, onto which boxes in original pixels are mapped the way the processor maps
+    the image (centred square padding, then resize: ``analysis.localization``'s geometry)."""
 
     image_size: int
     patch_size: int
@@ -56,22 +57,19 @@ class PatchGeometry:
     def cover(self, box, width: int, height: int, min_share: float = 0.25) -> torch.Tensor:
         """[g, g] bool: patches that ``box`` (x0, y0, x1, y1 in original pixels) covers by at least
         ``min_share`` of the patch, or whose box centre they hold (small objects keep one patch)."""
-        side = max(width, height)
-        s = self.image_size / side
-        ox, oy = (side - width) / 2 * s, (side - height) / 2 * s  # centred square padding
-        x0, y0, x1, y1 = (box[0] * s + ox, box[1] * s + oy, box[2] * s + ox, box[3] * s + oy)
-        g, p = self.grid, self.patch_size
-        edges = torch.arange(g + 1, dtype=torch.float32) * p
-        ox_ = (torch.minimum(edges[1:], torch.tensor(x1)) - torch.maximum(edges[:-1], torch.tensor(x0))).clamp(min=0)
-        oy_ = (torch.minimum(edges[1:], torch.tensor(y1)) - torch.maximum(edges[:-1], torch.tensor(y0))).clamp(min=0)
-        mask = (oy_[:, None] * ox_[None, :]) >= min_share * p * p
-        cx, cy = int(min(g - 1, max(0, (x0 + x1) / 2 // p))), int(min(g - 1, max(0, (y0 + y1) / 2 // p)))
+        from analysis.localization import PatchGeometry, padded_square, pixel_patches
+
+        side = padded_square(width, height)[0]
+        covered = PatchGeometry(width, height, self.grid).inside([box])  # original pixels per patch
+        mask = torch.from_numpy(covered >= min_share * (side / self.grid) ** 2)
+        x0, y0, x1, y1 = (max(0, min(v, lim)) for v, lim in zip(box, (width, height, width, height)))
         if x1 > x0 and y1 > y0:
-            mask[cy, cx] = True
+            cols, rows = pixel_patches(width, height, self.grid)
+            mask[rows[min(height - 1, int((y0 + y1) / 2))], cols[min(width - 1, int((x0 + x1) / 2))]] = True
         return mask
 
 
-def pair_targets(sample, geometry: PatchGeometry, width: int, height: int) -> dict[str, torch.Tensor] | None:
+def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[str, torch.Tensor] | None:
     """Per-patch and per-pair targets of one sample, or None when it has no ground truth (real data)."""
     if sample.objects is None:
         return None

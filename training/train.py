@@ -236,10 +236,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     model = apply_lora(recipe, model)
     geometry = None
     if recipe.grounding is not None:
-        from training.auxiliary import GroundedCaptioner, PatchGeometry
+        from training.auxiliary import GroundedCaptioner, ModelGrid
 
         vision = base_model(model).config.vision_config
-        geometry = PatchGeometry(vision.image_size, vision.patch_size)
+        geometry = ModelGrid(vision.image_size, vision.patch_size)
         model = GroundedCaptioner(model, vision.hidden_size)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
