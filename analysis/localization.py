@@ -310,6 +310,51 @@ def maps_from_trace(trace) -> dict[str, dict[int, np.ndarray]]:
     return out
 
 
+FEATURE_DIFFERENCE = "feature_difference"  # m3diff.modeling.feature_difference: any model has it
+
+
+def description_maps(trace=None, feature_difference=None) -> dict[str, np.ndarray]:
+    """Every map of one described pair by report name ({"attn_eq5@4": [2, g, g], ...,
+    "feature_difference": [2, g, g]}): a ``Description``'s ``trace`` (None without MDP) and
+    ``feature_difference`` ([g, g], one map for the pair, scored on both images)."""
+    out = {map_name(k, l): m for k, by_layer in (maps_from_trace(trace) if trace is not None else {}).items()
+           for l, m in by_layer.items()}
+    if feature_difference is not None:
+        fd = np.asarray(feature_difference, np.float64)
+        out[FEATURE_DIFFERENCE] = np.stack([fd, fd])
+    return out
+
+
+def encode_maps(maps: Mapping[str, np.ndarray]) -> dict:
+    """A pair's maps ({name: [2, g, g]}) as compact JSON: float16 on the patch grid, base64 — about
+    1.4 kB per pair for the embedded model's 7 maps of 2 × 8 × 8 (what ``m3diff predict --maps`` stores)."""
+    import base64
+
+    names = list(maps)
+    stack = np.stack([np.asarray(maps[n], np.float32) for n in names]) if names else np.zeros((0, 2, 0, 0))
+    if stack.ndim != 4 or stack.shape[1] != 2 or stack.shape[2] != stack.shape[3]:
+        raise ValueError(f"maps must be [2, g, g] each, got {stack.shape[1:]}")
+    data = np.clip(stack, -65504, 65504).astype("<f2")  # float16's range: a huge value stays huge, not inf
+    return {"names": names, "grid": int(stack.shape[-1]), "float16": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def decode_maps(entry: Mapping) -> dict[str, np.ndarray]:
+    """``encode_maps``' JSON back to {name: [2, g, g] float32}; a damaged entry is a ValueError."""
+    import base64
+    import binascii
+
+    try:
+        names, g = list(entry["names"]), int(entry["grid"])
+        raw = base64.b64decode(entry["float16"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ValueError(f"not a maps entry written by m3diff predict --maps ({exc})") from None
+    if len(raw) != len(names) * 2 * g * g * 2:
+        raise ValueError(f"maps entry holds {len(raw)} bytes; {len(names)} maps of 2 × {g} × {g} float16 need "
+                         f"{len(names) * 8 * g * g}")
+    arr = np.frombuffer(raw, "<f2").astype(np.float32).reshape(len(names), 2, g, g)
+    return {n: arr[i] for i, n in enumerate(names)}
+
+
 def map_name(kind: str, layer: int | None) -> str:
     """How a (kind, layer) is named in report.json: ``attn_eq5@4``, ``pixel_difference``."""
     return kind if layer is None else f"{kind}@{layer}"
@@ -586,21 +631,24 @@ def reinitialise(model, path: str) -> int:
     return sum(not torch.equal(p, before[n]) for n, p in sub.named_parameters())
 
 
-def mdp_map_fn(processor) -> Callable:
-    """A ``map_fn`` for ``sanity_check`` on an M3Diff model: ``pair`` = (before, after) images (any
-    form ``PairProcessor`` takes) → the MDP trace's maps ({kind: {layer: [2, g, g]}}), computed by
-    the same call the pipeline makes at prefill (no caption is generated)."""
+def model_map_fn(processor) -> Callable:
+    """A ``map_fn`` for ``sanity_check`` on an M3Diff model, with or without MDP: ``pair`` = (before,
+    after) images (any form ``PairProcessor`` takes) → the maps of ``description_maps`` (the MDP's
+    trace maps when it has an MDP, and ``feature_difference``), computed by the same call the pipeline
+    makes at prefill (no caption is generated)."""
     def map_fn(model, pair):
         import torch
+
+        from m3diff.modeling import feature_difference
 
         batch = processor.encode_pairs([tuple(pair)]).to(model.device)
         with torch.inference_mode():
             features = model.model.get_image_features(
                 batch["pixel_values"].to(model.dtype), batch["image_sizes"],
-                batch_num_images=batch["batch_num_images"], output_mdp_trace=True)
-        if features.mdp_trace is None:
-            raise ValueError("this model has no MDP, so it has no MDP maps to check")
-        return maps_from_trace(features.mdp_trace.pair(0))
+                batch_num_images=batch["batch_num_images"], output_mdp_trace=model.model.mdp is not None)
+        diff = feature_difference(features.pooler_output, model.config.patch_grid)[0].numpy()
+        trace = features.mdp_trace.pair(0) if features.mdp_trace is not None else None
+        return description_maps(trace, diff)
 
     return map_fn
 

@@ -112,6 +112,9 @@ class Description:
     trace: PairTrace | None = None  # what the MDP saw (None without MDP, or when not asked for)
     seconds: float = 0.0
     done: bool = True  # False for the partial descriptions a stream yields
+    # [g, g] where the image tokens the LLM reads differ (m3diff.modeling.feature_difference); any
+    # model has it, with or without MDP; None when no trace was asked for
+    feature_difference: np.ndarray | None = None
 
     def to_json(self, with_maps: bool = False) -> dict:
         out = {
@@ -121,6 +124,8 @@ class Description:
         }
         if with_maps and self.trace is not None:
             out["trace"] = self.trace.to_json()
+        if with_maps and self.feature_difference is not None:
+            out["feature_difference"] = np.asarray(self.feature_difference).round(6).tolist()
         return out
 
 

@@ -44,6 +44,18 @@ class M3DiffImageFeatures(BaseModelOutputWithPooling):
     mdp_trace: MDPTrace | None = None
 
 
+def feature_difference(image_features, grid: int) -> torch.Tensor:
+    """[B, g, g]: per patch, the L2 norm of the difference between the before and the after image
+    tokens the LLM reads (``pooler_output`` of ``get_image_features``: one [g² + 1, D] tensor per
+    image, pairs in order, the image_newline last). With the MDP these are P(F′1), P(F′2) after
+    eq. (8); without it, the projected vision features — so the same map exists for a model and its
+    no-MDP twin, and says where each tells the LLM that the two images differ."""
+    n = grid * grid
+    feats = torch.stack([f[:n] for f in image_features]).float()  # [2B, N, D]
+    diff = (feats[0::2] - feats[1::2]).norm(dim=-1)  # [B, N]
+    return diff.reshape(-1, grid, grid).detach().cpu()
+
+
 class M3DiffPreTrainedModel(LlavaOnevisionPreTrainedModel):
     config_class = M3DiffConfig
     _no_split_modules = ["MDPScale"]

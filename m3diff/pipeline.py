@@ -24,7 +24,7 @@ from m3diff.config import M3DiffConfig, preset
 from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is where users look for them
     EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
 )
-from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
+from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
 from m3diff.processing import PairProcessor
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class DiffCaptioner:
         # Pass the features to generate so the vision tower and MDP run once, here, with the trace.
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       mm_encoder_outputs={"image": features})
-        return inputs, features.mdp_trace
+        diff = feature_difference(features.pooler_output, self.model.config.patch_grid).numpy() if with_trace else None
+        return inputs, features.mdp_trace, diff
 
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
@@ -200,7 +201,7 @@ class DiffCaptioner:
                        settings: GenerationSettings = GenerationSettings()) -> list[Description]:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
         start = time.perf_counter()
-        inputs, mdp_trace = self._prepare(pairs, instruction, with_trace)
+        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
@@ -208,7 +209,8 @@ class DiffCaptioner:
         for b, caption in enumerate(captions):
             pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
             scores = pair_trace.score_mean if pair_trace else {}
-            results.append(Description(caption, scores, pair_trace, seconds))
+            results.append(Description(caption, scores, pair_trace, seconds,
+                                       feature_difference=diff[b] if diff is not None else None))
         return results
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
@@ -222,8 +224,9 @@ class DiffCaptioner:
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace = self._prepare([(before, after)], instruction, with_trace)
+        inputs, mdp_trace, diff = self._prepare([(before, after)], instruction, with_trace)
         pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
+        fd = diff[0] if diff is not None else None
         scores = pair_trace.score_mean if pair_trace else {}
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
@@ -240,11 +243,13 @@ class DiffCaptioner:
         text = ""
         for piece in streamer:
             text += piece
-            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False)
+            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False,
+                              feature_difference=fd)
         worker.join()
         if errors:
             raise errors[0]
-        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True)
+        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True,
+                          feature_difference=fd)
 
 
 def _non_finite(model) -> list[str]:

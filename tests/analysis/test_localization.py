@@ -292,22 +292,59 @@ def test_reinitialise_reaches_every_learned_weight_of_the_real_model(make_model)
 
 
 def test_the_tiny_models_mdp_maps_depend_on_its_weights(make_model, processor):
-    """End to end on M3Diff: the trace's maps through ``mdp_map_fn``, re-initialising the real
+    """End to end on M3Diff: the trace's maps through ``model_map_fn``, re-initialising the real
     submodules. A random tiny model's MDP maps are re-drawn with its MDP, so nothing is flagged at
     that step; the pixel difference beside them would be (it has no weights)."""
-    from analysis.localization import mdp_map_fn
+    from analysis.localization import model_map_fn
 
     from tests.conftest import pair_images
 
     pairs = [pair_images(seed) for seed in range(2)]
-    trace_maps = mdp_map_fn(processor)
+    trace_maps = model_map_fn(processor)
 
     def map_fn(model, pair):
-        g = next(iter(next(iter(trace_maps(model, pair).values())).values())).shape[-1]
-        return {**trace_maps(model, pair), "pixel_difference": baseline_maps(*pair, g)["pixel_difference"]}
+        maps = trace_maps(model, pair)
+        g = next(iter(maps.values())).shape[-1]
+        return {**maps, "pixel_difference": baseline_maps(*pair, g)["pixel_difference"]}
 
     check = sanity_check(make_model(), pairs, map_fn)
     assert [s.randomised for s in check.steps] == [("model.mdp",), ("model.mdp", "model.vision_tower")]
     first = check.steps[0].correlation
-    assert {"attn_eq5@", "attn_eq6@", "delta_norm@"} <= {k.split("@")[0] + "@" for k in first}
+    assert {"attn_eq5@", "attn_eq6@", "delta_norm@", "feature_difference@"} <= {k.split("@")[0] + "@" for k in first}
     assert check.flags["pixel_difference"] and all(not k.startswith("attn") for k in check.flags)
+
+
+def test_a_twin_has_the_feature_difference_map_and_its_sanity_check_skips_the_mdp(make_model, processor):
+    """The no-MDP twin is compared with the MDP model on the one map both have: where the image tokens
+    the LLM reads differ. Its vision tower is what the check destroys."""
+    from analysis.localization import model_map_fn
+
+    from tests.conftest import pair_images
+
+    pairs = [pair_images(seed) for seed in range(2)]
+    twin = make_model(use_mdp=False)
+    maps = model_map_fn(processor)(twin, pairs[0])
+    assert list(maps) == ["feature_difference"] and maps["feature_difference"].shape[0] == 2
+    assert np.ptp(maps["feature_difference"]) > 0
+    same = model_map_fn(processor)(twin, (pairs[0][0], pairs[0][0]))["feature_difference"]
+    assert np.abs(same).max() < 1e-4  # identical images: no difference anywhere
+    check = sanity_check(twin, pairs, model_map_fn(processor))
+    assert check.skipped == ["model.mdp"] and [s.randomised for s in check.steps] == [("model.vision_tower",)]
+    assert "feature_difference" not in check.flags  # re-drawn with the vision tower
+
+
+def test_maps_round_trip_through_their_compact_json_form():
+    from analysis.localization import decode_maps, encode_maps
+
+    rng = np.random.default_rng(0)
+    maps = {"attn_eq5@4": rng.random((2, G, G)), "feature_difference": 300 * rng.random((2, G, G))}
+    entry = json.loads(json.dumps(encode_maps(maps)))
+    back = decode_maps(entry)
+    assert list(back) == list(maps)
+    for k in maps:
+        np.testing.assert_allclose(back[k], maps[k], rtol=1e-3)  # float16: 3 significant digits
+    assert len(entry["float16"]) < 2 * 2 * G * G * 2 * 1.4
+    with pytest.raises(ValueError, match="bytes"):
+        decode_maps({**entry, "grid": G + 1})
+    with pytest.raises(ValueError, match="predict --maps"):
+        decode_maps({"names": ["x"], "grid": G, "float16": "not base64!"})

@@ -54,6 +54,20 @@ def test_no_mdp_model_has_no_trace(make_model, processor, pair):
     assert d.layer_scores == {} and d.trace is None
 
 
+@pytest.mark.parametrize("use_mdp", [True, False])
+def test_feature_difference_is_where_the_llm_tokens_of_the_two_images_differ(make_model, processor, pair,
+                                                                             tiny_config, use_mdp):
+    c = DiffCaptioner(make_model(seed=1, use_mdp=use_mdp), processor, source="test")
+    g = tiny_config.patch_grid
+    d, same = c.describe_batch([pair, (pair[0], pair[0])], settings=SHORT)
+    assert d.feature_difference.shape == (g, g) and np.ptp(d.feature_difference) > 0
+    assert np.abs(same.feature_difference).max() < 1e-4  # identical images: the LLM reads the same tokens
+    streamed = list(c.describe_stream(*pair, settings=SHORT))[-1]
+    np.testing.assert_allclose(streamed.feature_difference, d.feature_difference, atol=1e-5)
+    assert c.describe(*pair, with_trace=False, settings=SHORT).feature_difference is None
+    assert np.asarray(d.to_json(with_maps=True)["feature_difference"]).shape == (g, g)
+
+
 def test_save_and_load_from_a_directory(captioner, pair, tmp_path):
     captioner.save_pretrained(tmp_path)
     loaded = DiffCaptioner.from_pretrained(tmp_path)
