@@ -60,6 +60,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
+    p.add_argument("--maps", action="store_true",
+                   help="also store each pair's evidence maps (float16 on the patch grid: the MDP's maps and "
+                        "feature_difference) and a sanity check of them, for `m3diff eval`'s localization section")
+    p.add_argument("--sanity-pairs", type=int, default=8, metavar="N",
+                   help="with --maps: pairs the maps' sanity check (weights re-initialised) runs on; 0 skips it "
+                        "(default 8)")
     p.add_argument("--restart", action="store_true",
                    help="replace an existing --out instead of resuming it (needed when its data or images changed)")
     p.add_argument("--allow-outside-root", action="store_true", help=OUTSIDE_HELP)
@@ -156,6 +162,8 @@ def run_eval(args) -> int:
 
         rep["changes"] = {name: evaluate_changes(dict(zip(al.ids, al.hyps)), al.pairs)[0].to_dict()
                           for name, (al, _) in aligned.items()}
+    if any("regions" in p.extra for p in pairs):
+        _add_evidence(rep, pairs, aligned, args.refs)
     if args.grounding:
         try:
             grounding = json.loads(Path(args.grounding).read_text(encoding="utf-8"))
@@ -169,12 +177,69 @@ def run_eval(args) -> int:
         print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=1))
     else:
         print(text_table(rep))
+        for line in _evidence_lines(rep):
+            print(line)
         for m, why in rep["meta"]["unavailable"].items():
             print(f"{m}: n/a — {why}" if m == "SPICE" else f"{m}: n/a", file=sys.stderr)
     if args.out:
         paths = write_all(rep, Path(args.out))
         print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
+
+
+def _add_evidence(rep: dict, pairs, aligned: dict, refs) -> None:
+    """Generated references know where each change is: every pair record gets its regions, the report
+    the generator's settings (so an app can redraw any pair), and each run with maps (``m3diff predict
+    --maps``) a ``localization`` section and, when it was run, a ``sanity`` section."""
+    import json
+
+    from analysis.localization import decode_maps, evaluate_localization
+
+    by_id = {p.id: p for p in pairs}
+    for rec in rep["pairs"]:
+        extra = by_id[rec["id"]].extra if rec["id"] in by_id else {}
+        if "regions" in extra:
+            rec["regions"] = extra["regions"]
+        if extra.get("no_change"):
+            rec["no_change"] = extra["no_change"]
+    config = Path(refs) / "synth_config.json" if Path(refs).is_dir() else None
+    if config is not None and config.is_file():
+        try:
+            rep["meta"]["generator"] = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"warning: {config} unreadable ({exc}); the report cannot say how to redraw its pairs",
+                  file=sys.stderr)
+    for name, (al, preds) in aligned.items():
+        if not preds.maps:
+            continue
+        try:
+            maps = {i: decode_maps(preds.maps[i]) for i in al.ids if i in preds.maps}
+        except ValueError as exc:
+            from m3diff.cli import CLIError
+
+            raise CLIError(f"--pred {name}: {exc}; predict again with --maps --restart") from None
+        missing = len(al.ids) - len(maps)
+        if missing:
+            print(f"warning: {name}: {missing} pair(s) have no maps; localization scores the other {len(maps)}",
+                  file=sys.stderr)
+        rep.setdefault("localization", {})[name] = evaluate_localization(maps, al.pairs)
+        if preds.sanity is not None:
+            rep.setdefault("sanity", {})[name] = preds.sanity
+
+
+def _evidence_lines(rep: dict) -> list[str]:
+    """One line per run with maps: where its maps' peaks fall, beside the two baselines."""
+    lines = []
+    for name, loc in (rep.get("localization") or {}).items():
+        overall = loc["summary"]["overall"]
+        shown = sorted(overall, key=lambda m: (m in ("pixel_difference", "uniform"), -(overall[m]["pointing"] or 0)))
+        parts = [f"{m} {100 * overall[m]['pointing']:.0f}%" for m in shown if overall[m]["pointing"] == overall[m]["pointing"]]
+        lines.append(f"{name}: map peak inside a changed box ({loc['n_pairs']} pairs with boxes): " + ", ".join(parts))
+    for name, check in (rep.get("sanity") or {}).items():
+        flagged = sorted(check.get("flags") or {})
+        lines.append(f"{name}: sanity check of the maps: " + (f"{', '.join(flagged)} do not depend on the weights"
+                                                              if flagged else "every map changes when its weights are destroyed"))
+    return lines
 
 
 def run_doctor(args) -> int:
@@ -234,17 +299,24 @@ def run_predict(args) -> int:
         pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
+    if args.sanity_pairs < 0:
+        raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
     done: dict[str, str] = {}
     digests: dict[str, str] = {}
+    maps: dict[str, dict] = {}
+    sanity = None
     if out.exists() and not args.restart:
-        done, digests = _resumable(out, args, model_name, pairs, CLIError)
-    todo = [p for p in pairs if p.id not in done]
-    if not todo:
+        done, digests, maps, sanity = _resumable(out, args, model_name, pairs, CLIError)
+    # a pair predicted before without --maps is described again when its maps are asked for now
+    todo = [p for p in pairs if p.id not in done or (args.maps and p.id not in maps)]
+    want_sanity = args.maps and args.sanity_pairs > 0 and sanity is None
+    if not todo and not want_sanity:
         print(f"{out}: all {len(pairs)} pairs already predicted", file=sys.stderr)
         return 0
 
     from tqdm.auto import tqdm
 
+    from analysis.localization import description_maps, encode_maps
     from m3diff.images import ImageError
     from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
@@ -262,13 +334,18 @@ def run_predict(args) -> int:
         # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
         rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
         rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
-        atomic_write(out, json.dumps({"model": model_name, "data": str(args.data), "split": args.split,
-                                      "predictions": rows, "images": {i: digests[i] for i in done if i in digests}},
-                                     ensure_ascii=False, indent=1))
+        data = {"model": model_name, "data": str(args.data), "split": args.split, "predictions": rows,
+                "images": {i: digests[i] for i in done if i in digests}}
+        if maps:
+            data["maps"] = {i: maps[i] for i in done if i in maps}
+        if sanity is not None:
+            data["sanity"] = sanity
+        atomic_write(out, json.dumps(data, ensure_ascii=False, indent=1))
 
     def describe(batch):
         try:
-            return captioner.describe_batch([(p.before, p.after) for p in batch], with_trace=False, settings=settings)
+            return captioner.describe_batch([(p.before, p.after) for p in batch], with_trace=args.maps,
+                                            settings=settings)
         except ImageError:
             if len(batch) == 1:
                 raise
@@ -289,9 +366,21 @@ def run_predict(args) -> int:
                 if d is not None:
                     done[p.id] = d.caption
                     digests[p.id] = _pair_digest(p)
+                    if args.maps:
+                        maps[p.id] = encode_maps(description_maps(d.trace, d.feature_difference))
             save()
             bar.update(len(batch))
-    print(f"wrote {len(done)} predictions to {out}", file=sys.stderr)
+    if want_sanity:
+        from analysis.localization import model_map_fn, sanity_check
+        from m3diff.images import load_image
+
+        probe = [(load_image(p.before), load_image(p.after)) for p in pairs[: args.sanity_pairs] if p.id not in failed]
+        print(f"sanity check of the maps on {len(probe)} pairs (weights re-initialised) ...", file=sys.stderr)
+        sanity = sanity_check(captioner.model, probe, model_map_fn(captioner.processor)).to_dict()
+        save()
+        for name, verdict in sanity["verdicts"].items():
+            print(f"  {name}: {verdict}", file=sys.stderr)
+    print(f"wrote {len(done)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
     if failed:
         first = next(iter(failed))
         raise CLIError(f"{len(failed)} pair(s) skipped because an image could not be read (id {first!r}: "
@@ -372,7 +461,7 @@ def _pair_digest(pair) -> str:
     return h.hexdigest()[:16]
 
 
-def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict]:
+def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None]:
     """The rows of an earlier run to keep, or one line saying why resuming would mix two runs."""
     import json
 
@@ -384,7 +473,7 @@ def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict,
         raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
     again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
     if not isinstance(data, dict):
-        return done, {}
+        return done, {}, {}, None
     # Resuming with another model, split or dataset would mix two runs' captions in one file.
     for key, now in (("model", model_name), ("split", args.split)):
         if key in data and data[key] != now:
@@ -398,4 +487,6 @@ def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict,
         shown = ", ".join(repr(i) for i in changed[:5]) + (f", ... (+{len(changed) - 5} more)" if len(changed) > 5 else "")
         raise CLIError(f"{out}: the images of {len(changed)} pair(s) changed since they were predicted ({shown}); "
                        "pass --restart to predict everything again, or pick another --out")
-    return done, dict(digests)
+    maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
+    sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
+    return done, dict(digests), dict(maps), sanity

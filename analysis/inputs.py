@@ -45,6 +45,10 @@ class Predictions:
     captions: dict[str, str]  # id -> caption (first occurrence kept until a policy says otherwise)
     occurrences: dict[str, list[str]] = field(default_factory=dict)  # ids seen more than once -> all captions
     model: str = ""
+    # `m3diff predict --maps`: id -> the pair's maps (analysis.localization.encode_maps' JSON form), and
+    # the sanity check of those maps (SanityCheck.to_dict())
+    maps: dict[str, dict] = field(default_factory=dict)
+    sanity: dict | None = None
 
 
 def load_predictions(path) -> Predictions:
@@ -61,8 +65,12 @@ def load_predictions(path) -> Predictions:
 def parse_predictions(data, path: Path | None = None) -> Predictions:
     where = str(path) if path else "predictions"
     model = ""
+    maps: dict[str, dict] = {}
+    sanity = None
     if isinstance(data, dict) and isinstance(data.get("predictions"), list):
         model = str(data.get("model", ""))
+        maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
+        sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
         data = data["predictions"]  # the wrapper `m3diff predict` writes
     if isinstance(data, dict):
         rows = [(k, v) for k, v in data.items()]
@@ -87,7 +95,7 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
         all_caps.setdefault(rid, []).append(cap)
         captions.setdefault(rid, cap)
     dup = {k: v for k, v in all_caps.items() if len(v) > 1}
-    return Predictions(path=path, captions=captions, occurrences=dup, model=model)
+    return Predictions(path=path, captions=captions, occurrences=dup, model=model, maps=maps, sanity=sanity)
 
 
 def load_references(path, format: str | None = None, split: str | None = None,

@@ -462,6 +462,43 @@ def summarize(rows: Iterable[PairLocalization]) -> LocalizationSummary:
     return out
 
 
+# -- a model's maps over a dataset (report.json's ``localization``) ---------------------------------------
+def evaluate_localization(maps_by_id: Mapping[str, Mapping[str, np.ndarray]], pairs: Sequence,
+                          load=None) -> dict:
+    """Report.json's ``localization`` section for one run: every pair with maps and regions scored
+    with its maps and the two baselines (drawn from its images), summarised overall and per type,
+    domain and setting; the maps' peakedness on pairs where nothing semantic changed against pairs
+    where something did; and each pair's pointing per map (mean over its images with boxes) for the
+    app's error browser. ``pairs``: ``DiffPair``s (``extra`` holds ``regions``); ``load``: path →
+    PIL image (default ``m3diff.images.load_image``)."""
+    if load is None:
+        from m3diff.images import load_image as load
+
+    rows: list[PairLocalization] = []
+    changed, unchanged = [], []
+    per_pair: dict[str, dict[str, float | None]] = {}
+    grid = None
+    for pair in pairs:
+        maps = maps_by_id.get(pair.id)
+        if not maps or "regions" not in pair.extra:
+            continue
+        before, after = load(pair.before), load(pair.after)
+        grid = next(iter(maps.values())).shape[-1]
+        full = {**maps, **baseline_maps(before, after, grid)}
+        truth = region_truth(pair, before.size, after.size)
+        if truth.setting == "no_change":
+            unchanged.append(maps)
+        elif truth.has_boxes:
+            changed.append(maps)
+        scored = localize(truth, full)
+        rows += scored
+        if scored:
+            per_pair[pair.id] = {r.map: (round(float(np.mean([s.pointing for s in r.images])), 4) if r.images else None)
+                                 for r in scored}
+    return {"grid": grid, "n_pairs": len(per_pair), "summary": summarize(rows).to_dict(),
+            "no_change": [c.to_dict() for c in compare_no_change(changed, unchanged)], "pairs": per_pair}
+
+
 # -- no-change behaviour and one colour scale -----------------------------------------------------------
 @dataclass(frozen=True)
 class Peakedness:

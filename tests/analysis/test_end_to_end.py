@@ -230,3 +230,54 @@ def test_predict_refuses_image_paths_outside_the_dataset_unless_allowed(data, mo
     assert err.count("\n") == 1 and "leads outside the dataset folder" in err and not out.exists()
     assert _predict(leaky, model_dir, out, "--limit", "1", "--allow-outside-root") == 0
     assert capsys.readouterr().err.count("outside the dataset folder") == 1
+
+
+# ---------------------------------------------------------------- evidence: predict --maps -> eval's localization
+@pytest.fixture(scope="module")
+def predictions_with_maps(predictions, data, model_dir, workdir):
+    """Resumed from the caption-only file: every pair is described again for its maps."""
+    out = workdir / "pred-maps.json"
+    out.write_text(predictions.read_text())
+    assert _predict(data, model_dir, out, "--maps", "--sanity-pairs", "2") == 0
+    return out
+
+
+def test_predict_maps_stores_every_pairs_maps_and_a_sanity_check(predictions_with_maps, data, tiny_config):
+    from analysis.localization import decode_maps
+
+    doc = json.loads(predictions_with_maps.read_text())
+    assert set(doc["maps"]) == set(_test_ids(data))
+    g = tiny_config.patch_grid
+    maps = decode_maps(doc["maps"][_test_ids(data)[0]])
+    layers = tiny_config.mdp_layers
+    assert set(maps) == {"feature_difference", *(f"{k}@{l}" for k in ("attn_eq5", "attn_eq6", "delta_norm")
+                                                for l in layers)}
+    assert all(m.shape == (2, g, g) for m in maps.values())
+    steps = doc["sanity"]["steps"]
+    assert [s["randomised"] for s in steps] == [["model.mdp"], ["model.mdp", "model.vision_tower"]]
+    assert steps[0]["n_pairs"] == 2 and set(doc["sanity"]["verdicts"]) == set(maps)
+
+
+def test_eval_writes_localization_and_sanity_for_runs_with_maps(predictions_with_maps, predictions, data, workdir,
+                                                               cli_scorer):
+    out = workdir / "eval-maps"
+    rc = main(["eval", "--pred", f"model={predictions_with_maps}", "--pred", f"plain={predictions}", "--refs",
+               str(data), "--split", "test", "--out", str(out), "--bootstrap", "0", "--no-meteor",
+               "--on-empty", "score-as-empty"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["generator"] == json.loads((data / "synth_config.json").read_text())
+    test = {r["id"]: r for r in json.loads((data / "test.json").read_text())}
+    for rec in rep["pairs"]:
+        assert rec["regions"] == test[rec["id"]]["regions"]
+    assert set(rep["localization"]) == {"model"} and set(rep["sanity"]) == {"model"}  # "plain" has no maps
+    loc = rep["localization"]["model"]
+    overall = loc["summary"]["overall"]
+    assert {"feature_difference", "pixel_difference", "uniform"} <= set(overall)
+    # the baselines, scored on the generated boxes: the pixel difference finds the changes, a flat map
+    # scores its area share
+    assert overall["pixel_difference"]["pointing"] > overall["uniform"]["pointing"] + 0.3
+    assert overall["uniform"]["energy"] == pytest.approx(overall["uniform"]["area"], abs=1e-6)
+    with_boxes = {i for i, r in test.items() if any(x["type"] not in ("viewpoint", "illumination") for x in r["regions"])}
+    assert set(loc["pairs"]) == with_boxes and loc["n_pairs"] == len(with_boxes)
+    assert all(0 <= v <= 1 for row in loc["pairs"].values() for v in row.values() if v is not None)
