@@ -78,3 +78,61 @@ def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
             n = n or (s or {}).get("n")
         rows.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+MAP_LABELS = {"feature_difference": "‖P(F′1) − P(F′2)‖, the tokens the LLM reads", "delta_norm": "‖ΔF‖ (eq. 3)",
+              "attn_eq5": "eq. 5 attention", "attn_eq6": "eq. 6 attention",
+              "pixel_difference": "pixel difference (baseline)", "uniform": "uniform map (chance)"}
+
+
+def _map_label(name: str) -> str:
+    kind, _, layer = name.partition("@")
+    return MAP_LABELS.get(kind, kind) + (f", layer {layer}" if layer else "")
+
+
+def localization_table(reports: dict[str, dict]) -> str:
+    """Where each model's maps point (report.json's ``localization``): pointing, energy and AUROC on
+    single changes, pointing and energy with a camera or light change mixed in, per map kind and run;
+    the baselines once. Empty when no report has the section."""
+    def pct(v):
+        return "–" if v is None or v != v else f"{100 * v:.0f}%"
+
+    rows = ["| model | map | single change: pointing | energy | AUROC | with a viewpoint / light distractor: "
+            "pointing | energy | multi-change: energy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    baselines_done = False
+    for label, rep in reports.items():
+        for run, loc in (rep.get("localization") or {}).items():
+            if run != rep.get("meta", {}).get("run", run):
+                continue  # a report's other runs have their own report
+            per = loc["summary"]["per_setting"]
+            names = [m for m in loc["summary"]["maps"] if m not in ("pixel_difference", "uniform")]
+            if not baselines_done:
+                names += ["pixel_difference", "uniform"]
+                baselines_done = True
+            single, dist, multi = (per.get(s, {}) for s in ("single", "distractor", "multi"))
+            for m in names:
+                s, d, mu = single.get(m, {}), dist.get(m, {}), multi.get(m, {})
+                auroc = s.get("auroc")
+                who = "—" if m in ("pixel_difference", "uniform") else label
+                rows.append(f"| {who} | {_map_label(m)} | {pct(s.get('pointing'))} | {pct(s.get('energy'))} | "
+                            f"{'–' if auroc is None else f'{auroc:.2f}'} | {pct(d.get('pointing'))} | "
+                            f"{pct(d.get('energy'))} | {pct(mu.get('energy'))} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def sanity_lines(reports: dict[str, dict]) -> list[str]:
+    out = []
+    for label, rep in reports.items():
+        for run, check in (rep.get("sanity") or {}).items():
+            if run != rep.get("meta", {}).get("run", run):
+                continue
+            corr = {m: r for s in check["steps"] for m, r in s["correlation"].items() if len(s["randomised"]) == 1}
+            flagged = sorted(check.get("flags") or {})
+            out.append(f"- {label}: " + ("every map changes when its weights are re-initialised (rank correlation "
+                                        "with the trained model's maps after re-initialising the "
+                                        f"{check['steps'][0]['randomised'][0] if check['steps'] else '?'}: "
+                                        + ", ".join(f"{_map_label(m)} {r:.2f}" for m, r in corr.items()) + ")"
+                                        if not flagged else f"**flagged**: {', '.join(map(_map_label, flagged))} "
+                                        "still correlate ≥ 0.8 with the trained model's maps after the weights are "
+                                        "destroyed"))
+    return out

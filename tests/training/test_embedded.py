@@ -41,4 +41,35 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
     # a twin's report alone gives no paired interval: the bar is not called met on the means
     assert "ahead of the no-MDP twin (25.0 vs 20.0; no paired interval in the report): NOT met" in card
     assert "(not measured: run `m3diff probe`" in card
+    assert "the reports have no localization section: predict with `--maps`" in card
     assert "m3diff train …" in card
+
+
+def test_the_cards_localization_table_shows_each_models_maps_beside_the_baselines_once(tmp_path):
+    """Scored by the real evaluation on generated pairs: a "model" whose map is the pixel difference
+    itself must score exactly what the baseline scores, and the twin's map its own numbers."""
+    import numpy as np
+
+    from analysis.localization import baseline_maps, evaluate_localization
+    from m3diff.cli import main
+    from m3diff.data.readers import read_dataset
+    from m3diff.images import load_image
+    from training.card import localization_table
+
+    data = tmp_path / "synth"
+    assert main(["synth", "--out", str(data), "--pairs", "40", "--seed", "4", "--size", "64", "--quiet"]) == 0
+    pairs = [p for p in read_dataset(data, split="train").pairs][:16]
+    copy = {p.id: {"feature_difference": baseline_maps(load_image(p.before), load_image(p.after), 8)["pixel_difference"]}
+            for p in pairs}
+    flat = {p.id: {"feature_difference": np.ones((2, 8, 8))} for p in pairs}
+    mdp = {"meta": {"run": "m3diff"}, "localization": {"m3diff": evaluate_localization(copy, pairs)}}
+    twin = {"meta": {"run": "no_mdp"}, "localization": {"no_mdp": evaluate_localization(flat, pairs)}}
+    table = localization_table({"MDP": mdp, "twin": twin}).splitlines()
+    rows = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): r for r in table[2:]}
+    assert set(rows) == {("MDP", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads"), ("twin", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads"),
+                         ("—", "pixel difference (baseline)"), ("—", "uniform map (chance)")}
+    cells = lambda r: r.strip("|").split("|")[2:]  # noqa: E731
+    assert cells(rows[("MDP", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads")]) == cells(rows[("—", "pixel difference (baseline)")])
+    assert cells(rows[("twin", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads")]) == cells(rows[("—", "uniform map (chance)")])
+    single = mdp["localization"]["m3diff"]["summary"]["per_setting"]["single"]["pixel_difference"]
+    assert f"{100 * single['pointing']:.0f}%" == cells(rows[("—", "pixel difference (baseline)")])[0].strip()
