@@ -125,6 +125,22 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
         return _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side)
 
 
+def explain_caption(captioner, before, after, caption: str, config: AttributionConfig | None = None,
+                    *, instruction: str | None = None) -> WordAttribution:
+    """Which pixels make the model say its whole caption: ``explain_word`` with the caption as one
+    "word" (log p(caption | images, prompt), summed over all its tokens). Its ``patches`` [2, g, g] is
+    the attribution map ``m3diff predict --maps --attribution`` scores against the true boxes."""
+    config = config or AttributionConfig()
+    caption = (caption or "").strip()
+    if not WORD_RE.search(caption):
+        raise ValueError(f"caption {caption!r} has no words to explain; describe the pair first")
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        return _explain(captioner, before, after, caption, [(caption, 0, len(caption))], 0, config, "logprob",
+                        instruction, None)
+
+
 def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
     import torch
 

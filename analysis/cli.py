@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--maps", action="store_true",
                    help="also store each pair's evidence maps (float16 on the patch grid: the MDP's maps and "
                         "feature_difference) and a sanity check of them, for `m3diff eval`'s localization section")
+    p.add_argument("--attribution", action="store_true",
+                   help="with --maps: also store a captum map of each pair (Saliency of log p(caption | images), "
+                        "map 'saliency_caption'); one backward pass per pair")
     p.add_argument("--sanity-pairs", type=int, default=8, metavar="N",
                    help="with --maps: pairs the maps' sanity check (weights re-initialised) runs on; 0 skips it "
                         "(default 8)")
@@ -299,6 +302,8 @@ def run_predict(args) -> int:
         pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
+    if args.attribution and not args.maps:
+        raise CLIError("--attribution adds a map to --maps; pass both")
     if args.sanity_pairs < 0:
         raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
     done: dict[str, str] = {}
@@ -329,6 +334,7 @@ def run_predict(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = {p.id for p in pairs}
     failed: dict[str, str] = {}
+    unexplained: list[str] = []
 
     def save():
         # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
@@ -367,7 +373,16 @@ def run_predict(args) -> int:
                     done[p.id] = d.caption
                     digests[p.id] = _pair_digest(p)
                     if args.maps:
-                        maps[p.id] = encode_maps(description_maps(d.trace, d.feature_difference))
+                        named = description_maps(d.trace, d.feature_difference)
+                        if args.attribution:
+                            from analysis.attribution import explain_caption
+
+                            try:
+                                named["saliency_caption"] = explain_caption(captioner, p.before, p.after,
+                                                                            d.caption).patches
+                            except ValueError:  # no words, or a caption that re-tokenizes differently
+                                unexplained.append(p.id)
+                        maps[p.id] = encode_maps(named)
             save()
             bar.update(len(batch))
     if want_sanity:
@@ -380,6 +395,10 @@ def run_predict(args) -> int:
         save()
         for name, verdict in sanity["verdicts"].items():
             print(f"  {name}: {verdict}", file=sys.stderr)
+    if unexplained:
+        print(f"warning: {len(unexplained)} caption(s) could not be attributed (no words, or they tokenize "
+              f"differently after the prompt; first {unexplained[0]!r}): those pairs have no saliency_caption map",
+              file=sys.stderr)
     print(f"wrote {len(done)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
     if failed:
         first = next(iter(failed))

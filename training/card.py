@@ -82,6 +82,7 @@ def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
 
 MAP_LABELS = {"feature_difference": "‖P(F′1) − P(F′2)‖, the tokens the LLM reads", "delta_norm": "‖ΔF‖ (eq. 3)",
               "attn_eq5": "eq. 5 attention", "attn_eq6": "eq. 6 attention",
+              "saliency_caption": "captum Saliency of log p(caption | images)",
               "pixel_difference": "pixel difference (baseline)", "uniform": "uniform map (chance)"}
 
 

@@ -103,6 +103,22 @@ def test_multi_token_word_maps_to_its_tokens(captioner):
     assert explain_word(captioner, before, after, CAPTION, 5).token_positions[0] > w.token_positions[-1]  # "the" #2
 
 
+def test_explain_caption_is_log_p_of_every_token_and_a_one_word_caption_equals_its_word(captioner):
+    from analysis.attribution import explain_caption
+
+    before, after = pair_images()
+    whole = explain_caption(captioner, before, after, CAPTION)
+    n = len(captioner.processor.tokenizer(CAPTION, add_special_tokens=False)["input_ids"])
+    assert whole.token_positions == list(range(n))
+    assert whole.score == pytest.approx(_teacher_forced_logprob(captioner, before, after, CAPTION, range(n)), abs=1e-3)
+    g = captioner.model.config.vision_config.image_size // captioner.model.config.vision_config.patch_size
+    assert whole.patches.shape == (2, g, g) and (whole.patches >= 0).all() and whole.patches.sum() > 0
+    one = explain_caption(captioner, before, after, "sphere")
+    np.testing.assert_allclose(one.patches, explain_word(captioner, before, after, "sphere", 0).patches, rtol=1e-5)
+    with pytest.raises(ValueError, match="no words"):
+        explain_caption(captioner, before, after, " . ")
+
+
 def test_integrated_gradients_with_few_steps(make_model, processor):
     captioner = DiffCaptioner(make_model(), processor)
     before, after = pair_images()

@@ -238,7 +238,7 @@ def predictions_with_maps(predictions, data, model_dir, workdir):
     """Resumed from the caption-only file: every pair is described again for its maps."""
     out = workdir / "pred-maps.json"
     out.write_text(predictions.read_text())
-    assert _predict(data, model_dir, out, "--maps", "--sanity-pairs", "2") == 0
+    assert _predict(data, model_dir, out, "--maps", "--attribution", "--sanity-pairs", "2") == 0
     return out
 
 
@@ -250,12 +250,16 @@ def test_predict_maps_stores_every_pairs_maps_and_a_sanity_check(predictions_wit
     g = tiny_config.patch_grid
     maps = decode_maps(doc["maps"][_test_ids(data)[0]])
     layers = tiny_config.mdp_layers
-    assert set(maps) == {"feature_difference", *(f"{k}@{l}" for k in ("attn_eq5", "attn_eq6", "delta_norm")
-                                                for l in layers)}
+    assert set(maps) - {"saliency_caption"} == {"feature_difference", *(f"{k}@{l}" for k in ("attn_eq5", "attn_eq6",
+                                                                                            "delta_norm") for l in layers)}
+    from m3diff.describing import caption_words
+
+    with_words = [i for i in _test_ids(data) if caption_words(next(r["caption"] for r in doc["predictions"] if r["id"] == i))]
+    assert all("saliency_caption" in decode_maps(doc["maps"][i]) for i in with_words)
     assert all(m.shape == (2, g, g) for m in maps.values())
     steps = doc["sanity"]["steps"]
     assert [s["randomised"] for s in steps] == [["model.mdp"], ["model.mdp", "model.vision_tower"]]
-    assert steps[0]["n_pairs"] == 2 and set(doc["sanity"]["verdicts"]) == set(maps)
+    assert steps[0]["n_pairs"] == 2 and set(doc["sanity"]["verdicts"]) == set(maps) - {"saliency_caption"}
 
 
 def test_eval_writes_localization_and_sanity_for_runs_with_maps(predictions_with_maps, predictions, data, workdir,
