@@ -1,0 +1,107 @@
+"""report.json files over generated pairs with the sections `m3diff eval` writes for them (meta.generator,
+regions, localization, sanity), scored by analysis.localization's own functions on regenerated pairs —
+no hand-typed scores. Used by the table tests and the app tests (Dashboard panel, Errors tab)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from analysis.localization import (SanityCheck, SanityStep, compare_no_change, localize, pixel_difference_map,
+                                   region_truth, spearman, summarize, uniform_map)
+from m3diff.data.synth.generator import SynthConfig, Worker, regenerate, split_position
+from tests.analysis.conftest import slice_json
+
+# no_change 0.5: about half the test pairs past each split's first 24 show no change
+CONFIG = SynthConfig(seed=7, pairs=400, size=64, no_change=0.5)
+GRID = 8
+
+
+def generated_test_ids(cfg: SynthConfig = CONFIG, n: int = 16, first: int = 24) -> list[str]:
+    """``n`` test-split ids from the ``first``-th test pair on (no-change pairs come after 24)."""
+    ids = [i for i in range(cfg.pairs) if split_position(i)[0] == "test" and split_position(i)[1] >= first]
+    return [f"s{cfg.seed}-{i:06d}" for i in ids[:n]]
+
+
+def synthetic_model_maps(before, after, grid: int = GRID) -> dict:
+    """Stand-ins for a model's maps (a test has no trained model): a blurred pixel difference plays a
+    map that sees the change, a seeded random map one that does not."""
+    from scipy.ndimage import uniform_filter
+
+    diff = pixel_difference_map(before, after, grid)
+    rng = np.random.default_rng(int(diff.sum() * 1000) % 2**32)
+    return {"feature_difference": np.stack([uniform_filter(d, 3) for d in diff]),
+            "delta_norm": {2: rng.random((2, grid, grid)), 4: rng.random((2, grid, grid))},
+            "attn_eq5": {4: rng.random((2, grid, grid))}}
+
+
+def twin_maps(before, after, grid: int = GRID) -> dict:
+    """A stand-in no-MDP twin: only the feature-difference map, and one that misses (seeded noise)."""
+    rng = np.random.default_rng(int(pixel_difference_map(before, after, grid).sum()) % 2**32)
+    return {"feature_difference": rng.random((2, grid, grid))}
+
+
+def localization_section(cfg: SynthConfig, ids: list[str], model_maps=synthetic_model_maps, grid: int = GRID):
+    """(localization entry of one run, its sanity check, pair records' regions/no_change) for ``ids``."""
+    worker = Worker(cfg, None)
+    rows, pairs, changed, unchanged, truths, extras = [], {}, [], [], [], {}
+    for pid in ids:
+        record, b, a = regenerate(cfg, pid, worker)
+        maps = {**model_maps(b, a), "pixel_difference": pixel_difference_map(b, a, grid), "uniform": uniform_map(grid)}
+        truth = region_truth(record, b.size, a.size)
+        scored = localize(truth, maps)
+        rows += scored
+        if scored:
+            pairs[pid] = {r.map: float(np.mean([s.pointing for s in r.images])) for r in scored}
+            changed.append(maps)
+        elif record.get("no_change"):
+            unchanged.append(maps)
+        truths.append(maps)
+        extras[pid] = {"regions": record["regions"], **({"no_change": record["no_change"]} if record.get("no_change") else {}),
+                       "types": record["change_types"], "domain": record["domain"], "refs": record["captions"]}
+    summary = summarize(rows)
+    # the sanity check's correlations, measured on the maps: the blurred difference "survives" a weight
+    # reset (it is computed from the pixels), the random maps do not
+    rng = np.random.default_rng(0)
+    flat = [{(k if not isinstance(v, dict) else f"{k}@{max(v)}"): (v if not isinstance(v, dict) else v[max(v)])
+             for k, v in m.items() if k not in ("pixel_difference", "uniform")} for m in truths]
+    corr = {name: float(np.mean([spearman(m[name], m[name] if name == "feature_difference" else rng.random(m[name].shape))
+                                 for m in flat])) for name in flat[0]}
+    sanity = SanityCheck([SanityStep(("model.mdp",), 12, corr, len(flat))], threshold=0.8)
+    loc = {"grid": grid, "summary": summary.to_dict(), "no_change": [c.to_dict() for c in compare_no_change(changed, unchanged)],
+           "pairs": pairs}
+    return loc, sanity.to_dict(), extras
+
+
+def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig = CONFIG, n: int = 16,
+                          twin: str | None = None, references: str = "runs/not-shipped") -> Path:
+    """A report.json of ``n`` generated test pairs whose images do not ship (``references`` names a
+    folder that does not exist), with meta.generator, regions, and localization and sanity sections for
+    the run ``name`` and, when given, a no-MDP ``twin`` run."""
+    ids = generated_test_ids(cfg, n)
+    loc, sanity, extras = localization_section(cfg, ids)
+    sections = {name: (loc, sanity)}
+    if twin:
+        sections[twin] = localization_section(cfg, ids, twin_maps)[:2]
+    pairs = []
+    for i, pid in enumerate(ids):
+        e = extras[pid]
+        pairs.append({"id": pid, "caption": f"prediction {i}", "refs": e["refs"], "types": e["types"],
+                      "domain": e["domain"], "source": "synthetic", "CIDEr-D": 5.0 * i, "BLEU-4": 1.0,
+                      "METEOR": 1.0, "ROUGE-L": 2.0, "SPICE": None, "regions": e["regions"],
+                      **({"no_change": e["no_change"]} if "no_change" in e else {})})
+    types = list(dict.fromkeys(t for p in pairs for t in p["types"]))
+    rep = {"schema": "m3diff.eval/1",
+           "meta": {"run": name, "references": references, "split": "test", "n_pairs": len(pairs),
+                    "generator": asdict(cfg)},
+           "overall": slice_json(len(pairs), 20.0), "micro": None, "macro": {"CIDEr-D": 1.0, "types": types},
+           "absent_types": [], "per_type": {t: slice_json(1, 10.0) for t in types},
+           "per_domain": {d: slice_json(1, 10.0) for d in {p["domain"] for p in pairs}}, "per_source": {},
+           "pairs": pairs, "localization": {r: v[0] for r, v in sections.items()},
+           "sanity": {r: v[1] for r, v in sections.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(rep), encoding="utf-8")
+    return path
