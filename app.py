@@ -320,7 +320,7 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     import gradio as gr
 
     from analysis.attribution import explain_maps
-    from m3diff.overlay import overlay
+    from analysis.evidence import map_overlays, scale_note
     from m3diff.remote import call_on
 
     if shown is None or not shown.caption:
@@ -332,8 +332,8 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
-    scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
-    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
+    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
+    return hb, ha, note + "\n\n" + scale_note(scale, "attribution")
 
 
 def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:

@@ -61,6 +61,12 @@ def colour_legend(scale: ColourScale, kind: str) -> str:
             f'<div style="font-size:.85rem">{html.escape(units)}</div></div>')
 
 
+def scale_note(scale: ColourScale, kind: str) -> str:
+    """The colour scale in words, for a place that shows text only."""
+    units = UNITS.get(kind.split("@", 1)[0], kind)
+    return f"Colour scale {_num(scale.vmin)} … {_num(scale.vmax)}, one for both images: {units}."
+
+
 def _num(v: float) -> str:
     return "0" if v == 0 else f"{v:.3g}"
 

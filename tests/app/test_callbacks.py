@@ -199,6 +199,7 @@ def test_explain_word_draws_the_attribution_of_the_picked_word(services, pair_fi
     hb, ha, note = app.explain_word(services, shown, words[2])
     assert hb.size == shown.before.size and ha.size == shown.after.size
     assert "cube" in note and "word 2" in note
+    assert "Colour scale" in note and "one for both images" in note  # attribution: signed, one shared scale
     with pytest.raises(gr.Error, match="out of range"):
         app.explain_word(services, shown, "99: nothing")
 
