@@ -493,8 +493,7 @@ def _describe_outputs(services: Services) -> dict:
     with gr.Accordion("Model card", open=not services.captioner.trained):
         gr.Markdown(model_card(services.captioner, services.twin))
     return dict(layer=layer, kind=kind, heat_b=heat_b, heat_a=heat_a, legend=legend, slider=slider, word=word,
-                explain=explain,
-                attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
+                explain=explain, attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
 
 
 def _wire_describe(services: Services, gpu, ui) -> None:
@@ -616,14 +615,15 @@ def localization_panel(reports_state, demo) -> None:
 
     from analysis.tables import SLICES
 
-    gr.Markdown(LOCALIZATION_INTRO, elem_id="localization-intro")
-    by = gr.Radio(list(SLICES), value="change type", label="slices", elem_id="localization-by")
-    outputs = []
-    for title, elem in (("**Pointing** (%)", "localization-pointing"), ("**Energy inside the boxes** (%)",
-                                                                         "localization-energy")):
-        gr.Markdown(title)
-        outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
-    outputs.append(gr.Markdown(elem_id="localization-notes"))
+    with gr.Column(elem_id="localization-panel"):
+        gr.Markdown(LOCALIZATION_INTRO)
+        by = gr.Radio(list(SLICES), value="change type", label="slices", elem_id="localization-by")
+        outputs = []
+        for title, elem in (("**Pointing** (%)", "localization-pointing"),
+                            ("**Energy inside the boxes** (%)", "localization-energy")):
+            gr.Markdown(title)
+            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
+        outputs.append(gr.Markdown(elem_id="localization-notes"))
     for trigger in (demo.load, by.change, reports_state.change):
         trigger(localization_view, [reports_state, by], outputs, api_visibility="private", **CPU_ONLY)
 

@@ -32,16 +32,19 @@ BOX_COLOURS = {"before": (0, 210, 255), "after": (60, 255, 120)}  # cyan / green
 
 # -- maps over images on one absolute scale ---------------------------------------------------------
 def map_overlays(before: Image.Image, after: Image.Image, map_before: np.ndarray, map_after: np.ndarray,
-                 boxes_before=(), boxes_after=(), scale: ColourScale | None = None, alpha: float = 0.55):
+                 boxes_before=(), boxes_after=(), scale: ColourScale | None = None, alpha: float = 0.55,
+                 sizes: tuple | None = None):
     """Both maps ([g, g] on the model's padded square; ``grid_to_image`` places them, padding undone)
     over their images on ONE absolute scale (``shared_scale``: anchored at 0, so a flat map looks flat
-    and a weak one dark), with the true boxes drawn on top. Returns (before, after, scale)."""
+    and a weak one dark), with the true boxes drawn on top. ``sizes``: the original images' sizes the
+    boxes are in, when ``before`` / ``after`` are resized copies. Returns (before, after, scale)."""
     from m3diff.overlay import overlay
 
     scale = scale or shared_scale([map_before, map_after])
     lo_hi = (scale.vmin, scale.vmax)
-    out_b = draw_boxes(overlay(before, map_before, alpha, CMAP, scale=lo_hi), boxes_before, before.size, "before")
-    out_a = draw_boxes(overlay(after, map_after, alpha, CMAP, scale=lo_hi), boxes_after, after.size, "after")
+    size_b, size_a = sizes or (before.size, after.size)
+    out_b = draw_boxes(overlay(before, map_before, alpha, CMAP, scale=lo_hi), boxes_before, size_b, "before")
+    out_a = draw_boxes(overlay(after, map_after, alpha, CMAP, scale=lo_hi), boxes_after, size_a, "after")
     return out_b, out_a, scale
 
 
@@ -53,10 +56,11 @@ def colour_legend(scale: ColourScale, kind: str) -> str:
     stops = ", ".join("#%02x%02x%02x" % tuple(int(255 * c) for c in cmap(t)[:3]) for t in np.linspace(0, 1, 9))
     base = kind.split("@", 1)[0]
     units = UNITS.get(base, base)
+    anchor = "symmetric around 0" if scale.vmin < 0 else "from 0"
     return (f'<div class="colour-legend" data-vmin="{scale.vmin:.6g}" data-vmax="{scale.vmax:.6g}">'
             f'<div style="height:14px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
             f'<div style="display:flex;justify-content:space-between;font-size:.85rem">'
-            f'<span>{_num(scale.vmin)}</span><span>one scale for both images, anchored at 0</span>'
+            f'<span>{_num(scale.vmin)}</span><span>one scale for both images, {anchor}</span>'
             f'<span>{_num(scale.vmax)}</span></div>'
             f'<div style="font-size:.85rem">{html.escape(units)}</div></div>')
 
@@ -226,6 +230,14 @@ class ErrorView:
     text: str  # markdown
 
 
+def at_least(image: Image.Image, side: int = 384) -> Image.Image:
+    """A small image (generated pairs are 128 px) enlarged for the page, so its boxes can be seen."""
+    k = side / max(image.size)
+    if k <= 1:
+        return image
+    return image.resize((round(image.width * k), round(image.height * k)), Image.Resampling.LANCZOS)
+
+
 def model_map(description) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(name, before map, after map) of a Description: ‖P(F′1) − P(F′2)‖ when it carries it, else ‖ΔF‖
     of the deepest MDP layer (the same choice as ``best_map``), else None."""
@@ -257,7 +269,7 @@ def error_view(report: dict | None, pair_id: str | None, describe) -> ErrorView:
     if pics is None:
         return ErrorView(None, None, None, "", text + "\n\n_(the report does not say where this pair's images are)_")
     boxes_b, boxes_a = true_boxes(pics.regions)
-    b, a = common_size(pics.before, pics.after)
+    b, a = common_size(at_least(pics.before), at_least(pics.after))
     pair = (draw_boxes(b, boxes_b, pics.before.size, "before"), draw_boxes(a, boxes_a, pics.after.size, "after"))
     text += f"\n\n_Images: {pics.source}; true boxes: before in cyan, after in green._"
     d = describe(pics.before, pics.after)
@@ -267,6 +279,7 @@ def error_view(report: dict | None, pair_id: str | None, describe) -> ErrorView:
     if found is None:
         return ErrorView(pair, None, None, "", text)
     name, mb, ma = found
-    hb, ha, scale = map_overlays(pics.before, pics.after, mb, ma, boxes_b, boxes_a)
+    hb, ha, scale = map_overlays(at_least(pics.before), at_least(pics.after), mb, ma, boxes_b, boxes_a,
+                                 sizes=(pics.before.size, pics.after.size))
     text += f"\n\n**Map shown**: {map_label(name)} of the model now loaded."
     return ErrorView(pair, hb, ha, colour_legend(scale, name), text)

@@ -105,3 +105,68 @@ def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig =
     path = folder / f"{name}.json"
     path.write_text(json.dumps(rep), encoding="utf-8")
     return path
+
+
+# the settings of the embedded model's evaluation data (runs/synth_eval, which does not ship)
+SHIPPED_GENERATOR = {"seed": 20251, "pairs": 5000, "size": 128, "references": 3, "render_scenes": 100,
+                     "distractor_only": 0.5, "mixed_distractor": 0.2, "no_change": 0.06}
+
+
+def carries_evidence(report: Path) -> bool:
+    """Whether a report has the sections the app's evidence views read (and its pairs can be regenerated)."""
+    rep = json.loads(Path(report).read_text(encoding="utf-8"))
+    return bool(rep.get("localization")) and bool((rep.get("meta") or {}).get("generator"))
+
+
+def with_evidence(shipped: Path, out: Path, captioner, n: int = 8, n_sanity: int = 2) -> Path:
+    """A copy of a shipped report restricted to its first ``n`` pairs, with the sections `m3diff eval`
+    writes after `m3diff predict --maps`: meta.generator, regions, and localization + sanity of the
+    loaded ``captioner``'s real maps (its MDP trace; the feature difference when its Descriptions carry
+    it) on the regenerated pairs; ``captioner`` None: regions only. For the browser test until the
+    shipped reports carry these sections."""
+    from analysis.localization import mdp_map_fn, sanity_check
+    from m3diff.describing import Description, GenerationSettings
+
+    map_fn = mdp_map_fn(captioner.processor) if captioner is not None else None
+    carries_fd = "feature_difference" in Description.__dataclass_fields__
+
+    rep = json.loads(Path(shipped).read_text(encoding="utf-8"))
+    rep["meta"].setdefault("generator", SHIPPED_GENERATOR)
+    cfg = SynthConfig.from_dict(rep["meta"]["generator"])
+    worker = Worker(cfg, None)
+    run = rep["meta"]["run"]
+    rows, scored, changed, unchanged, images = [], {}, [], [], []
+    for p in rep["pairs"][:n]:
+        record, b, a = regenerate(cfg, p["id"], worker)
+        p["regions"] = record["regions"]
+        if record.get("no_change"):
+            p["no_change"] = record["no_change"]
+        maps = map_fn(captioner.model, (b, a)) if captioner is not None and captioner.uses_mdp else {}
+        if carries_fd and captioner is not None:  # one caption token: the map is computed at prefill
+            fd = captioner.describe(b, a, settings=GenerationSettings(max_new_tokens=1)).feature_difference
+            if fd is not None:
+                maps["feature_difference"] = np.stack([fd, fd])
+        if not maps:
+            continue
+        g = next(iter(next(iter(maps.values())).values())).shape[-1] if "feature_difference" not in maps \
+            else maps["feature_difference"].shape[-1]
+        maps.update(pixel_difference=pixel_difference_map(b, a, g), uniform=uniform_map(g))
+        truth = region_truth(record, b.size, a.size)
+        result = localize(truth, maps)
+        rows += result
+        if result:
+            scored[p["id"]] = {r.map: float(np.mean([s.pointing for s in r.images])) for r in result}
+            changed.append(maps)
+            images.append((b, a))
+        elif record.get("no_change"):
+            unchanged.append(maps)
+    rep["pairs"] = rep["pairs"][:n]
+    if rows:
+        rep["localization"] = {run: {"grid": g, "summary": summarize(rows).to_dict(), "pairs": scored,
+                                     "no_change": [c.to_dict() for c in compare_no_change(changed, unchanged)]}}
+        check = sanity_check(captioner.model, images[:n_sanity], map_fn)
+        rep["sanity"] = {run: check.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / Path(shipped).name
+    path.write_text(json.dumps(rep), encoding="utf-8")
+    return path

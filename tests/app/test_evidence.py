@@ -33,9 +33,9 @@ def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generate
     # are scored, not typed): the view must say both, each for its own map
     pid = next(p for p, s in loc.items() if s["pixel_difference"] == 1.0 and s["feature_difference"] < 1.0)
     traced = []
-    pair, hb, ha, legend, text = app.error_pair(lambda b, a: traced.append(b.size) or app._traced(services.captioner, b, a),
+    pair, hb, ha, legend, text = app.error_pair(lambda b, a: traced.append(b) or app._traced(services.captioner, b, a),
                                                 report, pid)
-    assert traced == [(64, 64)]  # the loaded model ran on the regenerated pair
+    assert [b.size for b in traced] == [(64, 64)]  # the loaded model ran on the regenerated pair, as generated
     assert "regenerated" in text and "seed 7" in text
     assert "pixel difference **hit**" in text and "‖P(F′1) − P(F′2)‖ **" in text
     assert "‖P(F′1) − P(F′2)‖ **hit**" not in text
@@ -49,10 +49,14 @@ def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generate
     from m3diff.data.synth.generator import SynthConfig, regenerate
 
     _, before, _ = regenerate(SynthConfig(**report["meta"]["generator"]), pid)
-    x0, y0, x1, y1 = (boxes_b or boxes_a)[0]
-    inside = np.asarray(pair[0])[y0 + 3:y1 - 3, x0 + 3:x1 - 3]
-    assert np.array_equal(inside, np.asarray(before)[y0 + 3:y1 - 3, x0 + 3:x1 - 3])
-    assert "colour-legend" in legend and "‖ΔF‖" in legend and hb.size == ha.size == (64, 64)
+    assert np.array_equal(np.asarray(traced[0]), np.asarray(before))
+    # shown enlarged (128-px pairs are too small to see a box on), boxes scaled with the image
+    assert pair[0].size == hb.size == ha.size == (384, 384)
+    which, shown, box = ("before", hb, boxes_b[0]) if boxes_b else ("after", ha, boxes_a[0])
+    x0, y0, x1, y1 = (6 * v for v in box)  # 64 → 384 px
+    edge = np.asarray(shown)[y0:y1, x0:x0 + 2].astype(int)  # the box's left side, on the map
+    assert (np.abs(edge - np.array(BOX_COLOURS[which])).sum(-1) < 40).mean() > 0.8
+    assert "colour-legend" in legend and "‖ΔF‖" in legend
 
 
 def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):
