@@ -18,8 +18,9 @@ from analysis.report import pair_images
 CMAP = "inferno"
 # the map kinds' units, for the colour legend: a scale means nothing without them
 UNITS = {
-    "attn_eq5": "attention weight (each difference query's attention sums to 1 over the patches)",
-    "attn_eq6": "attention weight (each patch's attention sums to 1 over the difference tokens)",
+    "attn_eq5": "attention weight: the difference queries' mean attention on the patch (a query's weights sum "
+                "to 1 over both images' patches and the difference tokens)",
+    "attn_eq6": "attention weight: the share of the patch's attention that goes to the difference tokens (0–1)",
     "delta_norm": "‖ΔF‖: L2 norm of the vision features' difference per patch (feature units)",
     "feature_difference": "‖P(F′1) − P(F′2)‖: L2 norm of the difference of the image tokens the language model "
                           "reads, per patch (embedding units)",
