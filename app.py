@@ -265,6 +265,7 @@ class Shown:
     after: object = None
     trace: object = None  # m3diff.describing.PairTrace, or None
     caption: str = ""
+    feature_difference: object = None  # [g, g] ‖P(F′1) − P(F′2)‖ when the Description carries it
 
 
 def caption_words(caption: str) -> list[str]:
@@ -283,7 +284,7 @@ def describe_events(services: Services, before, after, max_new_tokens: int = DEF
     b, a = load_pair(before, after)
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
     for d in services.captioner.describe_stream(b, a, settings=settings):
-        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption)
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, getattr(d, "feature_difference", None))
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -296,18 +297,21 @@ def describe_api(services: Services, before, after, max_new_tokens: int = DEFAUL
 
 
 def heatmaps(shown: Shown | None, layer, kind: str):
-    """The chosen MDP layer's map over each image (one colour scale for both)."""
+    """The chosen map over each image on one absolute colour scale (``analysis.evidence``: anchored at
+    0, so a flat map looks flat), and the scale's legend."""
     import gradio as gr
 
-    from m3diff.overlay import overlay_pair
+    from analysis.evidence import colour_legend, description_maps, map_overlays
 
-    if shown is None or shown.trace is None:
-        return None, None
-    layer = int(str(layer).lstrip("L"))
+    if shown is None or (shown.trace is None and shown.feature_difference is None):
+        return None, None, ""
     try:
-        return overlay_pair(shown.before, shown.after, shown.trace, layer, kind)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
+        number = None if kind == "feature_difference" else int(str(layer).lstrip("L"))
+        mb, ma = description_maps(shown.trace, shown.feature_difference, number, kind)
+    except (ValueError, AttributeError) as exc:
+        raise gr.Error(str(exc) if isinstance(exc, ValueError) else "this model has no MDP maps") from None
+    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
+    return hb, ha, colour_legend(scale, kind if number is None else f"{kind}@{number}")
 
 
 def explain_word(services: Services, shown: Shown | None, word: str | None):
@@ -316,7 +320,7 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     import gradio as gr
 
     from analysis.attribution import explain_maps
-    from m3diff.overlay import overlay
+    from analysis.evidence import map_overlays, scale_note
     from m3diff.remote import call_on
 
     if shown is None or not shown.caption:
@@ -328,8 +332,8 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
-    scale = (float(min(mb.min(), ma.min())), float(max(mb.max(), ma.max())))
-    return overlay(shown.before, mb, scale=scale), overlay(shown.after, ma, scale=scale), note
+    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
+    return hb, ha, note + "\n\n" + scale_note(scale, "attribution")
 
 
 def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
@@ -345,30 +349,24 @@ def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = 
 
 
 def error_pair(traced: Callable, report: dict | None, pair_id: str | None):
-    """The Errors tab's view of one test pair: the pair for a slider, its |ΔF| maps (last MDP layer, the
-    model now loaded: ``traced(before, after)``) and the report's text about it (``analysis.tables``)."""
-    from analysis.report import pair_images
-    from analysis.tables import pair_markdown, pair_record
-    from m3diff.overlay import common_size
+    """The Errors tab's view of one test pair (``analysis.evidence.error_view``): the pair with its true
+    boxes for a slider, the loaded model's map over each image on one scale (``traced(before, after)``),
+    the colour legend, and the report's text with the pair's hit or miss."""
+    import gradio as gr
 
-    if report is None or pair_id is None:
-        return None, None, None, ""
-    record = pair_record(report, pair_id)
-    text = pair_markdown(record)
-    files = pair_images(report, record)
-    if files is None:
-        return None, None, None, text + "\n\n_(the report does not say where this pair's images are)_"
-    b, a = load_pair(*files)
-    d = traced(b, a)
-    hb = ha = None
-    if d is not None and d.trace is not None:
-        hb, ha = heatmaps(Shown(b, a, d.trace), d.trace.layers[-1], "delta_norm")
-        text += "\n\n**MDP Score**: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items())
-    return common_size(b, a), hb, ha, text
+    from analysis.evidence import error_view
+    from m3diff.images import ImageError
+
+    try:
+        view = error_view(report, pair_id, traced)
+    except ImageError as exc:
+        raise gr.Error(str(exc), title="Unusable image") from None
+    return view.pair, view.map_before, view.map_after, view.legend, view.text
 
 
 def _traced(captioner, before, after):
-    return captioner.describe(before, after, settings=_short()) if captioner.uses_mdp else None
+    # a model without MDP may still carry the feature-difference map (the fair comparison with its twin)
+    return captioner.describe(before, after, settings=_short())
 
 
 def load_examples() -> list:
@@ -471,16 +469,17 @@ def _describe_inputs(services: Services) -> dict:
 def _describe_outputs(services: Services) -> dict:
     import gradio as gr
 
-    from m3diff.describing import MAP_KINDS
+    from analysis.evidence import map_choices
 
     layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
     with gr.Row():
         layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
-        kind = gr.Radio([(label, key) for key, label in MAP_KINDS.items()], value="attn_eq5", label="map")
+        kind = gr.Radio(map_choices(False), value="attn_eq5", label="map", elem_id="map-kind")
     with gr.Row():
         heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
         heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
         slider = gr.ImageSlider(label="Before / after", type="pil", interactive=False, max_height=280)
+    legend = gr.HTML(elem_id="heat-legend")
     with gr.Accordion("Explain a word (captum attribution on both images)", open=False):
         with gr.Row():
             word = gr.Dropdown([], label="word of the caption", elem_id="word")
@@ -493,8 +492,8 @@ def _describe_outputs(services: Services) -> dict:
         twin = gr.Textbox(label="No-MDP twin caption", interactive=False)
     with gr.Accordion("Model card", open=not services.captioner.trained):
         gr.Markdown(model_card(services.captioner, services.twin))
-    return dict(layer=layer, kind=kind, heat_b=heat_b, heat_a=heat_a, slider=slider, word=word, explain=explain,
-                attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
+    return dict(layer=layer, kind=kind, heat_b=heat_b, heat_a=heat_a, legend=legend, slider=slider, word=word,
+                explain=explain, attr_b=attr_b, attr_a=attr_a, attr_note=attr_note, twin=twin, shown=gr.State(None))
 
 
 def _wire_describe(services: Services, gpu, ui) -> None:
@@ -503,12 +502,13 @@ def _wire_describe(services: Services, gpu, ui) -> None:
     model_calls = _model_calls(services)
     ui.go.click(
         _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens],
-        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.slider, ui.shown, ui.word],
+        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.legend, ui.slider, ui.shown, ui.word, ui.kind],
         api_name="describe_stream", api_visibility="undocumented", **model_calls,
     ).then(gpu(lambda shown, n: twin_caption(services, shown, n)), [ui.shown, ui.max_tokens], ui.twin,
            api_visibility="private", **model_calls)
     for trigger in (ui.layer.change, ui.kind.change):
-        trigger(heatmaps, [ui.shown, ui.layer, ui.kind], [ui.heat_b, ui.heat_a], api_visibility="private", **CPU_ONLY)
+        trigger(heatmaps, [ui.shown, ui.layer, ui.kind], [ui.heat_b, ui.heat_a, ui.legend], api_visibility="private",
+                **CPU_ONLY)
     ui.explain.click(gpu(lambda shown, word: explain_word(services, shown, word)), [ui.shown, ui.word],
                      [ui.attr_b, ui.attr_a, ui.attr_note], api_visibility="private", **model_calls)
     # The API endpoint: two image files in, (caption, per-layer scores) out. Its calls are batched
@@ -527,6 +527,7 @@ def _describe_stream(services: Services, gpu, ui):
     then only the caption grows; at the end the words of the caption become pickable."""
     import gradio as gr
 
+    from analysis.evidence import map_choices
     from m3diff.overlay import common_size
 
     @gpu
@@ -537,14 +538,17 @@ def _describe_stream(services: Services, gpu, ui):
         shown = None
         for caption, scores, now in stream(before, after, max_new_tokens):
             if shown is None:
-                hb, ha = heatmaps(now, layer, kind)
+                hb, ha, legend = heatmaps(now, layer, kind)
                 yield {ui.caption: caption, ui.scores: score_figure(now.trace, scores) if scores else None,
-                       ui.heat_b: hb, ui.heat_a: ha, ui.slider: common_size(now.before, now.after), ui.shown: now}
+                       ui.heat_b: hb, ui.heat_a: ha, ui.legend: legend, ui.slider: common_size(now.before, now.after),
+                       ui.shown: now}
             else:
                 yield {ui.caption: caption}
             shown = now
         words = caption_words(shown.caption) if shown else []
-        yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None)}
+        kinds = map_choices(shown is not None and shown.feature_difference is not None)
+        yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None),
+               ui.kind: gr.update(choices=kinds)}
 
     return on_describe
 
@@ -575,6 +579,7 @@ def dashboard_tab(services: Services, demo):
                   "**Does the caption name the change?** Change recall and precision (%), generated references"):
         gr.Markdown(title)
         shown.append(gr.Dataframe(interactive=False, wrap=True))
+    localization_panel(reports_state, demo)
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
     paper_plot = gr.Plot(label="the paper, per domain")
@@ -594,6 +599,41 @@ def dashboard_tab(services: Services, demo):
     for trigger in (demo.load, metric.change):
         trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **CPU_ONLY)
     return reports_state
+
+
+LOCALIZATION_INTRO = (
+    "### Does the model look at the change?\n"
+    "Measured on generated pairs, whose true change boxes are known. **Pointing**: share of images whose "
+    "map peaks inside a true box. **Energy**: share of the map's mass inside the boxes. Each model map "
+    "(MDP maps at the deepest MDP layer) beside the plain pixel difference |before − after| and a uniform "
+    "map (chance); MDP model and no-MDP twin side by side when the reports hold both.")
+
+
+def localization_panel(reports_state, demo) -> None:
+    """The Dashboard's localization panel: pointing and energy per slice, sanity and no-change lines."""
+    import gradio as gr
+
+    from analysis.tables import SLICES
+
+    with gr.Column(elem_id="localization-panel"):
+        gr.Markdown(LOCALIZATION_INTRO)
+        by = gr.Radio(list(SLICES), value="change type", label="slices", elem_id="localization-by")
+        outputs = []
+        for title, elem in (("**Pointing** (%)", "localization-pointing"),
+                            ("**Energy inside the boxes** (%)", "localization-energy")):
+            gr.Markdown(title)
+            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
+        outputs.append(gr.Markdown(elem_id="localization-notes"))
+    for trigger in (demo.load, by.change, reports_state.change):
+        trigger(localization_view, [reports_state, by], outputs, api_visibility="private", **CPU_ONLY)
+
+
+def localization_view(reports: dict, by: str = "change type"):
+    """(pointing table, energy table, sanity and no-change lines) of the loaded reports (``analysis.tables``)."""
+    from analysis.tables import localization_notes, localization_table
+
+    return (localization_table(reports, "pointing", by), localization_table(reports, "energy", by),
+            localization_notes(reports))
 
 
 def dashboard_view(reports: dict, metric: str):
@@ -653,10 +693,12 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
         asc = gr.Checkbox(True, label="worst first")
     table = gr.Dataframe(interactive=False, wrap=True, elem_id="errors-table")
     with gr.Row():
-        pair = [gr.ImageSlider(label="pair", type="pil", interactive=False, max_height=260),
-                gr.Image(label="Before + |ΔF| (last MDP layer)", interactive=False, height=260),
-                gr.Image(label="After + |ΔF|", interactive=False, height=260)]
-    text = gr.Markdown()
+        pair = [gr.ImageSlider(label="pair (true boxes: before cyan, after green)", type="pil", interactive=False,
+                               max_height=260, elem_id="errors-pair"),
+                gr.Image(label="Before + the model's map", interactive=False, height=260, elem_id="errors-map-before"),
+                gr.Image(label="After + the model's map", interactive=False, height=260, elem_id="errors-map-after")]
+    pair.append(gr.HTML(elem_id="errors-legend"))
+    text = gr.Markdown(elem_id="errors-text")
     traced = gpu(lambda before, after: _traced(services.captioner, before, after))
 
     def select_pair(reps, name, df, evt: gr.SelectData):

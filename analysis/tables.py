@@ -253,3 +253,102 @@ def quality_line(report: dict) -> str:
         text += "; grounding checks " + ("passed" if checks.get("passed") else
                                          "not passed (" + "; ".join(checks.get("flags", [])) + ")")
     return text
+
+
+LOCALIZATION_HOWTO = ("not in the loaded reports: run `m3diff predict --maps` (it stores each pair's maps), then "
+                      "`m3diff eval` on generated references (they know where each change is)")
+SLICES = {"change type": "per_type", "setting": "per_setting", "domain": "per_domain"}
+
+
+def _localization_runs(reports: dict[str, dict]) -> dict[str, dict]:
+    """run -> its ``localization`` entry, over all loaded reports (a run in two reports counts once)."""
+    runs: dict[str, dict] = {}
+    for rep in reports.values():
+        for run, loc in (rep.get("localization") or {}).items():
+            runs.setdefault(run, loc)
+    return runs
+
+
+def _shown_maps(maps: list[str]) -> list[str]:
+    """A run's model maps the panel shows: ‖P(F′1) − P(F′2)‖, then each MDP kind at the deepest layer."""
+    layered = [m for m in maps if "@" in m]
+    deepest = max((int(m.split("@", 1)[1]) for m in layered), default=None)
+    return ([m for m in maps if m == "feature_difference"]
+            + [m for m in layered if int(m.split("@", 1)[1]) == deepest])
+
+
+def localization_table(reports: dict[str, dict], score: str = "pointing", by: str = "change type"):
+    """Does the model look at the change? ``score`` ("pointing" | "energy" | "auroc") of each run's maps
+    per slice (``by``: change type, setting or domain), beside the pixel-difference baseline and a uniform
+    map (chance), from report.json's ``localization`` (``analysis.localization.summarize``). Pointing and
+    energy in %, AUROC as is; the baselines are the first run's (the same pairs, so the same for all)."""
+    import pandas as pd
+
+    from analysis.evidence import map_label
+    from analysis.localization import SETTINGS
+
+    runs = _localization_runs(reports)
+    if not runs:
+        return pd.DataFrame([{"localization": LOCALIZATION_HOWTO}])
+    key = SLICES[by]
+    first = next(iter(runs.values()))["summary"]
+    columns = [(run, m, f"{run}: {map_label(m)}") for run, loc in runs.items() for m in _shown_maps(loc["summary"]["maps"])]
+    columns += [(next(iter(runs)), m, label) for m, label in (("pixel_difference", "pixel difference"),
+                                                              ("uniform", "uniform (chance)"))
+                if m in first["maps"]]
+    names = list(dict.fromkeys(n for loc in runs.values() for n in loc["summary"].get(key, {})))
+    order = {"per_type": TYPE_IDS, "per_setting": SETTINGS}.get(key, sorted(names))
+    names = [n for n in order if n in names] + [n for n in names if n not in order]
+    fmt = (lambda v: "—" if v is None else f"{v:.2f}") if score == "auroc" else \
+        (lambda v: "—" if v is None or v != v else f"{100 * v:.1f}")
+    rows = []
+    for name in ["overall", *names]:
+        def cell(run, m, name=name):
+            s = runs[run]["summary"]
+            return (s["overall"] if name == "overall" else s.get(key, {}).get(name, {})).get(m)
+        ref = cell(*columns[-1][:2]) or {}
+        row = {"slice": name, "n pairs": ref.get("n_pairs")}
+        row.update({label: fmt((cell(run, m) or {}).get(score)) for run, m, label in columns})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def localization_notes(reports: dict[str, dict]) -> str:
+    """Markdown, a line each per run: the sanity check's verdicts (do the maps change when the weights
+    are destroyed?) and how peaked the model's map is on pairs with no change against changed ones."""
+    from analysis.evidence import map_label, best_map
+
+    runs = _localization_runs(reports)
+    if not runs:
+        return "_Localization " + LOCALIZATION_HOWTO + "._"
+    sanity: dict[str, dict] = {}
+    for rep in reports.values():
+        for run, check in (rep.get("sanity") or {}).items():
+            sanity.setdefault(run, check)
+    lines = []
+    for run, loc in runs.items():
+        check = sanity.get(run)
+        if check:
+            flags = check.get("flags") or {}
+            passed = [map_label(m) for m in check.get("verdicts", {}) if m not in flags]
+            flagged = [f"{map_label(m)} (with {', '.join(steps)} re-initialised)" for m, steps in flags.items()]
+            lines.append(f"- **Sanity check, {run}** (maps with the weights destroyed): "
+                         + ("passes: " + ", ".join(passed) if passed else "no map passes")
+                         + ("; **still the same map, so not evidence of what was learned**: " + "; ".join(flagged)
+                            if flagged else "") + f" (rank correlation threshold {check.get('threshold')})")
+        else:
+            lines.append(f"- **Sanity check, {run}**: not run for this model.")
+        by_map = {c["map"]: c for c in loc.get("no_change") or []}
+        shown = [m for m in (best_map(by_map), "pixel_difference") if m in by_map]
+        if shown:
+            parts = []
+            for m in shown:
+                c = by_map[m]
+                sep = c.get("separability")
+                parts.append(f"{map_label(m)} peak/mean {c['changed']['peak_to_mean']:.2f} on {c['n_changed']} changed "
+                             f"vs {c['unchanged']['peak_to_mean']:.2f} on {c['n_unchanged']} unchanged pairs"
+                             + ("" if sep is None else f" (tells them apart: AUROC {sep:.2f})"))
+            lines.append(f"- **No change, {run}**: " + "; ".join(parts))
+        else:
+            lines.append(f"- **No change, {run}**: the report has no pairs without a change to compare.")
+    return "\n".join(lines)

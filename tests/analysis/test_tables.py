@@ -143,3 +143,52 @@ def test_latex_export_keeps_every_domain_of_the_data(tmp_path):
     assert "{Render}" in tex and "{Photo}" in tex
     assert "m3diff & 1.0 & 2.0 & 3.0 & 11.0 & 1.0 & 2.0 & 3.0 & 22.0" in tex
     assert "reported in the paper" in tex and "& -- & -- & -- & --" in tex  # the paper's rows, photo blank
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    from tests.analysis.generated_reports import make_generated_report
+
+    return read_report(make_generated_report(tmp_path_factory.mktemp("gen"), twin="no_mdp"))
+
+
+def test_localization_table_sets_each_map_beside_the_pixel_difference_and_chance(generated):
+    loc = generated["localization"]["m3diff"]["summary"]
+    df = tables.localization_table({"m3diff": generated}, "pointing", "change type")
+    assert list(df.columns) == ["slice", "n pairs", "m3diff: ‖P(F′1) − P(F′2)‖", "m3diff: ‖ΔF‖ L4", "m3diff: eq. 5 L4",
+                                "no_mdp: ‖P(F′1) − P(F′2)‖", "pixel difference", "uniform (chance)"]
+    overall = df.iloc[0]
+    assert overall["slice"] == "overall" and overall["n pairs"] == loc["overall"]["pixel_difference"]["n_pairs"]
+    assert overall["pixel difference"] == f"{100 * loc['overall']['pixel_difference']['pointing']:.1f}"
+    # what the generated pairs should show: the pixel difference points at nearly every change, a
+    # uniform map at chance, and the twin's noise map (no MDP) far below the pixel difference
+    assert float(overall["pixel difference"]) > 75 > 20 > float(overall["uniform (chance)"])
+    assert float(overall["no_mdp: ‖P(F′1) − P(F′2)‖"]) < float(overall["pixel difference"]) - 30
+    from m3diff.change_types import TYPE_IDS
+
+    types = list(df["slice"][1:])
+    assert types == [t for t in TYPE_IDS if t in types] and set(types) == set(loc["per_type"])
+    settings = tables.localization_table({"m3diff": generated}, "energy", "setting")
+    assert list(settings["slice"]) == ["overall", *[s for s in ("single", "multi", "distractor") if s in loc["per_setting"]]]
+    # energy of a uniform map is the boxes' area share
+    assert settings.iloc[0]["uniform (chance)"] == f"{100 * loc['overall']['uniform']['area']:.1f}"
+
+
+def test_localization_panel_says_how_to_get_one_when_the_reports_have_none(report_file):
+    rep = read_report(report_file)
+    for df in (tables.localization_table({"m3diff": rep}), tables.localization_table({})):
+        assert "m3diff predict --maps" in df.iloc[0, 0] and "m3diff eval" in df.iloc[0, 0]
+    assert "m3diff predict --maps" in tables.localization_notes({"m3diff": rep})
+
+
+def test_localization_notes_give_the_sanity_verdicts_and_no_change_peakedness(generated):
+    notes = tables.localization_notes({"m3diff": generated}).splitlines()
+    assert [line.split("**")[1] for line in notes] == ["Sanity check, m3diff", "No change, m3diff",
+                                                        "Sanity check, no_mdp", "No change, no_mdp"]
+    # the fixture's feature-difference map survives the weight reset (it is computed from pixels)
+    assert "not evidence" in notes[0] and "‖P(F′1) − P(F′2)‖ (with model.mdp re-initialised)" in notes[0]
+    assert "passes: ‖ΔF‖ L4" in notes[0]
+    nc = {c["map"]: c for c in generated["localization"]["m3diff"]["no_change"]}["feature_difference"]
+    assert (f"peak/mean {nc['changed']['peak_to_mean']:.2f} on {nc['n_changed']} changed vs "
+            f"{nc['unchanged']['peak_to_mean']:.2f} on {nc['n_unchanged']} unchanged") in notes[1]
+    assert nc["n_unchanged"] >= 3  # the fixture holds no-change pairs

@@ -56,7 +56,7 @@ def test_odd_modes_are_converted_and_described(services, pair_files, odd_mode_fi
     *_, (caption, scores, shown) = app.describe_events(services, str(odd_mode_files[mode]), pair_files[1], 4)
     assert shown.before.mode == "RGB" and shown.before.size == (56, 40)
     assert scores
-    hb, _ = app.heatmaps(shown, next(iter(scores)), "attn_eq5")
+    hb, _, _ = app.heatmaps(shown, next(iter(scores)), "attn_eq5")
     assert hb.size == (56, 40)
 
 
@@ -69,7 +69,7 @@ def test_pairs_of_different_sizes_are_handled(services, tmp_path, pair_files):
     big = tmp_path / "big.png"
     Image.open(pair_files[1]).resize((200, 90)).save(big)
     *_, (_, scores, shown) = app.describe_events(services, pair_files[0], str(big), 4)
-    hb, ha = app.heatmaps(shown, next(iter(scores)), "delta_norm")
+    hb, ha, _ = app.heatmaps(shown, next(iter(scores)), "delta_norm")
     assert hb.size == (64, 48) and ha.size == (200, 90)  # each map over its own image
     from m3diff.overlay import common_size
 
@@ -83,7 +83,7 @@ def test_heatmaps_change_with_layer_and_kind(services, pair_files, tiny_config):
     pics = {(layer, kind): np.asarray(app.heatmaps(shown, f"L{layer}", kind)[1])
             for layer in layers for kind in ("attn_eq5", "attn_eq6", "delta_norm")}
     assert len({p.tobytes() for p in pics.values()}) > 1
-    assert app.heatmaps(None, "L1", "attn_eq5") == (None, None)
+    assert app.heatmaps(None, "L1", "attn_eq5") == (None, None, "")
     with pytest.raises(gr.Error, match="no MDP trace"):
         app.heatmaps(shown, "L999", "attn_eq5")
 
@@ -199,6 +199,7 @@ def test_explain_word_draws_the_attribution_of_the_picked_word(services, pair_fi
     hb, ha, note = app.explain_word(services, shown, words[2])
     assert hb.size == shown.before.size and ha.size == shown.after.size
     assert "cube" in note and "word 2" in note
+    assert "Colour scale" in note and "one for both images" in note  # attribution: signed, one shared scale
     with pytest.raises(gr.Error, match="out of range"):
         app.explain_word(services, shown, "99: nothing")
 

@@ -73,7 +73,7 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
     reports, *_ = app.add_report({}, str(_upload(tmp_path, report)), "CIDEr-D", allowed)
     uploaded = reports["report"]
     calls = []
-    image, hb, ha, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
+    image, hb, ha, legend, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
     assert image is None and not calls and "does not say where" in text
 
 

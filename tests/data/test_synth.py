@@ -154,3 +154,42 @@ def test_every_change_type_has_one_applier_and_an_unknown_type_fails_loudly():
     assert set(DISTRACTOR_APPLIERS) == DISTRACTORS and not set(SEMANTIC_APPLIERS) & DISTRACTORS
     with pytest.raises(ValueError, match="no applier for change type"):
         apply_changes(None, ["colour"], np.random.default_rng(0))
+
+
+def test_regenerate_reproduces_the_generated_files_byte_for_byte(small_set, tmp_path):
+    import io
+
+    from m3diff.data.synth.generator import regenerate
+
+    root, _ = small_set
+    cfg = SynthConfig.from_dict(json.loads((root / "synth_config.json").read_text()))
+    assert cfg == SynthConfig(seed=3, pairs=130, size=64)
+    records = {r["id"]: r for split in ("train", "val", "test") for r in json.loads((root / f"{split}.json").read_text())}
+    worker = Worker(cfg, None)
+    no_change = next(pid for pid, r in records.items() if r.get("no_change"))
+    for pid in ["s3-000000", "s3-000009", "s3-000058", "s3-000129", no_change]:
+        record, before, after = regenerate(cfg, pid, worker)
+        assert json.loads(json.dumps(record)) == records[pid]
+        for image, which in ((before, "before"), (after, "after")):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG", compress_level=1)  # as generate() writes it
+            assert buf.getvalue() == (root / records[pid][which]).read_bytes(), (pid, which)
+    assert regenerate(cfg, "s3-000009")[0] == regenerate(cfg, "s3-000009", worker)[0]  # a worker only caches
+
+
+@pytest.mark.parametrize("pid, message", [("s4-000001", "seed 4"), ("s3-000130", "past the 130 pairs"),
+                                           ("p0001", "not a generated pair id")])
+def test_regenerate_refuses_ids_these_settings_did_not_make(pid, message):
+    from m3diff.data.synth.generator import regenerate
+
+    with pytest.raises(ValueError, match=message):
+        regenerate(SynthConfig(seed=3, pairs=130, size=64), pid)
+
+
+@pytest.mark.parametrize("settings, message", [({"seed": 1, "colour": 2}, "unknown generator settings: colour"),
+                                               ({"size": "big"}, "size must be a number"),
+                                               ({"pairs": 2.5}, "whole"), ({"references": 10**6}, "more than 50"),
+                                               ({"size": 10_000}, "between 64 and 512")])
+def test_generator_settings_from_a_report_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SynthConfig.from_dict(settings)

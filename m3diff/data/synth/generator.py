@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,28 @@ class SynthConfig:
             raise ValueError("references must be at least 1")
         if not 0 <= self.no_change < 1:
             raise ValueError(f"no_change must be a share in [0, 1), got {self.no_change}")
+
+    @classmethod
+    def from_dict(cls, settings) -> SynthConfig:
+        """Settings as ``synth_config.json`` (or a report's ``meta.generator``) holds them, checked: a
+        report may come from anyone, and regenerating its pairs must stay a small, bounded job."""
+        if not isinstance(settings, dict):
+            raise ValueError(f"generator settings must be a JSON object, got {type(settings).__name__}")
+        known = {f: type(v) for f, v in asdict(cls()).items()}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"unknown generator settings: {', '.join(map(str, unknown))}")
+        values = {}
+        for name, value in settings.items():
+            kind = known[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise ValueError(f"generator setting {name} must be a number{' (whole)' if kind is int else ''}, got {value!r}")
+            values[name] = kind(value)
+        cfg = cls(**values)
+        for name, most in (("pairs", 10**8), ("references", 50), ("render_scenes", 100_000)):
+            if getattr(cfg, name) > most:
+                raise ValueError(f"generator setting {name}={getattr(cfg, name)} is more than {most}")
+        return cfg
 
 
 def split_position(index: int) -> tuple[str, int]:
@@ -153,6 +176,31 @@ class Worker:
             "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(after, boxes_a)},
         }
         return split, record, img_b, img_a
+
+
+def pair_index(cfg: SynthConfig, pair_id: str) -> int:
+    """The index of pair ``pair_id`` (``s{seed}-{index:06d}``) in the data set ``cfg`` generates.
+    Raises ValueError when the id was not made by these settings (another seed, or past ``cfg.pairs``)."""
+    m = re.fullmatch(r"s(-?\d+)-(\d+)", str(pair_id))
+    if m is None:
+        raise ValueError(f"{pair_id!r} is not a generated pair id (expected 's<seed>-<index>', e.g. 's0-000042')")
+    seed, index = int(m.group(1)), int(m.group(2))
+    if seed != cfg.seed:
+        raise ValueError(f"pair {pair_id} was generated with seed {seed}, not with these settings' seed {cfg.seed}")
+    if index >= cfg.pairs:
+        raise ValueError(f"pair {pair_id}: index {index} is past the {cfg.pairs} pairs these settings generate")
+    return index
+
+
+def regenerate(cfg: SynthConfig, pair_id: str, worker: Worker | None = None):
+    """(record, before image, after image) of one pair, exactly as ``generate(cfg, ...)`` wrote it:
+    a pair is a pure function of (settings, index), so a report of generated data needs no images.
+    ``worker`` reuses one ``Worker(cfg, None)`` (its caches) across calls."""
+    index = pair_index(cfg, pair_id)
+    if worker is not None and worker.cfg != cfg:
+        raise ValueError("the worker was built for other settings than the pair's")
+    _, record, before, after = (worker or Worker(cfg, None)).make(index)
+    return record, before, after
 
 
 def object_boxes(scene: Scene, boxes) -> list[dict]:

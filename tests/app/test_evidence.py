@@ -1,0 +1,143 @@
+"""The evidence views: the Errors tab on a report whose images do not ship (regenerated pairs, true
+boxes, hit or miss), and the Describe tab's maps on one absolute colour scale with a legend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from analysis.evidence import BOX_COLOURS, map_choices, map_overlays, pair_pictures
+from analysis.report import read_report
+from analysis.tables import pair_record
+
+
+@pytest.fixture(scope="module")
+def generated_file(tmp_path_factory):
+    from tests.analysis.generated_reports import make_generated_report
+
+    return make_generated_report(tmp_path_factory.mktemp("gen"))
+
+
+def _has_colour(image: Image.Image, colour, tol: int = 40) -> int:
+    a = np.asarray(image.convert("RGB")).astype(int)
+    return int((np.abs(a - np.array(colour)).sum(-1) < tol).sum())
+
+
+def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generated_file, services):
+    report = read_report(generated_file)
+    loc = report["localization"]["m3diff"]["pairs"]
+    # a pair the pixel difference hits and the model's feature difference does not (the fixture's maps
+    # are scored, not typed): the view must say both, each for its own map
+    pid = next(p for p, s in loc.items() if s["pixel_difference"] == 1.0 and s["feature_difference"] < 1.0)
+    traced = []
+    pair, hb, ha, legend, text = app.error_pair(lambda b, a: traced.append(b) or app._traced(services.captioner, b, a),
+                                                report, pid)
+    assert [b.size for b in traced] == [(64, 64)]  # the loaded model ran on the regenerated pair, as generated
+    assert "regenerated" in text and "seed 7" in text
+    assert "pixel difference **hit**" in text and "‖P(F′1) − P(F′2)‖ **" in text
+    assert "‖P(F′1) − P(F′2)‖ **hit**" not in text
+    record = pair_record(report, pid)
+    boxes_b = [r["before"] for r in record["regions"] if r["before"]]
+    boxes_a = [r["after"] for r in record["regions"] if r["after"]]
+    assert (_has_colour(pair[0], BOX_COLOURS["before"]) > 0) == bool(boxes_b)
+    assert (_has_colour(pair[1], BOX_COLOURS["after"]) > 0) == bool(boxes_a)
+    assert _has_colour(hb, BOX_COLOURS["before"]) == _has_colour(pair[0], BOX_COLOURS["before"]) or not boxes_b
+    # the regenerated images are the generator's, pixel for pixel
+    from m3diff.data.synth.generator import SynthConfig, regenerate
+
+    _, before, _ = regenerate(SynthConfig(**report["meta"]["generator"]), pid)
+    assert np.array_equal(np.asarray(traced[0]), np.asarray(before))
+    # shown enlarged (128-px pairs are too small to see a box on), boxes scaled with the image
+    assert pair[0].size == hb.size == ha.size == (384, 384)
+    which, shown, box = ("before", hb, boxes_b[0]) if boxes_b else ("after", ha, boxes_a[0])
+    x0, y0, x1, y1 = (6 * v for v in box)  # 64 → 384 px
+    edge = np.asarray(shown)[y0:y1, x0:x0 + 2].astype(int)  # the box's left side, on the map
+    assert (np.abs(edge - np.array(BOX_COLOURS[which])).sum(-1) < 40).mean() > 0.8
+    assert "colour-legend" in legend and "‖ΔF‖" in legend
+
+
+def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):
+    report = read_report(generated_file)
+    nc = next(p for p in report["pairs"] if p.get("no_change"))
+    *_, text = app.error_pair(lambda b, a: None, report, nc["id"])
+    assert "no changed box" in text and "regenerated" in text
+    # settings that did not make these pairs: nothing is shown rather than another pair
+    for change in ({"seed": 8}, {"no_change": 0.0}):
+        other = json.loads(generated_file.read_text())
+        other["meta"]["generator"].update(change)
+        path = generated_file.with_name(f"other{len(change)}{next(iter(change))}.json")
+        path.write_text(json.dumps(other))
+        rep = read_report(path)
+        pics = [pair_pictures(rep, p) for p in rep["pairs"]]
+        assert sum(p is None for p in pics) >= (len(pics) if "seed" in change else 1)
+    bad = json.loads(generated_file.read_text())
+    bad["meta"]["generator"] = {"seed": 7, "references": 10**9}  # a visitor's report cannot make the server work forever
+    path = generated_file.with_name("bad.json")
+    path.write_text(json.dumps(bad))
+    *_, text = app.error_pair(lambda b, a: None, read_report(path), report["pairs"][2]["id"])
+    assert "does not say where" in text
+
+
+def _shown(before, after, maps, feature_difference=None):
+    from m3diff.describing import PairTrace
+
+    g = maps.shape[-1]
+    trace = PairTrace(layers=(1,), score_mean={1: 0.5}, score={1: np.ones(4)}, delta_norm={1: maps[0]},
+                      attn_eq5={1: maps}, attn_eq6={1: maps})
+    return app.Shown(before, after, trace, "a caption", feature_difference if feature_difference is not None
+                     else np.zeros((g, g)))
+
+
+def test_describe_maps_share_one_absolute_scale_with_a_legend():
+    grey = Image.new("RGB", (48, 48), (128, 128, 128))
+    # a flat map looks flat; a weak map is darker than a strong one on the shared scale
+    weak_strong = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.8)])
+    hb, ha, legend = app.heatmaps(_shown(grey, grey, weak_strong), "L1", "attn_eq5")
+    b, a = np.asarray(hb).astype(int), np.asarray(ha).astype(int)
+    assert len(np.unique(b.reshape(-1, 3), axis=0)) == 1 and len(np.unique(a.reshape(-1, 3), axis=0)) == 1
+    assert b.sum() < a.sum() - 1000
+    assert 'data-vmin="0"' in legend and 'data-vmax="0.8"' in legend and "attention weight" in legend
+    # two identical images: the feature difference is all zeros, and drawn dark (not stretched)
+    zeros = _shown(grey, grey, weak_strong, np.zeros((4, 4)))
+    hb, _, legend = app.heatmaps(zeros, "L1", "feature_difference")
+    tinted = np.asarray(hb).astype(int)
+    assert tinted.max() < 80  # inferno's 0 is black, blended over grey 128
+    assert "image tokens the language model reads" in legend
+    # a tiny wobble is not blown up to full colour either: it is drawn on its own absolute size
+    wobble = _shown(grey, grey, weak_strong, np.full((4, 4), 1.0) + 1e-4 * np.eye(4))
+    hb, _, _ = app.heatmaps(wobble, "L1", "feature_difference")
+    assert np.ptp(np.asarray(hb).astype(int)[..., 0]) <= 2
+
+
+def test_feature_difference_is_offered_when_the_description_has_it(services, pair_files, monkeypatch):
+    assert "feature_difference" not in [k for _, k in map_choices(False)]
+    assert [k for _, k in map_choices(True)][-1] == "feature_difference"
+    real = services.captioner.describe_stream
+
+    def with_fd(*args, **kwargs):  # a Description that carries the map (the pipeline's newer field)
+        for d in real(*args, **kwargs):
+            d.feature_difference = np.arange(16, dtype=np.float32).reshape(4, 4)
+            yield d
+
+    monkeypatch.setattr(services.captioner, "describe_stream", with_fd)
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=2)
+    assert shown.feature_difference is not None
+    hb, ha, legend = app.heatmaps(shown, None, "feature_difference")
+    assert hb.size == shown.before.size and 'data-vmax="15"' in legend
+
+
+def test_maps_land_on_the_right_place_of_a_non_square_image():
+    # 96×64 is padded to a 96×96 square (16 rows above and below); grid cell (2, 3) of 4×4 covers square
+    # rows 48–72 and columns 72–96, i.e. image rows 32–56 at the right edge
+    image = Image.new("RGB", (96, 64), (0, 0, 0))
+    grid = np.zeros((4, 4))
+    grid[2, 3] = 1.0
+    hb, _, _ = map_overlays(image, image, grid, grid, alpha=1.0)
+    out = np.asarray(hb).astype(int).sum(-1)
+    assert out.shape == (64, 96)
+    assert out[44, 90] > 500 and out[5, 90] < 100 and out[44, 10] < 100
+    rows = np.nonzero(out[:, 90] > 300)[0]
+    assert 28 <= rows.min() and rows.max() <= 60
