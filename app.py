@@ -301,13 +301,13 @@ def heatmaps(shown: Shown | None, layer, kind: str):
     0, so a flat map looks flat), and the scale's legend."""
     import gradio as gr
 
-    from analysis.evidence import colour_legend, description_maps, map_overlays
+    from analysis.evidence import colour_legend, map_overlays, shown_maps
 
     if shown is None or (shown.trace is None and shown.feature_difference is None):
         return None, None, ""
     try:
         number = None if kind == "feature_difference" else int(str(layer).lstrip("L"))
-        mb, ma = description_maps(shown.trace, shown.feature_difference, number, kind)
+        mb, ma = shown_maps(shown.trace, shown.feature_difference, number, kind)
     except (ValueError, AttributeError) as exc:
         raise gr.Error(str(exc) if isinstance(exc, ValueError) else "this model has no MDP maps") from None
     hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)

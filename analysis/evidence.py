@@ -101,7 +101,7 @@ def map_choices(has_feature_difference: bool) -> list[tuple[str, str]]:
     return out + ([(FEATURE_DIFFERENCE_LABEL, "feature_difference")] if has_feature_difference else [])
 
 
-def description_maps(trace, feature_difference, layer: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def shown_maps(trace, feature_difference, layer: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(before, after) [g, g] maps of a Description: one MDP layer's ``kind``, or the layer-free
     ``feature_difference`` (one map for the pair, shown on both images)."""
     if kind == "feature_difference":

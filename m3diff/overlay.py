@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from m3diff.describing import PairTrace, grid_to_image
+from m3diff.describing import grid_to_image
 
 
 def normalise(m: np.ndarray) -> np.ndarray:
@@ -46,15 +46,6 @@ def overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.55, cmap:
         m01 = np.zeros_like(m) if hi - lo < 1e-12 else np.clip((m - lo) / (hi - lo), 0, 1)
     colour = Image.fromarray(colourise(m01, cmap))
     return Image.blend(image.convert("RGB"), colour, alpha)
-
-
-def overlay_pair(before: Image.Image, after: Image.Image, trace: PairTrace, layer: int, kind: str,
-                 alpha: float = 0.55) -> tuple[Image.Image, Image.Image]:
-    """Both images with their maps of ``layer`` and ``kind`` on one shared colour scale."""
-    mb, ma = trace.maps(layer, kind)
-    lo = float(min(mb.min(), ma.min()))
-    hi = float(max(mb.max(), ma.max()))
-    return overlay(before, mb, alpha, scale=(lo, hi)), overlay(after, ma, alpha, scale=(lo, hi))
 
 
 def common_size(before: Image.Image, after: Image.Image, max_side: int = 768) -> tuple[Image.Image, Image.Image]:

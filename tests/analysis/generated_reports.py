@@ -124,10 +124,10 @@ def with_evidence(shipped: Path, out: Path, captioner, n: int = 8, n_sanity: int
     loaded ``captioner``'s real maps (its MDP trace; the feature difference when its Descriptions carry
     it) on the regenerated pairs; ``captioner`` None: regions only. For the browser test until the
     shipped reports carry these sections."""
-    from analysis.localization import mdp_map_fn, sanity_check
+    from analysis.localization import model_map_fn, sanity_check
     from m3diff.describing import Description, GenerationSettings
 
-    map_fn = mdp_map_fn(captioner.processor) if captioner is not None else None
+    map_fn = model_map_fn(captioner.processor) if captioner is not None else None
     carries_fd = "feature_difference" in Description.__dataclass_fields__
 
     rep = json.loads(Path(shipped).read_text(encoding="utf-8"))

@@ -2,8 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from m3diff.describing import PairTrace
-from m3diff.overlay import common_size, normalise, overlay, overlay_pair
+from m3diff.overlay import common_size, normalise, overlay
 
 
 def test_hot_patch_lands_where_it_was_seen_padding_included():
@@ -23,15 +22,6 @@ def test_hot_patch_lands_where_it_was_seen_padding_included():
 
 def test_constant_map_is_not_nan():
     assert np.all(normalise(np.ones((3, 3))) == 0)
-
-
-def test_pair_overlay_uses_one_colour_scale():
-    g = np.stack([np.full((2, 2), 0.1), np.full((2, 2), 0.9)])
-    trace = PairTrace(layers=(1,), score_mean={1: 0.5}, score={1: np.ones(4)}, delta_norm={1: np.eye(2)},
-                      attn_eq5={1: g}, attn_eq6={1: g})
-    img = Image.new("RGB", (16, 16), (128, 128, 128))
-    b, a = overlay_pair(img, img, trace, 1, "attn_eq6", alpha=1.0)
-    assert np.asarray(b).sum() < np.asarray(a).sum()  # the weaker map stays darker (inferno)
 
 
 def test_common_size_follows_the_before_image_and_caps_it():
