@@ -26,6 +26,7 @@ UNITS = {
                           "reads, per patch (embedding units)",
     "pixel_difference": "mean |before − after| per patch (grey levels, 0–255)",
     "attribution": "attribution of the word (captum, signed; 0 = no effect)",
+    "saliency_caption": "|gradient| of log p(caption | images) per patch (captum Saliency)",
 }
 FEATURE_DIFFERENCE_LABEL = "‖P(F′1) − P(F′2)‖ (image tokens the LLM reads)"
 BOX_COLOURS = {"before": (0, 210, 255), "after": (60, 255, 120)}  # cyan / green: not in inferno
@@ -214,11 +215,25 @@ def _hit(v) -> str:
     return f"hit on {v:.0%} of its boxed images"
 
 
-def map_label(name: str) -> str:
+# map kind -> (short label for a table column, long label for a document)
+MAP_LABELS = {
+    "feature_difference": ("‖P(F′1) − P(F′2)‖", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"),
+    "delta_norm": ("‖ΔF‖", "‖ΔF‖ (eq. 3)"),
+    "attn_eq5": ("eq. 5", "eq. 5 attention"),
+    "attn_eq6": ("eq. 6", "eq. 6 attention"),
+    "saliency_caption": ("saliency", "captum Saliency of log p(caption | images)"),
+    "pixel_difference": ("pixel difference", "pixel difference (baseline)"),
+    "uniform": ("uniform", "uniform map (chance)"),
+}
+
+
+def map_label(name: str, long: bool = False) -> str:
+    """``attn_eq5@4`` → "eq. 5 L4" (or "eq. 5 attention, layer 4" with ``long``)."""
     base, _, layer = name.partition("@")
-    labels = {"feature_difference": "‖P(F′1) − P(F′2)‖", "delta_norm": "‖ΔF‖", "attn_eq5": "eq. 5",
-              "attn_eq6": "eq. 6", "pixel_difference": "pixel difference", "uniform": "uniform"}
-    return labels.get(base, base) + (f" L{layer}" if layer else "")
+    short, full = MAP_LABELS.get(base, (base, base))
+    if long:
+        return full + (f", layer {layer}" if layer else "")
+    return short + (f" L{layer}" if layer else "")
 
 
 # -- the Errors tab's view of one pair ---------------------------------------------------------------

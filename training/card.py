@@ -80,15 +80,10 @@ def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
     return "\n".join(rows)
 
 
-MAP_LABELS = {"feature_difference": "‖P(F′1) − P(F′2)‖, the tokens the LLM reads", "delta_norm": "‖ΔF‖ (eq. 3)",
-              "attn_eq5": "eq. 5 attention", "attn_eq6": "eq. 6 attention",
-              "saliency_caption": "captum Saliency of log p(caption | images)",
-              "pixel_difference": "pixel difference (baseline)", "uniform": "uniform map (chance)"}
-
-
 def _map_label(name: str) -> str:
-    kind, _, layer = name.partition("@")
-    return MAP_LABELS.get(kind, kind) + (f", layer {layer}" if layer else "")
+    from analysis.evidence import map_label
+
+    return map_label(name, long=True)
 
 
 def localization_table(reports: dict[str, dict]) -> str:

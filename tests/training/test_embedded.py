@@ -66,10 +66,10 @@ def test_the_cards_localization_table_shows_each_models_maps_beside_the_baseline
     twin = {"meta": {"run": "no_mdp"}, "localization": {"no_mdp": evaluate_localization(flat, pairs)}}
     table = localization_table({"MDP": mdp, "twin": twin}).splitlines()
     rows = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): r for r in table[2:]}
-    assert set(rows) == {("MDP", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads"), ("twin", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads"),
+    assert set(rows) == {("MDP", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"), ("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"),
                          ("—", "pixel difference (baseline)"), ("—", "uniform map (chance)")}
     cells = lambda r: r.strip("|").split("|")[2:]  # noqa: E731
-    assert cells(rows[("MDP", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads")]) == cells(rows[("—", "pixel difference (baseline)")])
-    assert cells(rows[("twin", "‖P(F′1) − P(F′2)‖, the tokens the LLM reads")]) == cells(rows[("—", "uniform map (chance)")])
+    assert cells(rows[("MDP", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads")]) == cells(rows[("—", "pixel difference (baseline)")])
+    assert cells(rows[("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads")]) == cells(rows[("—", "uniform map (chance)")])
     single = mdp["localization"]["m3diff"]["summary"]["per_setting"]["single"]["pixel_difference"]
     assert f"{100 * single['pointing']:.0f}%" == cells(rows[("—", "pixel difference (baseline)")])[0].strip()
