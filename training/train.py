@@ -202,6 +202,13 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     )
     from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
 
+    # What the run needs only at its end (validation, export, card) is imported now: a run lasts hours,
+    # and a module edited on disk meanwhile must not meet the old ones it already holds (a 6,000-step
+    # run once failed at its last step importing a half-new m3diff.pipeline).
+    import analysis.metrics  # noqa: F401
+    import m3diff.pipeline  # noqa: F401
+    import training.card  # noqa: F401
+
     start_time, start_cpu = time.time(), time.process_time()
     out = Path(out)
     # SigLIP's post_layernorm never feeds LLaVA-OneVision's features (it reads hidden_states), so DDP
