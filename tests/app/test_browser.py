@@ -19,24 +19,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 SHOTS = app.HERE / "docs" / "images"
 
 
-def evidence_reports(folder: Path) -> tuple[str, ...]:
-    """The shipped reports, or, while they lack the localization sections, copies of them with those
-    sections measured here on a few regenerated pairs (tests/analysis/generated_reports.with_evidence)."""
-    from tests.analysis.generated_reports import carries_evidence, with_evidence
-
-    paths = app.default_report_paths()
-    if not paths or all(carries_evidence(p) for p in paths):
-        return ()
-    from m3diff.describing import EMBEDDED_TWIN_DIR, Description
-    from m3diff.pipeline import DiffCaptioner
-
-    model = DiffCaptioner.from_pretrained(None)
-    # the twin has maps only where Descriptions carry the feature difference; never the MDP model's
-    twin = DiffCaptioner.from_pretrained(str(EMBEDDED_TWIN_DIR)) \
-        if "feature_difference" in Description.__dataclass_fields__ else None
-    return tuple(str(with_evidence(p, folder, twin if p.stem == "no_mdp" else model)) for p in paths)
-
-
 def localized_ids(paths) -> set[str]:
     """Pair ids that a report's localization scored (they have a hit or miss to show)."""
     import json
@@ -51,7 +33,7 @@ def localized_ids(paths) -> set[str]:
 @pytest.fixture
 def live_app(tmp_path):
     """The app as `python app.py` starts it (default model, shipped reports with localization)."""
-    config = app.AppConfig(port=free_port(), reports=evidence_reports(tmp_path / "reports"))
+    config = app.AppConfig(port=free_port())
     demo = app.build_app(app.load_services(config))
     app.launch(demo, config, prevent_thread_lock=True, quiet=True)
     try:

@@ -141,3 +141,28 @@ def test_maps_land_on_the_right_place_of_a_non_square_image():
     assert out[44, 90] > 500 and out[5, 90] < 100 and out[44, 10] < 100
     rows = np.nonzero(out[:, 90] > 300)[0]
     assert 28 <= rows.min() and rows.max() <= 60
+
+
+def test_the_shipped_reports_carry_their_evidence_and_their_pairs_are_redrawn_as_scored():
+    """The Dashboard panel and the Errors tab read these sections; the shipped reports' images do not
+    ship, so every pair must regenerate to the very pair that was scored (types and boxes)."""
+    import json
+
+    from analysis.evidence import generator_settings, pair_pictures, run_localization
+    from m3diff.data.synth.generator import regenerate
+
+    paths = app.default_report_paths()
+    assert paths
+    for path in paths:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        run = rep["meta"]["run"]
+        loc = run_localization(rep)
+        assert loc is not None and loc["pairs"] and "feature_difference" in loc["summary"]["maps"], path
+        assert run in rep["sanity"] and rep["sanity"][run]["steps"], path
+        scored = [p for p in rep["pairs"] if p["id"] in loc["pairs"]][:3]
+        for record in scored:
+            pictures = pair_pictures(rep, record)
+            assert pictures is not None and "regenerated" in pictures.source
+            truth, _, _ = regenerate(generator_settings(rep), record["id"])
+            assert truth["regions"] == record["regions"] and truth["captions"] == record["refs"]
+            assert pictures.before.size == (rep["meta"]["generator"]["size"],) * 2
