@@ -221,7 +221,7 @@ MAP_LABELS = {
     "delta_norm": ("‖ΔF‖", "‖ΔF‖ (eq. 3)"),
     "attn_eq5": ("eq. 5", "eq. 5 attention"),
     "attn_eq6": ("eq. 6", "eq. 6 attention"),
-    "saliency_caption": ("saliency", "captum Saliency of log p(caption | images)"),
+    "saliency_caption": ("saliency", "captum Saliency of the caption's log-probability"),
     "pixel_difference": ("pixel difference", "pixel difference (baseline)"),
     "uniform": ("uniform", "uniform map (chance)"),
 }

@@ -32,8 +32,18 @@ def localized_ids(paths) -> set[str]:
 
 @pytest.fixture
 def live_app(tmp_path):
-    """The app as `python app.py` starts it (default model, shipped reports with localization)."""
-    config = app.AppConfig(port=free_port())
+    """The app as `python app.py` starts it: default model, the shipped reports with localization —
+    as on a fresh clone, where the evaluation data they name does not exist (a development checkout
+    may hold it under runs/), so their pairs are redrawn from the generator's settings."""
+    import json
+
+    reports = []
+    for path in app.default_report_paths():
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        rep["meta"]["references"] = "runs/not-on-a-fresh-clone"
+        reports.append(tmp_path / path.name)
+        reports[-1].write_text(json.dumps(rep), encoding="utf-8")
+    config = app.AppConfig(port=free_port(), reports=tuple(str(p) for p in reports))
     demo = app.build_app(app.load_services(config))
     app.launch(demo, config, prevent_thread_lock=True, quiet=True)
     try:

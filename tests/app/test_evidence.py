@@ -56,7 +56,7 @@ def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generate
     x0, y0, x1, y1 = (6 * v for v in box)  # 64 → 384 px
     edge = np.asarray(shown)[y0:y1, x0:x0 + 2].astype(int)  # the box's left side, on the map
     assert (np.abs(edge - np.array(BOX_COLOURS[which])).sum(-1) < 40).mean() > 0.8
-    assert "colour-legend" in legend and "‖ΔF‖" in legend
+    assert "colour-legend" in legend and "‖P(F′1) − P(F′2)‖" in legend  # the map every model has
 
 
 def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):
