@@ -107,6 +107,12 @@ def test_predict_refuses_a_file_of_another_model_or_split(predictions, data, mod
         assert value in err and "--out" in err and "Traceback" not in err
         assert out.read_text() == before
     assert _predict(data, model_dir, workdir / "x.json", "--batch-size", "0") == 2
+    capsys.readouterr()
+    for bad in (["--attribution"], ["--maps", "--sanity-pairs", "-1"]):
+        assert _predict(data, model_dir, workdir / "y.json", *bad) == 2
+        err = capsys.readouterr().err
+        assert ("--maps" in err or "--sanity-pairs" in err) and "Traceback" not in err
+        assert not (workdir / "y.json").exists()
 
 
 def test_eval_on_the_generated_split(predictions, data, workdir, cli_scorer):
