@@ -282,10 +282,7 @@ def run_predict(args) -> int:
 
     from analysis.report import atomic_write
 
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    _check_predict_args(args, CLIError)
     out = Path(args.out)
     model_name = args.model or "embedded"
     try:
@@ -302,10 +299,6 @@ def run_predict(args) -> int:
         pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
-    if args.attribution and not args.maps:
-        raise CLIError("--attribution adds a map to --maps; pass both")
-    if args.sanity_pairs < 0:
-        raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
     done: dict[str, str] = {}
     digests: dict[str, str] = {}
     maps: dict[str, dict] = {}
@@ -321,7 +314,6 @@ def run_predict(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from analysis.localization import description_maps, encode_maps
     from m3diff.images import ImageError
     from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
@@ -373,28 +365,14 @@ def run_predict(args) -> int:
                     done[p.id] = d.caption
                     digests[p.id] = _pair_digest(p)
                     if args.maps:
-                        named = description_maps(d.trace, d.feature_difference)
-                        if args.attribution:
-                            from analysis.attribution import explain_caption
-
-                            try:
-                                named["saliency_caption"] = explain_caption(captioner, p.before, p.after,
-                                                                            d.caption).patches
-                            except ValueError:  # no words, or a caption that re-tokenizes differently
-                                unexplained.append(p.id)
-                        maps[p.id] = encode_maps(named)
+                        maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
+                        if not attributed:
+                            unexplained.append(p.id)
             save()
             bar.update(len(batch))
     if want_sanity:
-        from analysis.localization import model_map_fn, sanity_check
-        from m3diff.images import load_image
-
-        probe = [(load_image(p.before), load_image(p.after)) for p in pairs[: args.sanity_pairs] if p.id not in failed]
-        print(f"sanity check of the maps on {len(probe)} pairs (weights re-initialised) ...", file=sys.stderr)
-        sanity = sanity_check(captioner.model, probe, model_map_fn(captioner.processor)).to_dict()
+        sanity = _maps_sanity(captioner, [p for p in pairs[: args.sanity_pairs] if p.id not in failed])
         save()
-        for name, verdict in sanity["verdicts"].items():
-            print(f"  {name}: {verdict}", file=sys.stderr)
     if unexplained:
         print(f"warning: {len(unexplained)} caption(s) could not be attributed (no words, or they tokenize "
               f"differently after the prompt; first {unexplained[0]!r}): those pairs have no saliency_caption map",
@@ -406,6 +384,47 @@ def run_predict(args) -> int:
                        f"{failed[first]}); the other predictions are in {out}: fix or remove those images and "
                        "run the same command again to finish")
     return 0
+
+
+def _check_predict_args(args, CLIError) -> None:
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.attribution and not args.maps:
+        raise CLIError("--attribution adds a map to --maps; pass both")
+    if args.sanity_pairs < 0:
+        raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
+
+
+def _pair_evidence(captioner, pair, description, attribution: bool) -> tuple[dict, bool]:
+    """One described pair's maps in the predictions file's form, and whether its caption could be
+    attributed (True when no attribution was asked for)."""
+    from analysis.localization import description_maps, encode_maps
+
+    named = description_maps(description.trace, description.feature_difference)
+    attributed = True
+    if attribution:
+        from analysis.attribution import explain_caption
+
+        try:
+            named["saliency_caption"] = explain_caption(captioner, pair.before, pair.after, description.caption).patches
+        except ValueError:  # no words, or a caption that re-tokenizes differently after the prompt
+            attributed = False
+    return encode_maps(named), attributed
+
+
+def _maps_sanity(captioner, pairs) -> dict:
+    """The maps' sanity check (weights re-initialised) on ``pairs``, its verdicts printed."""
+    from analysis.localization import model_map_fn, sanity_check
+    from m3diff.images import load_image
+
+    images = [(load_image(p.before), load_image(p.after)) for p in pairs]
+    print(f"sanity check of the maps on {len(images)} pairs (weights re-initialised) ...", file=sys.stderr)
+    sanity = sanity_check(captioner.model, images, model_map_fn(captioner.processor)).to_dict()
+    for name, verdict in sanity["verdicts"].items():
+        print(f"  {name}: {verdict}", file=sys.stderr)
+    return sanity
 
 
 def run_probe(args) -> int:
