@@ -284,7 +284,7 @@ def describe_events(services: Services, before, after, max_new_tokens: int = DEF
     b, a = load_pair(before, after)
     settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
     for d in services.captioner.describe_stream(b, a, settings=settings):
-        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, getattr(d, "feature_difference", None))
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference)
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):

@@ -259,9 +259,8 @@ def model_map(description) -> tuple[str, np.ndarray, np.ndarray] | None:
     of the deepest MDP layer (the same choice as ``best_map``), else None."""
     if description is None:
         return None
-    fd = getattr(description, "feature_difference", None)
-    if fd is not None:
-        m = np.asarray(fd, np.float32)
+    if description.feature_difference is not None:
+        m = np.asarray(description.feature_difference, np.float32)
         return "feature_difference", m, m
     trace = description.trace
     if trace is None or not trace.layers:

@@ -86,7 +86,7 @@ def _map_label(name: str) -> str:
     return map_label(name, long=True)
 
 
-def localization_table(reports: dict[str, dict]) -> str:
+def map_pointing_table(reports: dict[str, dict]) -> str:
     """Where each model's maps point (report.json's ``localization``): pointing, energy and AUROC on
     single changes, pointing and energy with a camera or light change mixed in, per map kind and run;
     the baselines once. Empty when no report has the section."""
@@ -114,21 +114,3 @@ def localization_table(reports: dict[str, dict]) -> str:
                             f"{'–' if auroc is None else f'{auroc:.2f}'} | {pct(d.get('pointing'))} | "
                             f"{pct(d.get('energy'))} | {pct(mu.get('energy'))} |")
     return "\n".join(rows) if len(rows) > 2 else ""
-
-
-def sanity_lines(reports: dict[str, dict]) -> list[str]:
-    out = []
-    for label, rep in reports.items():
-        for run, check in (rep.get("sanity") or {}).items():
-            if run != rep.get("meta", {}).get("run", run):
-                continue
-            corr = {m: r for s in check["steps"] for m, r in s["correlation"].items() if len(s["randomised"]) == 1}
-            flagged = sorted(check.get("flags") or {})
-            out.append(f"- {label}: " + ("every map changes when its weights are re-initialised (rank correlation "
-                                        "with the trained model's maps after re-initialising the "
-                                        f"{check['steps'][0]['randomised'][0] if check['steps'] else '?'}: "
-                                        + ", ".join(f"{_map_label(m)} {r:.2f}" for m, r in corr.items()) + ")"
-                                        if not flagged else f"**flagged**: {', '.join(map(_map_label, flagged))} "
-                                        "still correlate ≥ 0.8 with the trained model's maps after the weights are "
-                                        "destroyed"))
-    return out

@@ -158,7 +158,8 @@ def grounding_line(recipe: dict) -> str:
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,
                size_mb: float, twin_shipped: bool, notes: str = "", steps: int | None = None,
                dest_run: Path | None = None) -> Path:
-    from training.card import comparison_table, localization_table, report_tables, sanity_lines
+    from analysis.tables import localization_notes
+    from training.card import comparison_table, map_pointing_table, report_tables
 
     r = run_json["recipe"]
     total = int(run_json["total_steps"])
@@ -217,14 +218,15 @@ before image given twice.
 
 ### Do its maps point at the change? (`m3diff predict --maps`, `m3diff eval`'s localization section)
 
-{localization_table(reports) or '(the reports have no localization section: predict with `--maps`)'}
+{map_pointing_table(reports) or '(the reports have no localization section: predict with `--maps`)'}
 
 Pointing: the map's peak falls inside a changed object's box (before and after images scored
 separately, as RobustChangeCaptioning does); energy: the map's share of mass inside the boxes; AUROC:
 how well the map ranks changed pixels above unchanged ones. Maps on the model's patch grid, padding
-undone. Sanity check (maps of the same model with the MDP, then also the vision tower, re-initialised):
+undone. Sanity check (maps of the same model with the MDP, then also the vision tower, re-initialised)
+and how peaked the maps are on pairs where nothing changed:
 
-{chr(10).join(sanity_lines(reports)) or '(not run)'}
+{localization_notes(reports)}
 
 ### The shipping bar
 

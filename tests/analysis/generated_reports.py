@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.localization import (SanityCheck, SanityStep, compare_no_change, localize, pixel_difference_map,
-                                   region_truth, spearman, summarize, uniform_map)
+from analysis.localization import (SanityCheck, SanityStep, evaluate_localization, flatten_maps, map_name,
+                                   pixel_difference_map, spearman)
+from m3diff.data.record import DiffPair
 from m3diff.data.synth.generator import SynthConfig, Worker, regenerate, split_position
 from tests.analysis.conftest import slice_json
 
@@ -44,34 +45,26 @@ def twin_maps(before, after, grid: int = GRID) -> dict:
 
 
 def localization_section(cfg: SynthConfig, ids: list[str], model_maps=synthetic_model_maps, grid: int = GRID):
-    """(localization entry of one run, its sanity check, pair records' regions/no_change) for ``ids``."""
+    """(localization entry of one run, its sanity check, pair records' regions/no_change) for ``ids``,
+    scored by ``analysis.localization.evaluate_localization`` as `m3diff eval` scores them."""
     worker = Worker(cfg, None)
-    rows, pairs, changed, unchanged, truths, extras = [], {}, [], [], [], {}
+    images, pairs, maps_by_id, extras = {}, [], {}, {}
     for pid in ids:
         record, b, a = regenerate(cfg, pid, worker)
-        maps = {**model_maps(b, a), "pixel_difference": pixel_difference_map(b, a, grid), "uniform": uniform_map(grid)}
-        truth = region_truth(record, b.size, a.size)
-        scored = localize(truth, maps)
-        rows += scored
-        if scored:
-            pairs[pid] = {r.map: float(np.mean([s.pointing for s in r.images])) for r in scored}
-            changed.append(maps)
-        elif record.get("no_change"):
-            unchanged.append(maps)
-        truths.append(maps)
+        images[f"{pid}/before"], images[f"{pid}/after"] = b, a
+        pairs.append(DiffPair(pid, f"{pid}/before", f"{pid}/after", record["captions"], record["change_types"],
+                              record["domain"], extra=record))
+        maps_by_id[pid] = {map_name(k, l): m for (k, l), m in flatten_maps(model_maps(b, a, grid)).items()}
         extras[pid] = {"regions": record["regions"], **({"no_change": record["no_change"]} if record.get("no_change") else {}),
                        "types": record["change_types"], "domain": record["domain"], "refs": record["captions"]}
-    summary = summarize(rows)
+    loc = evaluate_localization(maps_by_id, pairs, load=images.__getitem__)
     # the sanity check's correlations, measured on the maps: the blurred difference "survives" a weight
     # reset (it is computed from the pixels), the random maps do not
     rng = np.random.default_rng(0)
-    flat = [{(k if not isinstance(v, dict) else f"{k}@{max(v)}"): (v if not isinstance(v, dict) else v[max(v)])
-             for k, v in m.items() if k not in ("pixel_difference", "uniform")} for m in truths]
-    corr = {name: float(np.mean([spearman(m[name], m[name] if name == "feature_difference" else rng.random(m[name].shape))
-                                 for m in flat])) for name in flat[0]}
-    sanity = SanityCheck([SanityStep(("model.mdp",), 12, corr, len(flat))], threshold=0.8)
-    loc = {"grid": grid, "summary": summary.to_dict(), "no_change": [c.to_dict() for c in compare_no_change(changed, unchanged)],
-           "pairs": pairs}
+    names = list(next(iter(maps_by_id.values())))
+    corr = {n: float(np.mean([spearman(m[n], m[n] if n == "feature_difference" else rng.random(m[n].shape))
+                              for m in maps_by_id.values()])) for n in names}
+    sanity = SanityCheck([SanityStep(("model.mdp",), 12, corr, len(maps_by_id))], threshold=0.8)
     return loc, sanity.to_dict(), extras
 
 

@@ -54,7 +54,7 @@ def test_the_cards_localization_table_shows_each_models_maps_beside_the_baseline
     from m3diff.cli import main
     from m3diff.data.readers import read_dataset
     from m3diff.images import load_image
-    from training.card import localization_table
+    from training.card import map_pointing_table
 
     data = tmp_path / "synth"
     assert main(["synth", "--out", str(data), "--pairs", "40", "--seed", "4", "--size", "64", "--quiet"]) == 0
@@ -64,7 +64,7 @@ def test_the_cards_localization_table_shows_each_models_maps_beside_the_baseline
     flat = {p.id: {"feature_difference": np.ones((2, 8, 8))} for p in pairs}
     mdp = {"meta": {"run": "m3diff"}, "localization": {"m3diff": evaluate_localization(copy, pairs)}}
     twin = {"meta": {"run": "no_mdp"}, "localization": {"no_mdp": evaluate_localization(flat, pairs)}}
-    table = localization_table({"MDP": mdp, "twin": twin}).splitlines()
+    table = map_pointing_table({"MDP": mdp, "twin": twin}).splitlines()
     rows = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): r for r in table[2:]}
     assert set(rows) == {("MDP", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"), ("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"),
                          ("—", "pixel difference (baseline)"), ("—", "uniform map (chance)")}
