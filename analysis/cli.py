@@ -451,6 +451,7 @@ def run_probe(args) -> int:
     if len(pairs) < 2:
         raise CLIError(f"{args.data}: split {args.split!r} has {len(pairs)} pair(s); the checks need at least 2")
 
+    facts = _generated_facts(Path(args.data), pairs)
     from tqdm.auto import tqdm
 
     from m3diff.pipeline import DiffCaptioner, ModelLoadError
@@ -465,10 +466,11 @@ def run_probe(args) -> int:
         with tqdm(total=total, desc=f"probing {name}", unit="pair") as bar:
             checks = check_grounding(captioner, pairs, model_name=name, identical=args.identical,
                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                     progress=lambda what, n: bar.update(n))
+                                     progress=lambda what, n: bar.update(n), facts=facts)
         results[name] = checks.to_dict()
         gap = checks.same_scene_gap
-        print(f"{name}: distinct captions {checks.distinct_share:.1%} | answer loss {checks.loss_true:.3f}, "
+        ceiling = "" if checks.distinct_ceiling is None else f" (ceiling {checks.distinct_ceiling:.1%})"
+        print(f"{name}: distinct captions {checks.distinct_share:.1%}{ceiling} | answer loss {checks.loss_true:.3f}, "
               f"random swap {checks.random_gap:+.1%}, same-scene swap "
               f"{'n/a' if gap is None else f'{gap:+.1%}'} | identical pairs: 'no change' "
               f"{'n/a' if checks.no_change_share is None else f'{checks.no_change_share:.0%}'}")
@@ -479,6 +481,24 @@ def run_probe(args) -> int:
         atomic_write(Path(args.out), json.dumps(doc, indent=1))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _generated_facts(data: Path, pairs) -> list[tuple] | None:
+    """What each pair's references can say, where ``data`` was made by ``m3diff synth`` (its
+    ``synth_config.json``) and every pair is one of its pairs; else None (no ceiling to report)."""
+    import json
+
+    config = data / "synth_config.json" if data.is_dir() else None
+    if config is None or not config.is_file():
+        return None
+    from m3diff.data.synth.generator import SynthConfig, pair_facts
+
+    try:
+        cfg = SynthConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+        return pair_facts(cfg, [p.id for p in pairs])
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"warning: {config}: {exc}; no distinct-captions ceiling", file=sys.stderr)
+        return None
 
 
 def _split_model(spec: str) -> tuple[str, str]:

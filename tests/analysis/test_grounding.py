@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from analysis.grounding import GroundingChecks, check_grounding, says_no_change, swaps
+from analysis.grounding import GroundingChecks, check_grounding, report_rows, says_no_change, swaps
 from m3diff.data.record import DiffPair
 from m3diff.describing import Description
 
@@ -158,3 +158,21 @@ def test_probe_flags_an_untrained_model_end_to_end(generated, tmp_path):
     blind = doc["models"]["blind"]
     assert not blind["passed"] and abs(blind["same_scene_gap"]) < 0.1
     assert blind["n_same_scene"] > 0 and blind["n_pairs"] == 24
+    assert 0 < blind["distinct_ceiling"] <= 1  # generated data: the ceiling is known
+
+
+def test_the_distinct_ceiling_is_reported_beside_the_share():
+    """Four pairs whose references say the same thing cap any describer at 20 of 24 distinct."""
+    facts = [("the light is darker",)] * 4 + [(f"change {i}",) for i in range(20)]
+    reads = check_grounding(Oracle(), _pairs(), identical=0, loss_fn=oracle_loss, facts=facts)
+    assert reads.distinct_ceiling == pytest.approx(20 / 24) and reads.distinct_share == 1.0
+    assert reads.to_dict()["distinct_ceiling"] == pytest.approx(20 / 24)
+
+    def flat(captioner, images, answers, batch_size):
+        return [(1.0, 1) for _ in answers]
+
+    blind = check_grounding(Constant(), _pairs(), identical=0, loss_fn=flat, facts=facts)
+    assert any(f.startswith("distinct captions 0% < 90%") and "83%" in f for f in blind.flags)
+    rows = report_rows({"grounding": {"models": {"blind": blind.to_dict(), "none": check_grounding(
+        Constant(), _pairs(), identical=0, loss_fn=flat).to_dict()}}})
+    assert rows[0]["distinct captions"] == "0% (ceiling 83%)" and rows[1]["distinct captions"] == "0%"

@@ -193,3 +193,33 @@ def test_regenerate_refuses_ids_these_settings_did_not_make(pid, message):
 def test_generator_settings_from_a_report_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         SynthConfig.from_dict(settings)
+
+
+def test_pair_facts_group_exactly_the_pairs_references_cannot_tell_apart(tmp_path):
+    """The distinct-captions ceiling rests on these keys: no-change pairs share one, global changes
+    repeat (a few ways the light or camera can change), semantic changes are nearly all unique."""
+    from collections import defaultdict
+
+    from m3diff.data.synth.generator import pair_facts
+
+    cfg = SynthConfig(seed=5, pairs=360, size=64, no_change=0.3)
+    generate(cfg, tmp_path, workers=1, progress=False)
+    records = [r for s in ("train", "val", "test") for r in json.loads((tmp_path / f"{s}.json").read_text())]
+    facts = dict(zip([r["id"] for r in records], pair_facts(cfg, [r["id"] for r in records])))
+    unchanged = [r for r in records if not r["change_types"]]
+    changed = [r for r in records if r["change_types"]]
+    assert unchanged and all(facts[r["id"]] == () for r in unchanged)
+    assert all(facts[r["id"]] for r in changed)
+
+    def said(r):  # the types the references talk about: semantic ones, else the distractors
+        return frozenset(set(r["change_types"]) - set(DISTRACTORS)) or frozenset(r["change_types"])
+
+    groups = defaultdict(list)
+    for r in changed:
+        groups[facts[r["id"]]].append(r)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert shared, "two pairs with the same global change should share their facts"
+    for g in shared:
+        assert len({said(r) for r in g}) == 1 and len({r["domain"] for r in g}) == 1
+    semantic = [r for r in changed if set(r["change_types"]) - set(DISTRACTORS)]
+    assert len({facts[r["id"]] for r in semantic}) >= 0.95 * len(semantic)

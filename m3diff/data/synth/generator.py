@@ -108,6 +108,20 @@ def plan_types(primary: str, cfg: SynthConfig, rng: np.random.Generator) -> list
     return types
 
 
+@dataclass(frozen=True)
+class _Plan:
+    id: str
+    split: str
+    domain: str
+    scene_id: str
+    before: Scene
+    after: Scene
+    changes: list
+    rng: np.random.Generator  # goes on to phrase the references
+    unchanged: np.random.Generator  # a no-change pair's own stream (perturbation, references)
+    no_change: bool
+
+
 class Worker:
     """Everything one process needs to make pairs: config, scene list and its caches."""
 
@@ -125,8 +139,8 @@ class Worker:
             return render_mod.render(scene, self.cfg.size, self.render_cache)
         return photo_mod.render(scene, self.cfg.size, self.photos, self.fonts)
 
-    def make(self, index: int):
-        """(record, before image, after image, scene objects) of pair ``index``."""
+    def _plan(self, index: int) -> _Plan:
+        """Everything pair ``index`` is before it is drawn: scenes, changes and whether it is a no-change pair."""
         cfg = self.cfg
         split, k = split_position(index)
         primary = TYPE_IDS[k % len(TYPE_IDS)]
@@ -147,14 +161,38 @@ class Worker:
                 break
         else:  # pragma: no cover - the scene builder always makes room for the primary type
             raise RuntimeError(f"pair {index}: could not apply a {primary} change")
-        pid = f"s{cfg.seed}-{index:06d}"
-        img_b, boxes_b = self.draw(before)
         unchanged = np.random.default_rng([cfg.seed, index, 17])  # its own stream: other pairs stay as they were
-        if k >= 24 and unchanged.random() < cfg.no_change:
-            img_a, perturbation = perturb(img_b, unchanged)
+        no_change = k >= 24 and unchanged.random() < cfg.no_change
+        return _Plan(f"s{cfg.seed}-{index:06d}", split, domain, scene_id, before, after, changes, rng, unchanged,
+                     no_change)
+
+    def facts(self, index: int) -> tuple:
+        """What the references of pair ``index`` can say, as a hashable key: two pairs with the same key
+        get references drawn from the same phrasings, so no describer that learnt from them can tell
+        the pairs apart in words (a no-change pair's key is empty)."""
+        plan = self._plan(index)
+        if plan.no_change:
+            return ()
+        changes = describe(plan.before, plan.after, plan.changes)
+        said = [c for c in changes if c.type not in DISTRACTORS] or changes
+        distractor_only = all(c.type in DISTRACTORS for c in said)
+        items = sorted(repr((c.type, c.n_before, c.n_after, c.detail, c.ref_before, c.ref_after)) for c in said)
+        # the backdrop is only named in captions of semantic changes (write_caption's context phrase)
+        backdrop = "" if distractor_only else (plan.before.floor if plan.domain == "render" else plan.before.photo)
+        return (plan.domain, backdrop, *items)
+
+    def make(self, index: int):
+        """(record, before image, after image, scene objects) of pair ``index``."""
+        cfg = self.cfg
+        plan = self._plan(index)
+        pid, split, domain, scene_id, before, after, changes, rng = (
+            plan.id, plan.split, plan.domain, plan.scene_id, plan.before, plan.after, plan.changes, plan.rng)
+        img_b, boxes_b = self.draw(before)
+        if plan.no_change:
+            img_a, perturbation = perturb(img_b, plan.unchanged)
             record = {
                 "id": pid, "before": f"images/{pid}_before.png", "after": f"images/{pid}_after.png",
-                "captions": write_no_change_captions(unchanged, cfg.references), "change_types": [],
+                "captions": write_no_change_captions(plan.unchanged, cfg.references), "change_types": [],
                 "domain": domain, "scene": scene_id, "regions": [], "no_change": perturbation,
                 "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(before, boxes_b)},
             }
@@ -201,6 +239,12 @@ def regenerate(cfg: SynthConfig, pair_id: str, worker: Worker | None = None):
         raise ValueError("the worker was built for other settings than the pair's")
     _, record, before, after = (worker or Worker(cfg, None)).make(index)
     return record, before, after
+
+
+def pair_facts(cfg: SynthConfig, pair_ids) -> list[tuple]:
+    """``Worker.facts`` of each generated pair (ids as ``pair_index`` reads them), without drawing images."""
+    worker = Worker(cfg, None)
+    return [worker.facts(pair_index(cfg, pid)) for pid in pair_ids]
 
 
 def object_boxes(scene: Scene, boxes) -> list[dict]:
