@@ -71,10 +71,10 @@ def test_describe_in_a_browser_and_screenshot_every_tab(live_app, tmp_path):
         # what the loaded model knows and how good it measured, above the caption
         statement = page.locator("#model-statement").inner_text()
         assert "generated scenes only" in statement and "measured CIDEr-D" in statement
-        # illumination: the change the shipped model reads best (its README table), so the screenshot
-        # shows a caption that fits its pair
-        page.locator("#before input[type=file]").set_input_files(str(ex / "illumination_before.png"))
-        page.locator("#after input[type=file]").set_input_files(str(ex / "illumination_after.png"))
+        # colour: a change whose object is large and plain to see, so the screenshot shows a caption
+        # that can be checked against its pair at a glance (the orange cylinder turns red)
+        page.locator("#before input[type=file]").set_input_files(str(ex / "color_before.png"))
+        page.locator("#after input[type=file]").set_input_files(str(ex / "color_after.png"))
         page.locator("#before img").first.wait_for(timeout=20_000)
         page.locator("#after img").first.wait_for(timeout=20_000)
         page.locator("#describe-btn").click()
@@ -95,7 +95,7 @@ def test_describe_in_a_browser_and_screenshot_every_tab(live_app, tmp_path):
         assert "attention weight" in legend.inner_text()
         page.wait_for_timeout(1500)  # the stream's last tokens and the twin's box
         caption = page.locator("#caption textarea").input_value()
-        assert any(w in caption.lower() for w in ("light", "darker", "brighter", "shadow")), caption
+        assert "red" in caption.lower(), caption  # the new colour, named
         page.screenshot(path=str(SHOTS / "app_describe.png"), full_page=True)
 
         page.get_by_role("tab", name="Dashboard").click()
