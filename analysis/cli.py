@@ -194,8 +194,6 @@ def _add_evidence(rep: dict, pairs, aligned: dict, refs) -> None:
     """Generated references know where each change is: every pair record gets its regions, the report
     the generator's settings (so an app can redraw any pair), and each run with maps (``m3diff predict
     --maps``) a ``localization`` section and, when it was run, a ``sanity`` section."""
-    import json
-
     from analysis.localization import decode_maps, evaluate_localization
 
     by_id = {p.id: p for p in pairs}
@@ -205,13 +203,9 @@ def _add_evidence(rep: dict, pairs, aligned: dict, refs) -> None:
             rec["regions"] = extra["regions"]
         if extra.get("no_change"):
             rec["no_change"] = extra["no_change"]
-    config = Path(refs) / "synth_config.json" if Path(refs).is_dir() else None
-    if config is not None and config.is_file():
-        try:
-            rep["meta"]["generator"] = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"warning: {config} unreadable ({exc}); the report cannot say how to redraw its pairs",
-                  file=sys.stderr)
+    settings = _synth_settings(Path(refs), "the report cannot say how to redraw its pairs")
+    if settings is not None:
+        rep["meta"]["generator"] = settings
     for name, (al, preds) in aligned.items():
         if not preds.maps:
             continue
@@ -483,21 +477,33 @@ def run_probe(args) -> int:
     return 0
 
 
-def _generated_facts(data: Path, pairs) -> list[tuple] | None:
-    """What each pair's references can say, where ``data`` was made by ``m3diff synth`` (its
-    ``synth_config.json``) and every pair is one of its pairs; else None (no ceiling to report)."""
+def _synth_settings(data: Path, without: str) -> dict | None:
+    """The generator settings of a folder made by ``m3diff synth`` (its ``synth_config.json``); None
+    for other data, and with a warning saying what is lost (``without``) when the file is unreadable."""
     import json
 
     config = data / "synth_config.json" if data.is_dir() else None
     if config is None or not config.is_file():
         return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"warning: {config} unreadable ({exc}); {without}", file=sys.stderr)
+        return None
+
+
+def _generated_facts(data: Path, pairs) -> list[tuple] | None:
+    """What each pair's references can say, where ``data`` was made by ``m3diff synth`` and every pair
+    is one of its pairs; else None (no distinct-captions ceiling to report)."""
+    settings = _synth_settings(data, "no distinct-captions ceiling")
+    if settings is None:
+        return None
     from m3diff.data.synth.generator import SynthConfig, pair_facts
 
     try:
-        cfg = SynthConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
-        return pair_facts(cfg, [p.id for p in pairs])
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"warning: {config}: {exc}; no distinct-captions ceiling", file=sys.stderr)
+        return pair_facts(SynthConfig.from_dict(settings), [p.id for p in pairs])
+    except ValueError as exc:
+        print(f"warning: {data / 'synth_config.json'}: {exc}; no distinct-captions ceiling", file=sys.stderr)
         return None
 
 

@@ -158,11 +158,15 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
 
     ``loss_fn(captioner, images, answers, batch_size) -> [(summed loss, tokens)] per pair`` scores
     references given image pairs; the default runs the captioner's model on its answer tokens.
+    ``facts``: per pair, a hashable key of what its references can say (the generator's ``pair_facts``),
+    for the distinct-captions ceiling; None where the data does not know it.
     """
     from m3diff.describing import GenerationSettings
 
     if len(pairs) < 2:
         raise ValueError(f"grounding checks need at least 2 pairs, got {len(pairs)}")
+    if facts is not None and len(facts) != len(pairs):
+        raise ValueError(f"facts for {len(facts)} pairs, but {len(pairs)} pairs to check")
     tick = progress or (lambda what, n: None)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     true_images = [(p.before, p.after) for p in pairs]
@@ -204,7 +208,7 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
         loss_random_swap=_mean(loss_random, everyone), loss_same_scene_swap=loss_same,
         loss_true_same_scene=own_same,
         n_same_scene=len(has_same), n_identical=n_identical, no_change_share=no_change,
-        distinct_ceiling=None if facts is None else unique_share(list(facts)), targets=targets,
+        distinct_ceiling=None if facts is None else unique_share(facts), targets=targets,
         examples=examples,
     )
 

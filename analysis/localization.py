@@ -486,10 +486,11 @@ def evaluate_localization(maps_by_id: Mapping[str, Mapping[str, np.ndarray]], pa
         grid = next(iter(maps.values())).shape[-1]
         full = {**maps, **baseline_maps(before, after, grid)}
         truth = region_truth(pair, before.size, after.size)
-        if truth.setting == "no_change":  # the pixel difference beside the model's maps here too
-            unchanged.append({k: v for k, v in full.items() if k != "uniform"})
+        peaked = {k: v for k, v in full.items() if k != "uniform"}  # the pixel difference beside the model's maps
+        if truth.setting == "no_change":
+            unchanged.append(peaked)
         elif truth.has_boxes:
-            changed.append({k: v for k, v in full.items() if k != "uniform"})
+            changed.append(peaked)
         scored = localize(truth, full)
         rows += scored
         if scored:

@@ -167,6 +167,8 @@ def test_the_distinct_ceiling_is_reported_beside_the_share():
     reads = check_grounding(Oracle(), _pairs(), identical=0, loss_fn=oracle_loss, facts=facts)
     assert reads.distinct_ceiling == pytest.approx(20 / 24) and reads.distinct_share == 1.0
     assert reads.to_dict()["distinct_ceiling"] == pytest.approx(20 / 24)
+    with pytest.raises(ValueError, match="facts for 3 pairs, but 24"):
+        check_grounding(Oracle(), _pairs(), identical=0, loss_fn=oracle_loss, facts=facts[:3])
 
     def flat(captioner, images, answers, batch_size):
         return [(1.0, 1) for _ in answers]
