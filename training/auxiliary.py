@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
-from m3diff.data.synth.scene import COLOR_NAMES, PHOTO_SHAPES, RENDER_SHAPES, SIZES, SPECIAL_KINDS
+from m3diff.data.synth.scene import (
+    COLOR_NAMES, DIRECTIONS, PHOTO_SHAPES, POSE_NAMES, RENDER_SHAPES, SIGN_WORDS, SIZES, SPECIAL_KINDS,
+)
 from m3diff.processing import IGNORE_INDEX
 
 KINDS = RENDER_SHAPES + PHOTO_SHAPES + SPECIAL_KINDS
@@ -40,6 +42,15 @@ KIND_IDS = {k: i + 1 for i, k in enumerate(KINDS)}
 COLOR_IDS = {c: i + 1 for i, c in enumerate(COLOR_NAMES)}
 SIZE_IDS = {s: i + 1 for i, s in enumerate(SIZES)}
 PATCH_TYPE_IDS = {t: i + 1 for i, t in enumerate(SEMANTIC_TYPES)}
+# What a changed sign, arrow, figure or counting group is in each image — the words an ocr,
+# orientation, pose or counting caption must get right — as one class each (no "none" class: a
+# pair without such a change is ignored by that head)
+ATTRIBUTES = {
+    "word": {w: i for i, w in enumerate(SIGN_WORDS)},
+    "direction": {d: i for i, d in enumerate(dict.fromkeys(d for ds in DIRECTIONS.values() for d in ds))},
+    "pose": {p: i for i, p in enumerate(POSE_NAMES)},
+    "count": {n: n for n in range(8)},  # members of the changed counting group
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,45 @@ def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[s
     out["types"] = torch.tensor([float(t in sample.change_types) for t in TYPE_IDS])
     for k, image in enumerate(("before", "after")):
         out[f"facts_{k}"] = changed_facts(sample, image, width, height)
+    for name, value in changed_attributes(sample).items():
+        out[name] = torch.tensor(value, dtype=torch.long)
+    return out
+
+
+def _centre_inside(box, boxes) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
+
+
+def changed_attributes(sample) -> dict[str, int]:
+    """``{attribute}_{k}``: per image k, the class of the changed sign's word, the changed arrow's
+    heading, the changed figure's pose and the size of the changed counting group (IGNORE_INDEX when
+    the pair has no such change, or a record carries no such field)."""
+    out = {f"{name}_{k}": IGNORE_INDEX for name in ATTRIBUTES for k in (0, 1)}
+    images = ("before", "after")
+    changed = {image: [r[image] for r in sample.regions if r.get(image) and r["type"] in PATCH_TYPE_IDS]
+               for image in images}
+    field_of = {"sign": ("word", "text"), "arrow": ("direction", "direction"), "figure": ("pose", "pose")}
+    for k, image in enumerate(images):
+        for o in sample.objects.get(image, []):
+            if o["kind"] in field_of and _centre_inside(o["box"], changed[image]):
+                name, key = field_of[o["kind"]]
+                if o.get(key) in ATTRIBUTES[name]:
+                    out[f"{name}_{k}"] = ATTRIBUTES[name][o[key]]
+    # a counting change's box holds the members it added or dropped; the group is every object of
+    # their kind and colour (the generator gives no other object that pair)
+    for r in sample.regions:
+        if r["type"] != "counting":
+            continue
+        for image in images:
+            members = [o for o in sample.objects.get(image, []) if r.get(image) and _centre_inside(o["box"], [r[image]])]
+            if members:
+                group = (members[0]["kind"], members[0]["color"])
+                for k, other in enumerate(images):
+                    n = sum((o["kind"], o["color"]) == group for o in sample.objects.get(other, []))
+                    out[f"count_{k}"] = min(n, len(ATTRIBUTES["count"]) - 1)
+                break
+        break
     return out
 
 
@@ -151,6 +201,10 @@ class GroundingHeads(nn.Module):
         # from the images' MEAN features: what changed must reach every token, where an LLM that
         # attends to the image uniformly (the first thing it learns) can read it
         self.facts = nn.Linear(2 * dim, 2 * FACTS + len(TYPE_IDS))
+        # the changed sign's word, arrow's heading, figure's pose, group's size in each image, also from
+        # the mean features: what ocr / orientation / pose / counting captions must say
+        self.attribute_sizes = tuple(len(v) for v in ATTRIBUTES.values()) * 2
+        self.attributes = nn.Linear(2 * dim, sum(self.attribute_sizes))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``x1``, ``x2``: [B, N, d] features of the before / after images. Returns the named losses."""
@@ -180,6 +234,15 @@ class GroundingHeads(nn.Module):
         rows = ~torch.isnan(facts).any(-1)
         logits = self.facts(torch.cat([x1.mean(1), x2.mean(1)], -1))
         losses["facts"] = F.binary_cross_entropy_with_logits(logits[rows], facts[rows]) * 10  # ~10 of 80 labels are on
+        if "word_0" in targets:
+            mean = torch.cat([x1.mean(1), x2.mean(1)], -1)
+            names = [f"{name}_{k}" for k in (0, 1) for name in ATTRIBUTES]
+            for name, logits in zip(names, self.attributes(mean).split(self.attribute_sizes, -1)):
+                target = targets[name]
+                # a batch without such a change adds 0, not NaN, and keeps the key (log.csv's columns)
+                loss = (F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX) if (target != IGNORE_INDEX).any()
+                        else logits.sum() * 0)
+                losses[name[:-2]] = losses.get(name[:-2], 0) + loss / 2
         return losses
 
 

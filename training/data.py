@@ -161,20 +161,32 @@ def _where(box, width: int, height: int) -> str:
 
 
 def scene_description(objects: list[dict], width: int, height: int) -> str:
-    """'A small red cube at the top left, a large blue ball in the middle and a person in green on
-    the right.' — objects read top to bottom, then left to right."""
-    from m3diff.data.synth.captions import NOUNS
+    """'A small red cube at the top left, three large blue balls in the middle, a white sign reading
+    SALT on the right and a person in green waving with one hand at the bottom.' — objects (a counting
+    group as one phrase with its number) read top to bottom, then left to right, with the word of a
+    sign, the heading of an arrow and the pose of a figure when the record has them."""
+    from m3diff.data.synth.captions import DIRECTION_WORDS, NOUNS, NUMBERS, PLURALS, POSE_WORDS
 
-    order = sorted(objects, key=lambda o: (int(3 * (o["box"][1] + o["box"][3]) / 2 / height), o["box"][0]))
-    parts = []
-    for o in order:
+    groups: dict[tuple, list[dict]] = {}
+    for o in objects:  # only a counting group's members share kind and colour
+        groups.setdefault((o["kind"], o["color"]), []).append(o)
+    entries = []
+    for members in groups.values():
+        o = members[0]
+        box = [sum(m["box"][i] for m in members) / len(members) for i in range(4)]
+        noun = NOUNS[o["kind"]][0]
         if o["kind"] == "figure":
-            what = f"a person in {o['color']}"
+            what = f"a person in {o['color']}" + (f" {POSE_WORDS[o['pose']][0]}" if o.get("pose") in POSE_WORDS else "")
         elif o["kind"] == "sign":
-            what = "a white sign"
+            what = "a white sign" + (f" reading {o['text']}" if o.get("text") else "")
+        elif len(members) > 1:
+            what = f"{NUMBERS.get(len(members), len(members))} {o['size']} {o['color']} {PLURALS.get(noun, noun + 's')}"
         else:
-            what = f"a {o['size']} {o['color']} {NOUNS[o['kind']][0]}"
-        parts.append(f"{what} {_where(o['box'], width, height)}")
+            what = f"a {o['size']} {o['color']} {noun}"
+            if o["kind"] == "arrow" and o.get("direction") in DIRECTION_WORDS:
+                what += f" pointing {DIRECTION_WORDS[o['direction']][0]}"
+        entries.append((int(3 * (box[1] + box[3]) / 2 / height), box[0], f"{what} {_where(box, width, height)}"))
+    parts = [text for *_, text in sorted(entries)]
     if not parts:
         return "There are no objects."
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

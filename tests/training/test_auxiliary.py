@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -37,3 +38,57 @@ def test_a_box_on_a_wide_image_lands_below_the_padding():
 def test_samples_without_ground_truth_are_ignored_by_every_loss():
     real = collate_targets([None, {"kind_0": torch.zeros(2, 2, dtype=torch.long), "types": torch.zeros(3)}])
     assert (real["kind_0"][0] == -100).all() and torch.isnan(real["types"][0]).all()
+
+
+@pytest.fixture(scope="module")
+def generated_samples(tmp_path_factory):
+    from m3diff.data.synth.generator import SynthConfig, generate
+    from training.data import load_samples
+
+    root = tmp_path_factory.mktemp("attrs")
+    generate(SynthConfig(seed=5, pairs=300, size=64), root, workers=1, progress=False)
+    return load_samples([str(root)], False, 0)
+
+
+def test_attribute_targets_are_the_words_headings_poses_and_counts_the_caption_states(generated_samples):
+    from m3diff.data.synth.captions import DIRECTION_WORDS, NUMBERS, POSE_WORDS
+    from training.auxiliary import ATTRIBUTES, changed_attributes
+
+    names = {a: {i: v for v, i in ATTRIBUTES[a].items()} for a in ATTRIBUTES}
+    seen = set()
+    for s in generated_samples:
+        t = changed_attributes(s)
+        if s.change_types == ("ocr",):
+            before, after = names["word"][t["word_0"]], names["word"][t["word_1"]]
+            assert before != after and before in s.answer and after in s.answer, s.id
+            seen.add("ocr")
+        elif s.change_types == ("orientation",):
+            before, after = names["direction"][t["direction_0"]], names["direction"][t["direction_1"]]
+            assert before != after and any(w in s.answer for w in DIRECTION_WORDS[after]), s.id
+            seen.add("orientation")
+        elif s.change_types == ("pose",):
+            before, after = names["pose"][t["pose_0"]], names["pose"][t["pose_1"]]
+            assert before != after and any(w in s.answer for w in POSE_WORDS[after]), s.id
+            seen.add("pose")
+        elif s.change_types == ("counting",):
+            assert t["count_0"] != t["count_1"] and NUMBERS[t["count_1"]] in s.answer.lower(), s.id
+            seen.add("counting")
+        elif not s.change_types:  # a no-change pair: every attribute head ignores it
+            assert set(t.values()) == {-100}
+    assert seen == {"ocr", "orientation", "pose", "counting"}
+
+
+def test_scene_descriptions_say_the_signs_word_and_count_a_group():
+    from training.data import scene_description
+
+    objects = [
+        {"kind": "cube", "color": "red", "size": "small", "box": [0, 0, 10, 10]},
+        {"kind": "sign", "color": "white", "size": "large", "box": [40, 40, 70, 60], "text": "SALT"},
+        {"kind": "arrow", "color": "blue", "size": "small", "box": [100, 0, 120, 10], "direction": "left"},
+        {"kind": "figure", "color": "green", "size": "large", "box": [10, 100, 20, 125], "pose": "waving"},
+        *({"kind": "ball", "color": "pink", "size": "large", "box": [x, 100, x + 8, 108]} for x in (90, 100, 110)),
+    ]
+    text = scene_description(objects, 128, 128)
+    assert text == ("A small red cube at the top left, a small blue arrow pointing to the left at the top right, "
+                    "a white sign reading SALT in the middle, a person in green waving with one hand at the bottom "
+                    "left and three large pink balls at the bottom right.")

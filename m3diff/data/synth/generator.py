@@ -248,10 +248,17 @@ def pair_facts(cfg: SynthConfig, pair_ids) -> list[tuple]:
 
 
 def object_boxes(scene: Scene, boxes) -> list[dict]:
-    """Every object drawn in one image: what it is and its pixel box — the ground truth that
-    grounded training reads (no real dataset has it)."""
-    return [{"uid": o.uid, "kind": o.kind, "color": o.color, "size": o.size, "box": list(boxes[o.uid])}
-            for o in scene.objects if o.uid in boxes]
+    """Every object drawn in one image: what it is and its pixel box, and for a sign, an arrow or a
+    figure its word, heading or pose — the ground truth that grounded training reads (no real dataset
+    has it). Members of a counting group share kind and colour (no other objects do)."""
+    out = []
+    for o in scene.objects:
+        if o.uid not in boxes:
+            continue
+        rec = {"uid": o.uid, "kind": o.kind, "color": o.color, "size": o.size, "box": list(boxes[o.uid])}
+        rec.update({k: v for k, v in (("text", o.text), ("direction", o.direction), ("pose", o.pose)) if v})
+        out.append(rec)
+    return out
 
 
 def perturb(img, rng: np.random.Generator):
