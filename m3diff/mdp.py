@@ -44,9 +44,13 @@ class Attention(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
 
-    def forward(self, query, key_value, need_weights: bool = False):
-        out, weights = self.attn(query, key_value, key_value, need_weights=need_weights, average_attn_weights=True)
-        return out, weights  # [B, Nq, d], [B, Nq, Nkv] or None
+    def forward(self, query, key_value, need_weights: bool = False, eager: bool = False):
+        # need_weights takes MultiheadAttention's explicit path (matmuls and a softmax) instead of fused
+        # SDPA; ``eager`` takes it without returning them: with the embedded model's 32-wide heads and
+        # 64-192 tokens a CPU training step is faster that way (benchmarks/bench_train_settings.py)
+        out, weights = self.attn(query, key_value, key_value, need_weights=need_weights or eager,
+                                 average_attn_weights=True)
+        return out, weights if need_weights else None  # [B, Nq, d], [B, Nq, Nkv] or None
 
 
 class MDPLayer(nn.Module):
@@ -77,19 +81,19 @@ class MDPLayer(nn.Module):
         H1, H2 = F1 * l1, F2 * l2  # eq. (2)
         return self.W_p(torch.cat([H1, H2, H1 - H2], -1))  # eq. (3)
 
-    def forward(self, F1, F2, with_trace: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False):
         N = F1.shape[1]
         dF = self.delta(F1, F2)  # [B, N, d]
         x = self.norm_sa(dF)
-        dF_sa = dF + self.SA(x, x)[0]  # eq. (4)
+        dF_sa = dF + self.SA(x, x, eager=eager)[0]  # eq. (4)
         kv = self.norm_ca_kv(torch.cat([F1, F2, dF_sa], 1))  # [B, 3N, d]
-        ca, w5 = self.CA_delta(self.norm_ca_q(dF_sa), kv, need_weights=with_trace)
+        ca, w5 = self.CA_delta(self.norm_ca_q(dF_sa), kv, need_weights=with_trace, eager=eager)
         h = dF_sa + ca
         dF_ca = h + self.MLP(self.norm_mlp(h))  # eq. (5)
         outs, w6 = [], []
         for Fk in (F1, F2):
             kv = self.norm_img_kv(torch.cat([Fk, dF_ca], 1))  # [B, 2N, d]
-            a, w = self.CA_image(self.norm_img_q(Fk), kv, need_weights=with_trace)
+            a, w = self.CA_image(self.norm_img_q(Fk), kv, need_weights=with_trace, eager=eager)
             outs.append(Fk + a)  # eq. (6)
             w6.append(w)
         maps = None
@@ -137,9 +141,9 @@ class MDPScale(nn.Module):
         self.layers = nn.ModuleList(MDPLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.score = Score(dim, num_scales)
 
-    def forward(self, F1, F2, with_trace: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False):
         for layer in self.layers:
-            F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace)
+            F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace, eager=eager)
         return F1, F2, self.score(F1, F2, dF), dF, maps
 
 
@@ -183,12 +187,13 @@ class MultiScaleDifferentialPerception(nn.Module):
         L = len(self.layer_ids)
         self.scales = nn.ModuleList(MDPScale(dim, num_heads, mlp_ratio, depth, L) for _ in range(L))
 
-    def forward(self, hidden_1, hidden_2, with_trace: bool = False):
-        """``hidden_k``: one [B, N, d] tensor per scale for image k. Returns F'1, F'2 [B, N, d] and a trace."""
+    def forward(self, hidden_1, hidden_2, with_trace: bool = False, eager: bool = False):
+        """``hidden_k``: one [B, N, d] tensor per scale for image k. Returns F'1, F'2 [B, N, d] and a trace.
+        ``eager``: explicit attention instead of fused SDPA (the model's ``attn_implementation``)."""
         fused_1 = fused_2 = 0
         scores, norms, eq5, eq6 = [], [], [], []
         for scale, F1, F2 in zip(self.scales, hidden_1, hidden_2, strict=True):
-            F1t, F2t, score, dF, maps = scale(F1, F2, with_trace=with_trace)
+            F1t, F2t, score, dF, maps = scale(F1, F2, with_trace=with_trace, eager=eager)
             w = score.unsqueeze(1)  # [B, 1, d]
             fused_1 = fused_1 + w * F1t  # eq. (8)
             fused_2 = fused_2 + w * F2t

@@ -125,7 +125,8 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
         hidden = [vision.hidden_states[i] for i in self.config.mdp_layers]  # L × [2B, N, d]
         before = [h[0::2] for h in hidden]  # L × [B, N, d]
         after = [h[1::2] for h in hidden]
-        fused_1, fused_2, mdp_trace = self.mdp(before, after, with_trace=output_mdp_trace)  # [B, N, d] each
+        fused_1, fused_2, mdp_trace = self.mdp(before, after, with_trace=output_mdp_trace,
+                                                eager=self.config._attn_implementation == "eager")  # [B, N, d] each
         B, N, d = fused_1.shape
         fused = torch.stack([fused_1, fused_2], 1).reshape(2 * B, N, d)  # back to image order
         projected = self.multi_modal_projector(fused)  # [2B, N, D]

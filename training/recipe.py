@@ -40,6 +40,9 @@ class ModelRecipe:
     # directory / hub id (the 7B uses Qwen2's from its checkpoint, i.e. init_from)
     tokenizer: str = "train"
     tokenizer_vocab_size: int = 1024
+    # attention of the vision tower, MDP and LLM while training: transformers' "sdpa" (fused) or
+    # "eager" (matmuls and a softmax: faster for the embedded model's short sequences on a CPU)
+    attn_implementation: str = "sdpa"
 
 
 @dataclass
@@ -160,6 +163,8 @@ class Recipe:
                 fail("grounding.weight", f"must be >= 0, got {self.grounding.weight}")
             if not 0 <= self.grounding.scene_share <= 4:
                 fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
+        if self.model.attn_implementation not in ("sdpa", "eager"):
+            fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
         if self.data.val_pairs < 0:
             fail("data.val_pairs", f"must be >= 0, got {self.data.val_pairs}")
         if self.model.tokenizer == "train" and self.model.init_from:

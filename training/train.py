@@ -54,6 +54,12 @@ def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
 
 
 def build_model(recipe: Recipe, tokenizer):
+    model = _build_model(recipe, tokenizer)
+    model.set_attn_implementation(recipe.model.attn_implementation)  # the MDP follows the model's choice
+    return model
+
+
+def _build_model(recipe: Recipe, tokenizer):
     from m3diff.config import preset
     from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
 
@@ -141,9 +147,15 @@ def answer_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
 def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """The answer loss sum, its token count and the grounding losses (empty unless ``model`` is a
     GroundedCaptioner and the batch carries targets)."""
+    # answers end every row (left padding): the LM head and its softmax run only from the position
+    # before the first answer token on, not over the ~130 image and prompt tokens (~10% of a CPU step)
+    labels = batch["labels"]
+    answer_cols = torch.nonzero((labels != IGNORE_INDEX).any(0))
+    keep = labels.shape[1] - int(answer_cols[0]) + 1 if len(answer_cols) else 0  # 0: every position
     inputs = dict(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
         image_sizes=batch["image_sizes"], batch_num_images=batch["batch_num_images"], use_cache=False,
+        logits_to_keep=keep,
     )
     aux = {}
     if batch.get("targets") is not None:
@@ -152,7 +164,7 @@ def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor
         out = model(**inputs)
         if isinstance(out, tuple):  # a GroundedCaptioner given no targets
             out = out[0]
-    sums, counts = answer_cross_entropy(out.logits, batch["labels"])
+    sums, counts = answer_cross_entropy(out.logits, labels[:, labels.shape[1] - out.logits.shape[1]:])
     return sums.sum(), int(counts.sum()), aux
 
 

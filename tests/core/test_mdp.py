@@ -108,3 +108,21 @@ def test_mdp_layer_rejects_mismatched_pairs():
     layer = MDPLayer(D, 2, 2.0)
     with pytest.raises(RuntimeError):
         layer(torch.randn(1, N, D), torch.randn(1, N + 1, D))
+
+
+def test_eager_attention_computes_what_fused_attention_does():
+    """The training recipe's attn_implementation=eager must change the arithmetic's path, not the model."""
+    from m3diff.config import preset
+    from m3diff.modeling import M3DiffForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = M3DiffForConditionalGeneration(preset("tiny")).eval()
+    pixels = torch.randn(4, 1, 3, 32, 32)
+    sizes = torch.tensor([[32, 32]] * 4)
+    with torch.no_grad():
+        fused = model.get_image_features(pixels, sizes, batch_num_images=torch.tensor([2, 2])).pooler_output
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+        eager = model.get_image_features(pixels, sizes, batch_num_images=torch.tensor([2, 2])).pooler_output
+    for a, b in zip(fused, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
