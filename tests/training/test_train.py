@@ -201,6 +201,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, 
         (["model.preset=huge"], "unknown preset 'huge'"),
         (["model.config={mdp_layers: [9]}"], "model.config"),
         (["precision=fp8"], "precision"),
+        (["model.attn_implementation=flash"], "model.attn_implementation"),
     ],
 )
 def test_bad_recipes_fail_on_load_with_the_key_named(overrides, message):
@@ -238,3 +239,37 @@ def test_bundled_recipes_load():
     assert (paper.lora.rank, paper.lora.alpha) == (128, 256)
     assert (paper.optim.lr_vision, paper.optim.lr) == (2e-6, 1e-5)
     assert paper.batch.global_batch == 256 and paper.precision == "bf16" and paper.gradient_checkpointing
+
+
+def test_the_loss_over_the_answer_window_is_the_loss_over_every_position(synth_data):
+    """step_losses runs the LM head only from the position before the first answer token on (answers
+    end every row, rows are left-padded); it must score exactly what the full logits score."""
+    from m3diff.processing import answer_cross_entropy
+    from training.data import Collator, load_samples
+    from training.train import build_model, build_tokenizer, step_losses
+
+    recipe = load_recipe(TINY)
+    samples = load_samples([str(synth_data)], True, 0)
+    samples = sorted(samples, key=lambda s: len(s.answer))
+    batch_samples = [samples[0], samples[-1]]  # the shortest and the longest answer: different windows
+    tokenizer = build_tokenizer(recipe, samples, synth_data / "tok-window", _NoAccelerator())
+    torch.manual_seed(0)
+    model = build_model(recipe, tokenizer).eval()
+    from m3diff.processing import PairProcessor
+
+    batch = Collator(PairProcessor.for_config(model.config, tokenizer))(batch_samples)
+    with torch.no_grad():
+        window_sum, window_n, _ = step_losses(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"],
+                     batch_num_images=batch["batch_num_images"], use_cache=False).logits
+    sums, counts = answer_cross_entropy(full, batch["labels"])
+    assert window_n == int(counts.sum()) > 0
+    torch.testing.assert_close(window_sum, sums.sum(), rtol=1e-5, atol=1e-4)
+
+
+class _NoAccelerator:
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
