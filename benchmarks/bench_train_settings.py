@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_settings.py --compare attention   # fused SDPA vs eager attention
     python benchmarks/bench_train_settings.py --compare precision   # float32 vs bf16 autocast
+    python benchmarks/bench_train_settings.py --compare allocator   # glibc malloc vs jemalloc (LD_PRELOAD)
     python benchmarks/bench_train_settings.py --compare attention --steps 60 --rounds 3 --data runs/synth24k
 
 Each round trains the same recipe for ``--steps`` steps once per variant, one thread each, one after
@@ -9,7 +10,9 @@ the other, alternating which goes first so drift hits both alike. The CPU second
 the run's own log.csv, from its first logged step on (start-up, data loading and the final save
 excluded). Prints CPU s/step (median over rounds), the ratio, and the loss each reached: the two
 variants change the arithmetic's path, not the recipe, so the losses should agree. A CPU without
-native bf16 (AVX512-BF16 or AMX) may show no gain or a loss for bf16.
+native bf16 (AVX512-BF16 or AMX) may show no gain or a loss for bf16. The allocator comparison needs
+Debian's libjemalloc2 (``apt-get install libjemalloc2``); a short run shows only what a fresh heap
+costs, not how glibc's heap fragments over thousands of steps (docs/training.md).
 """
 from __future__ import annotations
 
@@ -22,17 +25,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-# per comparison: (label, recipe overrides) of the baseline and of the alternative
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+# jemalloc that never hands pages back: returning them costs a page fault per page on the next step
+JEMALLOC_ENV = {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+# per comparison: (label, recipe overrides, environment) of the baseline and of the alternative
 COMPARISONS = {
-    "attention": (("fused SDPA", ["model.attn_implementation=sdpa"]),
-                  ("eager attention", ["model.attn_implementation=eager"])),
-    "precision": (("float32", ["precision='no'"]), ("bf16 autocast", ["precision='bf16'"])),
+    "attention": (("fused SDPA", ["model.attn_implementation=sdpa"], {}),
+                  ("eager attention", ["model.attn_implementation=eager"], {})),
+    "precision": (("float32", ["precision='no'"], {}), ("bf16 autocast", ["precision='bf16'"], {})),
+    "allocator": (("glibc malloc", [], {}), ("jemalloc", [], JEMALLOC_ENV)),
 }
 
 
-def _run(data: str, out: Path, overrides: list[str], steps: int, recipe: str) -> tuple[float, float]:
+def _run(data: str, out: Path, overrides: list[str], env: dict, steps: int, recipe: str) -> tuple[float, float]:
     """(CPU seconds per step after the first logged step, last logged loss) of one short run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     cmd = [sys.executable, "-m", "m3diff", "train", "--recipe", recipe, "--data", data, "--out", str(out),
            "--stop-at", str(steps), "--quiet", "--set", "log_every=10", "--set", "checkpoint_every=100000"]
     for o in overrides:
@@ -58,6 +65,8 @@ def main() -> None:
     if args.steps < 20:
         raise SystemExit("--steps must be >= 20 (two logged points at log_every=10)")
     variants = COMPARISONS[args.compare]
+    if args.compare == "allocator" and not Path(JEMALLOC).is_file():
+        raise SystemExit(f"{JEMALLOC} not found: apt-get install libjemalloc2")
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -66,16 +75,16 @@ def main() -> None:
 
             data = str(Path(tmp) / "data")
             generate(SynthConfig(seed=4243, pairs=2000, size=128), data, progress=False)
-        times: dict[str, list[float]] = {label: [] for label, _ in variants}
-        losses: dict[str, list[float]] = {label: [] for label, _ in variants}
+        times: dict[str, list[float]] = {label: [] for label, *_ in variants}
+        losses: dict[str, list[float]] = {label: [] for label, *_ in variants}
         for r in range(args.rounds):
-            for k, (label, overrides) in enumerate(variants if r % 2 == 0 else variants[::-1]):
-                s, loss = _run(data, Path(tmp) / f"{r}-{k}", overrides, args.steps, args.recipe)
+            for k, (label, overrides, env) in enumerate(variants if r % 2 == 0 else variants[::-1]):
+                s, loss = _run(data, Path(tmp) / f"{r}-{k}", overrides, env, args.steps, args.recipe)
                 times[label].append(s)
                 losses[label].append(loss)
-    (base, _), (alt, _) = variants
+    (base, *_), (alt, *_) = variants
     print(f"recipe {args.recipe}, {args.steps} steps, {args.rounds} rounds, one thread")
-    for label, _ in variants:
+    for label, *_ in variants:
         print(f"  {label:<18} {statistics.median(times[label]):.3f} CPU s/step   "
               f"loss at step {args.steps}: {statistics.median(losses[label]):.4f}")
     ratio = statistics.median(times[alt]) / statistics.median(times[base])
