@@ -191,7 +191,7 @@ def collate_targets(targets: list[dict | None]) -> dict[str, torch.Tensor] | Non
 class GroundingHeads(nn.Module):
     """Linear read-outs of per-patch facts and a small MLP on the pair's per-patch difference."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, attributes: bool = False):
         super().__init__()
         self.sizes = (len(KIND_IDS) + 1, len(COLOR_IDS) + 1, len(SIZE_IDS) + 1)
         self.objects = nn.Linear(dim, sum(self.sizes))  # linear: the facts must be linearly readable
@@ -203,8 +203,9 @@ class GroundingHeads(nn.Module):
         self.facts = nn.Linear(2 * dim, 2 * FACTS + len(TYPE_IDS))
         # the changed sign's word, arrow's heading, figure's pose, group's size in each image, also from
         # the mean features: what ocr / orientation / pose / counting captions must say
+        # (created only when asked: a head that is never trained must not shift the initial weights)
         self.attribute_sizes = tuple(len(v) for v in ATTRIBUTES.values()) * 2
-        self.attributes = nn.Linear(2 * dim, sum(self.attribute_sizes))
+        self.attributes = nn.Linear(2 * dim, sum(self.attribute_sizes)) if attributes else None
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``x1``, ``x2``: [B, N, d] features of the before / after images. Returns the named losses."""
@@ -234,7 +235,7 @@ class GroundingHeads(nn.Module):
         rows = ~torch.isnan(facts).any(-1)
         logits = self.facts(torch.cat([x1.mean(1), x2.mean(1)], -1))
         losses["facts"] = F.binary_cross_entropy_with_logits(logits[rows], facts[rows]) * 10  # ~10 of 80 labels are on
-        if "word_0" in targets:
+        if self.attributes is not None and "word_0" in targets:
             mean = torch.cat([x1.mean(1), x2.mean(1)], -1)
             names = [f"{name}_{k}" for k in (0, 1) for name in ATTRIBUTES]
             for name, logits in zip(names, self.attributes(mean).split(self.attribute_sizes, -1)):
@@ -253,10 +254,10 @@ class GroundedCaptioner(nn.Module):
     ordered before₀, after₀, …), for M3Diff and the no-MDP twin alike.
     """
 
-    def __init__(self, model: nn.Module, dim: int):
+    def __init__(self, model: nn.Module, dim: int, attributes: bool = False):
         super().__init__()
         self.model = model
-        self.heads = GroundingHeads(dim)
+        self.heads = GroundingHeads(dim, attributes)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._features: list[torch.Tensor] = []
         inner.model.multi_modal_projector.register_forward_pre_hook(self._capture)

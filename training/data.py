@@ -160,40 +160,41 @@ def _where(box, width: int, height: int) -> str:
     return f"at the {row}" if col == "middle" else f"at the {row} {col}"
 
 
-def scene_description(objects: list[dict], width: int, height: int) -> str:
+def scene_description(objects: list[dict], width: int, height: int, details: bool = True) -> str:
     """'A small red cube at the top left, three large blue balls in the middle, a white sign reading
     SALT on the right and a person in green waving with one hand at the bottom.' — objects (a counting
     group as one phrase with its number) read top to bottom, then left to right, with the word of a
-    sign, the heading of an arrow and the pose of a figure when the record has them."""
+    sign, the heading of an arrow and the pose of a figure when the record has them. ``details=False``:
+    each object on its own, with none of these (the shipped model's scene descriptions)."""
     from m3diff.data.synth.captions import DIRECTION_WORDS, NOUNS, NUMBERS, PLURALS, POSE_WORDS
 
     groups: dict[tuple, list[dict]] = {}
-    for o in objects:  # only a counting group's members share kind and colour
-        groups.setdefault((o["kind"], o["color"]), []).append(o)
+    for i, o in enumerate(objects):  # only a counting group's members share kind and colour
+        groups.setdefault((o["kind"], o["color"]) if details else i, []).append(o)
     entries = []
     for members in groups.values():
         o = members[0]
         box = [sum(m["box"][i] for m in members) / len(members) for i in range(4)]
         noun = NOUNS[o["kind"]][0]
         if o["kind"] == "figure":
-            what = f"a person in {o['color']}" + (f" {POSE_WORDS[o['pose']][0]}" if o.get("pose") in POSE_WORDS else "")
+            what = f"a person in {o['color']}" + (f" {POSE_WORDS[o['pose']][0]}" if details and o.get("pose") in POSE_WORDS else "")
         elif o["kind"] == "sign":
-            what = "a white sign" + (f" reading {o['text']}" if o.get("text") else "")
+            what = "a white sign" + (f" reading {o['text']}" if details and o.get("text") else "")
         elif len(members) > 1:
             what = f"{NUMBERS.get(len(members), len(members))} {o['size']} {o['color']} {PLURALS.get(noun, noun + 's')}"
         else:
             what = f"a {o['size']} {o['color']} {noun}"
-            if o["kind"] == "arrow" and o.get("direction") in DIRECTION_WORDS:
+            if details and o["kind"] == "arrow" and o.get("direction") in DIRECTION_WORDS:
                 what += f" pointing {DIRECTION_WORDS[o['direction']][0]}"
         entries.append((int(3 * (box[1] + box[3]) / 2 / height), box[0], f"{what} {_where(box, width, height)}"))
-    parts = [text for *_, text in sorted(entries)]
+    parts = [text for *_, text in sorted(entries, key=lambda e: e[:2])]  # stable: ties keep record order
     if not parts:
         return "There are no objects."
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[:1].upper() + text[1:] + "."
 
 
-def scene_samples(samples: list[Sample], share: float, seed: int) -> list[Sample]:
+def scene_samples(samples: list[Sample], share: float, seed: int, details: bool = True) -> list[Sample]:
     """``share`` × len(samples) scene-description samples (the alignment task that teaches the LLM
     to read image tokens, as LLaVA's first stage does), drawn from the pairs that carry object ground
     truth, each about one image of its pair."""
@@ -215,6 +216,6 @@ def scene_samples(samples: list[Sample], share: float, seed: int) -> list[Sample
         with Image.open(s.before if which == 0 else s.after) as im:  # the header only
             w, h = im.size
         out.append(Sample(f"{s.id}#scene{which}", s.before, s.after,
-                          scene_description(objects, w, h), instruction=SCENE_INSTRUCTIONS[which],
+                          scene_description(objects, w, h, details), instruction=SCENE_INSTRUCTIONS[which],
                           change_types=s.change_types, regions=s.regions, objects=s.objects))
     return out

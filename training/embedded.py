@@ -149,12 +149,14 @@ def grounding_line(recipe: dict) -> str:
     g = recipe.get("grounding")
     if not g:
         return "none: caption loss only"
+    attributes = g.get("attributes", False)
     return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
             f"/ colour / size, changed patches, change type; per pair: the change types and, from each image's mean "
-            f"feature, the changed objects' kinds, colours, sizes and places and the changed sign's word, arrow's "
-            f"heading, figure's pose and group's size), weight {g['weight']}, and scene-description samples "
-            f"({g['scene_share']:.0%} of the caption samples; with signs' words, arrows' headings, figures' poses and "
-            f"counted groups) — `training/auxiliary.py`")
+            f"feature, the changed objects' kinds, colours, sizes and places"
+            + (" and the changed sign's word, arrow's heading, figure's pose and group's size" if attributes else "")
+            + f"), weight {g['weight']}, and scene-description samples ({g['scene_share']:.0%} of the caption samples"
+            + ("; with signs' words, arrows' headings, figures' poses and counted groups" if attributes else "")
+            + ") — `training/auxiliary.py`")
 
 
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,

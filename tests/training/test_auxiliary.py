@@ -92,3 +92,28 @@ def test_scene_descriptions_say_the_signs_word_and_count_a_group():
     assert text == ("A small red cube at the top left, a small blue arrow pointing to the left at the top right, "
                     "a white sign reading SALT in the middle, a person in green waving with one hand at the bottom "
                     "left and three large pink balls at the bottom right.")
+    # without details (the shipped model's recipe): every object on its own, no words, headings or poses
+    plain = scene_description(objects, 128, 128, details=False)
+    assert "reading" not in plain and "pointing" not in plain and "waving" not in plain
+    assert plain.count("a large pink ball") == 3 and "three" not in plain
+
+
+def test_attribute_heads_exist_and_train_only_when_the_recipe_asks(generated_samples):
+    from training.auxiliary import ATTRIBUTES, GroundingHeads
+
+    grid = ModelGrid(64, 16)
+    targets = collate_targets([pair_targets(s, grid, 64, 64) for s in generated_samples[:32]])
+    x1, x2 = torch.randn(32, 16, 8), torch.randn(32, 16, 8)
+    for attributes in (False, True):
+        torch.manual_seed(0)
+        heads = GroundingHeads(8, attributes)
+        losses = heads(x1, x2, targets)
+        assert (set(ATTRIBUTES) <= set(losses)) is attributes
+        assert (heads.attributes is not None) is attributes
+        if attributes:
+            sum(losses[name] for name in ATTRIBUTES).backward()
+            assert heads.attributes.weight.grad.abs().sum() > 0
+        else:  # no unused head: the other heads' initial weights are those of a recipe without the option
+            plain = {k: v.clone() for k, v in heads.state_dict().items()}
+    torch.manual_seed(0)
+    assert all(torch.equal(plain[k], v) for k, v in GroundingHeads(8, True).state_dict().items() if k in plain)
