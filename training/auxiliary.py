@@ -191,8 +191,9 @@ def collate_targets(targets: list[dict | None]) -> dict[str, torch.Tensor] | Non
 class GroundingHeads(nn.Module):
     """Linear read-outs of per-patch facts and a small MLP on the pair's per-patch difference."""
 
-    def __init__(self, dim: int, attributes: bool = False):
+    def __init__(self, dim: int, attributes: bool = False, attribute_pool: str = "mean"):
         super().__init__()
+        self.attribute_pool = attribute_pool
         self.sizes = (len(KIND_IDS) + 1, len(COLOR_IDS) + 1, len(SIZE_IDS) + 1)
         self.objects = nn.Linear(dim, sum(self.sizes))  # linear: the facts must be linearly readable
         self.pair = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU())
@@ -236,7 +237,9 @@ class GroundingHeads(nn.Module):
         logits = self.facts(torch.cat([x1.mean(1), x2.mean(1)], -1))
         losses["facts"] = F.binary_cross_entropy_with_logits(logits[rows], facts[rows]) * 10  # ~10 of 80 labels are on
         if self.attributes is not None and "word_0" in targets:
-            mean = torch.cat([x1.mean(1), x2.mean(1)], -1)
+            # detached: the attribute losses must not bend the change map towards what is easy to name
+            pool = w.detach() if self.attribute_pool == "change" else torch.full_like(w, 1 / N)
+            mean = torch.cat([(pool * x1).sum(1), (pool * x2).sum(1)], -1)
             names = [f"{name}_{k}" for k in (0, 1) for name in ATTRIBUTES]
             for name, logits in zip(names, self.attributes(mean).split(self.attribute_sizes, -1)):
                 target = targets[name]
@@ -254,10 +257,10 @@ class GroundedCaptioner(nn.Module):
     ordered before₀, after₀, …), for M3Diff and the no-MDP twin alike.
     """
 
-    def __init__(self, model: nn.Module, dim: int, attributes: bool = False):
+    def __init__(self, model: nn.Module, dim: int, attributes: bool = False, attribute_pool: str = "mean"):
         super().__init__()
         self.model = model
-        self.heads = GroundingHeads(dim, attributes)
+        self.heads = GroundingHeads(dim, attributes, attribute_pool)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._features: list[torch.Tensor] = []
         inner.model.multi_modal_projector.register_forward_pre_hook(self._capture)

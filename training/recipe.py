@@ -99,6 +99,9 @@ class GroundingRecipe:
     # scene descriptions that name them and count groups; off in the shipped model (docs/training.md:
     # at equal CPU time on a slower CPU it reached CIDEr-D 36.1 against the shipped 44.9)
     attributes: bool = False
+    # where the attribute heads read: "mean" of every patch (what the MDP must broadcast to every token)
+    # or "change": weighted by the pairs head's predicted change map (what the changed patches hold)
+    attribute_pool: str = "mean"
 
 
 @dataclass
@@ -167,6 +170,8 @@ class Recipe:
                 fail("grounding.weight", f"must be >= 0, got {self.grounding.weight}")
             if not 0 <= self.grounding.scene_share <= 4:
                 fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
+            if self.grounding.attribute_pool not in ("mean", "change"):
+                fail("grounding.attribute_pool", f"must be 'mean' or 'change', got {self.grounding.attribute_pool!r}")
         if self.model.attn_implementation not in ("sdpa", "eager"):
             fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
         if self.data.val_pairs < 0:

@@ -260,7 +260,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
         vision = base_model(model).config.vision_config
         geometry = ModelGrid(vision.image_size, vision.patch_size)
-        model = GroundedCaptioner(model, vision.hidden_size, attributes=recipe.grounding.attributes)
+        model = GroundedCaptioner(model, vision.hidden_size, attributes=recipe.grounding.attributes,
+                                  attribute_pool=recipe.grounding.attribute_pool)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = Collator(processor, recipe.data.instruction, geometry)

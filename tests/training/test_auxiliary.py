@@ -117,3 +117,23 @@ def test_attribute_heads_exist_and_train_only_when_the_recipe_asks(generated_sam
             plain = {k: v.clone() for k, v in heads.state_dict().items()}
     torch.manual_seed(0)
     assert all(torch.equal(plain[k], v) for k, v in GroundingHeads(8, True).state_dict().items() if k in plain)
+
+
+@pytest.mark.parametrize("pool", ["mean", "change"])
+def test_attribute_heads_read_the_mean_or_the_predicted_change_map(generated_samples, pool):
+    from training.auxiliary import ATTRIBUTES, GroundingHeads
+
+    targets = collate_targets([pair_targets(s, ModelGrid(64, 16), 64, 64) for s in generated_samples[:32]])
+    torch.manual_seed(0)
+    heads = GroundingHeads(8, True, pool)
+    x1, x2 = torch.randn(32, 16, 8, requires_grad=True), torch.randn(32, 16, 8)
+    sum(heads(x1, x2, targets)[name] for name in ATTRIBUTES).backward()
+    with torch.no_grad():  # the pair head's change map, as the heads compute it
+        h = heads.pair(torch.cat([x1, x2, x1 - x2], -1))
+        w = torch.softmax(heads.patch_out(h)[..., :2].amax(-1), dim=1)  # [B, N]
+    weight = torch.full_like(w, 1 / 16) if pool == "mean" else w
+    grad = x1.grad  # the attribute losses reach each patch through the pooled feature: grad ∝ its weight
+    per_weight = grad / weight.unsqueeze(-1)
+    assert grad.abs().sum() > 0
+    assert torch.allclose(per_weight, per_weight[:, :1].expand_as(per_weight), atol=1e-6, rtol=1e-4)
+    assert (w.std(1) > 0).all()  # a change map that is not flat, so the two pools differ

@@ -202,6 +202,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, 
         (["model.config={mdp_layers: [9]}"], "model.config"),
         (["precision=fp8"], "precision"),
         (["model.attn_implementation=flash"], "model.attn_implementation"),
+        (["grounding={weight: 1.0}", "grounding.attribute_pool=max"], "grounding.attribute_pool"),
     ],
 )
 def test_bad_recipes_fail_on_load_with_the_key_named(overrides, message):
