@@ -238,10 +238,10 @@ class GroundingHeads(nn.Module):
         losses["facts"] = F.binary_cross_entropy_with_logits(logits[rows], facts[rows]) * 10  # ~10 of 80 labels are on
         if self.attributes is not None and "word_0" in targets:
             # detached: the attribute losses must not bend the change map towards what is easy to name
-            pool = w.detach() if self.attribute_pool == "change" else torch.full_like(w, 1 / N)
-            mean = torch.cat([(pool * x1).sum(1), (pool * x2).sum(1)], -1)
+            pooled = (torch.cat([(w.detach() * x1).sum(1), (w.detach() * x2).sum(1)], -1)
+                      if self.attribute_pool == "change" else torch.cat([x1.mean(1), x2.mean(1)], -1))
             names = [f"{name}_{k}" for k in (0, 1) for name in ATTRIBUTES]
-            for name, logits in zip(names, self.attributes(mean).split(self.attribute_sizes, -1)):
+            for name, logits in zip(names, self.attributes(pooled).split(self.attribute_sizes, -1)):
                 target = targets[name]
                 # a batch without such a change adds 0, not NaN, and keeps the key (log.csv's columns)
                 loss = (F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX) if (target != IGNORE_INDEX).any()

@@ -97,7 +97,7 @@ class GroundingRecipe:
     scene_share: float = 0.2  # scene-description samples added, as a share of the caption samples
     # the changed sign's word, arrow's heading, figure's pose and group's size as auxiliary targets, and
     # scene descriptions that name them and count groups; off in the shipped model (docs/training.md:
-    # at equal CPU time on a slower CPU it reached CIDEr-D 36.1 against the shipped 44.9)
+    # in the 2 CPU-hours of a slower CPU it reached CIDEr-D 36.1 against the shipped 44.9)
     attributes: bool = False
     # where the attribute heads read: "mean" of every patch (what the MDP must broadcast to every token)
     # or "change": weighted by the pairs head's predicted change map (what the changed patches hold)
