@@ -568,7 +568,8 @@ def dashboard_tab(services: Services, demo):
         metric = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="metric")
         upload = gr.File(label="Compare with another report.json", file_types=[".json"], type="filepath")
     shown = [gr.Plot(label="per change type")]
-    for title in ("**Per change type** (n pairs; score [95% bootstrap CI], x100)", "**Per domain**",
+    for title in ("**Per change type** (n pairs; score [95% bootstrap CI], x100)", "**Per domain and per number of changes** (generated data knows how many; words: the captions' "
+                  "mean length beside the references', which CIDEr-D's length penalty weighs)",
                   "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
                   "scored together)"):
         gr.Markdown(title)
@@ -640,7 +641,8 @@ def dashboard_view(reports: dict, metric: str):
     """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
     from analysis.tables import changes_table, delta_table, grounding_table, slice_table
 
-    return (dashboard_figure(reports, metric), slice_table(reports, "per_type"), slice_table(reports, "per_domain"),
+    return (dashboard_figure(reports, metric), slice_table(reports, "per_type"),
+            slice_table(reports, ("per_domain", "per_changes")),
             delta_table(reports), grounding_table(reports), changes_table(reports))
 
 

@@ -1,4 +1,5 @@
-"""Scores per change type, domain and source dataset, with n, bootstrap intervals and per-pair scores.
+"""Scores per change type, domain, source dataset and number of changes, with n, bootstrap intervals,
+caption lengths and per-pair scores.
 
 Conventions (docs/analysis.md explains them for users):
 
@@ -13,6 +14,11 @@ Conventions (docs/analysis.md explains them for users):
   every resample re-scored as a corpus, document frequencies included (``analysis.resample``).
   The resampling of a slice is seeded by (seed, slice), so two runs scored on the same pairs share
   their resamples and their difference gets a paired interval (``compare``).
+- Number of changes (``per_changes``, keyed "0", "1", ...) where the data says it (a generated pair's
+  ``regions``): a caption of a four-change pair is scored against four-change references, and CIDEr-D's
+  length penalty (a Gaussian of the length difference, sigma 6 words) falls hard on a caption that
+  leaves one change out. Every slice reports its captions' and references' mean length in words
+  (PTB-tokenised, as the metrics see them), so a short caption is seen as short, not only as wrong.
 - Per-pair scores, for sorting and browsing errors only: CIDEr-D with the document frequencies of the
   whole evaluated set, pycocoevalcap's smoothed sentence BLEU, the jar's segment METEOR, ROUGE-L.
 """
@@ -39,7 +45,7 @@ class BreakdownConfig:
 
 @dataclass
 class SliceResult:
-    kind: str  # "overall" | "micro" | "type" | "domain" | "source"
+    kind: str  # "overall" | "micro" | "type" | "domain" | "source" | "changes"
     name: str
     n: int
     scores: dict[str, float | None]  # x100
@@ -47,11 +53,15 @@ class SliceResult:
     worst: list[str]  # ids of the worst pairs (per-pair CIDEr-D, then BLEU-4)
     ids: list[str] = field(repr=False, default_factory=list)
     draws: dict[str, np.ndarray] | None = field(repr=False, default=None)  # bootstrap draws, x100
+    words: dict[str, float] | None = None  # mean length in words: {"caption": ..., "references": ...}
 
     def to_json(self) -> dict:
-        return {"n": self.n, **{k: _r(v) for k, v in self.scores.items()},
-                "ci": {k: (None if v is None else [_r(v[0]), _r(v[1])]) for k, v in self.ci.items()},
-                "worst": self.worst}
+        out = {"n": self.n, **{k: _r(v) for k, v in self.scores.items()},
+               "ci": {k: (None if v is None else [_r(v[0]), _r(v[1])]) for k, v in self.ci.items()},
+               "worst": self.worst}
+        if self.words is not None:
+            out["words"] = {k: _r(v, 2) for k, v in self.words.items()}
+        return out
 
 
 @dataclass
@@ -81,10 +91,12 @@ class Breakdown:
     absent_types: list[str]  # of the 12, those with no pair here
     pairs: list[PairScore]
     config: BreakdownConfig
+    per_changes: dict[str, SliceResult] = field(default_factory=dict)  # "0", "1", ...: where the data says
 
     def slices(self):
         yield ("overall", "overall"), self.overall
-        for kind, table in (("type", self.per_type), ("domain", self.per_domain), ("source", self.per_source)):
+        for kind, table in (("type", self.per_type), ("domain", self.per_domain), ("source", self.per_source),
+                            ("changes", self.per_changes)):
             for name, s in table.items():
                 yield (kind, name), s
 
@@ -109,6 +121,8 @@ def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair]
     rank = np.empty(n, dtype=int)
     rank[order] = np.arange(n)
     sampler = _Sampler(corpus, config)
+    hyp_words = np.array([len(h.split()) for h in corpus.hyps], dtype=float)
+    ref_words = np.array([np.mean([len(r.split()) for r in refs]) if refs else 0.0 for refs in corpus.refs])
 
     def run(kind: str, name: str, idx) -> SliceResult:
         idx = np.asarray(sorted(idx), dtype=int)
@@ -120,7 +134,8 @@ def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair]
         worst = [corpus.ids[i] for i in idx[np.argsort(rank[idx], kind="stable")][: config.worst_k]]
         if progress is not None:
             progress(kind, name)
-        return SliceResult(kind, name, len(idx), scores, {}, worst, [corpus.ids[i] for i in idx], draws)
+        words = {"caption": float(hyp_words[idx].mean()), "references": float(ref_words[idx].mean())}
+        return SliceResult(kind, name, len(idx), scores, {}, worst, [corpus.ids[i] for i in idx], draws, words)
 
     overall = None
     overall = run("overall", "overall", range(n))
@@ -132,10 +147,15 @@ def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair]
         micro = overall if len(typed) == n else run("micro", "micro", typed)
     per_domain = {d: run("domain", d, idx) for d, idx in _groups(p.domain for p in pairs).items()}
     per_source = {s: run("source", s, idx) for s, idx in _groups(p.source for p in pairs).items()}
+    counts = [change_count(p) for p in pairs]
+    per_changes = {}
+    if any(c is not None for c in counts):
+        by_count = _groups(None if c is None else str(c) for c in counts)
+        per_changes = {c: run("changes", c, by_count[c]) for c in sorted(by_count, key=int)}
 
     corpus.finish()
     done: set[int] = set()
-    for s in [overall, micro, *per_type.values(), *per_domain.values(), *per_source.values()]:
+    for s in [overall, micro, *per_type.values(), *per_domain.values(), *per_source.values(), *per_changes.values()]:
         if s is None or id(s.scores) in done:  # replaced slices share their dicts with overall
             continue
         done.add(id(s.scores))
@@ -157,7 +177,14 @@ def analyse(scorer: CaptionScorer, corpus: PreparedCorpus, pairs: list[DiffPair]
         for i, p in enumerate(pairs)
     ]
     return Breakdown(overall, micro, per_type, per_domain, per_source, macro, list(per_type),
-                     [t for t in TYPE_IDS if t not in per_type], pair_scores, config)
+                     [t for t in TYPE_IDS if t not in per_type], pair_scores, config, per_changes)
+
+
+def change_count(pair: DiffPair) -> int | None:
+    """How many changes a pair has, where its data says so: a generated pair lists each change's region
+    (none for a no-change pair); a real dataset's types say which kinds occur, not how many times."""
+    regions = pair.extra.get("regions")
+    return len(regions) if isinstance(regions, list) else None
 
 
 def compare(runs: dict[str, Breakdown], base: str | None = None) -> dict:

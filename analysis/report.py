@@ -39,6 +39,7 @@ def run_json(bd: Breakdown) -> dict:
         "per_type": {k: v.to_json() for k, v in bd.per_type.items()},
         "per_domain": {k: v.to_json() for k, v in bd.per_domain.items()},
         "per_source": {k: v.to_json() for k, v in bd.per_source.items()},
+        "per_changes": {k: v.to_json() for k, v in bd.per_changes.items()},
     }
 
 
@@ -78,18 +79,21 @@ def csv_text(rep: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run", "slice_kind", "slice", "n", *METRICS,
-                *[f"{m} {b}" for m in HEADLINE for b in ("ci_low", "ci_high")]])
+                *[f"{m} {b}" for m in HEADLINE for b in ("ci_low", "ci_high")], "words caption", "words references"])
     for run, r in runs.items():
         rows = [("overall", "overall", r["overall"])]
         if r.get("micro"):
             rows.append(("micro", "micro", r["micro"]))
         rows.append(("macro", "macro", {**r["macro"], "n": len(r["macro"]["types"]), "ci": {}}))
-        for kind, table in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source")):
-            rows += [(kind, k, v) for k, v in r[table].items()]
+        for kind, table in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source"),
+                            ("changes", "per_changes")):
+            rows += [(kind, k, v) for k, v in r.get(table, {}).items()]
         for kind, name, s in rows:
             ci = s.get("ci") or {}
+            words = s.get("words") or {}
             w.writerow([run, kind, name, s.get("n"), *[_fmt(s.get(m)) for m in METRICS],
-                        *[_fmt((ci.get(m) or [None, None])[j]) for m in HEADLINE for j in (0, 1)]])
+                        *[_fmt((ci.get(m) or [None, None])[j]) for m in HEADLINE for j in (0, 1)],
+                        _fmt(words.get("caption")), _fmt(words.get("references"))])
     return buf.getvalue()
 
 
@@ -168,11 +172,23 @@ def _slice_rows(rep: dict, all_sources: bool = True):
     if rep.get("micro"):
         yield "micro", "", rep["micro"], rep["micro"]["n"]
     yield "macro", str(len(rep["macro"]["types"])), rep["macro"], ""
-    for kind, key in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source")):
+    for kind, key in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source"),
+                      ("changes", "per_changes")):
         if kind == "source" and not all_sources and len(rep[key]) <= 1:
             continue
-        for name, stats in rep[key].items():
+        for name, stats in rep.get(key, {}).items():
             yield kind, name, stats, stats["n"]
+
+
+def changes_label(name: str) -> str:
+    """A ``per_changes`` key as a person reads it: "0" -> "no change", "1" -> "1 change", "3" -> "3 changes"."""
+    return {"0": "no change", "1": "1 change"}.get(name, f"{name} changes")
+
+
+def words_cell(s: dict) -> str:
+    """A slice's mean caption length beside its references' ("24 / 30"), in words; "" where unknown."""
+    w = s.get("words")
+    return "" if not w else f"{w['caption']:.0f} / {w['references']:.0f}"
 
 
 def _html_table(rep: dict) -> str:
@@ -180,25 +196,29 @@ def _html_table(rep: dict) -> str:
     labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro (mean of {} types)"}
     rows = []
     for kind, name, s, n in _slice_rows(rep):
-        label = labels[kind].format(name) if kind in labels else f"{kind}: {name}"
+        label = labels[kind].format(name) if kind in labels else \
+            (changes_label(name) if kind == "changes" else f"{kind}: {name}")
         ci = s.get("ci") or {}
         cells = "".join(
             f"<td>{_fmt(s.get(m))}" + (f" <small>[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]</small>" if ci.get(m) else "") + "</td>"
             for m in HEADLINE)
-        rows.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}</tr>")
-    return f"<table><tr><th>slice</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}<td>{words_cell(s)}</td></tr>")
+    return (f"<table><tr><th>slice</th><th>n</th>{head}<th>words: caption / references</th></tr>{''.join(rows)}</table>"
+            "<p>Words: mean length as the metrics see it. CIDEr-D's length penalty (a Gaussian of the length "
+            "difference, sigma 6 words) falls hard on a caption that leaves a change out.</p>")
 
 
 def text_table(rep: dict) -> str:
     """The table `m3diff eval` prints."""
     cols = ("n", *HEADLINE)
-    lines = [f"{'slice':<26}" + "".join(f"{c:>10}" for c in cols)]
+    lines = [f"{'slice':<26}" + "".join(f"{c:>10}" for c in cols) + f"{'words':>10}"]
 
     labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro ({} types)",
-              "type": "  {}", "domain": "  domain {}", "source": "  source {}"}
+              "type": "  {}", "domain": "  domain {}", "source": "  source {}", "changes": "  {}"}
     for kind, name, s, n in _slice_rows(rep, all_sources=False):
-        label = labels[kind].format(name)
-        lines.append(f"{label:<26}" + f"{n!s:>10}" + "".join(f"{_fmt(s.get(m), 'n/a'):>10}" for m in HEADLINE))
+        label = labels[kind].format(changes_label(name) if kind == "changes" else name)
+        lines.append(f"{label:<26}" + f"{n!s:>10}" + "".join(f"{_fmt(s.get(m), 'n/a'):>10}" for m in HEADLINE)
+                     + f"{words_cell(s):>10}")
     if rep.get("comparison"):
         base = rep["comparison"]["base"]
         for run, table in rep["comparison"]["runs"].items():

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from analysis.metrics import SHOWN_METRICS
-from analysis.report import report_pairs
+from analysis.report import changes_label, report_pairs, words_cell
 from m3diff.change_types import TYPE_IDS
 
 
@@ -24,26 +24,34 @@ def _fmt(v, ci=None) -> str:
     return s
 
 
-def slice_table(reports: dict[str, dict], key: str, metrics=SHOWN_METRICS):
-    """Rows: slices of ``key`` ("per_type" | "per_domain"), plus overall; columns: n and metric [CI] per run."""
+def slice_table(reports: dict[str, dict], key: str | tuple[str, ...], metrics=SHOWN_METRICS):
+    """Rows: overall, then the slices of ``key`` ("per_type" | "per_domain" | "per_changes", or several in
+    turn); columns per run: n, metric [CI], and the mean caption / reference length in words."""
     import pandas as pd
 
-    names: list[str] = []
-    for rep in reports.values():
-        names += [n for n in rep.get(key, {}) if n not in names]
-    if key == "per_type":
-        names = [t for t in TYPE_IDS if t in names] + [n for n in names if n not in TYPE_IDS]
-    rows = []
-    for slice_name in ["overall", *names]:
-        row = {"slice": slice_name}
-        for run, rep in reports.items():
-            s = rep["overall"] if slice_name == "overall" else rep.get(key, {}).get(slice_name)
-            prefix = f"{run}: " if len(reports) > 1 else ""
-            row[f"{prefix}n"] = None if s is None else s.get("n")
-            for m in metrics:
-                row[f"{prefix}{m}"] = "—" if s is None else _fmt(s.get(m), (s.get("ci") or {}).get(m))
-        rows.append(row)
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    rows = [_slice_row(reports, None, "overall", metrics)]
+    for k in keys:
+        names: list[str] = []
+        for rep in reports.values():
+            names += [n for n in rep.get(k, {}) if n not in names]
+        if k == "per_type":
+            names = [t for t in TYPE_IDS if t in names] + [n for n in names if n not in TYPE_IDS]
+        label = changes_label if k == "per_changes" else str
+        rows += [_slice_row(reports, k, n, metrics, label(n)) for n in names]
     return pd.DataFrame(rows)
+
+
+def _slice_row(reports, key, name, metrics, label=None) -> dict:
+    row = {"slice": label or name}
+    for run, rep in reports.items():
+        s = rep["overall"] if key is None else rep.get(key, {}).get(name)
+        prefix = f"{run}: " if len(reports) > 1 else ""
+        row[f"{prefix}n"] = None if s is None else s.get("n")
+        for m in metrics:
+            row[f"{prefix}{m}"] = "—" if s is None else _fmt(s.get(m), (s.get("ci") or {}).get(m))
+        row[f"{prefix}words"] = "—" if s is None else (words_cell(s) or "—")
+    return row
 
 
 def delta_table(reports: dict[str, dict], metrics=SHOWN_METRICS):
@@ -95,7 +103,7 @@ def breakdown_of(report: dict):
     table = lambda key, kind: {n: one(kind, n, s) for n, s in (report.get(key) or {}).items()}  # noqa: E731
     return Breakdown(one("overall", "overall", report["overall"]), None, table("per_type", "type"),
                      table("per_domain", "domain"), table("per_source", "source"), {}, [], [], [],
-                     BreakdownConfig(bootstrap=0))
+                     BreakdownConfig(bootstrap=0), table("per_changes", "changes"))
 
 
 def paper_table():

@@ -47,30 +47,36 @@ def _cell(s: dict, metric: str = "CIDEr-D") -> str:
 
 
 def report_tables(rep: dict, metrics: tuple[str, ...] | None = None) -> str:
-    """Overall, per domain and per change type, with n and 95% bootstrap intervals."""
+    """Overall, per domain, per change type and per number of changes, with n, 95% bootstrap intervals
+    and the captions' mean length beside the references'."""
     from analysis.metrics import SHOWN_METRICS
+    from analysis.report import changes_label, words_cell
 
     metrics = metrics or SHOWN_METRICS
-    head = "| slice | n | " + " | ".join(metrics) + " |\n|---|---:|" + "---:|" * len(metrics)
+    head = "| slice | n | " + " | ".join(metrics) + " | words (caption / references) |\n|---|---:|" + \
+        "---:|" * (len(metrics) + 1)
     rows = [head]
     slices = [("overall", rep["overall"])]
     slices += [(f"domain: {k}", v) for k, v in rep.get("per_domain", {}).items()]
     slices += [(f"type: {k}", v) for k, v in rep.get("per_type", {}).items()]
+    slices += [(changes_label(k), v) for k, v in rep.get("per_changes", {}).items()]
     for name, s in slices:
-        rows.append(f"| {name} | {s['n']} | " + " | ".join(_cell(s, m) for m in metrics) + " |")
+        rows.append(f"| {name} | {s['n']} | " + " | ".join(_cell(s, m) for m in metrics) + f" | {words_cell(s)} |")
     return "\n".join(rows)
 
 
 def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
     """One column per model: the metric with its interval, per slice."""
+    from analysis.report import changes_label
+
     names = list(reports)
     first = reports[names[0]]
     keys = [("overall", None)] + [("per_domain", k) for k in first.get("per_domain", {})] + \
-           [("per_type", k) for k in first.get("per_type", {})]
+           [("per_type", k) for k in first.get("per_type", {})] + [("per_changes", k) for k in first.get("per_changes", {})]
     rows = [f"| slice | n | " + " | ".join(f"{n} {metric}" for n in names) + " |",
             "|---|---:|" + "---:|" * len(names)]
     for section, key in keys:
-        label = "overall" if key is None else (f"domain: {key}" if section == "per_domain" else key)
+        label = "overall" if key is None else {"per_domain": f"domain: {key}", "per_changes": changes_label(key)}.get(section, key)
         cells, n = [], None
         for name in names:
             s = reports[name]["overall"] if key is None else reports[name].get(section, {}).get(key)

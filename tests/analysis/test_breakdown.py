@@ -63,3 +63,36 @@ def test_compare_paired_deltas(run, scorer):
     cmp = compare({"a": bd, "b": bd2})
     e = cmp["runs"]["b"]["overall:overall"]
     assert e["paired"] and e["CIDEr-D"]["delta"] < 0 and e["CIDEr-D"]["ci"][1] < 0
+
+
+def _counted(pairs, counts):
+    """The same pairs, each with as many change regions as ``counts`` says (None: a dataset that does not say)."""
+    return [DiffPair(id=p.id, before=None, after=None, captions=p.captions, change_types=p.change_types,
+                     domain=p.domain, source=p.source,
+                     extra={} if n is None else {"regions": [{"type": "color"}] * n})
+            for p, n in zip(pairs, counts)]
+
+
+def test_pairs_are_sliced_by_their_number_of_changes_where_the_data_says_it(run, scorer):
+    _, pairs, hyps, c = run
+    counts = [i % 3 for i in range(len(pairs))]
+    bd = analyse(scorer, c, _counted(pairs, counts), hyps, BreakdownConfig(bootstrap=0))
+    assert list(bd.per_changes) == ["0", "1", "2"]
+    for k, s in bd.per_changes.items():
+        assert s.ids == [p.id for p, n in zip(pairs, counts) if str(n) == k]
+        # each slice is its own corpus: its CIDEr-D is the one of its pairs alone
+        assert s.scores["CIDEr-D"] == pytest.approx(scorer.score(c, c.index(s.ids), meteor=False)["CIDEr-D"])
+    assert ("changes", "2") in dict(bd.slices())
+    # a real dataset's types say which kinds occur, not how often: no slice rather than a wrong one
+    assert analyse(scorer, c, _counted(pairs, [None] * len(pairs)), hyps, BreakdownConfig(bootstrap=0)).per_changes == {}
+
+
+def test_every_slice_says_how_long_its_captions_and_references_are(scorer):
+    pairs = [DiffPair(id=f"p{i}", before=None, after=None, captions=("a red ball moved to the left", "the ball moved"),
+                      change_types=("color",), domain="render", source="synthetic") for i in range(4)]
+    hyps = ["the ball moved", "the ball moved", "a red ball moved to the left side", "ball"]
+    c = scorer.prepare([p.id for p in pairs], hyps, [p.captions for p in pairs])
+    bd = analyse(scorer, c, pairs, hyps, BreakdownConfig(bootstrap=0))
+    assert bd.overall.words == pytest.approx({"caption": (3 + 3 + 8 + 1) / 4, "references": (7 + 3) / 2})
+    assert bd.overall.to_json()["words"] == {"caption": 3.75, "references": 5.0}
+    assert bd.per_type["color"].words == bd.overall.words

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from analysis.report import changes_label
 from m3diff.cli import main
 from m3diff.pipeline import DiffCaptioner
 
@@ -135,14 +136,23 @@ def test_eval_on_the_generated_split(predictions, data, workdir, cli_scorer):
     types = {t for r in json.loads((data / "test.json").read_text()) for t in r["change_types"]}
     assert set(rep["per_type"]) == types and all(v["n"] >= 1 for v in rep["per_type"].values())
     assert set(rep["runs"]) == {"model", "fixed"} and rep["comparison"]["base"] == "model"
+    # generated pairs say how many changes they have: one slice per count, every pair in one of them
+    counts = {str(len(r["regions"])) for r in json.loads((data / "test.json").read_text())}
+    assert set(rep["per_changes"]) == counts and sum(s["n"] for s in rep["per_changes"].values()) == n
+    fixed_words = len(train[0]["captions"][0].split())
+    assert rep["runs"]["fixed"]["overall"]["words"]["caption"] == pytest.approx(fixed_words, abs=2)
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert {r["slice"] for r in rows if r["slice_kind"] == "changes"} == counts
+    assert all(float(r["words references"]) > 0 for r in rows if r["slice_kind"] != "macro")
     assert {r["run"] for r in rows} == {"model", "fixed"}
     assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "n"} <= set(rows[0])
     assert {r["slice"] for r in rows if r["slice_kind"] == "type"} == types
     tex = (out / "table.tex").read_text()
     assert "\\begin{tabular}" in tex and "\nmodel &" in tex and "\nfixed &" in tex
-    assert "plotly" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "plotly" in page and "words: caption / references" in page
+    assert all(f">{changes_label(k)}<" in page for k in counts)
 
 
 # ---------------------------------------------------------------- predict faults: resume, images, empty input

@@ -47,6 +47,24 @@ def test_two_runs_give_side_by_side_columns_and_deltas(tmp_path):
     assert "note" in tables.delta_table({"m3diff": a}).columns
 
 
+def test_domain_table_goes_on_by_number_of_changes_with_lengths(tmp_path):
+    from tests.analysis.conftest import slice_json
+
+    path = make_report(tmp_path, "m3diff")
+    rep = json.loads(path.read_text())
+    rep["per_changes"] = {"0": slice_json(1, 150.0), "1": slice_json(2, 70.0), "3": slice_json(1, 9.0)}
+    rep["per_changes"]["3"]["words"] = {"caption": 41.2, "references": 53.4}
+    path.write_text(json.dumps(rep))
+    df = tables.slice_table({"m3diff": read_report(path)}, ("per_domain", "per_changes"))
+    assert list(df["slice"]) == ["overall", "photo", "render", "no change", "1 change", "3 changes"]
+    three = df[df["slice"] == "3 changes"].iloc[0]
+    assert three["CIDEr-D"] == "9.0" and three["words"] == "41 / 53"
+    assert df[df["slice"] == "photo"].iloc[0]["words"] == "—"  # a report written before lengths were kept
+    # an older report without the slices still loads and shows its domains
+    old = tables.slice_table({"m3diff": read_report(make_report(tmp_path, "old"))}, ("per_domain", "per_changes"))
+    assert list(old["slice"]) == ["overall", "photo", "render"]
+
+
 def test_pairs_frame_filters_and_sorts(report_file):
     rep = read_report(report_file)
     df = tables.pairs_frame(rep, "color", "all", "CIDEr-D", ascending=True)

@@ -252,7 +252,7 @@ def test_without_reports_the_dashboard_shows_the_paper():
     assert {t.name for t in fig.data} >= {"M3Diff (paper)"}
 
 
-REPORT_FIELDS = {"overall", "per_type", "per_domain", "per_source", "pairs", "per_pair", "meta", "comparison",
+REPORT_FIELDS = {"overall", "per_type", "per_domain", "per_source", "per_changes", "pairs", "per_pair", "meta", "comparison",
                  "runs", "refs", "types", "change_types", "domain", "caption", "prediction", "ci", "n", "_images"}
 
 

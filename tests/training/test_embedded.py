@@ -73,3 +73,20 @@ def test_the_cards_localization_table_shows_each_models_maps_beside_the_baseline
     assert cells(rows[("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads")]) == cells(rows[("—", "uniform map (chance)")])
     single = mdp["localization"]["m3diff"]["summary"]["per_setting"]["single"]["pixel_difference"]
     assert f"{100 * single['pointing']:.0f}%" == cells(rows[("—", "pixel difference (baseline)")])[0].strip()
+
+
+def test_the_cards_tables_go_on_by_number_of_changes_with_caption_lengths():
+    from tests.analysis.conftest import slice_json
+    from training.card import comparison_table, report_tables
+
+    rep = {"overall": slice_json(10, 40.0, words={"caption": 26.0, "references": 35.2}),
+           "per_domain": {}, "per_type": {"ocr": slice_json(4, 8.5)},
+           "per_changes": {"1": slice_json(6, 80.4, words={"caption": 16.0, "references": 20.0}),
+                           "4": slice_json(4, 5.1, words={"caption": 45.0, "references": 67.0})}}
+    table = report_tables(rep, ("CIDEr-D",))
+    assert "| slice | n | CIDEr-D | words (caption / references) |" in table
+    assert "| overall | 10 | 40.0 | 26 / 35 |" in table and "| type: ocr | 4 | 8.5 |  |" in table
+    assert table.index("| 1 change | 6 | 80.4 | 16 / 20 |") < table.index("| 4 changes | 4 | 5.1 | 45 / 67 |")
+    twin = {**rep, "per_changes": {"4": slice_json(4, 3.0)}}
+    both = comparison_table({"m3diff": rep, "no_mdp": twin})
+    assert "| 4 changes | 4 | 5.1 | 3.0 |" in both and "| 1 change | 6 | 80.4 | – |" in both
