@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="a model directory or hub id (default: the embedded model)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--min-end-probability", type=float, default=None, metavar="P",
+                   help="end a caption only where the model gives its end at least P (e.g. 0.5); default: plain "
+                        "greedy, which ends multi-change captions early (docs/analysis.md, 'When a caption ends')")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
     p.add_argument("--maps", action="store_true",
                    help="also store each pair's evidence maps (float16 on the patch grid: the MDP's maps and "
@@ -316,7 +319,7 @@ def run_predict(args) -> int:
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
     captioner.use_recommended_threads()  # this command owns its process
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=args.min_end_probability)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours = {p.id for p in pairs}
     failed: dict[str, str] = {}
@@ -328,6 +331,8 @@ def run_predict(args) -> int:
         rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
         data = {"model": model_name, "data": str(args.data), "split": args.split, "predictions": rows,
                 "images": {i: digests[i] for i in done if i in digests}}
+        if args.min_end_probability is not None:
+            data["min_end_probability"] = args.min_end_probability
         if maps:
             data["maps"] = {i: maps[i] for i in done if i in maps}
         if sanity is not None:
@@ -389,6 +394,9 @@ def _check_predict_args(args, CLIError) -> None:
         raise CLIError("--attribution adds a map to --maps; pass both")
     if args.sanity_pairs < 0:
         raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
+    p = args.min_end_probability
+    if p is not None and not 0.0 < p <= 1.0:
+        raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
 
 
 def _pair_evidence(captioner, pair, description, attribution: bool) -> tuple[dict, bool]:
@@ -542,6 +550,11 @@ def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict,
     for key, now in (("model", model_name), ("split", args.split)):
         if key in data and data[key] != now:
             raise CLIError(f"{out} holds predictions of {key} {data[key]!r}, not {now!r}; " + again.format(key=key))
+    if data.get("min_end_probability") != args.min_end_probability:
+        was, now = data.get("min_end_probability"), args.min_end_probability
+        raise CLIError(f"{out} holds captions decoded with min_end_probability {was}, not {now}; pass "
+                       + ("no --min-end-probability" if was is None else f"--min-end-probability {was}")
+                       + " to resume it, --restart to replace it, or pick another --out")
     if "data" in data and Path(str(data["data"])).resolve() != Path(args.data).resolve():
         raise CLIError(f"{out} holds predictions of data {data['data']!r}, not {str(args.data)!r}; "
                        + again.format(key="data"))

@@ -18,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: caption, layer_scores, seconds")
     p.add_argument("--maps", action="store_true", help="with --json, include the per-layer difference maps")
     p.add_argument("--max-new-tokens", type=int, default=96, help="caption length limit in tokens (default 96)")
+    p.add_argument("--min-end-probability", type=float, default=None, metavar="P",
+                   help="end the caption only where the model gives its end at least P (e.g. 0.5); default: "
+                        "plain greedy, which may end before the last change is described")
     p.add_argument("--instruction", default=None, help="replace the default instruction of the prompt")
     p.set_defaults(handler=_describe)
 
@@ -41,11 +44,14 @@ def _describe(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    p = args.min_end_probability
+    if p is not None and not 0.0 < p <= 1.0:
+        raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p)
     try:
         captioner = DiffCaptioner.from_pretrained(args.model)
         captioner.use_recommended_threads()  # this command owns its process
-        d = captioner.describe(args.before, args.after, instruction=args.instruction,
-                               settings=GenerationSettings(max_new_tokens=args.max_new_tokens))
+        d = captioner.describe(args.before, args.after, instruction=args.instruction, settings=settings)
     except (ImageError, ModelLoadError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:

@@ -134,6 +134,14 @@ class GenerationSettings:
     max_new_tokens: int = 96
     num_beams: int = 1
     repetition_penalty: float = 1.0
+    # None: plain greedy. p: the caption ends only where the model gives its end at least p
+    # (m3diff.stopping: greedy ends multi-change captions early)
+    min_end_probability: float | None = None
+
+    def __post_init__(self):
+        p = self.min_end_probability
+        if p is not None and not 0.0 < p <= 1.0:
+            raise ValueError(f"min_end_probability must be in (0, 1] or None, got {p}")
 
 
 @dataclass(frozen=True)

@@ -190,11 +190,18 @@ class DiffCaptioner:
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
         eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        processors = None
+        if settings.min_end_probability is not None:
+            from transformers import LogitsProcessorList
+
+            from m3diff.stopping import EndThreshold
+
+            processors = LogitsProcessorList([EndThreshold(eos, settings.min_end_probability)])
         with torch.inference_mode():
             return self.model.generate(
                 **inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
                 repetition_penalty=settings.repetition_penalty, do_sample=False, pad_token_id=pad,
-                eos_token_id=eos, streamer=streamer,
+                eos_token_id=eos, streamer=streamer, logits_processor=processors,
             )
 
     def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, with_trace: bool = True,

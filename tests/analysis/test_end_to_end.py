@@ -89,6 +89,36 @@ def test_predict_resumes_only_missing_ids(predictions, data, model_dir, workdir,
     assert not described and "already predicted" in capsys.readouterr().err
 
 
+def test_predict_records_the_end_threshold_and_resumes_only_with_the_same(predictions, data, model_dir, workdir,
+                                                                          capsys, monkeypatch):
+    seen = []
+    original = DiffCaptioner.describe_batch
+
+    def spy(self, pairs, **kwargs):
+        seen.append(kwargs["settings"].min_end_probability)
+        return original(self, pairs, **kwargs)
+
+    monkeypatch.setattr(DiffCaptioner, "describe_batch", spy)
+    out = workdir / "ended.json"
+    assert _predict(data, model_dir, out, "--min-end-probability", "0.5", "--limit", "2") == 0
+    assert seen == [0.5] and json.loads(out.read_text())["min_end_probability"] == 0.5
+    before = out.read_text()
+    capsys.readouterr()
+    for other in ([], ["--min-end-probability", "0.9"]):  # plain greedy, or another threshold: two runs mixed
+        assert _predict(data, model_dir, out, *other) == 2
+        err = capsys.readouterr().err
+        assert "min_end_probability 0.5" in err and "--min-end-probability 0.5" in err and "Traceback" not in err
+        assert out.read_text() == before
+    assert _predict(data, model_dir, out, "--min-end-probability", "0.5") == 0  # the same: it goes on
+    assert len(json.loads(out.read_text())["predictions"]) == len(_test_ids(data))
+    for bad in ("0", "1.5"):
+        assert _predict(data, model_dir, workdir / "z.json", "--min-end-probability", bad) == 2
+        assert "--min-end-probability must be in (0, 1]" in capsys.readouterr().err
+    # a file of plain greedy captions is not resumed with a threshold either
+    assert _predict(data, model_dir, predictions, "--min-end-probability", "0.5") == 2
+    assert "min_end_probability None" in capsys.readouterr().err
+
+
 def test_predict_keeps_rows_outside_a_limit(predictions, data, model_dir, workdir):
     doc = json.loads(predictions.read_text())
     out = workdir / "limited.json"

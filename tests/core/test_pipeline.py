@@ -127,6 +127,35 @@ def test_cli_describe_bad_image_is_one_line_exit_2(tmp_path):
     assert "not an image" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_cli_describe_passes_the_end_threshold_and_refuses_a_bad_one(pair, tmp_path, monkeypatch, capsys):
+    from m3diff.cli import main
+
+    pair[0].save(tmp_path / "a.png")
+    pair[1].save(tmp_path / "b.png")
+    seen = []
+
+    class Spy:
+        source, uses_mdp = "spy", False
+
+        def use_recommended_threads(self):
+            pass
+
+        def describe(self, before, after, *, instruction=None, settings):
+            from m3diff.describing import Description
+
+            seen.append(settings)
+            return Description("a caption", {}, None, 0.1)
+
+    monkeypatch.setattr(DiffCaptioner, "from_pretrained", classmethod(lambda cls, *a, **k: Spy()))
+    args = ["describe", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert main(args + ["--min-end-probability", "0.5"]) == 0
+    assert seen[-1].min_end_probability == 0.5 and "a caption" in capsys.readouterr().out
+    assert main(args) == 0 and seen[-1].min_end_probability is None
+    assert main(args + ["--min-end-probability", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-end-probability must be in (0, 1]" in err and "Traceback" not in err and len(seen) == 2
+
+
 def test_public_api_is_lazy():
     code = "import sys, m3diff; assert 'torch' not in sys.modules; print(m3diff.DiffCaptioner.__name__)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -148,3 +177,44 @@ def test_plain_llava_onevision_directory_loads_with_fresh_mdp(make_model, proces
     assert captioner.uses_mdp
     assert "initialised fresh" in caplog.text
     assert set(captioner.describe(*pair, settings=SHORT).layer_scores) == set(captioner.model.config.mdp_layers)
+
+
+def _fixed_next_token(captioner, p_end: float, words: tuple[int, ...]):
+    """Make the LM head always say: the end with p_end, else one of ``words``, the first a little likelier than
+    the others (and none alone likelier than the end)."""
+    eos = captioner.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    probs = torch.full((captioner.model.config.text_config.vocab_size,), 1e-9)
+    probs[eos] = p_end
+    rest = (1 - p_end) / len(words)
+    probs[list(words)] = rest - 0.01
+    probs[words[0]] = rest + 0.01 * (len(words) - 1)
+    logits = probs.log()
+
+    def hook(module, inputs, output):
+        return logits.to(output.dtype).expand_as(output).clone()
+
+    return captioner.model.get_output_embeddings().register_forward_hook(hook)
+
+
+def test_greedy_ends_where_going_on_is_likelier_and_the_end_threshold_does_not(captioner, pair):
+    tok = captioner.processor.tokenizer
+    words = tuple(tok.convert_tokens_to_ids(w) for w in ("Ġthe", "red", "all"))
+    assert tok.unk_token_id not in words
+    handle = _fixed_next_token(captioner, 0.4, words)  # go on: 0.6, split three ways
+    try:
+        assert captioner.describe(*pair, settings=SHORT).caption == ""  # plain greedy: 0.4 beats each 0.2
+        gone_on = captioner.describe(*pair, settings=GenerationSettings(max_new_tokens=8, min_end_probability=0.5))
+        assert gone_on.caption == tok.decode([words[0]] * 8).strip()  # the likeliest word, to the length limit
+        # below the threshold's bar the end is free to win, as in plain greedy
+        assert captioner.describe(*pair, settings=GenerationSettings(max_new_tokens=8, min_end_probability=0.3)).caption == ""
+        batch = captioner.describe_batch([pair, pair[::-1]], settings=GenerationSettings(8, min_end_probability=0.5))
+        assert [d.caption for d in batch] == [gone_on.caption] * 2
+    finally:
+        handle.remove()
+
+
+def test_the_end_threshold_is_a_probability():
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="min_end_probability"):
+            GenerationSettings(min_end_probability=bad)
+    assert GenerationSettings(min_end_probability=1.0).min_end_probability == 1.0
