@@ -28,6 +28,7 @@ EXAMPLES_DIR = HERE / "examples"
 EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the placeholder model on the examples
 MAX_FILE_SIZE = "20mb"  # a 40 MP PNG fits; load_image refuses bigger pictures before decoding
 DEFAULT_MAX_NEW_TOKENS = 96
+FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
 SESSION_CAPACITY = 256  # browser sessions whose Describe state the server keeps (the oldest go first)
 
 UNTRAINED_NOTE = (
@@ -276,13 +277,20 @@ def caption_words(caption: str) -> list[str]:
     return [f"{i}: {w}" for i, w in enumerate(words(caption or ""))]
 
 
-def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-                    ) -> Iterator[tuple]:
-    """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
+def generation_settings(max_new_tokens, finish_every_change: bool = False):
+    """The Describe tab's decoding: greedy, or greedy that ends only where the model gives the end even
+    odds (m3diff.stopping: plain greedy ends multi-change captions early)."""
     from m3diff.describing import GenerationSettings
 
+    return GenerationSettings(max_new_tokens=int(max_new_tokens),
+                              min_end_probability=FINISH_END_PROBABILITY if finish_every_change else None)
+
+
+def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    finish_every_change: bool = False) -> Iterator[tuple]:
+    """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
     b, a = load_pair(before, after)
-    settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
+    settings = generation_settings(max_new_tokens, finish_every_change)
     for d in services.captioner.describe_stream(b, a, settings=settings):
         yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference)
 
@@ -336,16 +344,15 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     return hb, ha, note + "\n\n" + scale_note(scale, "attribution")
 
 
-def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
-    """The same pair through the no-MDP twin (the baseline), when one is loaded."""
-    from m3diff.describing import GenerationSettings
-
+def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 finish_every_change: bool = False) -> str:
+    """The same pair through the no-MDP twin (the baseline), when one is loaded, decoded as the model was."""
     if services.twin is None:
         return "(no no-MDP twin loaded: start with --twin DIR to compare)"
     if shown is None or shown.before is None:
         return ""
     return services.twin.describe(shown.before, shown.after, with_trace=False,
-                                  settings=GenerationSettings(max_new_tokens=int(max_new_tokens))).caption
+                                  settings=generation_settings(max_new_tokens, finish_every_change)).caption
 
 
 def error_pair(traced: Callable, report: dict | None, pair_id: str | None):
@@ -454,6 +461,9 @@ def _describe_inputs(services: Services) -> dict:
                 go = gr.Button("Describe", variant="primary", elem_id="describe-btn")
                 max_tokens = gr.Slider(8, 192, value=services.config.max_new_tokens, step=8,
                                        label="max caption tokens")
+            finish = gr.Checkbox(False, label="Finish every change: end the caption only where the model gives "
+                                 "its end even odds (plain greedy stops early on multi-change pairs)",
+                                 elem_id="finish")
             if examples:
                 gr.Examples([[str(e.before), str(e.after)] for e in examples], [before, after],
                             example_labels=[f"{e.id} ({e.domain})" for e in examples],
@@ -463,7 +473,8 @@ def _describe_inputs(services: Services) -> dict:
             gr.Markdown(model_statement(services), elem_id="model-statement")
             caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
             scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
-    return dict(before=before, after=after, go=go, max_tokens=max_tokens, caption=caption, scores=scores)
+    return dict(before=before, after=after, go=go, max_tokens=max_tokens, finish=finish, caption=caption,
+                scores=scores)
 
 
 def _describe_outputs(services: Services) -> dict:
@@ -501,11 +512,11 @@ def _wire_describe(services: Services, gpu, ui) -> None:
 
     model_calls = _model_calls(services)
     ui.go.click(
-        _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens],
+        _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens, ui.finish],
         [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.legend, ui.slider, ui.shown, ui.word, ui.kind],
         api_name="describe_stream", api_visibility="undocumented", **model_calls,
-    ).then(gpu(lambda shown, n: twin_caption(services, shown, n)), [ui.shown, ui.max_tokens], ui.twin,
-           api_visibility="private", **model_calls)
+    ).then(gpu(lambda shown, n, finish: twin_caption(services, shown, n, finish)), [ui.shown, ui.max_tokens, ui.finish],
+           ui.twin, api_visibility="private", **model_calls)
     for trigger in (ui.layer.change, ui.kind.change):
         trigger(heatmaps, [ui.shown, ui.layer, ui.kind], [ui.heat_b, ui.heat_a, ui.legend], api_visibility="private",
                 **CPU_ONLY)
@@ -531,12 +542,12 @@ def _describe_stream(services: Services, gpu, ui):
     from m3diff.overlay import common_size
 
     @gpu
-    def stream(before, after, max_new_tokens):
-        yield from describe_events(services, before, after, max_new_tokens)
+    def stream(before, after, max_new_tokens, finish):
+        yield from describe_events(services, before, after, max_new_tokens, finish)
 
-    def on_describe(before, after, layer, kind, max_new_tokens):
+    def on_describe(before, after, layer, kind, max_new_tokens, finish=False):
         shown = None
-        for caption, scores, now in stream(before, after, max_new_tokens):
+        for caption, scores, now in stream(before, after, max_new_tokens, finish):
             if shown is None:
                 hb, ha, legend = heatmaps(now, layer, kind)
                 yield {ui.caption: caption, ui.scores: score_figure(now.trace, scores) if scores else None,

@@ -271,3 +271,17 @@ def test_app_py_is_layout_short_functions_that_read_no_report_field():
                 and node.args and isinstance(node.args[0], ast.Constant):
             keys.add(node.args[0].value)
     assert not keys & REPORT_FIELDS, keys & REPORT_FIELDS
+
+
+def test_the_twin_is_decoded_as_the_model_was(services, pair_files):
+    """'Finish every change' holds for the no-MDP twin's caption below the model's too."""
+    from tests.core.test_pipeline import _fixed_next_token
+
+    *_, (_, _, shown) = app.describe_events(services, *pair_files, max_new_tokens=4)
+    tok = services.twin.processor.tokenizer
+    hook = _fixed_next_token(services.twin, 0.4, tuple(tok.convert_tokens_to_ids(w) for w in ("Ġthe", "red", "all")))
+    try:
+        assert app.twin_caption(services, shown, 4) == ""
+        assert app.twin_caption(services, shown, 4, finish_every_change=True) == "the the the the"
+    finally:
+        hook.remove()

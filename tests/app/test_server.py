@@ -118,3 +118,28 @@ def test_plain_http_describe_without_the_optional_max_new_tokens(server, pair_fi
     assert "event: complete" in text, text[-500:]
     caption, scores = json.loads(text.split("event: complete", 1)[1].split("data:", 1)[1].splitlines()[0])
     assert isinstance(caption, str) and scores
+
+
+def test_finish_every_change_reaches_the_model_through_the_served_app(server, services, pair_files):
+    """The Describe button's own endpoint, as the page calls it: with the box ticked, a model that gives the
+    end 0.4 and three words 0.2 each goes on (plain greedy stops at once)."""
+    from gradio_client import Client, handle_file
+
+    from tests.core.test_pipeline import _fixed_next_token
+
+    tok = services.captioner.processor.tokenizer
+    words = tuple(tok.convert_tokens_to_ids(w) for w in ("Ġthe", "red", "all"))
+    hooks = [_fixed_next_token(services.captioner, 0.4, words)]
+    try:
+        client = Client(server, verbose=False)
+        pair = [handle_file(p) for p in pair_files]
+        captions = {}
+        for finish in (False, True):
+            job = client.submit(*pair, "L4", "attn_eq5", 8, finish, api_name="/describe_stream")
+            job.result()
+            # the stream's last update carries the word picker only: the caption is the last one sent
+            captions[finish] = [o[0] for o in job.outputs() if isinstance(o[0], str)][-1]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert captions == {False: "", True: " ".join(["the"] * 8)}
