@@ -151,6 +151,18 @@ def _mean(per_pair: list[tuple[float, int]], rows) -> float:
     return sum(per_pair[i][0] for i in rows) / sum(per_pair[i][1] for i in rows)
 
 
+def reference_answer(captioner, pair) -> str:
+    """The first reference, as the model is trained to write it: a count-first model's answers open with
+    how many things changed, which a generated pair knows (its ``regions``) and a real one does not."""
+    config = getattr(getattr(captioner, "model", None), "config", None)
+    regions = pair.extra.get("regions")
+    if getattr(config, "caption_opening", None) == "count" and regions is not None:
+        from m3diff.opening import with_opening
+
+        return with_opening(pair.captions[0], regions)
+    return pair.captions[0]
+
+
 def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 100, batch_size: int = 16,
                     max_new_tokens: int = 128, seed: int = 0, targets: GroundingTargets = GroundingTargets(),
                     progress=None, loss_fn=answer_losses, facts=None) -> GroundingChecks:
@@ -177,7 +189,7 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
         tick("describe", len(chunk))
     distinct = unique_share(captions)
 
-    answers = [p.captions[0] for p in pairs]
+    answers = [reference_answer(captioner, p) for p in pairs]
     random, same = swaps(pairs, seed)
     everyone = range(len(pairs))
     loss_true = loss_fn(captioner, true_images, answers, batch_size)

@@ -13,6 +13,8 @@ from types import MappingProxyType
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
+from m3diff.opening import OPENINGS
+
 # Special tokens every M3Diff tokenizer carries; the prompt template in processing.py uses them.
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -33,6 +35,10 @@ class M3DiffConfig(LlavaOnevisionConfig):
         Attention heads of the MDP's self- and cross-attention.
     mdp_mlp_ratio (`float`, defaults to 4.0):
         Hidden width of the MDP's MLPs relative to the vision hidden size.
+    caption_opening (`str`, *optional*):
+        `"count"`: the model was trained to open every caption with how many things changed ("Three
+        changes."); the pipeline takes that sentence off the caption and reports the number
+        (`m3diff.opening`). `None`: captions are descriptions only.
     """
 
     model_type = "m3diff"
@@ -42,6 +48,7 @@ class M3DiffConfig(LlavaOnevisionConfig):
     mdp_depth: int = 2
     mdp_num_heads: int = 16
     mdp_mlp_ratio: float = 4.0
+    caption_opening: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -52,6 +59,8 @@ class M3DiffConfig(LlavaOnevisionConfig):
             raise ValueError(
                 f"mdp_layers {bad} are outside the vision tower's hidden states 1..{n_hidden}"
             )
+        if self.caption_opening is not None and self.caption_opening not in OPENINGS:
+            raise ValueError(f"caption_opening {self.caption_opening!r} is not one of: None, {', '.join(OPENINGS)}")
         if self.use_mdp and not isinstance(self.vision_feature_layer, int):
             raise ValueError("with use_mdp=True the MDP output feeds the projector: vision_feature_layer must be an int")
         if self.vision_config.hidden_size % self.mdp_num_heads:

@@ -115,6 +115,9 @@ class Description:
     # [g, g] where the image tokens the LLM reads differ (m3diff.modeling.feature_difference); any
     # model has it, with or without MDP; None when no trace was asked for
     feature_difference: np.ndarray | None = None
+    # how many things changed, as a count-first model said it before its caption (m3diff.opening);
+    # None for other models, or when the model did not say it
+    changes_counted: int | None = None
 
     def to_json(self, with_maps: bool = False) -> dict:
         out = {
@@ -122,6 +125,8 @@ class Description:
             "layer_scores": {str(k): round(v, 6) for k, v in self.layer_scores.items()},
             "seconds": round(self.seconds, 4),
         }
+        if self.changes_counted is not None:
+            out["changes_counted"] = self.changes_counted
         if with_maps and self.trace is not None:
             out["trace"] = self.trace.to_json()
         if with_maps and self.feature_difference is not None:

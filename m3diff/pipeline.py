@@ -25,6 +25,7 @@ from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is w
     EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
 )
 from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
+from m3diff.opening import could_open, split_opening
 from m3diff.processing import PairProcessor
 
 logger = logging.getLogger(__name__)
@@ -216,9 +217,15 @@ class DiffCaptioner:
         for b, caption in enumerate(captions):
             pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
             scores = pair_trace.score_mean if pair_trace else {}
-            results.append(Description(caption, scores, pair_trace, seconds,
+            counted, caption = self._split_opening(caption)
+            results.append(Description(caption, scores, pair_trace, seconds, changes_counted=counted,
                                        feature_difference=diff[b] if diff is not None else None))
         return results
+
+    def _split_opening(self, caption: str) -> tuple[int | None, str]:
+        if self.model.config.caption_opening == "count":
+            return split_opening(caption)
+        return None, caption
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                  settings: GenerationSettings = GenerationSettings()) -> Description:
@@ -248,15 +255,20 @@ class DiffCaptioner:
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         text = ""
+        opening = self.model.config.caption_opening == "count"
         for piece in streamer:
             text += piece
-            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False,
-                              feature_difference=fd)
+            if opening and could_open(text):  # hold a count sentence back until it is complete
+                continue
+            counted, caption = self._split_opening(text.strip())
+            yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=False,
+                              feature_difference=fd, changes_counted=counted)
         worker.join()
         if errors:
             raise errors[0]
-        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True,
-                          feature_difference=fd)
+        counted, caption = self._split_opening(text.strip())
+        yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=True,
+                          feature_difference=fd, changes_counted=counted)
 
 
 def _non_finite(model) -> list[str]:

@@ -62,6 +62,16 @@ def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sam
     return samples
 
 
+def count_first(samples: list[Sample]) -> list[Sample]:
+    """The answers of generated pairs (those with the generator's objects) opened with how many things
+    changed (m3diff.opening); real-data samples, which do not know it, are left as they are."""
+    from dataclasses import replace
+
+    from m3diff.opening import with_opening
+
+    return [replace(s, answer=with_opening(s.answer, s.regions)) if s.objects is not None else s for s in samples]
+
+
 def load_val_pairs(sources: list[str], val: str | None, limit: int) -> list[DiffPair]:
     """The first ``limit`` pairs of the val split of ``val`` (or of the first source folder)."""
     from m3diff.data.mixture import parse_source

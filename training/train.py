@@ -212,7 +212,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint, load_checkpoint,
         save_checkpoint,
     )
-    from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
+    from training.data import Collator, StepSampler, count_first, load_samples, load_val_pairs, scene_samples
 
     # What the run needs only at its end (validation, export, card) is imported now: a run lasts hours,
     # and a module edited on disk meanwhile must not meet the old ones it already holds (a 6,000-step
@@ -242,6 +242,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     accelerator.wait_for_everyone()
 
     samples = load_samples(sources, recipe.data.every_caption, recipe.seed)
+    if recipe.grounding is not None and recipe.grounding.count_first:
+        samples = count_first(samples)
     if recipe.grounding is not None:
         samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed,
                                  details=recipe.grounding.attributes)
@@ -252,6 +254,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     tokenizer = build_tokenizer(recipe, samples, out, accelerator)
     model = build_model(recipe, tokenizer)
+    if recipe.grounding is not None and recipe.grounding.count_first:
+        model.config.caption_opening = "count"  # saved with the model: the pipeline strips the count
     processor = PairProcessor.for_config(model.config, tokenizer)
     model = apply_lora(recipe, model)
     geometry = None

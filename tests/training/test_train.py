@@ -274,3 +274,26 @@ class _NoAccelerator:
 
     def wait_for_everyone(self):
         pass
+
+
+def test_count_first_opens_generated_answers_and_marks_the_model(synth_data, tmp_path):
+    import json
+
+    from training.data import Sample, count_first, load_samples
+
+    samples = load_samples([str(synth_data)], every_caption=False, seed=0)
+    real = Sample("real-0", "b.png", "a.png", "A man left the room.")  # no generator ground truth
+    opened = count_first(samples + [real])
+    assert opened[-1] == real
+    for before, after in zip(samples, opened):
+        objects = [r for r in before.regions if r["type"] not in ("viewpoint", "illumination")]
+        n = len(objects) or (1 if before.regions else 0)
+        assert after.answer == f"{('No', 'One', 'Two', 'Three', 'Four')[n]} change{'s' if n > 1 else ''}. {before.answer}"
+
+    recipe = load_recipe(TINY, ["max_steps=2", "data.val_pairs=0", "grounding={count_first: true}"])
+    _train(recipe, synth_data, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["caption_opening"] == "count"
+    plain = load_recipe(TINY, ["max_steps=1", "data.val_pairs=0", "grounding={weight: 1.0}"])
+    _train(plain, synth_data, tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "model" / "config.json").read_text()).get("caption_opening") is None
