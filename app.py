@@ -267,6 +267,7 @@ class Shown:
     trace: object = None  # m3diff.describing.PairTrace, or None
     caption: str = ""
     feature_difference: object = None  # [g, g] ‖P(F′1) − P(F′2)‖ when the Description carries it
+    opening: str = ""  # what a count-first model said before the caption (m3diff.opening), for attributions
 
 
 def caption_words(caption: str) -> list[str]:
@@ -289,10 +290,13 @@ def generation_settings(max_new_tokens, finish_every_change: bool = False):
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     finish_every_change: bool = False) -> Iterator[tuple]:
     """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
+    from m3diff.opening import opening_text
+
     b, a = load_pair(before, after)
     settings = generation_settings(max_new_tokens, finish_every_change)
     for d in services.captioner.describe_stream(b, a, settings=settings):
-        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference)
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference,
+                                               opening_text(d.changes_counted))
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -337,7 +341,8 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         raise gr.Error("Pick a word of the caption to explain.")
     index = int(str(word).split(":", 1)[0])
     try:
-        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
+        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index,
+                               shown.opening)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
     hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)

@@ -408,9 +408,12 @@ def _pair_evidence(captioner, pair, description, attribution: bool) -> tuple[dic
     attributed = True
     if attribution:
         from analysis.attribution import explain_caption
+        from m3diff.opening import opening_text
 
         try:
-            named["saliency_caption"] = explain_caption(captioner, pair.before, pair.after, description.caption).patches
+            named["saliency_caption"] = explain_caption(
+                captioner, pair.before, pair.after, description.caption,
+                opening=opening_text(description.changes_counted)).patches
         except ValueError:  # no words, or a caption that re-tokenizes differently after the prompt
             attributed = False
     return encode_maps(named), attributed

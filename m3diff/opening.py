@@ -36,6 +36,12 @@ def with_opening(answer: str, regions) -> str:
     return f"{count_sentence(described_changes(regions))} {answer}"
 
 
+def opening_text(changes_counted: int | None) -> str:
+    """The sentence a count-first model said before its caption (``Description.changes_counted``), for
+    re-scoring the caption as the model wrote it (captum attributions); "" for other models."""
+    return "" if changes_counted is None else count_sentence(changes_counted)
+
+
 def split_opening(caption: str) -> tuple[int | None, str]:
     """(the number said, the description) of a count-first caption. A caption that does not open with
     a count sentence is returned whole with None; one that is only the count is kept as it is."""

@@ -285,3 +285,27 @@ def test_the_twin_is_decoded_as_the_model_was(services, pair_files):
         assert app.twin_caption(services, shown, 4, finish_every_change=True) == "the the the the"
     finally:
         hook.remove()
+
+
+def test_a_count_first_model_shows_its_caption_and_explains_it_after_its_count(make_model, processor, pair_files):
+    """The count a count-first model says first is not caption text, yet its words are explained as the
+    model wrote them: after the count."""
+    from analysis.attribution import explain_word
+    from m3diff.pipeline import DiffCaptioner
+    from tests.core.test_pipeline import _says
+
+    captioner = DiffCaptioner(make_model(seed=1, caption_opening="count"), processor, source="test", trained=True)
+    services = app.Services(captioner, None, {}, "", app.AppConfig(max_new_tokens=40))
+    handle, _ = _says(captioner, "Two changes. The red cube moved.")
+    try:
+        events = list(app.describe_events(services, *pair_files, max_new_tokens=40))
+    finally:
+        handle.remove()
+    caption, _, shown = events[-1]
+    assert caption == shown.caption == "The red cube moved." and shown.opening == "Two changes."
+    assert all("change" not in c for c, _, _ in events)
+    hb, ha, note = app.explain_word(services, shown, app.caption_words(caption)[2])
+    assert "cube" in note
+    expected = explain_word(captioner, shown.before, shown.after, caption, 2, opening="Two changes.")
+    assert f"{expected.score:.2f}" in note
+    assert f"{explain_word(captioner, shown.before, shown.after, caption, 2).score:.2f}" not in note
