@@ -156,7 +156,9 @@ def grounding_line(recipe: dict) -> str:
             + (" and the changed sign's word, arrow's heading, figure's pose and group's size" if attributes else "")
             + f"), weight {g['weight']}, and scene-description samples ({g['scene_share']:.0%} of the caption samples"
             + ("; with signs' words, arrows' headings, figures' poses and counted groups" if attributes else "")
-            + ") — `training/auxiliary.py`")
+            + ") — `training/auxiliary.py`"
+            + ("; every generated answer opens with how many things changed (`count_first`: \"Three changes.\"), "
+               "which the pipeline takes off the caption and reports as `changes_counted`" if g.get("count_first") else ""))
 
 
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,
