@@ -60,6 +60,8 @@ def _describe(args: argparse.Namespace) -> int:
         print(json.dumps(_finite_json(out), indent=2, allow_nan=False))
         return 0
     print(d.caption)
+    if d.changes_counted is not None:  # a count-first model's own count, said before the caption
+        print(f"Changes the model counted: {d.changes_counted}")
     if d.layer_scores:
         print("MDP Score per vision layer: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items()))
     return 0

@@ -127,7 +127,7 @@ def test_cli_describe_bad_image_is_one_line_exit_2(tmp_path):
     assert "not an image" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_cli_describe_passes_the_end_threshold_and_refuses_a_bad_one(pair, tmp_path, monkeypatch, capsys):
+def test_cli_describe_passes_the_end_threshold_refuses_a_bad_one_and_says_a_count(pair, tmp_path, monkeypatch, capsys):
     from m3diff.cli import main
 
     pair[0].save(tmp_path / "a.png")
@@ -154,6 +154,20 @@ def test_cli_describe_passes_the_end_threshold_and_refuses_a_bad_one(pair, tmp_p
     assert main(args + ["--min-end-probability", "2"]) == 2
     err = capsys.readouterr().err
     assert "--min-end-probability must be in (0, 1]" in err and "Traceback" not in err and len(seen) == 2
+
+    counted = []
+
+    def describe(self, before, after, *, instruction=None, settings):
+        from m3diff.describing import Description
+
+        return Description("A cube moved.", {}, None, 0.1, changes_counted=counted[-1] if counted else None)
+
+    monkeypatch.setattr(Spy, "describe", describe)
+    assert main(args) == 0 and "counted" not in capsys.readouterr().out  # a model without a count says none
+    counted.append(2)
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["A cube moved.", "Changes the model counted: 2"]
+    assert main(args + ["--json"]) == 0 and json.loads(capsys.readouterr().out)["changes_counted"] == 2
 
 
 def test_public_api_is_lazy():
