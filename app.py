@@ -270,6 +270,14 @@ class Shown:
     opening: str = ""  # what a count-first model said before the caption (m3diff.opening), for attributions
 
 
+def caption_label(shown: Shown | None) -> str:
+    """The caption box's title; a count-first model's own count of the changes goes there, beside the
+    caption it wrote after it, not inside it."""
+    if shown is None or not shown.opening:
+        return "Caption"
+    return f"Caption — the model first said: \"{shown.opening}\""
+
+
 def caption_words(caption: str) -> list[str]:
     """The words a person can ask about, as "index: word" (a repeated word stays distinct); the indices
     are analysis.attribution's, so the word explained is the word picked."""
@@ -555,7 +563,8 @@ def _describe_stream(services: Services, gpu, ui):
         for caption, scores, now in stream(before, after, max_new_tokens, finish):
             if shown is None:
                 hb, ha, legend = heatmaps(now, layer, kind)
-                yield {ui.caption: caption, ui.scores: score_figure(now.trace, scores) if scores else None,
+                yield {ui.caption: gr.update(value=caption, label=caption_label(now)),
+                       ui.scores: score_figure(now.trace, scores) if scores else None,
                        ui.heat_b: hb, ui.heat_a: ha, ui.legend: legend, ui.slider: common_size(now.before, now.after),
                        ui.shown: now}
             else:
@@ -564,7 +573,7 @@ def _describe_stream(services: Services, gpu, ui):
         words = caption_words(shown.caption) if shown else []
         kinds = map_choices(shown is not None and shown.feature_difference is not None)
         yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None),
-               ui.kind: gr.update(choices=kinds)}
+               ui.kind: gr.update(choices=kinds), ui.caption: gr.update(label=caption_label(shown))}
 
     return on_describe
 

@@ -304,6 +304,8 @@ def test_a_count_first_model_shows_its_caption_and_explains_it_after_its_count(m
     caption, _, shown = events[-1]
     assert caption == shown.caption == "The red cube moved." and shown.opening == "Two changes."
     assert all("change" not in c for c, _, _ in events)
+    assert app.caption_label(shown) == 'Caption — the model first said: "Two changes."'
+    assert app.caption_label(app.Shown()) == app.caption_label(None) == "Caption"
     hb, ha, note = app.explain_word(services, shown, app.caption_words(caption)[2])
     assert "cube" in note
     expected = explain_word(captioner, shown.before, shown.after, caption, 2, opening="Two changes.")
