@@ -300,8 +300,10 @@ def run_predict(args) -> int:
     digests: dict[str, str] = {}
     maps: dict[str, dict] = {}
     sanity = None
+    counted: dict[str, int] = {}  # a count-first model's own count per pair (Description.changes_counted)
     if out.exists() and not args.restart:
         done, digests, maps, sanity = _resumable(out, args, model_name, pairs, CLIError)
+        counted = _counted(out, done)
     # a pair predicted before without --maps is described again when its maps are asked for now
     todo = [p for p in pairs if p.id not in done or (args.maps and p.id not in maps)]
     want_sanity = args.maps and args.sanity_pairs > 0 and sanity is None
@@ -329,6 +331,9 @@ def run_predict(args) -> int:
         # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
         rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
         rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
+        for row in rows:
+            if row["id"] in counted:
+                row["changes_counted"] = counted[row["id"]]
         data = {"model": model_name, "data": str(args.data), "split": args.split, "predictions": rows,
                 "images": {i: digests[i] for i in done if i in digests}}
         if args.min_end_probability is not None:
@@ -362,6 +367,9 @@ def run_predict(args) -> int:
             for p, d in zip(batch, describe(batch)):
                 if d is not None:
                     done[p.id] = d.caption
+                    counted.pop(p.id, None)
+                    if d.changes_counted is not None:
+                        counted[p.id] = d.changes_counted
                     digests[p.id] = _pair_digest(p)
                     if args.maps:
                         maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
@@ -534,6 +542,16 @@ def _pair_digest(pair) -> str:
         h.update(Path(path).read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def _counted(out: Path, done: dict) -> dict[str, int]:
+    """The counts a count-first model said, kept in an earlier run's rows beside their captions."""
+    import json
+
+    data = json.loads(out.read_text(encoding="utf-8"))
+    rows = data["predictions"] if isinstance(data, dict) else data
+    return {str(r["id"]): int(r["changes_counted"]) for r in rows
+            if isinstance(r, dict) and str(r.get("id")) in done and r.get("changes_counted") is not None}
 
 
 def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None]:
