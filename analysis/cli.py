@@ -302,8 +302,7 @@ def run_predict(args) -> int:
     sanity = None
     counted: dict[str, int] = {}  # a count-first model's own count per pair (Description.changes_counted)
     if out.exists() and not args.restart:
-        done, digests, maps, sanity = _resumable(out, args, model_name, pairs, CLIError)
-        counted = _counted(out, done)
+        done, digests, maps, sanity, counted = _resumable(out, args, model_name, pairs, CLIError)
     # a pair predicted before without --maps is described again when its maps are asked for now
     todo = [p for p in pairs if p.id not in done or (args.maps and p.id not in maps)]
     want_sanity = args.maps and args.sanity_pairs > 0 and sanity is None
@@ -544,29 +543,21 @@ def _pair_digest(pair) -> str:
     return h.hexdigest()[:16]
 
 
-def _counted(out: Path, done: dict) -> dict[str, int]:
-    """The counts a count-first model said, kept in an earlier run's rows beside their captions."""
-    import json
-
-    data = json.loads(out.read_text(encoding="utf-8"))
-    rows = data["predictions"] if isinstance(data, dict) else data
-    return {str(r["id"]): int(r["changes_counted"]) for r in rows
-            if isinstance(r, dict) and str(r.get("id")) in done and r.get("changes_counted") is not None}
-
-
-def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None]:
-    """The rows of an earlier run to keep, or one line saying why resuming would mix two runs."""
+def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None, dict]:
+    """The rows of an earlier run to keep (captions, image digests, maps, sanity, a count-first model's
+    counts), or one line saying why resuming would mix two runs."""
     import json
 
     try:
         data = json.loads(out.read_text(encoding="utf-8"))
         rows = data["predictions"] if isinstance(data, dict) else data
         done = {str(r["id"]): r["caption"] for r in rows}
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        counted = {str(r["id"]): int(r["changes_counted"]) for r in rows if r.get("changes_counted") is not None}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
     again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
     if not isinstance(data, dict):
-        return done, {}, {}, None
+        return done, {}, {}, None, counted
     # Resuming with another model, split or dataset would mix two runs' captions in one file.
     for key, now in (("model", model_name), ("split", args.split)):
         if key in data and data[key] != now:
@@ -587,4 +578,4 @@ def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict,
                        "pass --restart to predict everything again, or pick another --out")
     maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
     sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
-    return done, dict(digests), dict(maps), sanity
+    return done, dict(digests), dict(maps), sanity, counted

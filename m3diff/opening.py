@@ -27,7 +27,7 @@ def described_changes(regions) -> int:
     """How many changes the references of a generated pair describe: its object changes, or 1 when only
     the camera or the light changed, 0 for a no-change pair. ``regions``: the generator's per-change
     records (each with a ``type``)."""
-    types = [r["type"] if isinstance(r, dict) else getattr(r, "type") for r in regions or ()]
+    types = [r["type"] for r in regions or ()]
     return sum(t not in GLOBAL_TYPES for t in types) or (1 if types else 0)
 
 

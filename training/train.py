@@ -241,8 +241,9 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
+    counting = recipe.grounding is not None and recipe.grounding.count_first
     samples = load_samples(sources, recipe.data.every_caption, recipe.seed)
-    if recipe.grounding is not None and recipe.grounding.count_first:
+    if counting:
         samples = count_first(samples)
     if recipe.grounding is not None:
         samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed,
@@ -254,7 +255,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     tokenizer = build_tokenizer(recipe, samples, out, accelerator)
     model = build_model(recipe, tokenizer)
-    if recipe.grounding is not None and recipe.grounding.count_first:
+    if counting:
         model.config.caption_opening = "count"  # saved with the model: the pipeline strips the count
     processor = PairProcessor.for_config(model.config, tokenizer)
     model = apply_lora(recipe, model)
