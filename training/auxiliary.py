@@ -42,6 +42,7 @@ KIND_IDS = {k: i + 1 for i, k in enumerate(KINDS)}
 COLOR_IDS = {c: i + 1 for i, c in enumerate(COLOR_NAMES)}
 SIZE_IDS = {s: i + 1 for i, s in enumerate(SIZES)}
 PATCH_TYPE_IDS = {t: i + 1 for i, t in enumerate(SEMANTIC_TYPES)}
+WORD_IDS = {w: i for i, w in enumerate(SIGN_WORDS)}
 # What a changed sign, arrow, figure or counting group is in each image — the words an ocr,
 # orientation, pose or counting caption must get right — as one class each (no "none" class: a
 # pair without such a change is ignored by that head)
@@ -96,6 +97,13 @@ def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[s
             m = geometry.cover(o["box"], width, height)
             kind[m], color[m], size[m] = KIND_IDS[o["kind"]], COLOR_IDS[o["color"]], SIZE_IDS[o["size"]]
         out[f"kind_{k}"], out[f"color_{k}"], out[f"size_{k}"] = kind, color, size
+        word = torch.full((g, g), IGNORE_INDEX, dtype=torch.long)  # only a sign's own patches are asked
+        for o in objs:
+            if o["kind"] == "sign" and o.get("text") in WORD_IDS:
+                word[geometry.cover(o["box"], width, height)] = WORD_IDS[o["text"]]
+            elif o["kind"] != "sign":  # an object in front of a sign hides its word
+                word[geometry.cover(o["box"], width, height)] = IGNORE_INDEX
+        out[f"word_patch_{k}"] = word
         changed = torch.zeros(g, g)
         ptype = torch.zeros(g, g, dtype=torch.long)
         for r in sample.regions:
@@ -149,6 +157,10 @@ def changed_attributes(sample) -> dict[str, int]:
     return out
 
 
+# ln(166) ≈ 5.1 at the start, against ~1–3 for the other heads: halved so the word does not take the
+# vision tower's updates from everything else (the mean-pooled attributes, 4 such losses, cost 9 CIDEr-D)
+SIGN_WORD_WEIGHT = 0.5
+
 FACTS = len(KIND_IDS) + len(COLOR_IDS) + len(SIZE_IDS) + 9  # kinds, colours, sizes, 3×3 place
 
 
@@ -191,7 +203,7 @@ def collate_targets(targets: list[dict | None]) -> dict[str, torch.Tensor] | Non
 class GroundingHeads(nn.Module):
     """Linear read-outs of per-patch facts and a small MLP on the pair's per-patch difference."""
 
-    def __init__(self, dim: int, attributes: bool = False, attribute_pool: str = "mean"):
+    def __init__(self, dim: int, attributes: bool = False, attribute_pool: str = "mean", sign_words: bool = False):
         super().__init__()
         self.attribute_pool = attribute_pool
         self.sizes = (len(KIND_IDS) + 1, len(COLOR_IDS) + 1, len(SIZE_IDS) + 1)
@@ -207,6 +219,9 @@ class GroundingHeads(nn.Module):
         # (created only when asked: a head that is never trained must not shift the initial weights)
         self.attribute_sizes = tuple(len(v) for v in ATTRIBUTES.values()) * 2
         self.attributes = nn.Linear(2 * dim, sum(self.attribute_sizes)) if attributes else None
+        # a sign's word from each of the sign's own patches: at 128 px a letter is ~7 px, so the word is
+        # in 2–6 patches and nowhere else; a read-out there asks the tower to keep it where it is
+        self.words = nn.Linear(dim, len(WORD_IDS)) if sign_words else None
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``x1``, ``x2``: [B, N, d] features of the before / after images. Returns the named losses."""
@@ -219,6 +234,13 @@ class GroundingHeads(nn.Module):
                 loss = F.cross_entropy(logits.reshape(B * N, -1), flat(targets[f"{name}_{k}"]).reshape(-1),
                                        ignore_index=IGNORE_INDEX)
                 losses[name] = losses.get(name, 0) + loss / 2
+        if self.words is not None and "word_patch_0" in targets:
+            target = torch.stack([flat(targets["word_patch_0"]), flat(targets["word_patch_1"])], 1)  # [B, 2, N]
+            logits = self.words(torch.stack([x1, x2], 1))  # [B, 2, N, W]
+            # a batch without a visible sign adds 0, not NaN, and keeps the key (log.csv's columns)
+            losses["sign_word"] = (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                   ignore_index=IGNORE_INDEX) * SIGN_WORD_WEIGHT
+                                   if (target != IGNORE_INDEX).any() else logits.sum() * 0)
         h = self.pair(torch.cat([x1, x2, x1 - x2], -1))  # [B, N, d]
         out = self.patch_out(h)
         changed = torch.stack([flat(targets["changed_0"]), flat(targets["changed_1"])], -1)  # [B, N, 2]
@@ -257,10 +279,11 @@ class GroundedCaptioner(nn.Module):
     ordered before₀, after₀, …), for M3Diff and the no-MDP twin alike.
     """
 
-    def __init__(self, model: nn.Module, dim: int, attributes: bool = False, attribute_pool: str = "mean"):
+    def __init__(self, model: nn.Module, dim: int, attributes: bool = False, attribute_pool: str = "mean",
+                 sign_words: bool = False):
         super().__init__()
         self.model = model
-        self.heads = GroundingHeads(dim, attributes, attribute_pool)
+        self.heads = GroundingHeads(dim, attributes, attribute_pool, sign_words)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._features: list[torch.Tensor] = []
         inner.model.multi_modal_projector.register_forward_pre_hook(self._capture)

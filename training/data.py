@@ -170,12 +170,14 @@ def _where(box, width: int, height: int) -> str:
     return f"at the {row}" if col == "middle" else f"at the {row} {col}"
 
 
-def scene_description(objects: list[dict], width: int, height: int, details: bool = True) -> str:
+def scene_description(objects: list[dict], width: int, height: int, details: bool = True,
+                      sign_words: bool = False) -> str:
     """'A small red cube at the top left, three large blue balls in the middle, a white sign reading
     SALT on the right and a person in green waving with one hand at the bottom.' — objects (a counting
     group as one phrase with its number) read top to bottom, then left to right, with the word of a
     sign, the heading of an arrow and the pose of a figure when the record has them. ``details=False``:
-    each object on its own, with none of these (the shipped model's scene descriptions)."""
+    each object on its own, with none of these (the shipped model's scene descriptions);
+    ``sign_words``: a sign's word even then."""
     from m3diff.data.synth.captions import DIRECTION_WORDS, NOUNS, NUMBERS, PLURALS, POSE_WORDS
 
     groups: dict[tuple, list[dict]] = {}
@@ -189,7 +191,7 @@ def scene_description(objects: list[dict], width: int, height: int, details: boo
         if o["kind"] == "figure":
             what = f"a person in {o['color']}" + (f" {POSE_WORDS[o['pose']][0]}" if details and o.get("pose") in POSE_WORDS else "")
         elif o["kind"] == "sign":
-            what = "a white sign" + (f" reading {o['text']}" if details and o.get("text") else "")
+            what = "a white sign" + (f" reading {o['text']}" if (details or sign_words) and o.get("text") else "")
         elif len(members) > 1:
             what = f"{NUMBERS.get(len(members), len(members))} {o['size']} {o['color']} {PLURALS.get(noun, noun + 's')}"
         else:
@@ -204,7 +206,8 @@ def scene_description(objects: list[dict], width: int, height: int, details: boo
     return text[:1].upper() + text[1:] + "."
 
 
-def scene_samples(samples: list[Sample], share: float, seed: int, details: bool = True) -> list[Sample]:
+def scene_samples(samples: list[Sample], share: float, seed: int, details: bool = True,
+                  sign_words: bool = False) -> list[Sample]:
     """``share`` × len(samples) scene-description samples (the alignment task that teaches the LLM
     to read image tokens, as LLaVA's first stage does), drawn from the pairs that carry object ground
     truth, each about one image of its pair."""
@@ -226,6 +229,6 @@ def scene_samples(samples: list[Sample], share: float, seed: int, details: bool 
         with Image.open(s.before if which == 0 else s.after) as im:  # the header only
             w, h = im.size
         out.append(Sample(f"{s.id}#scene{which}", s.before, s.after,
-                          scene_description(objects, w, h, details), instruction=SCENE_INSTRUCTIONS[which],
+                          scene_description(objects, w, h, details, sign_words), instruction=SCENE_INSTRUCTIONS[which],
                           change_types=s.change_types, regions=s.regions, objects=s.objects))
     return out

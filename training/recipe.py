@@ -102,6 +102,9 @@ class GroundingRecipe:
     # where the attribute heads read: "mean" of every patch (what the MDP must broadcast to every token)
     # or "change": weighted by the pairs head's predicted change map (what the changed patches hold)
     attribute_pool: str = "mean"
+    # the changed-or-not sign's word read out from each of the sign's own patches (not the mean), and scene
+    # descriptions that name it ("a white sign reading SALT"): the word an ocr caption must get right
+    sign_words: bool = False
     # answers of generated pairs open with how many things changed ("Three changes."; m3diff.opening), so
     # the model decides the count once, up front, and its end-of-caption decisions can read it back; the
     # model's config gets caption_opening "count", and the pipeline takes the sentence off its captions

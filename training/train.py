@@ -247,7 +247,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         samples = count_first(samples)
     if recipe.grounding is not None:
         samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed,
-                                 details=recipe.grounding.attributes)
+                                 details=recipe.grounding.attributes, sign_words=recipe.grounding.sign_words)
     val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
     sampler = StepSampler(len(samples), recipe.batch.global_batch, recipe.batch.per_device_batch, recipe.seed)
     total = max_steps or recipe.max_steps or max(1, int(recipe.epochs * sampler.steps_per_epoch))
@@ -266,7 +266,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         vision = base_model(model).config.vision_config
         geometry = ModelGrid(vision.image_size, vision.patch_size)
         model = GroundedCaptioner(model, vision.hidden_size, attributes=recipe.grounding.attributes,
-                                  attribute_pool=recipe.grounding.attribute_pool)
+                                  attribute_pool=recipe.grounding.attribute_pool,
+                                  sign_words=recipe.grounding.sign_words)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = Collator(processor, recipe.data.instruction, geometry)

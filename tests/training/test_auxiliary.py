@@ -137,3 +137,73 @@ def test_attribute_heads_read_the_mean_or_the_predicted_change_map(generated_sam
     assert grad.abs().sum() > 0
     assert torch.allclose(per_weight, per_weight[:, :1].expand_as(per_weight), atol=1e-6, rtol=1e-4)
     assert (w.std(1) > 0).all()  # a change map that is not flat, so the two pools differ
+
+
+def test_sign_word_targets_sit_on_the_signs_own_patches_and_name_its_word(generated_samples):
+    from m3diff.data.synth.scene import SIGN_WORDS
+
+    grid = ModelGrid(64, 16)
+    signs = ocr = 0
+    for s in generated_samples:
+        t = pair_targets(s, grid, 64, 64)
+        for k, image in enumerate(("before", "after")):
+            labels = t[f"word_patch_{k}"]
+            words = [o["text"] for o in s.objects[image] if o["kind"] == "sign"]
+            asked = labels[labels != -100]
+            # every asked patch names one of this image's signs, and an image without a sign asks nothing
+            assert {SIGN_WORDS[int(i)] for i in asked} <= set(words), s.id
+            if not words:
+                assert asked.numel() == 0, s.id
+            for o in s.objects[image]:
+                if o["kind"] == "sign" and asked.numel():
+                    signs += 1
+                    cover = grid.cover(o["box"], 64, 64)
+                    assert (labels[cover & (labels != -100)] == SIGN_WORDS.index(o["text"])).all(), s.id
+        if s.change_types == ("ocr",):  # a changed sign: the two images ask for the two words the caption says
+            before = {SIGN_WORDS[int(i)] for i in t["word_patch_0"][t["word_patch_0"] != -100]}
+            after = {SIGN_WORDS[int(i)] for i in t["word_patch_1"][t["word_patch_1"] != -100]}
+            if before and after:
+                assert before != after and all(w in s.answer for w in before | after), s.id
+                ocr += 1
+    assert signs > 20 and ocr > 3
+
+
+def test_the_sign_word_head_exists_only_when_asked_and_reads_only_the_signs_patches(generated_samples):
+    from training.auxiliary import GroundingHeads
+
+    targets = collate_targets([pair_targets(s, ModelGrid(64, 16), 64, 64) for s in generated_samples[:48]])
+    x1, x2 = torch.randn(48, 16, 8, requires_grad=True), torch.randn(48, 16, 8)
+    torch.manual_seed(0)
+    plain = GroundingHeads(8)
+    assert "sign_word" not in plain(x1, x2, targets) and plain.words is None
+    torch.manual_seed(0)
+    heads = GroundingHeads(8, sign_words=True)
+    # no new head changes the others' initial weights: the ablation starts from the same point
+    assert all(torch.equal(v, heads.state_dict()[k]) for k, v in plain.state_dict().items())
+    heads(x1, x2, targets)["sign_word"].backward()
+    asked = (targets["word_patch_0"] != -100).reshape(48, 16)
+    assert asked.any()
+    touched = x1.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, asked)  # the word is asked of the sign's patches, nowhere else
+    assert heads.words.weight.grad.abs().sum() > 0
+
+
+def test_a_batch_without_a_sign_adds_a_zero_sign_word_loss():
+    from training.auxiliary import FACTS, GroundingHeads
+
+    targets = {f"{n}_{k}": torch.zeros(2, 2, 2, dtype=torch.long) for n in ("kind", "color", "size", "ptype") for k in (0, 1)}
+    targets |= {f"changed_{k}": torch.zeros(2, 2, 2) for k in (0, 1)}
+    targets |= {f"word_patch_{k}": torch.full((2, 2, 2), -100) for k in (0, 1)}
+    targets |= {"types": torch.zeros(2, 12), "facts_0": torch.zeros(2, FACTS), "facts_1": torch.zeros(2, FACTS)}
+    losses = GroundingHeads(8, sign_words=True)(torch.randn(2, 4, 8), torch.randn(2, 4, 8), targets)
+    assert losses["sign_word"].item() == 0 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_scene_descriptions_can_name_the_signs_word_alone():
+    from training.data import scene_description
+
+    objects = [{"kind": "sign", "color": "white", "size": "large", "box": [40, 40, 70, 60], "text": "SALT"},
+               {"kind": "arrow", "color": "blue", "size": "small", "box": [100, 0, 120, 10], "direction": "left"}]
+    text = scene_description(objects, 128, 128, details=False, sign_words=True)
+    assert "a white sign reading SALT" in text and "pointing" not in text
+    assert "SALT" not in scene_description(objects, 128, 128, details=False)

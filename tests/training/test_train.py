@@ -297,3 +297,20 @@ def test_count_first_opens_generated_answers_and_marks_the_model(synth_data, tmp
     plain = load_recipe(TINY, ["max_steps=1", "data.val_pairs=0", "grounding={weight: 1.0}"])
     _train(plain, synth_data, tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / "model" / "config.json").read_text()).get("caption_opening") is None
+
+
+def test_sign_words_train_a_per_patch_word_loss_and_leave_the_model_plain(synth_data, tmp_path):
+    import csv
+    import json
+
+    recipe = load_recipe(TINY, ["max_steps=2", "log_every=1", "data.val_pairs=0", "grounding={sign_words: true}"])
+    _train(recipe, synth_data, tmp_path / "run")
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["aux_sign_word"]) >= 0 for r in rows)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["grounding"]["sign_words"] is True
+    # the head is training-only: the saved model has the same weights' names as one trained without it
+    plain = load_recipe(TINY, ["max_steps=1", "data.val_pairs=0", "grounding={weight: 1.0}"])
+    _train(plain, synth_data, tmp_path / "plain")
+    saved = {name: set(load_file(str(tmp_path / name / "model" / "model.safetensors"))) for name in ("run", "plain")}
+    assert saved["run"] == saved["plain"]
