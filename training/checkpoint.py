@@ -30,6 +30,28 @@ class TrainingDiverged(ValueError):
     """A non-finite loss or gradient: training stops before the optimizer step that would spread it."""
 
 
+class MemoryLimitReached(RuntimeError):
+    """The process's resident memory passed the run's limit; the step it reached is checkpointed.
+
+    ``fresh``: it happened at the first step this process ran, so a new process would not help."""
+
+    def __init__(self, step: int, rss_gb: float, limit_gb: float, fresh: bool):
+        self.step, self.rss_gb, self.limit_gb, self.fresh = step, rss_gb, limit_gb, fresh
+        super().__init__(f"memory {rss_gb:.1f} GB passed the limit of {limit_gb:g} GB at step {step} "
+                         f"(checkpointed: --resume continues the same schedule)")
+
+
+def resident_gb() -> float | None:
+    """This process's resident memory now (not its peak), or None where the system does not say."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def non_finite(tensors: dict) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity."""
     return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -24,8 +26,26 @@ def register(subparsers) -> None:
     p.add_argument("--stop-at", type=int, default=None, metavar="N",
                    help="stop after step N (checkpointed) and save the model as it is then in OUT/model: run a "
                         "long schedule in pieces and evaluate part-way; --resume continues the same schedule")
+    p.add_argument("--memory-limit", type=float, default=None, metavar="GB",
+                   help="when the process's resident memory passes GB, checkpoint and continue the same schedule in "
+                        "a fresh process (several processes: checkpoint and stop; --resume continues). Long CPU runs "
+                        "have at times started to grow by ~50 MB a step and stalled at the machine's limit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
+
+
+def resume_argv(args: argparse.Namespace) -> list[str]:
+    """The command line that continues this run where its last checkpoint left it."""
+    argv = [sys.executable, "-m", "m3diff", "train", "--recipe", args.recipe, "--out", str(args.out), "--resume"]
+    if args.data:
+        argv += ["--data", *args.data]
+    for override in args.overrides:
+        argv += ["--set", override]
+    for flag, value in (("--max-steps", args.max_steps), ("--stop-at", args.stop_at),
+                        ("--memory-limit", args.memory_limit)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--quiet"] if args.quiet else [])
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -37,11 +57,22 @@ def _train(args: argparse.Namespace) -> int:
         recipe.check_data(args.data)
     except RecipeError as exc:
         raise CLIError(str(exc)) from None
+    from training.checkpoint import MemoryLimitReached
     from training.train import train
 
+    if args.memory_limit is not None and args.memory_limit <= 0:
+        raise CLIError(f"--memory-limit must be a positive number of GB, got {args.memory_limit:g}")
     try:
         result = train(recipe, args.data, args.out, resume=args.resume, max_steps=args.max_steps,
-                       stop_at_step=args.stop_at, export_at_stop=args.stop_at is not None, quiet=args.quiet)
+                       stop_at_step=args.stop_at, export_at_stop=args.stop_at is not None, quiet=args.quiet,
+                       memory_limit_gb=args.memory_limit)
+    except MemoryLimitReached as exc:
+        if exc.fresh:
+            raise CLIError(f"{exc}; a fresh process already needs that much, so raise --memory-limit") from None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher owns the processes: stop them all
+            raise CLIError(f"{exc}; run the same command with --resume") from None
+        print(f"m3diff train: {exc}; continuing in a fresh process", file=sys.stderr, flush=True)
+        os.execv(sys.executable, resume_argv(args))
     except (RecipeError, FileExistsError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if result.model_dir is not None:

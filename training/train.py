@@ -197,8 +197,14 @@ def quick_scores(pairs, captions) -> dict:
 
 # ------------------------------------------------------------------------------------------ the loop
 def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_steps: int | None = None,
-          stop_at_step: int | None = None, export_at_stop: bool = False, quiet: bool = False) -> TrainResult:
+          stop_at_step: int | None = None, export_at_stop: bool = False, quiet: bool = False,
+          memory_limit_gb: float | None = None) -> TrainResult:
     """Train as the recipe says.
+
+    ``memory_limit_gb``: when a process's resident memory passes it, the step reached is checkpointed and
+    ``MemoryLimitReached`` raised (``m3diff train --memory-limit`` then resumes in a fresh process). Long
+    CPU runs have, a few times, started to grow by ~50 MB a step after thousands of steady ones and
+    stalled the machine at its limit, while the same run resumed from a checkpoint held 2 GB.
 
     ``stop_at_step`` ends the run there, checkpointed, as a kill would; with ``export_at_stop`` the model
     as it is at that step is also saved (merged, with its card) so a long schedule can be evaluated
@@ -209,8 +215,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
     from m3diff.processing import PairProcessor
     from training.checkpoint import (
-        TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint, load_checkpoint,
-        save_checkpoint,
+        MemoryLimitReached, TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint,
+        load_checkpoint, resident_gb, save_checkpoint,
     )
     from training.data import Collator, StepSampler, count_first, load_samples, load_val_pairs, scene_samples
 
@@ -352,6 +358,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     bar = tqdm(total=total, initial=step, desc=recipe.name, disable=quiet or not accelerator.is_main_process,
                dynamic_ncols=True)
     last_loss, tick, tokens_seen = float("nan"), time.time(), 0
+    first_step = step + 1
+    if memory_limit_gb is not None and resident_gb() is None:
+        raise ValueError("a memory limit needs the process's resident memory, which this system does not report "
+                         "(/proc/self/statm)")
     while step < total and not stopped():
         micro = [collate([samples[i] for i in idx]) for idx in sampler.micro_batches(step, rank, world)]
         micro = [b.to(accelerator.device) for b in micro]
@@ -417,9 +427,19 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                 tick, tokens_seen = now, 0
         if recipe.eval_every and step % recipe.eval_every == 0 and step < total:
             evaluate(step)
-        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total or stopped():
+        over = None
+        if memory_limit_gb is not None and step < total:
+            # every process learns the largest one's memory, so all stop at the same step
+            rss = accelerator.reduce(torch.tensor(resident_gb(), device=accelerator.device), "max").item()
+            over = rss if rss > memory_limit_gb else None
+        if (recipe.checkpoint_every and step % recipe.checkpoint_every == 0) or step == total or stopped() or over:
             save_checkpoint(ckpt_root, step, model, optimizer, scheduler, {"meta": meta}, accelerator,
                             recipe.keep_checkpoints)
+        if over:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            raise MemoryLimitReached(step, over, memory_limit_gb, fresh=step == first_step)
     bar.close()
 
     # -- the end (or a stop): evaluate, merge LoRA, save model + processor + card -------------------

@@ -314,3 +314,61 @@ def test_sign_words_train_a_per_patch_word_loss_and_leave_the_model_plain(synth_
     _train(plain, synth_data, tmp_path / "plain")
     saved = {name: set(load_file(str(tmp_path / name / "model" / "model.safetensors"))) for name in ("run", "plain")}
     assert saved["run"] == saved["plain"]
+
+
+def test_a_run_over_its_memory_limit_checkpoints_the_step_and_resume_finishes_it(synth_data, tmp_path, capsys):
+    from m3diff.cli import main
+    from training.checkpoint import MemoryLimitReached
+
+    recipe = load_recipe(TINY, ["max_steps=3", "checkpoint_every=0", "data.val_pairs=0"])
+    with pytest.raises(MemoryLimitReached) as caught:  # any process holds more than a kilobyte
+        _train(recipe, synth_data, tmp_path / "lib", memory_limit_gb=1e-6)
+    assert caught.value.step == 1 and caught.value.fresh and caught.value.rss_gb > 0.05
+    assert (tmp_path / "lib" / "checkpoints" / "step-000001").is_dir()  # saved although checkpoint_every is 0
+    done = _train(recipe, synth_data, tmp_path / "lib", resume=True)
+    assert done.step == 3 and done.model_dir is not None
+
+    # through the command: a limit no fresh process can keep is a clear error, with the step kept
+    out = tmp_path / "cli"
+    args = ["train", "--recipe", str(TINY), "--data", str(synth_data), "--out", str(out), "--max-steps", "3",
+            "--set", "data.val_pairs=0", "--quiet"]
+    assert main(args + ["--memory-limit", "0.000001"]) == 2
+    err = capsys.readouterr().err
+    assert "passed the limit of 1e-06 GB at step 1" in err and "raise --memory-limit" in err
+    assert (out / "checkpoints" / "step-000001").is_dir() and not (out / "model").exists()
+    assert main(args + ["--memory-limit", "0"]) == 2
+    assert "must be a positive number" in capsys.readouterr().err
+
+
+def test_past_its_first_step_a_run_over_the_limit_continues_in_a_fresh_process(synth_data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import subprocess
+    import sys
+
+    import training.train
+    from m3diff.cli import main
+    from training.checkpoint import MemoryLimitReached
+
+    out = tmp_path / "run"
+    args = ["train", "--recipe", str(TINY), "--data", str(synth_data), "--out", str(out), "--max-steps", "4",
+            "--set", "data.val_pairs=0", "--set", "checkpoint_every=1", "--quiet"]
+    assert main(args + ["--stop-at", "2"]) == 0  # the process that will have "grown": its step 2 is checkpointed
+
+    def grown(*a, **kw):
+        raise MemoryLimitReached(2, 7.5, 6.0, fresh=False)
+
+    def execv(path, argv):
+        raise SystemExit(("exec", path, argv))
+
+    monkeypatch.setattr(training.train, "train", grown)
+    monkeypatch.setattr("os.execv", execv)
+    with pytest.raises(SystemExit) as replaced:
+        main(args + ["--memory-limit", "6"])
+    _, path, argv = replaced.value.code
+    assert path == sys.executable and argv[:4] == [sys.executable, "-m", "m3diff", "train"]
+    assert "--resume" in argv and argv[argv.index("--memory-limit") + 1] == "6.0"
+    assert "continuing in a fresh process" in capsys.readouterr().err
+    # the command it would run continues the same run to its end
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "trained to step 4" in run.stdout and (out / "model" / "model.safetensors").is_file()
