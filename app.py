@@ -602,7 +602,9 @@ def dashboard_tab(services: Services, demo):
     for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
                   "how much the answer loss rises with the images of a random pair / of another pair of the same "
                   "scene (the honest blind gap); what it says for two identical images",
-                  "**Does the caption name the change?** Change recall and precision (%), generated references"):
+                  "**Does the caption name the change?** Change recall and precision (%), and how often it says "
+                  "what the change made of it (the sign's new word, the new colour, heading, pose or count, grew "
+                  "or shrank), generated references"):
         gr.Markdown(title)
         shown.append(gr.Dataframe(interactive=False, wrap=True))
     localization_panel(reports_state, demo)

@@ -32,6 +32,12 @@ and says its kind of change:
   cue of any kind is a described change that matches nothing.
 - **no-change pairs** (no change at all): any described change is invented; ``false_change_rate``
   is the share of such pairs whose caption describes one.
+- **the new value** (``value_recall``): for the six types whose change has one — the sign's new word
+  (ocr), the new colour, the arrow's new heading, the figure's new pose, the group's new count, and
+  whether the object grew or shrank — the share of such changes for which a clause that recalls the
+  change states the new value, and no value but the old and the new one. Recall says the caption saw
+  *that* the sign changed; this says it read *what* it says now. (A clause that swaps old and new is
+  not caught: the old value is allowed beside the new one.)
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
-from m3diff.data.synth.captions import NOUNS, PLURALS, POSE_WORDS, SIZE_WORDS
+from m3diff.data.synth.captions import DIRECTION_WORDS, NOUNS, NUMBERS, PHOTO_WORDS, PLURALS, POSE_WORDS, SIZE_WORDS
 from m3diff.data.synth.scene import COLOR_NAMES
 
 from analysis.localization import setting_of
@@ -90,9 +96,52 @@ CUES: dict[str, re.Pattern] = {k: re.compile(v) for k, v in {
 }.items()}
 _CLAUSE = re.compile(r"[.!?;]+")
 
+# -- the values a clause states (old or new) ---------------------------------------------------------
+_WORD_VALUE = re.compile(r"\b[A-Z][A-Z]+\b")  # the grammar writes a sign's word in capitals
+# a colour that is not part of an object's name ("the red cube", "the person in red", "in the yellow
+# shirt") nor of the backdrop ("on top of green grass")
+_COLOUR_VALUE = re.compile(rf"(?<!in )(?<!wearing )\b({_COLOUR_RE})\b(?! (?:stick )?(?:{_NOUN_RE}|shirt)\b)")
+_BACKDROP = re.compile("|".join(re.escape(w) for w in PHOTO_WORDS.values()))
+_DIRECTION_KEY = {p: d for d, ps in DIRECTION_WORDS.items() for p in ps}
+_DIRECTION_VALUE = re.compile(
+    r"\b(?:points?|pointing|pointed|faces|facing|aimed|to|from|of) ("
+    + "|".join(sorted(map(re.escape, _DIRECTION_KEY), key=len, reverse=True)) + r")\b")
+_POSE_KEY = {p: k for k, ps in POSE_WORDS.items() for p in ps}
+_POSE_VALUE = re.compile("|".join(sorted(map(re.escape, _POSE_KEY), key=len, reverse=True)))
+_NUMBER_KEY = {w: n for n, w in NUMBERS.items()}
+# the count a group has now: "now has three", "there are now three", "went from two to three", "three in total"
+# (not the difference: "two more pink cones", "two pink cones fewer")
+_COUNT_VALUE = re.compile(rf"\b(?:has|now|are|to) ({_NUM})\b(?! more\b)(?! (?:\w+ ){{1,3}}fewer\b)|\b({_NUM}) in total\b")
+_GREW = re.compile(r"\b(bigger|larger|grew|increased|enlarged|expanded|doubled|is now (?:large|big))\b")
+_SHRANK = re.compile(r"\b(smaller|tinier|shrank|shrunk|decreased|reduced|lost about half|is now (?:small|little))\b")
+
+
+def stated_values(type_: str, clause: str) -> set[str]:
+    """The values of a ``type_`` change that a clause (as written, not lower-cased) states: sign words,
+    colours, headings, poses, counts, or "grew" / "shrank"."""
+    low = _BACKDROP.sub(" ", _NEIGHBOUR.sub(" ", clause.lower()))
+    if type_ == "ocr":
+        return set(_WORD_VALUE.findall(clause))
+    if type_ == "color":
+        return {_colour(m.group(1)) for m in _COLOUR_VALUE.finditer(low)}
+    if type_ == "orientation":
+        return {_DIRECTION_KEY[m.group(1)] for m in _DIRECTION_VALUE.finditer(low)}
+    if type_ == "pose":
+        return {_POSE_KEY[m.group(0)] for m in _POSE_VALUE.finditer(low)}
+    if type_ == "counting":
+        return {str(_NUMBER_KEY[m.group(1) or m.group(2)]) for m in _COUNT_VALUE.finditer(low)}
+    if type_ == "size":
+        return ({"grew"} if _GREW.search(low) else set()) | ({"shrank"} if _SHRANK.search(low) else set())
+    return set()
+
 
 def clauses(caption: str) -> list[str]:
     return [c.strip() for c in _CLAUSE.split((caption or "").lower()) if c.strip()]
+
+
+def _raw_clauses(caption: str) -> list[str]:
+    """clauses() as written: a sign's word is told by its capitals."""
+    return [c.strip() for c in _CLAUSE.split(caption or "") if c.strip()]
 
 
 def mentions(clause: str) -> list[tuple[str, str | None]]:
@@ -123,6 +172,13 @@ class TrueChange:
     type: str
     objects: frozenset  # acceptable (kind, colour) names of its object(s); empty for a camera/light change
     label: str  # "red cube", "yellow pyramids", "viewpoint": for people reading a report
+    new: str | None = None  # the value it has now (stated_values' terms); None: a type without one
+    old: str | None = None  # the value it had, which a caption may state beside the new one
+
+    def value_right(self, clause: str) -> bool:
+        """Does this clause (as written) state the new value, and no value but the old and the new?"""
+        said = stated_values(self.type, clause)
+        return self.new in said and said <= {self.new, self.old}
 
     @property
     def distractor(self) -> bool:
@@ -175,8 +231,36 @@ def true_changes(record) -> list[TrueChange]:
             raise ValueError(f"pair {rid}: no object has the box of its {r['type']} change")
         names = frozenset(_name(o) for o in objs)
         k, c = _name(objs[0])
-        out.append(TrueChange(r["type"], names, k if c is None else f"{c} {k}"))
+        old, new = _old_new(r, extra["objects"])
+        out.append(TrueChange(r["type"], names, k if c is None else f"{c} {k}", new, old))
     return out
+
+
+_FIELD = {"ocr": "text", "color": "color", "orientation": "direction", "pose": "pose"}
+
+
+def _old_new(region, objects) -> tuple[str | None, str | None]:
+    """The value a change's object had and has (stated_values' terms), where its type has one."""
+    t = region["type"]
+    before = _objects_at(region.get("before"), objects["before"])
+    after = _objects_at(region.get("after"), objects["after"])
+    if t in _FIELD and before and after:
+        return before[0].get(_FIELD[t]), after[0].get(_FIELD[t])
+    if t == "size" and before and after:
+        grew = (after[0]["size"], before[0]["size"]) == ("large", "small") or (
+            after[0]["size"] == before[0]["size"] and _area(after[0]["box"]) > _area(before[0]["box"]))
+        return None, "grew" if grew else "shrank"
+    if t == "counting":  # the region holds the members added or dropped; the group is their kind and colour
+        members = [(o["kind"], o["color"]) for o in before or after]
+        if members:  # the most common name inside the box: another object may lie within it too
+            group = max(dict.fromkeys(members), key=members.count)
+            n = [sum((o["kind"], o["color"]) == group for o in objects[i]) for i in ("before", "after")]
+            return str(n[0]), str(n[1])
+    return None, None
+
+
+def _area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 # -- one caption against its pair --------------------------------------------------------------------
@@ -186,9 +270,11 @@ class ChangeHit:
     object: str
     named: bool  # some clause names the object
     recalled: bool  # some clause names the object and says this kind of change
+    value_right: bool | None = None  # a recalling clause states the new value; None: no value to state
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "object": self.object, "named": self.named, "recalled": self.recalled}
+        return {"type": self.type, "object": self.object, "named": self.named, "recalled": self.recalled,
+                "value_right": self.value_right}
 
 
 @dataclass(frozen=True)
@@ -244,8 +330,9 @@ def score_caption(caption: str, record) -> PairChanges:
     domain = extra.get("domain", getattr(record, "domain", ""))
     truth = true_changes(record)
     present = set(types)
-    described = []
-    for clause in clauses(caption):
+    described, written = [], {}
+    for clause, raw in zip(clauses(caption), _raw_clauses(caption)):
+        written[clause] = raw
         names = mentions(clause)
         cues = cue_types(clause)
         if not names:
@@ -268,7 +355,9 @@ def score_caption(caption: str, record) -> PairChanges:
             hits.append(ChangeHit(t.type, t.label, rec, rec))
             continue
         said = [d for d in described if t.objects & set(d.names)]
-        hits.append(ChangeHit(t.type, t.label, bool(said), any(t.type in d.types for d in said)))
+        recalling = [d for d in said if t.type in d.types]
+        right = None if t.new is None else any(t.value_right(written[d.clause]) for d in recalling)
+        hits.append(ChangeHit(t.type, t.label, bool(said), bool(recalling), right))
     return PairChanges(rid, domain, setting_of(types, bool(extra.get("no_change"))), types, tuple(hits), tuple(described))
 
 
@@ -282,6 +371,8 @@ class ChangeScore:
     n_described: int
     precision: float | None  # matched / described changes
     invented: int  # described changes that match no true change
+    n_valued: int = 0  # true changes whose type has a new value to state
+    value_recall: float | None = None  # of those, the share whose new value a recalling clause states
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -293,9 +384,11 @@ def _score(rows: list[PairChanges], type_: str | None = None) -> ChangeScore:
     desc = [d for r in rows for d in r.described
             if type_ is None or (d.matched or (d.types[0] if d.types else None)) == type_]
     ok = sum(d.matched is not None for d in desc)
+    valued = [h for h in hits if h.value_right is not None]
     return ChangeScore(len(rows), len(hits), sum(h.recalled for h in hits) / len(hits) if hits else None,
                        sum(h.named for h in hits) / len(hits) if hits else None, len(desc),
-                       ok / len(desc) if desc else None, len(desc) - ok)
+                       ok / len(desc) if desc else None, len(desc) - ok, len(valued),
+                       sum(h.value_right for h in valued) / len(valued) if valued else None)
 
 
 @dataclass

@@ -217,8 +217,9 @@ def grounding_table(reports: dict[str, dict]):
 
 
 def changes_table(reports: dict[str, dict]):
-    """Does the caption name each true change? Change recall / precision per change type and run, from
-    the `changes` section `m3diff eval` writes for generated references (analysis.changes)."""
+    """Does the caption name each true change, and say what it is now? Change recall / precision and the
+    new value said (sign word, colour, heading, pose, count, grew or shrank) per change type and run,
+    from the `changes` section `m3diff eval` writes for generated references (analysis.changes)."""
     import pandas as pd
 
     runs = {}
@@ -237,6 +238,8 @@ def changes_table(reports: dict[str, dict]):
             prefix = f"{run}: " if len(runs) > 1 else ""
             row[f"{prefix}recall %"] = pct(None if cell is None else cell.get("recall"))
             row[f"{prefix}precision %"] = pct(None if cell is None else cell.get("precision"))
+            # reports written before the value was measured lack the key: "—", not 0
+            row[f"{prefix}new value said %"] = pct(None if cell is None else cell.get("value_recall"))
         if any(v != "—" for k, v in row.items() if k != "slice"):
             rows.append(row)
     return pd.DataFrame(rows)

@@ -125,13 +125,15 @@ def test_grounding_and_change_tables_show_what_the_reports_carry():
     checks = {"distinct_share": 0.5, "loss_true": 1.0, "random_gap": 0.3, "same_scene_gap": 0.05,
               "no_change_share": 1.0, "passed": False, "flags": ["same-scene swap raises the answer loss by +5.0%"]}
     rep = {"grounding": {"models": {"m3diff": checks}},
-           "changes": {"m3diff": {"overall": {"recall": 0.25, "precision": 0.5},
+           "changes": {"m3diff": {"overall": {"recall": 0.25, "precision": 0.5, "value_recall": 0.125},
                                   "per_type": {"color": {"recall": 0.1, "precision": None}}}}}
     g = grounding_table({"a": rep, "b": rep})  # the same model in two reports is one row
     assert len(g) == 1 and g.loc[0, "same-scene swap"] == "+5.0%" and g.loc[0, "checks"].startswith("flagged")
     c = changes_table({"a": rep})
     assert list(c["slice"]) == ["overall", "color"]
     assert c.loc[0, "recall %"] == "25.0" and c.loc[1, "precision %"] == "—"
+    # an older report without the new-value measure shows "—", not 0
+    assert c.loc[0, "new value said %"] == "12.5" and c.loc[1, "new value said %"] == "—"
     assert "not in the loaded reports" in grounding_table({"a": {}}).iloc[0, 0]
 
 
