@@ -271,10 +271,16 @@ class ChangeHit:
     named: bool  # some clause names the object
     recalled: bool  # some clause names the object and says this kind of change
     value_right: bool | None = None  # a recalling clause states the new value; None: no value to state
+    old: str | None = None  # the true values before and after (TrueChange's)
+    new: str | None = None
+    stated: tuple[str, ...] = ()  # the values the recalling clauses state
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "object": self.object, "named": self.named, "recalled": self.recalled,
-                "value_right": self.value_right}
+        out = {"type": self.type, "object": self.object, "named": self.named, "recalled": self.recalled,
+               "value_right": self.value_right}
+        if self.new is not None:
+            out |= {"old": self.old, "new": self.new, "stated": list(self.stated)}
+        return out
 
 
 @dataclass(frozen=True)
@@ -357,7 +363,8 @@ def score_caption(caption: str, record) -> PairChanges:
         said = [d for d in described if t.objects & set(d.names)]
         recalling = [d for d in said if t.type in d.types]
         right = None if t.new is None else any(t.value_right(written[d.clause]) for d in recalling)
-        hits.append(ChangeHit(t.type, t.label, bool(said), bool(recalling), right))
+        stated = sorted({v for d in recalling for v in stated_values(t.type, written[d.clause])}) if t.new else []
+        hits.append(ChangeHit(t.type, t.label, bool(said), bool(recalling), right, t.old, t.new, tuple(stated)))
     return PairChanges(rid, domain, setting_of(types, bool(extra.get("no_change"))), types, tuple(hits), tuple(described))
 
 

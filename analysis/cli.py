@@ -166,8 +166,11 @@ def run_eval(args) -> int:
         # generated references know every change: does each caption name it, and invent none?
         from analysis.changes import evaluate_changes
 
-        rep["changes"] = {name: evaluate_changes(dict(zip(al.ids, al.hyps)), al.pairs)[0].to_dict()
-                          for name, (al, _) in aligned.items()}
+        rep["changes"] = {}
+        for name, (al, _) in aligned.items():
+            summary, rows = evaluate_changes(dict(zip(al.ids, al.hyps)), al.pairs)
+            # per pair too: the Errors tab shows which changes a caption named and what it said of them
+            rep["changes"][name] = summary.to_dict() | {"pairs": {r.id: [h.to_dict() for h in r.truth] for r in rows}}
     if any("regions" in p.extra for p in pairs):
         _add_evidence(rep, pairs, aligned, args.refs)
     if args.grounding:

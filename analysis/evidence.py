@@ -205,6 +205,33 @@ def hit_line(report: dict, record: dict) -> str:
     return "**Pointing** (the map's peak inside a true box): " + " · ".join(cells)
 
 
+def change_lines(report: dict, record: dict) -> str:
+    """Markdown: which of this pair's true changes the caption named, and whether it said the new value
+    (the report's ``changes`` section, generated references only; "" where there is none)."""
+    section = report.get("changes") or {}
+    run = (report.get("meta") or {}).get("run")
+    changes = section.get(run) or (next(iter(section.values())) if len(section) == 1 else None)
+    if not changes:
+        return ""
+    if "pairs" not in changes:
+        return "_This report predates per-pair change scores: run `m3diff eval` again to see them here._"
+    hits = changes["pairs"].get(record["id"])
+    if hits is None:
+        return ""
+    if not hits:
+        return "**Changes**: none to name (the pair did not change)."
+    lines = ["**Changes** (the generator's truth: did the caption name each change, and say what it is now?)"]
+    for h in hits:
+        line = f"- {h['type']} · {h['object']}: " + ("named" if h["recalled"] else
+                                                     "object named, not the change" if h["named"] else "not named")
+        if h.get("new") is not None:
+            value = h["new"] if h.get("old") is None else f"{h['old']} → {h['new']}"
+            said = ", ".join(h.get("stated") or []) or "nothing"
+            line += f" · {value.replace('_', ' ')}: said {said.replace('_', ' ')} " + ("✓" if h["value_right"] else "✗")
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _hit(v) -> str:
     if v is None:
         return "not scored"
@@ -280,6 +307,8 @@ def error_view(report: dict | None, pair_id: str | None, describe) -> ErrorView:
         return ErrorView(None, None, None, "", "")
     record = pair_record(report, pair_id)
     text = pair_markdown(record) + "\n\n" + hit_line(report, record)
+    if changes := change_lines(report, record):
+        text += "\n\n" + changes
     pics = pair_pictures(report, record)
     if pics is None:
         return ErrorView(None, None, None, "", text + "\n\n_(the report does not say where this pair's images are)_")

@@ -55,7 +55,7 @@ def localization_section(cfg: SynthConfig, ids: list[str], model_maps=synthetic_
         pairs.append(DiffPair(pid, f"{pid}/before", f"{pid}/after", record["captions"], record["change_types"],
                               record["domain"], extra=record))
         maps_by_id[pid] = {map_name(k, l): m for (k, l), m in flatten_maps(model_maps(b, a, grid)).items()}
-        extras[pid] = {"regions": record["regions"], **({"no_change": record["no_change"]} if record.get("no_change") else {}),
+        extras[pid] = {"record": record, "regions": record["regions"], **({"no_change": record["no_change"]} if record.get("no_change") else {}),
                        "types": record["change_types"], "domain": record["domain"], "refs": record["captions"]}
     loc = evaluate_localization(maps_by_id, pairs, load=images.__getitem__)
     # the sanity check's correlations, measured on the maps: the blurred difference "survives" a weight
@@ -85,6 +85,15 @@ def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig =
                       "domain": e["domain"], "source": "synthetic", "CIDEr-D": 5.0 * i, "BLEU-4": 1.0,
                       "METEOR": 1.0, "ROUGE-L": 2.0, "SPICE": None, "regions": e["regions"],
                       **({"no_change": e["no_change"]} if "no_change" in e else {})})
+    # every other caption is the pair's own first reference, so the change scores hold hits and misses,
+    # computed by the function `m3diff eval` uses
+    for i, p in enumerate(pairs):
+        if i % 2:
+            p["caption"] = p["refs"][0]
+    from analysis.changes import evaluate_changes
+
+    summary, rows = evaluate_changes({p["id"]: p["caption"] for p in pairs}, [extras[pid]["record"] for pid in ids])
+    changes = summary.to_dict() | {"pairs": {r.id: [h.to_dict() for h in r.truth] for r in rows}}
     types = list(dict.fromkeys(t for p in pairs for t in p["types"]))
     rep = {"schema": "m3diff.eval/1",
            "meta": {"run": name, "references": references, "split": "test", "n_pairs": len(pairs),
@@ -93,7 +102,7 @@ def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig =
            "absent_types": [], "per_type": {t: slice_json(1, 10.0) for t in types},
            "per_domain": {d: slice_json(1, 10.0) for d in {p["domain"] for p in pairs}}, "per_source": {},
            "pairs": pairs, "localization": {r: v[0] for r, v in sections.items()},
-           "sanity": {r: v[1] for r, v in sections.items()}}
+           "sanity": {r: v[1] for r, v in sections.items()}, "changes": {name: changes}}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(rep), encoding="utf-8")

@@ -57,6 +57,39 @@ def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generate
     edge = np.asarray(shown)[y0:y1, x0:x0 + 2].astype(int)  # the box's left side, on the map
     assert (np.abs(edge - np.array(BOX_COLOURS[which])).sum(-1) < 40).mean() > 0.8
     assert "colour-legend" in legend and "‖P(F′1) − P(F′2)‖" in legend  # the map every model has
+    # and which true changes the caption named, with what it said of the new value
+    hits = report["changes"]["m3diff"]["pairs"][pid]
+    assert hits and "**Changes**" in text
+    for h in hits:
+        assert f"- {h['type']} · {h['object']}: " in text
+    from analysis.evidence import change_lines
+
+    own = [p for p in report["pairs"] if p["caption"] == p["refs"][0] and report["changes"]["m3diff"]["pairs"][p["id"]]]
+    assert own  # a caption that is the pair's own reference names every change and says each new value
+    for p in own:
+        lines = change_lines(report, p)
+        assert "not named" not in lines and "✗" not in lines and lines.count("\n- ") == len(
+            report["changes"]["m3diff"]["pairs"][p["id"]]), lines
+
+
+def test_the_errors_text_says_what_the_caption_said_of_each_change():
+    from analysis.evidence import change_lines
+
+    record = {"id": "p1"}
+    hits = [{"type": "ocr", "object": "sign", "named": True, "recalled": True, "value_right": False,
+             "old": "DELI", "new": "RUBY", "stated": ["PEARL"]},
+            {"type": "color", "object": "red cube", "named": True, "recalled": True, "value_right": True,
+             "old": "red", "new": "green", "stated": ["green", "red"]},
+            {"type": "addition", "object": "blue ball", "named": True, "recalled": False, "value_right": None}]
+    rep = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}, "pairs": {"p1": hits, "p2": []}}}}
+    text = change_lines(rep, record)
+    assert "- ocr · sign: named · DELI → RUBY: said PEARL ✗" in text
+    assert "- color · red cube: named · red → green: said green, red ✓" in text
+    assert "- addition · blue ball: object named, not the change" in text
+    assert "none to name" in change_lines(rep, {"id": "p2"})
+    old = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}}}}
+    assert "run `m3diff eval` again" in change_lines(old, record)
+    assert change_lines({"meta": {"run": "m3diff"}}, record) == ""  # real data: no truth to compare with
 
 
 def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):
@@ -159,6 +192,7 @@ def test_the_shipped_reports_carry_their_evidence_and_their_pairs_are_redrawn_as
         loc = run_localization(rep)
         assert loc is not None and loc["pairs"] and "feature_difference" in loc["summary"]["maps"], path
         assert run in rep["sanity"] and rep["sanity"][run]["steps"], path
+        assert len(rep["changes"][run]["pairs"]) == rep["overall"]["n"], path  # the Errors tab's change lines
         scored = [p for p in rep["pairs"] if p["id"] in loc["pairs"]][:3]
         for record in scored:
             pictures = pair_pictures(rep, record)
