@@ -225,9 +225,10 @@ def change_lines(report: dict, record: dict) -> str:
         line = f"- {h['type']} · {h['object']}: " + ("named" if h["recalled"] else
                                                      "object named, not the change" if h["named"] else "not named")
         if h.get("new") is not None:
-            value = h["new"] if h.get("old") is None else f"{h['old']} → {h['new']}"
-            said = ", ".join(h.get("stated") or []) or "nothing"
-            line += f" · {value.replace('_', ' ')}: said {said.replace('_', ' ')} " + ("✓" if h["value_right"] else "✗")
+            value = (h["new"] if h.get("old") is None else f"{h['old']} → {h['new']}").replace("_", " ")
+            said = ", ".join(h.get("stated") or []).replace("_", " ") or "nothing"
+            # the verdict only where the change was named: an unnamed change has no value said
+            line += (f" · {value}: said {said} " + ("✓" if h["value_right"] else "✗")) if h["recalled"] else f" ({value})"
         lines.append(line)
     return "\n".join(lines)
 

@@ -80,12 +80,15 @@ def test_the_errors_text_says_what_the_caption_said_of_each_change():
              "old": "DELI", "new": "RUBY", "stated": ["PEARL"]},
             {"type": "color", "object": "red cube", "named": True, "recalled": True, "value_right": True,
              "old": "red", "new": "green", "stated": ["green", "red"]},
-            {"type": "addition", "object": "blue ball", "named": True, "recalled": False, "value_right": None}]
+            {"type": "addition", "object": "blue ball", "named": True, "recalled": False, "value_right": None},
+            {"type": "pose", "object": "person in red", "named": False, "recalled": False, "value_right": False,
+             "old": "standing", "new": "arms_up", "stated": []}]
     rep = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}, "pairs": {"p1": hits, "p2": []}}}}
     text = change_lines(rep, record)
     assert "- ocr · sign: named · DELI → RUBY: said PEARL ✗" in text
     assert "- color · red cube: named · red → green: said green, red ✓" in text
     assert "- addition · blue ball: object named, not the change" in text
+    assert "- pose · person in red: not named (standing → arms up)" in text
     assert "none to name" in change_lines(rep, {"id": "p2"})
     old = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}}}}
     assert "run `m3diff eval` again" in change_lines(old, record)
