@@ -120,3 +120,24 @@ def map_pointing_table(reports: dict[str, dict]) -> str:
                             f"{'–' if auroc is None else f'{auroc:.2f}'} | {pct(d.get('pointing'))} | "
                             f"{pct(d.get('energy'))} | {pct(mu.get('energy'))} |")
     return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def change_naming_table(reports: dict[str, dict]) -> str:
+    """Per change type and model: change recall, precision and the new value said (report.json's
+    ``changes``, generated references only); each model's own run from its own report. Empty when no
+    report has the section."""
+    from analysis.tables import changes_table
+
+    own = {}
+    for label, rep in reports.items():
+        run = rep.get("meta", {}).get("run")
+        section = rep.get("changes") or {}
+        if run in section:
+            own[label] = {"changes": {label: section[run]}}
+    if not own:
+        return ""
+    frame = changes_table(own)
+    head = list(frame.columns)
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    rows += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(rows)

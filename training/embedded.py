@@ -165,7 +165,7 @@ def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, com
                size_mb: float, twin_shipped: bool, notes: str = "", steps: int | None = None,
                dest_run: Path | None = None) -> Path:
     from analysis.tables import localization_notes
-    from training.card import comparison_table, map_pointing_table, report_tables
+    from training.card import change_naming_table, comparison_table, map_pointing_table, report_tables
 
     r = run_json["recipe"]
     total = int(run_json["total_steps"])
@@ -233,6 +233,14 @@ undone. Sanity check (maps of the same model with the MDP, then also the vision 
 and how peaked the maps are on pairs where nothing changed:
 
 {localization_notes(reports)}
+
+### Does it name the change, and say what it became? (`m3diff eval`'s changes section)
+
+{change_naming_table(reports) or '(the reports have no changes section: evaluate on generated references)'}
+
+Recall: the true changes a clause names by object and kind of change; precision: the described changes
+that are true; new value said: of the changes with a new value (a sign's word, a colour, a heading, a
+pose, a count, grew or shrank), those whose recalling clause states it (docs/analysis.md).
 
 ### The shipping bar
 

@@ -42,6 +42,7 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
     assert "ahead of the no-MDP twin (25.0 vs 20.0; no paired interval in the report): NOT met" in card
     assert "(not measured: run `m3diff probe`" in card
     assert "the reports have no localization section: predict with `--maps`" in card
+    assert "(the reports have no changes section: evaluate on generated references)" in card
     assert "m3diff train …" in card
 
 
@@ -100,3 +101,21 @@ def test_the_card_says_when_answers_open_with_a_count():
     assert "count_first" not in grounding_line(plain)
     assert "count_first" in grounding_line(counted) and "changes_counted" in grounding_line(counted)
     assert grounding_line({"grounding": None}) == "none: caption loss only"
+
+
+def test_the_cards_change_table_shows_each_models_own_run():
+    from training.card import change_naming_table
+
+    def summary(recall, value):
+        return {"overall": {"recall": recall, "precision": 0.5, "value_recall": value},
+                "per_type": {"ocr": {"recall": recall, "precision": 0.5, "value_recall": 0.0}}}
+
+    mdp = {"meta": {"run": "m3diff"}, "changes": {"m3diff": summary(0.4, 0.1), "no_mdp": summary(0.9, 0.9)}}
+    twin = {"meta": {"run": "no_mdp"}, "changes": {"no_mdp": summary(0.2, 0.05)}}
+    table = change_naming_table({"M3Diff": mdp, "twin": twin}).splitlines()
+    assert table[0] == ("| slice | M3Diff: recall % | M3Diff: precision % | M3Diff: new value said % | twin: recall % "
+                        "| twin: precision % | twin: new value said % |")
+    # the MDP report's copy of the twin's run is not shown as the MDP model's
+    assert table[2] == "| overall | 40.0 | 50.0 | 10.0 | 20.0 | 50.0 | 5.0 |"
+    assert table[3] == "| ocr | 40.0 | 50.0 | 0.0 | 20.0 | 50.0 | 0.0 |"
+    assert change_naming_table({"M3Diff": {"meta": {"run": "m3diff"}}}) == ""
