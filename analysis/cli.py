@@ -15,8 +15,10 @@ def register(subparsers) -> None:
         "eval", help="score predictions: COCO metrics overall, per change type, domain and source",
         description="Score predictions against references with pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, "
                     "SPICE when its jars are present), x100 like the papers. Every change type, domain and source "
-                    "dataset is re-scored as its own corpus, with n and bootstrap 95%% intervals. Writes report.json, "
-                    "scores.csv, table.tex (the paper's Table 3 layout) and report.html to --out.",
+                    "dataset is re-scored as its own corpus, with n and bootstrap 95% intervals. On generated "
+                    "references (m3diff synth) also: which true changes each caption names and whether it says "
+                    "their new value (per type and per pair), and where predict --maps' maps point. Writes "
+                    "report.json, scores.csv, table.tex (the paper's Table 3 layout) and report.html to --out.",
         epilog="examples:\n  m3diff eval --pred runs/pred.json --refs data/synth --split test --out runs/eval\n"
                "  m3diff eval --pred base=a.json --pred mdp=b.json --refs data/synth --split test   (deltas vs base)\n"
                "  m3diff eval --pred results.json --refs captions_test.json   (COCO results + ground truth)",
