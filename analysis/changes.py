@@ -136,11 +136,11 @@ def stated_values(type_: str, clause: str) -> set[str]:
 
 
 def clauses(caption: str) -> list[str]:
-    return [c.strip() for c in _CLAUSE.split((caption or "").lower()) if c.strip()]
+    return [c.lower() for c in _raw_clauses(caption)]
 
 
 def _raw_clauses(caption: str) -> list[str]:
-    """clauses() as written: a sign's word is told by its capitals."""
+    """The clauses as written: a sign's word is told by its capitals."""
     return [c.strip() for c in _CLAUSE.split(caption or "") if c.strip()]
 
 
@@ -175,9 +175,8 @@ class TrueChange:
     new: str | None = None  # the value it has now (stated_values' terms); None: a type without one
     old: str | None = None  # the value it had, which a caption may state beside the new one
 
-    def value_right(self, clause: str) -> bool:
-        """Does this clause (as written) state the new value, and no value but the old and the new?"""
-        said = stated_values(self.type, clause)
+    def value_right(self, said: set[str]) -> bool:
+        """Do these values, stated by one clause, hold the new value and none but the old and the new?"""
         return self.new in said and said <= {self.new, self.old}
 
     @property
@@ -337,7 +336,8 @@ def score_caption(caption: str, record) -> PairChanges:
     truth = true_changes(record)
     present = set(types)
     described, written = [], {}
-    for clause, raw in zip(clauses(caption), _raw_clauses(caption)):
+    for raw in _raw_clauses(caption):
+        clause = raw.lower()
         written[clause] = raw
         names = mentions(clause)
         cues = cue_types(clause)
@@ -362,9 +362,10 @@ def score_caption(caption: str, record) -> PairChanges:
             continue
         said = [d for d in described if t.objects & set(d.names)]
         recalling = [d for d in said if t.type in d.types]
-        right = None if t.new is None else any(t.value_right(written[d.clause]) for d in recalling)
-        stated = sorted({v for d in recalling for v in stated_values(t.type, written[d.clause])}) if t.new else []
-        hits.append(ChangeHit(t.type, t.label, bool(said), bool(recalling), right, t.old, t.new, tuple(stated)))
+        per_clause = [stated_values(t.type, written[d.clause]) for d in recalling] if t.new is not None else []
+        right = None if t.new is None else any(t.value_right(v) for v in per_clause)
+        hits.append(ChangeHit(t.type, t.label, bool(said), bool(recalling), right, t.old, t.new,
+                              tuple(sorted(set().union(*per_clause)))))
     return PairChanges(rid, domain, setting_of(types, bool(extra.get("no_change"))), types, tuple(hits), tuple(described))
 
 

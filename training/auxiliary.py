@@ -93,16 +93,13 @@ def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[s
         size = torch.zeros(g, g, dtype=torch.long)
         # larger boxes first, so a small object in front of a large one keeps its patches
         objs = sorted(sample.objects.get(image, []), key=lambda o: -(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]))
+        word = torch.full((g, g), IGNORE_INDEX, dtype=torch.long)  # only a sign's own patches are asked
         for o in objs:
             m = geometry.cover(o["box"], width, height)
             kind[m], color[m], size[m] = KIND_IDS[o["kind"]], COLOR_IDS[o["color"]], SIZE_IDS[o["size"]]
+            # any other object in front of a sign hides its word there
+            word[m] = WORD_IDS[o["text"]] if o["kind"] == "sign" and o.get("text") in WORD_IDS else IGNORE_INDEX
         out[f"kind_{k}"], out[f"color_{k}"], out[f"size_{k}"] = kind, color, size
-        word = torch.full((g, g), IGNORE_INDEX, dtype=torch.long)  # only a sign's own patches are asked
-        for o in objs:
-            if o["kind"] == "sign" and o.get("text") in WORD_IDS:
-                word[geometry.cover(o["box"], width, height)] = WORD_IDS[o["text"]]
-            elif o["kind"] != "sign":  # an object in front of a sign hides its word
-                word[geometry.cover(o["box"], width, height)] = IGNORE_INDEX
         out[f"word_patch_{k}"] = word
         changed = torch.zeros(g, g)
         ptype = torch.zeros(g, g, dtype=torch.long)
