@@ -137,7 +137,11 @@ def change_naming_table(reports: dict[str, dict]) -> str:
     if not own:
         return ""
     frame = changes_table(own)
-    head = list(frame.columns)
-    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    rows += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(rows)
+    return markdown_table(list(frame.columns), [list(map(str, row)) for row in frame.itertuples(index=False)])
+
+
+def markdown_table(head: list[str], rows: list[list[str]], left_last: bool = False) -> str:
+    """A Markdown table: the first column left-aligned, the others right (the last one left too when
+    ``left_last``: a text column)."""
+    align = "|---|" + "---:|" * (len(head) - 1 - left_last) + ("---|" if left_last else "")
+    return "\n".join(["| " + " | ".join(head) + " |", align] + ["| " + " | ".join(r) + " |" for r in rows])

@@ -89,14 +89,13 @@ def paired_delta(rep: dict) -> dict | None:
 def grounding_table(rep: dict) -> str:
     """The grounding checks of every model in the report (`m3diff probe` → `m3diff eval --grounding`)."""
     from analysis.grounding import report_rows
+    from training.card import markdown_table
 
     rows = report_rows(rep)
     if not rows:
         return "(not measured: run `m3diff probe` and `m3diff eval --grounding`)"
     head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
-    lines += ["| " + " | ".join(r[k] for k in head) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(head, [[r[k] for k in head] for r in rows], left_last=True)
 
 
 def cpu_minutes(run_dir: Path) -> float | None:
