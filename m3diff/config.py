@@ -35,6 +35,12 @@ class M3DiffConfig(LlavaOnevisionConfig):
         Attention heads of the MDP's self- and cross-attention.
     mdp_mlp_ratio (`float`, defaults to 4.0):
         Hidden width of the MDP's MLPs relative to the vision hidden size.
+    zoom_crop (`int`, defaults to 0):
+        Side in the processor's pixels of the change zoom's window (`m3diff.zoom`; ours, not the
+        paper's): a small convolutional reader of both images at the peak of their pixel difference,
+        added to every image token. `0`: no zoom (the paper's model).
+    zoom_width (`int`, defaults to 128):
+        Channels of the change zoom's reader.
     caption_opening (`str`, *optional*):
         `"count"`: the model was trained to open every caption with how many things changed ("Three
         changes."); the pipeline takes that sentence off the caption and reports the number
@@ -48,6 +54,8 @@ class M3DiffConfig(LlavaOnevisionConfig):
     mdp_depth: int = 2
     mdp_num_heads: int = 16
     mdp_mlp_ratio: float = 4.0
+    zoom_crop: int = 0
+    zoom_width: int = 128
     caption_opening: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -59,6 +67,10 @@ class M3DiffConfig(LlavaOnevisionConfig):
             raise ValueError(
                 f"mdp_layers {bad} are outside the vision tower's hidden states 1..{n_hidden}"
             )
+        if self.zoom_crop and (self.zoom_crop % 8 or self.zoom_crop < 8):
+            raise ValueError(f"zoom_crop {self.zoom_crop} must be 0 (no zoom) or a positive multiple of 8")
+        if self.zoom_width % 32:
+            raise ValueError(f"zoom_width {self.zoom_width} must be a multiple of 32 (4 heads, 8 norm groups at a quarter)")
         if self.caption_opening is not None and self.caption_opening not in OPENINGS:
             raise ValueError(f"caption_opening {self.caption_opening!r} is not one of: None, {', '.join(OPENINGS)}")
         if self.use_mdp and not isinstance(self.vision_feature_layer, int):

@@ -33,15 +33,19 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 
 from m3diff.config import M3DiffConfig
 from m3diff.mdp import MDPTrace, MultiScaleDifferentialPerception, Score
+from m3diff.zoom import ChangeZoom
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class M3DiffImageFeatures(BaseModelOutputWithPooling):
-    """``pooler_output``: per-image LLM-ready features (what LLaVA-OneVision returns); ``mdp_trace``: see MDPTrace."""
+    """``pooler_output``: per-image LLM-ready features (what LLaVA-OneVision returns); ``mdp_trace``: see
+    MDPTrace; ``zoom_boxes``: [B, 4] where the change zoom looked (x0, y0, x1, y1 in the processor's
+    pixels), when the model has one."""
 
     mdp_trace: MDPTrace | None = None
+    zoom_boxes: torch.Tensor | None = None
 
 
 def feature_difference(image_features, grid: int) -> torch.Tensor:
@@ -65,6 +69,8 @@ class M3DiffPreTrainedModel(LlavaOnevisionPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, Score):
             module.reset_bias()
+        if isinstance(module, ChangeZoom):
+            module.reset_output()
 
 
 class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
@@ -83,6 +89,8 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             if config.use_mdp
             else None
         )
+        self.zoom = (ChangeZoom(config.text_config.hidden_size, crop=config.zoom_crop, width=config.zoom_width)
+                     if config.zoom_crop else None)
         self.multi_modal_projector = LlavaOnevisionMultiModalProjector(config)
         embed_std = 1 / math.sqrt(config.text_config.hidden_size)
         self.image_newline = nn.Parameter(torch.randn(config.text_config.hidden_size, dtype=self.dtype) * embed_std)
@@ -103,22 +111,32 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
     ) -> M3DiffImageFeatures:
         kwargs.pop("return_dict", None)
         if self.mdp is None:
-            out = super().get_image_features(
+            out = M3DiffImageFeatures(**super().get_image_features(
                 pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 vision_aspect_ratio=vision_aspect_ratio, batch_num_images=batch_num_images,
                 return_dict=True, **kwargs,
-            )
-            return M3DiffImageFeatures(**out)
-        return self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs)
+            ))
+        else:
+            out = self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs)
+        if self.zoom is not None:
+            self._check_pairs(batch_num_images, "with a change zoom (zoom_crop > 0)")
+            zoomed = self.zoom(pixel_values[:, 0] if pixel_values.dim() == 5 else pixel_values)
+            out.pooler_output = [f + a.to(f.dtype) for f, a in zip(out.pooler_output, zoomed.added)]
+            out.zoom_boxes = zoomed.boxes
+        return out
 
-    def _mdp_image_features(self, pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs):
+    @staticmethod
+    def _check_pairs(batch_num_images, what: str) -> None:
         if batch_num_images is None or any(int(n) != 2 for n in batch_num_images):
             raise ValueError(
-                "M3Diff with use_mdp=True takes exactly two images (before, after) per sample; "
+                f"M3Diff {what} takes exactly two images (before, after) per sample; "
                 f"got batch_num_images={None if batch_num_images is None else [int(n) for n in batch_num_images]}. "
                 "Use m3diff.PairProcessor to build the inputs."
             )
+
+    def _mdp_image_features(self, pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs):
+        self._check_pairs(batch_num_images, "with use_mdp=True")
         if pixel_values.dim() == 5:  # [2B, patches, 3, H, W]: multi-image inputs carry one crop each
             pixel_values = pixel_values[:, 0]
         vision = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
@@ -186,6 +204,7 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
             "projector": count(inner.multi_modal_projector) + inner.image_newline.numel(),
             "language_model": count(inner.language_model) + count(self.lm_head),
             "mdp": count(inner.mdp),
+            "zoom": count(inner.zoom),
         }
         parts["total"] = sum(parts.values())
         return parts

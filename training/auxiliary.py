@@ -114,6 +114,59 @@ def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[s
         out[f"facts_{k}"] = changed_facts(sample, image, width, height)
     for name, value in changed_attributes(sample).items():
         out[name] = torch.tensor(value, dtype=torch.long)
+    for k, image in enumerate(("before", "after")):
+        out[f"zoom_objects_{k}"] = zoom_objects(sample, image, geometry, width, height)
+    return out
+
+
+# what the change zoom is asked about the object in its window (class 0 of kind / colour: no object)
+ZOOM_FIELDS = ("kind", "color", "word", "direction", "pose")
+ZOOM_SIZES = (len(KIND_IDS) + 1, len(COLOR_IDS) + 1, len(ATTRIBUTES["word"]), len(ATTRIBUTES["direction"]),
+              len(ATTRIBUTES["pose"]))
+MAX_OBJECTS = 24
+
+
+def zoom_objects(sample, image: str, geometry: ModelGrid, width: int, height: int) -> torch.Tensor:
+    """[MAX_OBJECTS, 10] float, one row per object of one image (NaN rows pad): its box in the
+    processor's pixels (x0, y0, x1, y1), whether a semantic change touched it, then its class in each
+    of ZOOM_FIELDS (IGNORE_INDEX where the field does not apply, e.g. a word for an arrow). The zoom's
+    window is only known in the forward pass, so the head picks the object there (``object_in_window``)."""
+    from analysis.localization import padded_square
+
+    side, left, top = padded_square(width, height)
+    scale = geometry.image_size / side
+    changed = [r[image] for r in sample.regions if r.get(image) and r["type"] in PATCH_TYPE_IDS]
+    rows = torch.full((MAX_OBJECTS, 5 + len(ZOOM_FIELDS)), float("nan"))
+    for i, o in enumerate(sample.objects.get(image, [])[:MAX_OBJECTS]):
+        x0, y0, x1, y1 = o["box"]
+        rows[i, :4] = torch.tensor([(x0 + left) * scale, (y0 + top) * scale, (x1 + left) * scale, (y1 + top) * scale])
+        rows[i, 4] = float(_centre_inside(o["box"], changed))
+        word = ATTRIBUTES["word"].get(o.get("text")) if o["kind"] == "sign" else None
+        direction = ATTRIBUTES["direction"].get(o.get("direction")) if o["kind"] == "arrow" else None
+        pose = ATTRIBUTES["pose"].get(o.get("pose")) if o["kind"] == "figure" else None
+        for j, value in enumerate((KIND_IDS[o["kind"]], COLOR_IDS[o["color"]], word, direction, pose)):
+            rows[i, 5 + j] = IGNORE_INDEX if value is None else value
+    return rows
+
+
+def object_in_window(objects: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """[B, len(ZOOM_FIELDS)] long: per pair, the classes of the object the window (``boxes`` [B, 4]) looks
+    at — of the objects whose centre it holds, a changed one first, then the one nearest its centre
+    (kind and colour 0: none; the rest IGNORE_INDEX)."""
+    B = objects.shape[0]
+    out = torch.full((B, len(ZOOM_FIELDS)), IGNORE_INDEX, dtype=torch.long)
+    out[:, :2] = 0
+    box = boxes.to(objects.dtype)
+    cx, cy = (objects[..., 0] + objects[..., 2]) / 2, (objects[..., 1] + objects[..., 3]) / 2  # [B, K]
+    wx, wy = ((box[:, 0] + box[:, 2]) / 2)[:, None], ((box[:, 1] + box[:, 3]) / 2)[:, None]
+    inside = (cx >= box[:, 0:1]) & (cx < box[:, 2:3]) & (cy >= box[:, 1:2]) & (cy < box[:, 3:4])  # NaN rows: False
+    # changed objects first (a changed object is what the caption is about), then nearest the centre
+    rank = (1 - torch.nan_to_num(objects[..., 4])) * 1e6 + (cx - wx) ** 2 + (cy - wy) ** 2
+    rank = torch.where(inside, rank, torch.full_like(rank, float("inf")))
+    best = rank.argmin(1)
+    found = torch.isfinite(rank.gather(1, best[:, None]))[:, 0]
+    picked = objects[torch.arange(B), best, 5:].long()
+    out[found] = picked[found]
     return out
 
 
@@ -269,6 +322,31 @@ class GroundingHeads(nn.Module):
         return losses
 
 
+class ZoomHeads(nn.Module):
+    """Linear read-outs of the change zoom's pooled features: the kind, colour, sign word, arrow heading
+    and figure pose of the object in its window, in each image — what an ocr, orientation, pose or
+    colour caption must get right, read at full resolution."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.out = nn.Linear(width, sum(ZOOM_SIZES))
+
+    def forward(self, read: torch.Tensor, boxes: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``read``: [2B, W] (images ordered before₀, after₀, …); ``boxes``: [B, 4]."""
+        total = {}
+        for k in (0, 1):
+            objects = targets[f"zoom_objects_{k}"]
+            rows = ~torch.isnan(objects).all(-1).all(-1)  # pairs with ground truth
+            want = object_in_window(objects, boxes).to(read.device)
+            want[~rows] = IGNORE_INDEX
+            for name, logits, target in zip(ZOOM_FIELDS, self.out(read[k::2]).split(ZOOM_SIZES, -1), want.unbind(1)):
+                # a batch without such an object adds 0, not NaN, and keeps the key (log.csv's columns)
+                loss = (F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+                        if (target != IGNORE_INDEX).any() else logits.sum() * 0)
+                total[f"zoom_{name}"] = total.get(f"zoom_{name}", 0) + loss / 2
+        return total
+
+
 class GroundedCaptioner(nn.Module):
     """The captioning model and its training-only heads, as one module for accelerate / DDP.
 
@@ -284,17 +362,31 @@ class GroundedCaptioner(nn.Module):
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._features: list[torch.Tensor] = []
         inner.model.multi_modal_projector.register_forward_pre_hook(self._capture)
+        # the change zoom, when the model has one, is asked what its window holds
+        self.zoom_heads = ZoomHeads(inner.config.zoom_width) if inner.model.zoom is not None else None
+        self._zoomed: list = []
+        if self.zoom_heads is not None:
+            inner.model.zoom.register_forward_hook(self._capture_zoom)
 
     def _capture(self, module, args):
         if self.training:
             self._features.append(args[0])
 
+    def _capture_zoom(self, module, args, output):
+        if self.training:
+            self._zoomed.append(output)
+
     def forward(self, targets: dict[str, torch.Tensor] | None = None, **inputs):
         self._features.clear()
+        self._zoomed.clear()
         out = self.model(**inputs)
         losses = {}
         if targets is not None and self._features:
             x = self._features[-1]  # [2B, N, d]
             losses = self.heads(x[0::2], x[1::2], targets)
+        if targets is not None and self._zoomed and "zoom_objects_0" in targets:
+            zoomed = self._zoomed[-1]
+            losses.update(self.zoom_heads(zoomed.read, zoomed.boxes, targets))
         self._features.clear()
+        self._zoomed.clear()
         return out, losses

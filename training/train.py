@@ -91,7 +91,7 @@ def apply_lora(recipe: Recipe, model):
     )
     model = get_peft_model(model, config)
     inner = model.get_base_model().model
-    for module in (inner.vision_tower, inner.multi_modal_projector, inner.mdp):
+    for module in (inner.vision_tower, inner.multi_modal_projector, inner.mdp, inner.zoom):
         if module is not None:
             module.requires_grad_(True)
     inner.image_newline.requires_grad_(True)
