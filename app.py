@@ -268,6 +268,7 @@ class Shown:
     caption: str = ""
     feature_difference: object = None  # [g, g] ‖P(F′1) − P(F′2)‖ when the Description carries it
     opening: str = ""  # what a count-first model said before the caption (m3diff.opening), for attributions
+    zoom_window: object = None  # where a change zoom read the pair (Description.zoom_window), or None
 
 
 def caption_label(shown: Shown | None) -> str:
@@ -304,7 +305,7 @@ def describe_events(services: Services, before, after, max_new_tokens: int = DEF
     settings = generation_settings(max_new_tokens, finish_every_change)
     for d in services.captioner.describe_stream(b, a, settings=settings):
         yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference,
-                                               opening_text(d.changes_counted))
+                                               opening_text(d.changes_counted), d.zoom_window)
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -321,7 +322,7 @@ def heatmaps(shown: Shown | None, layer, kind: str):
     0, so a flat map looks flat), and the scale's legend."""
     import gradio as gr
 
-    from analysis.evidence import colour_legend, map_overlays, shown_maps
+    from analysis.evidence import ZOOM_NOTE, colour_legend, map_overlays, shown_maps
 
     if shown is None or (shown.trace is None and shown.feature_difference is None):
         return None, None, ""
@@ -330,8 +331,10 @@ def heatmaps(shown: Shown | None, layer, kind: str):
         mb, ma = shown_maps(shown.trace, shown.feature_difference, number, kind)
     except (ValueError, AttributeError) as exc:
         raise gr.Error(str(exc) if isinstance(exc, ValueError) else "this model has no MDP maps") from None
-    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
-    return hb, ha, colour_legend(scale, kind if number is None else f"{kind}@{number}")
+    window = shown.zoom_window
+    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma, window=window)
+    legend = colour_legend(scale, kind if number is None else f"{kind}@{number}")
+    return hb, ha, legend + (ZOOM_NOTE if window is not None else "")
 
 
 def explain_word(services: Services, shown: Shown | None, word: str | None):

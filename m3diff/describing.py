@@ -91,6 +91,17 @@ def grid_to_image(grid: np.ndarray, image_size: tuple[int, int], max_side: int |
     return (rows @ m @ cols.T).astype(np.float32)
 
 
+def window_to_image(window, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A window on the model's padded square input ((x0, y0, x1, y1) as fractions of the square) → the
+    same window in the original image's pixels (``grid_to_image``'s geometry), clipped to the image."""
+    w, h = (int(v) for v in image_size)
+    side = max(w, h)
+    top, left = (side - h) // 2, (side - w) // 2
+    x0, y0, x1, y1 = (float(v) * side for v in window)
+    clip = lambda v, hi: int(round(min(max(v, 0), hi)))  # noqa: E731
+    return clip(x0 - left, w), clip(y0 - top, h), clip(x1 - left, w), clip(y1 - top, h)
+
+
 def _bilinear_weights(offset: int, extent: int, n_out: int, side: int, n_grid: int) -> np.ndarray:
     """[n_out, n_grid] weights that sample a grid spanning ``side`` pixels at the centres of ``n_out``
     pixels covering ``offset .. offset + extent`` (one axis of ``grid_to_image``)."""
@@ -118,6 +129,9 @@ class Description:
     # how many things changed, as a count-first model said it before its caption (m3diff.opening);
     # None for other models, or when the model did not say it
     changes_counted: int | None = None
+    # where a model with a change zoom (m3diff.zoom) read both images at full resolution: (x0, y0, x1,
+    # y1) as fractions of the model's padded square input (``window_to_image`` places it on an image)
+    zoom_window: tuple[float, float, float, float] | None = None
 
     def to_json(self, with_maps: bool = False) -> dict:
         out = {
@@ -127,6 +141,8 @@ class Description:
         }
         if self.changes_counted is not None:
             out["changes_counted"] = self.changes_counted
+        if self.zoom_window is not None:
+            out["zoom_window"] = [round(float(v), 6) for v in self.zoom_window]
         if with_maps and self.trace is not None:
             out["trace"] = self.trace.to_json()
         if with_maps and self.feature_difference is not None:

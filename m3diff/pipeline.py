@@ -186,7 +186,11 @@ class DiffCaptioner:
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       mm_encoder_outputs={"image": features})
         diff = feature_difference(features.pooler_output, self.model.config.patch_grid).numpy() if with_trace else None
-        return inputs, features.mdp_trace, diff
+        windows = None
+        if features.zoom_boxes is not None:
+            side = float(self.model.config.vision_config.image_size)
+            windows = [tuple(v / side for v in box) for box in features.zoom_boxes.tolist()]
+        return inputs, features.mdp_trace, diff, windows
 
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
@@ -209,7 +213,7 @@ class DiffCaptioner:
                        settings: GenerationSettings = GenerationSettings()) -> list[Description]:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
         start = time.perf_counter()
-        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace)
+        inputs, mdp_trace, diff, windows = self._prepare(pairs, instruction, with_trace)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
@@ -219,7 +223,8 @@ class DiffCaptioner:
             scores = pair_trace.score_mean if pair_trace else {}
             counted, caption = self._split_opening(caption)
             results.append(Description(caption, scores, pair_trace, seconds, changes_counted=counted,
-                                       feature_difference=diff[b] if diff is not None else None))
+                                       feature_difference=diff[b] if diff is not None else None,
+                                       zoom_window=windows[b] if windows else None))
         return results
 
     def _split_opening(self, caption: str) -> tuple[int | None, str]:
@@ -238,7 +243,8 @@ class DiffCaptioner:
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace, diff = self._prepare([(before, after)], instruction, with_trace)
+        inputs, mdp_trace, diff, windows = self._prepare([(before, after)], instruction, with_trace)
+        window = windows[0] if windows else None
         pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
         fd = diff[0] if diff is not None else None
         scores = pair_trace.score_mean if pair_trace else {}
@@ -262,13 +268,13 @@ class DiffCaptioner:
                 continue
             counted, caption = self._split_opening(text.strip())
             yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=False,
-                              feature_difference=fd, changes_counted=counted)
+                              feature_difference=fd, changes_counted=counted, zoom_window=window)
         worker.join()
         if errors:
             raise errors[0]
         counted, caption = self._split_opening(text.strip())
         yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=True,
-                          feature_difference=fd, changes_counted=counted)
+                          feature_difference=fd, changes_counted=counted, zoom_window=window)
 
 
 def _non_finite(model) -> list[str]:

@@ -311,3 +311,20 @@ def test_a_count_first_model_shows_its_caption_and_explains_it_after_its_count(m
     expected = explain_word(captioner, shown.before, shown.after, caption, 2, opening="Two changes.")
     assert f"{expected.score:.2f}" in note
     assert f"{explain_word(captioner, shown.before, shown.after, caption, 2).score:.2f}" not in note
+
+
+def test_heatmaps_outline_where_a_change_zoom_read_the_pair(make_model, processor, pair_files):
+    from analysis.evidence import ZOOM_COLOUR
+    from m3diff.pipeline import DiffCaptioner
+
+    zoomed = app.Services(DiffCaptioner(make_model(seed=1, zoom_crop=16, zoom_width=32), processor,
+                                        source="test-zoom", trained=True), None)
+    *_, (_, _, shown) = app.describe_events(zoomed, *pair_files, max_new_tokens=2)
+    assert shown.zoom_window is not None
+    hb, ha, legend = app.heatmaps(shown, None, "feature_difference")
+    blue = lambda im: int((np.asarray(im) == ZOOM_COLOUR).all(-1).sum())  # noqa: E731
+    assert blue(hb) > 0 and blue(ha) > 0 and "change zoom" in legend
+    *_, (_, _, plain) = app.describe_events(app.Services(zoomed.captioner, None), *pair_files, max_new_tokens=2)
+    plain.zoom_window = None  # a model without a zoom
+    hb, _, legend = app.heatmaps(plain, None, "feature_difference")
+    assert blue(hb) == 0 and "change zoom" not in legend

@@ -116,3 +116,34 @@ def test_the_reader_learns_what_is_in_its_window():
     with torch.no_grad():
         accuracy = (head(zoom(pixels).read[1::2]).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.9
+
+
+def test_a_window_on_the_padded_square_lands_on_the_original_image():
+    from m3diff.describing import window_to_image
+
+    # a 200 × 100 image sits in the middle band of its 200-px square (50 px of padding above)
+    assert window_to_image((0.0, 0.25, 0.5, 0.75), (200, 100)) == (0, 0, 100, 100)
+    assert window_to_image((0.5, 0.5, 1.0, 1.0), (200, 100)) == (100, 50, 200, 100)  # clipped at the bottom
+    assert window_to_image((0.0, 0.0, 1.0, 1.0), (64, 64)) == (0, 0, 64, 64)
+
+
+def test_describe_says_where_the_zoom_read_and_it_is_where_the_pair_differs(make_model, processor):
+    from PIL import Image
+
+    from m3diff.describing import GenerationSettings, window_to_image
+    from m3diff.pipeline import DiffCaptioner
+
+    rng = torch.Generator().manual_seed(0)
+    base = (torch.rand(48, 64, 3, generator=rng) * 120 + 60).to(torch.uint8).numpy()
+    changed = base.copy()
+    changed[30:38, 48:56] = (255, 0, 0)  # a red square, lower right
+    before, after = Image.fromarray(base), Image.fromarray(changed)
+    captioner = DiffCaptioner(make_model(seed=1, zoom_crop=16, zoom_width=32), processor, source="test")
+    d = captioner.describe(before, after, settings=GenerationSettings(max_new_tokens=2))
+    x0, y0, x1, y1 = window_to_image(d.zoom_window, before.size)
+    assert x0 <= 52 < x1 and y0 <= 34 < y1
+    assert d.to_json()["zoom_window"] == pytest.approx(list(d.zoom_window), abs=1e-6)
+    *_, last = captioner.describe_stream(before, after, settings=GenerationSettings(max_new_tokens=2))
+    assert last.zoom_window == d.zoom_window
+    plain = DiffCaptioner(make_model(seed=1), processor, source="test")
+    assert plain.describe(before, after, settings=GenerationSettings(max_new_tokens=2)).zoom_window is None
