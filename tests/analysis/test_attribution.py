@@ -51,9 +51,13 @@ def test_maps_respond_to_the_input():
 CAPTION = "the red xylophone moved behind the blue sphere."
 
 
-@pytest.fixture(params=[True, False], ids=["mdp", "no-mdp"])
+@pytest.fixture(params=[dict(use_mdp=True), dict(use_mdp=False), dict(zoom_crop=16, zoom_width=32)],
+                ids=["mdp", "no-mdp", "zoom"])
 def captioner(request, make_model, processor):
-    return DiffCaptioner(make_model(use_mdp=request.param), processor)
+    model = make_model(**request.param)
+    if model.model.zoom is not None:  # trained-like: a fresh zoom adds nothing to explain
+        torch.nn.init.normal_(model.model.zoom.out.weight, std=0.5)
+    return DiffCaptioner(model, processor)
 
 
 def _teacher_forced_logprob(captioner, before, after, caption, positions):
