@@ -73,6 +73,23 @@ class ChangeZoom(nn.Module):
         x0 = (cx - c // 2).clamp(0, W - c)
         return torch.stack([x0, y0, x0 + c, y0 + c], 1)
 
+    def windows(self, images: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` [n, 3, H, W], ``centres`` [n, 2] (x, y in pixels) → the windows [n, 3, c, c] around
+        them, kept inside the image, and their boxes [n, 4]."""
+        _, _, H, W = images.shape
+        c = min(self.crop, H, W)
+        x0 = (centres[:, 0].round().long() - c // 2).clamp(0, W - c)
+        y0 = (centres[:, 1].round().long() - c // 2).clamp(0, H - c)
+        crops = torch.stack([im[:, y:y + c, x:x + c] for im, x, y in zip(images, x0.tolist(), y0.tolist())])
+        return crops, torch.stack([x0, y0, x0 + c, y0 + c], 1)
+
+    def read(self, crops: torch.Tensor) -> torch.Tensor:
+        """[n, 3, c, c] windows → [n, W] pooled features."""
+        if crops.shape[-1] != self.crop:  # an image smaller than the window: read it whole, at the window's size
+            crops = F.interpolate(crops, size=(self.crop, self.crop), mode="bilinear", align_corners=False)
+        h = self.net(crops.to(self.position.dtype)).flatten(2).transpose(1, 2) + self.position  # [n, cells, W]
+        return self.mix(h).mean(1)
+
     def forward(self, pixel_values: torch.Tensor) -> ZoomOutput:
         """``pixel_values``: [2B, 3, H, W], images ordered before₀, after₀, …"""
         before, after = pixel_values[0::2], pixel_values[1::2]
@@ -80,9 +97,5 @@ class ChangeZoom(nn.Module):
         windows = []
         for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             windows += [before[i, :, y0:y1, x0:x1], after[i, :, y0:y1, x0:x1]]
-        crops = torch.stack(windows)  # [2B, 3, c, c]
-        if crops.shape[-1] != self.crop:  # an image smaller than the window: read it whole, at the window's size
-            crops = F.interpolate(crops, size=(self.crop, self.crop), mode="bilinear", align_corners=False)
-        h = self.net(crops.to(self.position.dtype)).flatten(2).transpose(1, 2) + self.position  # [2B, cells, W]
-        read = self.mix(h).mean(1)
+        read = self.read(torch.stack(windows))  # [2B, W]
         return ZoomOutput(added=self.out(read), read=read, boxes=boxes)

@@ -347,6 +347,34 @@ class ZoomHeads(nn.Module):
         return total
 
 
+def object_reading_losses(zoom, heads: ZoomHeads, pixel_values: torch.Tensor, targets: dict[str, torch.Tensor],
+                          n: int, jitter: int) -> dict[str, torch.Tensor]:
+    """The zoom's reader asked about ``n`` objects of the batch's images, each read from a window
+    centred on it (moved by up to ``jitter`` px, as the change map's peak moves): signs, arrows and
+    figures first, since their word, heading or pose is what the window at the change must read, and
+    a pair's own change window holds one only now and then (``zoom_obj_*`` in log.csv)."""
+    images = pixel_values[:, 0] if pixel_values.dim() == 5 else pixel_values  # [2B, 3, H, W]
+    objects = torch.stack([targets["zoom_objects_0"], targets["zoom_objects_1"]], 1).flatten(0, 1)  # [2B, K, 10]
+    image, row = torch.nonzero(~torch.isnan(objects[..., 0]), as_tuple=True)
+    if len(image) == 0:
+        return {}
+    fields = objects[image, row, 5:]
+    special = (fields[:, 2:] != IGNORE_INDEX).any(1)
+    order = torch.randperm(len(image))
+    order = torch.cat([order[special[order]], order[~special[order]]])[:n]
+    image, row, fields = image[order], row[order], fields[order].long()
+    box = objects[image, row, :4]
+    centres = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], 1)
+    centres = centres + (torch.rand_like(centres) * 2 - 1) * jitter
+    crops, _ = zoom.windows(images[image.to(images.device)], centres)
+    logits = heads.out(zoom.read(crops)).float()
+    losses = {}
+    for name, part, target in zip(ZOOM_FIELDS, logits.split(ZOOM_SIZES, -1), fields.to(logits.device).unbind(1)):
+        losses[f"zoom_obj_{name}"] = (F.cross_entropy(part, target, ignore_index=IGNORE_INDEX)
+                                      if (target != IGNORE_INDEX).any() else part.sum() * 0)
+    return losses
+
+
 class GroundedCaptioner(nn.Module):
     """The captioning model and its training-only heads, as one module for accelerate / DDP.
 
@@ -355,8 +383,9 @@ class GroundedCaptioner(nn.Module):
     """
 
     def __init__(self, model: nn.Module, dim: int, attributes: bool = False, attribute_pool: str = "mean",
-                 sign_words: bool = False):
+                 sign_words: bool = False, zoom_objects: int = 0):
         super().__init__()
+        self.zoom_objects = zoom_objects
         self.model = model
         self.heads = GroundingHeads(dim, attributes, attribute_pool, sign_words)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -387,6 +416,10 @@ class GroundedCaptioner(nn.Module):
         if targets is not None and self._zoomed and "zoom_objects_0" in targets:
             zoomed = self._zoomed[-1]
             losses.update(self.zoom_heads(zoomed.read, zoomed.boxes, targets))
+            if self.zoom_objects:
+                zoom = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).model.zoom
+                losses.update(object_reading_losses(zoom, self.zoom_heads, inputs["pixel_values"], targets,
+                                                    self.zoom_objects, jitter=zoom.crop // 8))
         self._features.clear()
         self._zoomed.clear()
         return out, losses

@@ -109,6 +109,11 @@ class GroundingRecipe:
     # the model decides the count once, up front, and its end-of-caption decisions can read it back; the
     # model's config gets caption_opening "count", and the pipeline takes the sentence off its captions
     count_first: bool = False
+    # with a change zoom (model.config.zoom_crop): besides the window at each pair's change, the zoom's
+    # reader is asked about this many objects of the batch per step, each from a window centred on it
+    # (signs, arrows and figures first) — a pair's change window holds a sign only now and then, and a
+    # reader needs some 40,000 sign windows to read words (docs/training.md)
+    zoom_objects: int = 0
 
 
 @dataclass
@@ -179,6 +184,10 @@ class Recipe:
                 fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
             if self.grounding.attribute_pool not in ("mean", "change"):
                 fail("grounding.attribute_pool", f"must be 'mean' or 'change', got {self.grounding.attribute_pool!r}")
+            if self.grounding.zoom_objects < 0:
+                fail("grounding.zoom_objects", f"must be >= 0, got {self.grounding.zoom_objects}")
+            if self.grounding.zoom_objects and not self.model.config.get("zoom_crop") and not self.model.init_from:
+                fail("grounding.zoom_objects", "reads objects with the change zoom: set model.config.zoom_crop too")
         if self.model.attn_implementation not in ("sdpa", "eager"):
             fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
         if self.data.val_pairs < 0:

@@ -273,7 +273,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         geometry = ModelGrid(vision.image_size, vision.patch_size)
         model = GroundedCaptioner(model, vision.hidden_size, attributes=recipe.grounding.attributes,
                                   attribute_pool=recipe.grounding.attribute_pool,
-                                  sign_words=recipe.grounding.sign_words)
+                                  sign_words=recipe.grounding.sign_words,
+                                  zoom_objects=recipe.grounding.zoom_objects)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = Collator(processor, recipe.data.instruction, geometry)

@@ -273,3 +273,36 @@ def test_zoom_heads_train_the_zoom_only_when_the_model_has_one(generated_samples
             sum(losses[n] for n in names).backward()
             assert model.model.model.zoom.net[0][0].weight.grad.abs().sum() > 0
             assert all(torch.isfinite(losses[n]) for n in names)
+
+
+def test_the_zoom_reads_objects_from_windows_centred_on_them(generated_samples, tiny_tokenizer):
+    """``zoom_objects``: extra windows, one per object (signs, arrows, figures first), each asked that
+    object's classes; the losses reach the reader and a batch without such objects adds zeros."""
+    from m3diff.config import preset
+    from m3diff.modeling import M3DiffForConditionalGeneration
+    from m3diff.processing import PairProcessor
+    from training.auxiliary import ZOOM_FIELDS, GroundedCaptioner
+
+    grid = ModelGrid(32, 8)
+    samples = [s for s in generated_samples if any(o["kind"] == "sign" for o in s.objects["before"])][:4]
+    targets = collate_targets([pair_targets(s, grid, 64, 64) for s in samples])
+    torch.manual_seed(0)
+    config = preset("tiny", vocab_size=len(tiny_tokenizer), zoom_crop=16, zoom_width=32)
+    model = GroundedCaptioner(M3DiffForConditionalGeneration(config), config.vision_config.hidden_size,
+                              zoom_objects=6).train()
+    batch = PairProcessor.for_config(config, tiny_tokenizer).encode_pairs(
+        [(Image.open(s.before), Image.open(s.after)) for s in samples], answers=[s.answer for s in samples])
+    _, losses = model(targets=targets, **batch)
+    names = {f"zoom_obj_{f}" for f in ZOOM_FIELDS}
+    assert names <= set(losses)
+    assert losses["zoom_obj_word"] > 0  # the signs were picked first
+    losses["zoom_obj_word"].backward()
+    assert model.model.model.zoom.net[0][0].weight.grad.abs().sum() > 0
+
+
+def test_zoom_objects_needs_a_zoom():
+    from training.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="zoom_crop"):
+        load_recipe("embedded", ["grounding.zoom_objects=16"])
+    assert load_recipe("embedded", ["grounding.zoom_objects=16", "model.config.zoom_crop=64"]).grounding.zoom_objects == 16
