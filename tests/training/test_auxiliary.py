@@ -306,3 +306,29 @@ def test_zoom_objects_needs_a_zoom():
     with pytest.raises(RecipeError, match="zoom_crop"):
         load_recipe("embedded", ["grounding.zoom_objects=16"])
     assert load_recipe("embedded", ["grounding.zoom_objects=16", "model.config.zoom_crop=64"]).grounding.zoom_objects == 16
+
+
+def test_the_zoom_is_clipped_apart_from_the_rest_of_the_model(tiny_tokenizer):
+    """A large gradient elsewhere must not shrink the zoom's step (and a model without a zoom clips as one)."""
+    from accelerate import Accelerator
+
+    from m3diff.config import preset
+    from m3diff.modeling import M3DiffForConditionalGeneration
+    from training.train import clip_gradients
+
+    for zoom in (16, 0):
+        model = M3DiffForConditionalGeneration(preset("tiny", vocab_size=len(tiny_tokenizer), zoom_crop=zoom,
+                                                      zoom_width=32))
+        for name, p in model.named_parameters():
+            p.grad = torch.full_like(p, 0.001 if ".zoom." in f".{name}" else 10.0)
+        zoom_before = [p.grad.clone() for n, p in model.named_parameters() if ".zoom." in f".{n}"]
+        rest_norm, zoom_norm = clip_gradients(Accelerator(cpu=True), model, 1.0)
+        assert rest_norm > 100
+        if zoom:
+            assert zoom_norm is not None and zoom_norm < 1.0
+            after = [p.grad for n, p in model.named_parameters() if ".zoom." in f".{n}"]
+            assert all(torch.equal(a, b) for a, b in zip(after, zoom_before))  # under its own limit: untouched
+        else:
+            assert zoom_norm is None
+        rest = torch.sqrt(sum(p.grad.pow(2).sum() for n, p in model.named_parameters() if ".zoom." not in f".{n}"))
+        assert float(rest) == pytest.approx(1.0, rel=1e-3)  # the rest clipped to the limit, with or without a zoom
