@@ -60,28 +60,30 @@ class ChangeZoom(nn.Module):
 
     def locate(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """[B, 4] long: the window around each pair's peak of patch-averaged pixel difference."""
-        B, _, H, W = before.shape
         diff = (before.float() - after.float()).abs().sum(1, keepdim=True)  # [B, 1, H, W]
         stride = max(1, self.window // 4)
         pooled = F.avg_pool2d(diff, self.window, stride=stride)  # [B, 1, h, w]
         w = pooled.shape[-1]
         peak = pooled.flatten(1).argmax(1)
-        cy = (peak // w) * stride + self.window // 2
-        cx = (peak % w) * stride + self.window // 2
-        c = min(self.crop, H, W)
-        y0 = (cy - c // 2).clamp(0, H - c)
-        x0 = (cx - c // 2).clamp(0, W - c)
+        centres = torch.stack([(peak % w) * stride, (peak // w) * stride], 1) + self.window // 2
+        return self._boxes(centres, *before.shape[-2:])
+
+    def _boxes(self, centres: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """[n, 4] long: ``crop``-sided windows around ``centres`` [n, 2] (x, y), kept inside the image."""
+        c = min(self.crop, height, width)
+        x0 = (centres[:, 0].round().long() - c // 2).clamp(0, width - c)
+        y0 = (centres[:, 1].round().long() - c // 2).clamp(0, height - c)
         return torch.stack([x0, y0, x0 + c, y0 + c], 1)
+
+    @staticmethod
+    def _cut(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return torch.stack([im[:, y0:y1, x0:x1] for im, (x0, y0, x1, y1) in zip(images, boxes.tolist())])
 
     def windows(self, images: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images`` [n, 3, H, W], ``centres`` [n, 2] (x, y in pixels) → the windows [n, 3, c, c] around
         them, kept inside the image, and their boxes [n, 4]."""
-        _, _, H, W = images.shape
-        c = min(self.crop, H, W)
-        x0 = (centres[:, 0].round().long() - c // 2).clamp(0, W - c)
-        y0 = (centres[:, 1].round().long() - c // 2).clamp(0, H - c)
-        crops = torch.stack([im[:, y:y + c, x:x + c] for im, x, y in zip(images, x0.tolist(), y0.tolist())])
-        return crops, torch.stack([x0, y0, x0 + c, y0 + c], 1)
+        boxes = self._boxes(centres, *images.shape[-2:])
+        return self._cut(images, boxes), boxes
 
     def read(self, crops: torch.Tensor) -> torch.Tensor:
         """[n, 3, c, c] windows → [n, W] pooled features."""
@@ -94,8 +96,6 @@ class ChangeZoom(nn.Module):
         """``pixel_values``: [2B, 3, H, W], images ordered before₀, after₀, …"""
         before, after = pixel_values[0::2], pixel_values[1::2]
         boxes = self.locate(before, after)
-        windows = []
-        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-            windows += [before[i, :, y0:y1, x0:x1], after[i, :, y0:y1, x0:x1]]
-        read = self.read(torch.stack(windows))  # [2B, W]
+        crops = torch.stack([self._cut(before, boxes), self._cut(after, boxes)], 1).flatten(0, 1)  # image order
+        read = self.read(crops)  # [2B, W]
         return ZoomOutput(added=self.out(read), read=read, boxes=boxes)

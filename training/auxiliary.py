@@ -81,8 +81,10 @@ class ModelGrid:
         return mask
 
 
-def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[str, torch.Tensor] | None:
-    """Per-patch and per-pair targets of one sample, or None when it has no ground truth (real data)."""
+def pair_targets(sample, geometry: ModelGrid, width: int, height: int,
+                 zoom: bool = False) -> dict[str, torch.Tensor] | None:
+    """Per-patch and per-pair targets of one sample, or None when it has no ground truth (real data);
+    ``zoom``: also every object's row for a change zoom's heads (``zoom_objects``)."""
     if sample.objects is None:
         return None
     g = geometry.grid
@@ -114,8 +116,9 @@ def pair_targets(sample, geometry: ModelGrid, width: int, height: int) -> dict[s
         out[f"facts_{k}"] = changed_facts(sample, image, width, height)
     for name, value in changed_attributes(sample).items():
         out[name] = torch.tensor(value, dtype=torch.long)
-    for k, image in enumerate(("before", "after")):
-        out[f"zoom_objects_{k}"] = zoom_objects(sample, image, geometry, width, height)
+    if zoom:
+        for k, image in enumerate(("before", "after")):
+            out[f"zoom_objects_{k}"] = zoom_objects(sample, image, geometry, width, height)
     return out
 
 

@@ -122,12 +122,14 @@ class StepSampler:
 
 class Collator:
     """Samples → model inputs with ``labels`` on the answer tokens only (PairProcessor.encode_pairs);
-    with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them."""
+    with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them, and
+    with ``zoom`` those of a change zoom's heads."""
 
-    def __init__(self, processor, instruction: str | None = None, geometry=None):
+    def __init__(self, processor, instruction: str | None = None, geometry=None, zoom: bool = False):
         self.processor = processor
         self.instruction = instruction
         self.geometry = geometry
+        self.zoom = zoom
 
     def __call__(self, samples: list[Sample]):
         batch = self.processor.encode_pairs(
@@ -146,7 +148,7 @@ class Collator:
                     continue
                 with Image.open(s.before) as im:  # reads the header only
                     w, h = im.size
-                targets.append(pair_targets(s, self.geometry, w, h))
+                targets.append(pair_targets(s, self.geometry, w, h, zoom=self.zoom))
             batch["targets"] = collate_targets(targets)
         return batch
 

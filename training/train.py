@@ -84,8 +84,8 @@ def clip_gradients(accelerator, model, max_norm: float) -> tuple[float, float | 
     (13–33 against 3–7 for the rest), so one clip at 1.0 shrank every weight's step several-fold
     (docs/training.md, "A change zoom"). Models without a zoom clip exactly as before."""
     zoom, rest = [], []
-    for name, p in model.named_parameters():
-        (zoom if ".zoom." in f".{name}" or name.startswith("zoom_heads.") else rest).append(p)
+    for name, p in model.named_parameters():  # DDP prefixes "module.": match whole name parts
+        (zoom if ".zoom." in f".{name}" or ".zoom_heads." in f".{name}" else rest).append(p)
     if not zoom:
         return float(accelerator.clip_grad_norm_(model.parameters(), max_norm)), None
     return (float(accelerator.clip_grad_norm_(rest, max_norm)),
@@ -293,7 +293,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                                   zoom_objects=recipe.grounding.zoom_objects)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    collate = Collator(processor, recipe.data.instruction, geometry)
+    collate = Collator(processor, recipe.data.instruction, geometry, zoom=base_model(model).model.zoom is not None)
 
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(recipe, model), betas=tuple(o.betas), eps=o.eps)
@@ -409,13 +409,11 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             grad_norm, zoom_norm = clip_gradients(accelerator, model, o.max_grad_norm)
         # a non-finite loss or gradient would poison every weight at optimizer.step(): stop before it
         aux_total = sum(aux_sums.values())
-        if zoom_norm is not None and not math.isfinite(zoom_norm):
-            grad_norm = zoom_norm
-        if (not math.isfinite(last_loss) or not math.isfinite(aux_total)
-                or (grad_norm is not None and not math.isfinite(grad_norm))):
+        bad_norm = next((n for n in (grad_norm, zoom_norm) if n is not None and not math.isfinite(n)), None)
+        if not math.isfinite(last_loss) or not math.isfinite(aux_total) or bad_norm is not None:
             bar.close()
             what = (f"loss {last_loss}" if not math.isfinite(last_loss) else
-                    f"auxiliary loss {aux_total}" if not math.isfinite(aux_total) else f"gradient norm {grad_norm}")
+                    f"auxiliary loss {aux_total}" if not math.isfinite(aux_total) else f"gradient norm {bad_norm}")
             raise TrainingDiverged(
                 f"training stopped at step {step + 1}: the {what} is not finite (is optim.lr "
                 f"{o.lr:g} too high?); nothing of this step was saved, {last_good(ckpt_root)}")

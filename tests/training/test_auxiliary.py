@@ -258,7 +258,7 @@ def test_zoom_heads_train_the_zoom_only_when_the_model_has_one(generated_samples
 
     grid = ModelGrid(32, 8)
     samples = generated_samples[:4]
-    targets = collate_targets([pair_targets(s, grid, 64, 64) for s in samples])
+    targets = collate_targets([pair_targets(s, grid, 64, 64, zoom=True) for s in samples])
     for zoom in (0, 16):
         torch.manual_seed(0)
         config = preset("tiny", vocab_size=len(tiny_tokenizer), zoom_crop=zoom, zoom_width=32)
@@ -285,7 +285,7 @@ def test_the_zoom_reads_objects_from_windows_centred_on_them(generated_samples, 
 
     grid = ModelGrid(32, 8)
     samples = [s for s in generated_samples if any(o["kind"] == "sign" for o in s.objects["before"])][:4]
-    targets = collate_targets([pair_targets(s, grid, 64, 64) for s in samples])
+    targets = collate_targets([pair_targets(s, grid, 64, 64, zoom=True) for s in samples])
     torch.manual_seed(0)
     config = preset("tiny", vocab_size=len(tiny_tokenizer), zoom_crop=16, zoom_width=32)
     model = GroundedCaptioner(M3DiffForConditionalGeneration(config), config.vision_config.hidden_size,
