@@ -69,7 +69,10 @@ def _build_model(recipe: Recipe, tokenizer):
         register_auto_classes()  # AutoConfig must know model_type "m3diff"
         cfg = AutoConfig.from_pretrained(recipe.model.init_from)
         if getattr(cfg, "model_type", "") == "m3diff":
-            return M3DiffForConditionalGeneration.from_pretrained(recipe.model.init_from, **recipe.model.config)
+            # float32 master weights, as from scratch: a checkpoint saved in float16 (save_dtype, as the
+            # embedded model ships) would otherwise train in float16 and fail on a CPU
+            return M3DiffForConditionalGeneration.from_pretrained(recipe.model.init_from, dtype=torch.float32,
+                                                                  **recipe.model.config)
         model, _ = M3DiffForConditionalGeneration.from_llava_onevision(recipe.model.init_from, **recipe.model.config)
         return model
     config = preset(recipe.model.preset, vocab_size=len(tokenizer), **recipe.model.config)

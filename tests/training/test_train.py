@@ -165,6 +165,20 @@ def test_stop_at_saves_the_model_part_way_and_resume_continues_the_same_schedule
     assert "part-way" not in (model_dir / "README.md").read_text()
 
 
+def test_a_run_continues_from_a_float16_saved_model_with_float32_master_weights(synth_data, tmp_path):
+    # the embedded model ships in float16 (save_dtype); fine-tuning it must not train in float16
+    first = load_recipe(TINY, ["max_steps=2", "checkpoint_every=0", "data.val_pairs=0", "save_dtype=float16"])
+    _train(first, synth_data, tmp_path / "first")
+    start = tmp_path / "first" / "model"
+    assert load_file(str(start / "model.safetensors"))["lm_head.weight"].dtype == torch.float16
+    again = load_recipe(TINY, ["max_steps=2", "checkpoint_every=0", "data.val_pairs=0",
+                               f"model.init_from={start}", f"model.tokenizer={start}"])
+    assert _train(again, synth_data, tmp_path / "again").step == 2
+    before, after = load_file(str(start / "model.safetensors")), _weights(tmp_path / "again")
+    assert after["lm_head.weight"].dtype == torch.float32
+    assert not torch.equal(after["lm_head.weight"].half(), before["lm_head.weight"])  # it trained from there
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
