@@ -43,6 +43,25 @@ def test_zoom_moves_with_the_change_and_reads_the_window():
     torch.testing.assert_close(zoom(outside).added, a.added)
 
 
+def test_a_pair_described_alone_is_read_as_in_a_batch():
+    # the reader normalises with batch statistics while training (BatchNorm: GroupNorm never learned
+    # the sign's word); described, a pair must not depend on what else is in its batch
+    zoom = ChangeZoom(out_dim=16, crop=32, width=32)
+    torch.nn.init.normal_(zoom.out.weight)
+    colours = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, 0.0], [0.5, 0.5, -1.0]])
+    pairs = [pair_with_square(128, 10 + 40 * i, 30 + 20 * i, 8, c, seed=i) for i, c in enumerate(colours)]
+    for _ in range(3):  # training steps move the running statistics
+        zoom(torch.cat(pairs))
+    zoom.eval()
+    with torch.no_grad():
+        together = zoom(torch.cat(pairs)).added
+        alone = torch.cat([zoom(p).added for p in pairs])
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+    zoom.train()
+    with torch.no_grad():  # while training the batch does matter: the test above is not vacuous
+        assert not torch.allclose(zoom(pairs[0]).added, zoom(torch.cat(pairs)).added[:2], atol=1e-5)
+
+
 def test_fresh_zoom_describes_exactly_as_without_it(make_model, processor, pair):
     plain = make_model(seed=1)
     zoomed = make_model(seed=1, zoom_crop=16, zoom_width=32)
