@@ -43,6 +43,10 @@ class ModelRecipe:
     # attention of the vision tower, MDP and LLM while training: transformers' "sdpa" (fused) or
     # "eager" (matmuls and a softmax: faster for the embedded model's short sequences on a CPU)
     attn_implementation: str = "sdpa"
+    # a change zoom's reader trained alone (`m3diff train-reader`; its folder): the model gets a zoom of the
+    # reader's window and width with its weights (output projection at zero: the model starts describing
+    # exactly as without it), and the zoom's training heads start from the reader's heads
+    zoom_from: str | None = None
 
 
 @dataclass
@@ -186,8 +190,17 @@ class Recipe:
                 fail("grounding.attribute_pool", f"must be 'mean' or 'change', got {self.grounding.attribute_pool!r}")
             if self.grounding.zoom_objects < 0:
                 fail("grounding.zoom_objects", f"must be >= 0, got {self.grounding.zoom_objects}")
-            if self.grounding.zoom_objects and not self.model.config.get("zoom_crop") and not self.model.init_from:
+            if (self.grounding.zoom_objects and not self.model.config.get("zoom_crop") and not self.model.init_from
+                    and not self.model.zoom_from):
                 fail("grounding.zoom_objects", "reads objects with the change zoom: set model.config.zoom_crop too")
+        if self.model.zoom_from is not None:
+            if self.grounding is None:
+                fail("model.zoom_from", "the zoom's reader trains with its heads: set grounding too")
+            if any(k in self.model.config for k in ("zoom_crop", "zoom_width")):
+                fail("model.zoom_from", "the reader sets the zoom's crop and width: leave model.config.zoom_* out")
+            if not (Path(self.model.zoom_from) / "reader.safetensors").is_file():
+                fail("model.zoom_from", f"{self.model.zoom_from} holds no reader.safetensors "
+                                        "(train one with `m3diff train-reader`)")
         if self.model.attn_implementation not in ("sdpa", "eager"):
             fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
         if self.data.val_pairs < 0:

@@ -54,7 +54,20 @@ def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
 
 
 def build_model(recipe: Recipe, tokenizer):
+    reader = None
+    if recipe.model.zoom_from:
+        from dataclasses import replace
+
+        from training.zoom_reader import load_reader
+
+        reader = load_reader(recipe.model.zoom_from)
+        recipe = replace(recipe, model=replace(recipe.model, config={**recipe.model.config, "zoom_crop": reader.crop,
+                                                                     "zoom_width": reader.width}))
     model = _build_model(recipe, tokenizer)
+    if reader is not None:
+        from training.zoom_reader import install_reader
+
+        install_reader(model.model.zoom, reader)
     model.set_attn_implementation(recipe.model.attn_implementation)  # the MDP follows the model's choice
     return model
 
@@ -294,6 +307,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                                   attribute_pool=recipe.grounding.attribute_pool,
                                   sign_words=recipe.grounding.sign_words,
                                   zoom_objects=recipe.grounding.zoom_objects)
+        if recipe.model.zoom_from:
+            from training.zoom_reader import load_reader
+
+            model.zoom_heads.load_state_dict(load_reader(recipe.model.zoom_from).heads)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = Collator(processor, recipe.data.instruction, geometry, zoom=base_model(model).model.zoom is not None)
