@@ -142,6 +142,6 @@ def _train_reader(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     accuracy = summary["test_accuracy"] or {}
     said = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in accuracy.items() if v["accuracy"] is not None)
-    print(f"reader trained {summary['steps_done']} steps in {summary['cpu_minutes']} min; in {args.out}"
+    print(f"reader trained {summary['steps_done']} steps in {summary['minutes']} min; in {args.out}"
           + (f"; at the test change windows: {said}" if said else ""))
     return 0

@@ -333,6 +333,8 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
             if not isinstance(node, dict):
                 raise RecipeError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
+    if raw.get("precision") is False:  # YAML 1.1 reads a bare `no` (accelerate's name for float32) as false
+        raw["precision"] = "no"
     recipe = _build(Recipe, raw, str(path), "")
     return recipe.validate(str(path))
 

@@ -234,7 +234,7 @@ def train_reader(stage: ReaderStage, out, progress: bool = True, minutes: float 
     tensors = {f"zoom.{k}": v.detach().contiguous() for k, v in zoom.state_dict().items() if not k.startswith("out.")}
     tensors.update({f"heads.{k}": v.detach().contiguous() for k, v in heads.state_dict().items()})
     save_file(tensors, str(out / WEIGHTS), metadata={"crop": str(stage.crop), "width": str(stage.width)})
-    summary = {"stage": asdict(stage), "steps_done": step, "cpu_minutes": round(seconds / 60, 1),
+    summary = {"stage": asdict(stage), "steps_done": step, "minutes": round(seconds / 60, 1),
                "threads": torch.get_num_threads(),
                "test_accuracy": reading_accuracy(zoom, heads, test) if test is not None else None}
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

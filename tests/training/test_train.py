@@ -388,3 +388,37 @@ def test_past_its_first_step_a_run_over_the_limit_continues_in_a_fresh_process(s
     run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained to step 4" in run.stdout and (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_float32(synth_data, tmp_path, monkeypatch, native):
+    # there bf16 matrix products fall back to a scalar kernel: a step took 10-15x the float32 time
+    import json
+
+    from training.train import run_precision
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # its mixed precision is set once per process
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert run_precision("bf16", cuda=True) == "bf16" and run_precision("no", cuda=False) == "no"
+    recipe = load_recipe(TINY, ["max_steps=1", "checkpoint_every=0", "data.val_pairs=0", "precision=bf16"])
+    try:
+        if native:
+            _train(recipe, synth_data, tmp_path / "run")
+        else:
+            with pytest.warns(UserWarning, match="without native bf16"):
+                _train(recipe, synth_data, tmp_path / "run")
+    finally:
+        AcceleratorState._reset_state(True)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["precision"] == ("bf16" if native else "no")
+
+
+def test_precision_no_is_read_as_float32_though_yaml_reads_a_bare_no_as_false(tmp_path):
+    assert load_recipe(TINY, ["precision=no"]).precision == "no"
+    bare = tmp_path / "r.yaml"
+    bare.write_text(TINY.read_text() + "precision: no\n")
+    assert load_recipe(bare).precision == "no"
+    with pytest.raises(RecipeError, match="precision"):
+        load_recipe(TINY, ["precision=yes"])
