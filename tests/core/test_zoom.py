@@ -166,3 +166,18 @@ def test_describe_says_where_the_zoom_read_and_it_is_where_the_pair_differs(make
     assert last.zoom_window == d.zoom_window
     plain = DiffCaptioner(make_model(seed=1), processor, source="test")
     assert plain.describe(before, after, settings=GenerationSettings(max_new_tokens=2)).zoom_window is None
+
+
+def test_the_reader_runs_in_float32_under_cpu_bf16_autocast():
+    # on a CPU its convolutions in bf16 took 10x the float32 time (m3diff/zoom.py)
+    import torch
+
+    from m3diff.zoom import ChangeZoom
+
+    zoom = ChangeZoom(8, crop=16, width=32).eval()
+    crops = torch.randn(3, 3, 16, 16)
+    with torch.autocast("cpu", torch.bfloat16):
+        read = zoom.read(crops)
+        added = zoom.out(read)
+    assert read.dtype == torch.float32 and added.dtype == torch.bfloat16  # the projection still follows autocast
+    assert torch.allclose(read, zoom.read(crops), atol=1e-5)
