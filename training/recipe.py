@@ -34,7 +34,8 @@ class ModelRecipe:
     preset: str = "tiny"
     # M3DiffConfig fields passed to the preset factory (e.g. use_mdp: false for the no-MDP twin)
     config: dict = field(default_factory=dict)
-    # A LLaVA-OneVision or M3Diff checkpoint to start from; None trains from scratch (small models)
+    # A LLaVA-OneVision or M3Diff checkpoint to start from (a folder, a hub id, or "embedded" /
+    # "embedded-twin": the shipped models); None trains from scratch (small models)
     init_from: str | None = None
     # "train": a byte-level BPE trained on the training answers (small models); else a tokenizer
     # directory / hub id (the 7B uses Qwen2's from its checkpoint, i.e. init_from)
@@ -336,6 +337,13 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     if raw.get("precision") is False:  # YAML 1.1 reads a bare `no` (accelerate's name for float32) as false
         raw["precision"] = "no"
     recipe = _build(Recipe, raw, str(path), "")
+    from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
+
+    # the shipped models by name, so a recipe that continues them runs from any directory
+    named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
+    for key in ("init_from", "tokenizer"):
+        if getattr(recipe.model, key) in named:
+            setattr(recipe.model, key, str(named[getattr(recipe.model, key)]))
     return recipe.validate(str(path))
 
 

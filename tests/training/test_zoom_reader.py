@@ -138,3 +138,14 @@ def test_train_reader_says_what_is_wrong_through_the_command_line(data, tmp_path
     (empty / "images").mkdir(parents=True)
     assert main(["train-reader", "--data", str(empty), "--out", str(tmp_path / "c"), "--steps", "1"]) != 0
     assert capsys.readouterr().err.strip()
+
+
+def test_the_fine_tune_recipe_starts_from_the_shipped_models_from_any_directory(tmp_path, monkeypatch):
+    from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("embedded-zoom")
+    assert Path(recipe.model.init_from) == EMBEDDED_DIR == Path(recipe.model.tokenizer)
+    twin = load_recipe("embedded-zoom", ["model.init_from=embedded-twin", "model.tokenizer=embedded-twin"])
+    assert Path(twin.model.init_from) == EMBEDDED_TWIN_DIR
+    assert recipe.model.zoom_from is None and recipe.grounding.zoom_objects == 16  # without a reader: the control
