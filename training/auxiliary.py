@@ -370,11 +370,17 @@ def object_reading_losses(zoom, heads: ZoomHeads, pixel_values: torch.Tensor, ta
     centres = torch.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], 1)
     centres = centres + (torch.rand_like(centres) * 2 - 1) * jitter
     crops, _ = zoom.windows(images[image.to(images.device)], centres)
-    logits = heads.out(zoom.read(crops)).float()
+    return reading_losses(heads, zoom.read(crops), fields, prefix="zoom_obj_")
+
+
+def reading_losses(heads: ZoomHeads, read: torch.Tensor, targets: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Cross-entropy of the zoom's heads on pooled reads [n, W] against their classes [n, len(ZOOM_FIELDS)];
+    a field no window asks adds 0, not NaN, and keeps its key (log.csv's columns)."""
     losses = {}
-    for name, part, target in zip(ZOOM_FIELDS, logits.split(ZOOM_SIZES, -1), fields.to(logits.device).unbind(1)):
-        losses[f"zoom_obj_{name}"] = (F.cross_entropy(part, target, ignore_index=IGNORE_INDEX)
-                                      if (target != IGNORE_INDEX).any() else part.sum() * 0)
+    logits = heads.out(read).float().split(ZOOM_SIZES, -1)
+    for name, part, target in zip(ZOOM_FIELDS, logits, targets.to(read.device).unbind(1)):
+        losses[f"{prefix}{name}"] = (F.cross_entropy(part, target, ignore_index=IGNORE_INDEX)
+                                     if (target != IGNORE_INDEX).any() else part.sum() * 0)
     return losses
 
 

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from m3diff.processing import IGNORE_INDEX
 
@@ -49,6 +48,16 @@ class ReaderStage:
     eval_data: str | None = None  # a folder whose test split scores the reader at its change windows
     eval_pairs: int = 300
     seed: int = 0
+
+    def __post_init__(self):
+        for key in ("steps", "pairs", "sign_windows", "object_windows", "change_pairs", "log_every", "eval_pairs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.crop % 8 or self.width % 32:
+            raise ValueError(f"crop must be a multiple of 8 and width of 32, got {self.crop} and {self.width}")
+        if self.lr <= 0 or self.jitter < 0 or self.warmup_steps < 0:
+            raise ValueError(f"lr must be > 0, jitter and warmup_steps >= 0 (got {self.lr}, {self.jitter}, "
+                             f"{self.warmup_steps})")
 
 
 @dataclass
@@ -91,15 +100,11 @@ def load_images(folder: str, split: str, processor, geometry, limit: int, progre
     return Images(torch.cat(pixels), torch.stack(objects))
 
 
-def _targets_in_windows(objects: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    from training.auxiliary import object_in_window
-
-    return object_in_window(objects, boxes)
-
-
 def change_windows(zoom, images: Images, pairs: torch.Tensor, jitter: int, generator=None):
     """Both images' windows at the change of ``pairs`` (the window the model reads, moved by up to
     ``jitter`` px) → crops [2n, 3, c, c] and the classes of what each holds [2n, 5]."""
+    from training.auxiliary import object_in_window
+
     before, after = images.pixels[2 * pairs].float(), images.pixels[2 * pairs + 1].float()
     boxes = zoom.locate(before, after)
     if jitter:
@@ -107,7 +112,7 @@ def change_windows(zoom, images: Images, pairs: torch.Tensor, jitter: int, gener
         centres += (torch.rand(centres.shape, generator=generator) * 2 - 1) * jitter
         boxes = zoom._boxes(centres, *before.shape[-2:])
     crops = torch.stack([zoom._cut(before, boxes), zoom._cut(after, boxes)], 1).flatten(0, 1)
-    targets = torch.stack([_targets_in_windows(images.objects[2 * pairs + k], boxes) for k in (0, 1)], 1).flatten(0, 1)
+    targets = torch.stack([object_in_window(images.objects[2 * pairs + k], boxes) for k in (0, 1)], 1).flatten(0, 1)
     return crops, targets
 
 
@@ -119,16 +124,6 @@ def object_windows(zoom, images: Images, index: torch.Tensor, n: int, jitter: in
     centres += (torch.rand(centres.shape, generator=generator) * 2 - 1) * jitter
     crops, _ = zoom.windows(images.pixels[pick[:, 0]].float(), centres)
     return crops, rows[:, 5:].long()
-
-
-def reading_losses(heads, read: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    from training.auxiliary import ZOOM_FIELDS, ZOOM_SIZES
-
-    losses = {}
-    for name, logits, target in zip(ZOOM_FIELDS, heads.out(read).float().split(ZOOM_SIZES, -1), targets.unbind(1)):
-        losses[name] = (F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX) if (target != IGNORE_INDEX).any()
-                        else logits.sum() * 0)
-    return losses
 
 
 @torch.no_grad()
@@ -170,7 +165,7 @@ def train_reader(stage: ReaderStage, out, progress: bool = True, minutes: float 
 
     from m3diff.processing import PairProcessor
     from m3diff.zoom import ChangeZoom
-    from training.auxiliary import ZOOM_FIELDS, ModelGrid, ZoomHeads
+    from training.auxiliary import ZOOM_FIELDS, ModelGrid, ZoomHeads, reading_losses
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
