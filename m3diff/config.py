@@ -38,9 +38,12 @@ class M3DiffConfig(LlavaOnevisionConfig):
     zoom_crop (`int`, defaults to 0):
         Side in the processor's pixels of the change zoom's window (`m3diff.zoom`; ours, not the
         paper's): a small convolutional reader of both images at the peak of their pixel difference,
-        added to every image token. `0`: no zoom (the paper's model).
+        given to the LLM as `zoom_token` says. `0`: no zoom (the paper's model).
     zoom_width (`int`, defaults to 128):
         Channels of the change zoom's reader.
+    zoom_token (`bool`, defaults to `False`):
+        Where the zoom's read goes: `True`, into a token of its own (each image's closing newline
+        token, otherwise the same constant for every image); `False`, added to every image token.
     caption_opening (`str`, *optional*):
         `"count"`: the model was trained to open every caption with how many things changed ("Three
         changes."); the pipeline takes that sentence off the caption and reports the number
@@ -56,6 +59,7 @@ class M3DiffConfig(LlavaOnevisionConfig):
     mdp_mlp_ratio: float = 4.0
     zoom_crop: int = 0
     zoom_width: int = 128
+    zoom_token: bool = False
     caption_opening: str | None = None
 
     def __post_init__(self, **kwargs):

@@ -93,6 +93,26 @@ def test_zoom_reaches_the_llm_and_survives_save_load(make_model, processor, pair
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("use_mdp", [True, False], ids=["mdp", "no-mdp"])
+def test_a_zoom_token_changes_only_each_images_newline_token(make_model, processor, pair, use_mdp):
+    plain = make_model(seed=3, use_mdp=use_mdp)
+    zoomed = make_model(seed=3, zoom_crop=16, zoom_width=32, zoom_token=True, use_mdp=use_mdp)
+    zoomed.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.normal_(zoomed.model.zoom.out.weight)
+    batch = processor.encode_pairs([pair, pair[::-1]])
+    args = batch["pixel_values"], batch["image_sizes"]
+    with torch.no_grad():
+        base = plain.model.get_image_features(*args, batch_num_images=batch["batch_num_images"]).pooler_output
+        read = zoomed.model.get_image_features(*args, batch_num_images=batch["batch_num_images"])
+    assert len(base) == len(read.pooler_output) == 4
+    for b, z in zip(base, read.pooler_output):
+        torch.testing.assert_close(z[:-1], b[:-1], rtol=0, atol=0)  # the image's own tokens, untouched
+        torch.testing.assert_close(b[-1], plain.model.image_newline.to(b.dtype))  # the last one is the newline
+        assert (z[-1] - b[-1]).norm() > 1e-3  # which carries the read
+    with torch.no_grad():
+        assert not torch.allclose(zoomed(**batch).logits, plain(**batch).logits)
+
+
 def test_zoom_needs_pairs(make_model, processor, pair):
     model = make_model(zoom_crop=16, zoom_width=32, use_mdp=False)
     batch = processor(images=[[pair[0]]], text=[processor.prompt().replace("<image>", "", 1)], return_tensors="pt")
