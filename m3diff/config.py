@@ -73,6 +73,8 @@ class M3DiffConfig(LlavaOnevisionConfig):
             )
         if self.zoom_crop and (self.zoom_crop % 8 or self.zoom_crop < 8):
             raise ValueError(f"zoom_crop {self.zoom_crop} must be 0 (no zoom) or a positive multiple of 8")
+        if self.zoom_token and not self.zoom_crop:
+            raise ValueError("zoom_token puts the change zoom's read in a token: it needs a zoom (zoom_crop > 0)")
         if self.zoom_width % 32:
             raise ValueError(f"zoom_width {self.zoom_width} must be a multiple of 32 (4 heads, 8 norm groups at a quarter)")
         if self.caption_opening is not None and self.caption_opening not in OPENINGS:

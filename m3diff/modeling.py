@@ -124,7 +124,7 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             zoomed = self.zoom(pixel_values[:, 0] if pixel_values.dim() == 5 else pixel_values)
             if self.config.zoom_token:
                 # the image's last token is its newline, the same learnt constant for every image: there
-                # the read is the token's whole content, where added to every token it was ~6% of their
+                # the read is most of the token, where added to every token it was ~6% of their
                 # norm (2.4 against 42 after 1,000 steps) and the captions barely used it
                 out.pooler_output = [torch.cat([f[:-1], f[-1:] + a.to(f.dtype)]) for f, a in zip(out.pooler_output, zoomed.added)]
             else:

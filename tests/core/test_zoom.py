@@ -120,7 +120,7 @@ def test_zoom_needs_pairs(make_model, processor, pair):
         model(**batch)
 
 
-@pytest.mark.parametrize("field,value", [("zoom_crop", 12), ("zoom_crop", -8), ("zoom_width", 48)])
+@pytest.mark.parametrize("field,value", [("zoom_crop", 12), ("zoom_crop", -8), ("zoom_width", 48), ("zoom_token", True)])
 def test_bad_zoom_fields_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         preset("tiny", **{field: value})
