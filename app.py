@@ -610,6 +610,10 @@ def dashboard_tab(services: Services, demo):
                   "or shrank), generated references"):
         gr.Markdown(title)
         shown.append(gr.Dataframe(interactive=False, wrap=True))
+    gr.Markdown("**How each report was scored** (its protocol card: scorer, tokeniser, CIDEr-D, references, "
+                "empty references, SPICE, how ids were matched, what was left out)")
+    shown.append(gr.Markdown(elem_id="protocol-note"))
+    shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table"))
     localization_panel(reports_state, demo)
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
@@ -669,11 +673,13 @@ def localization_view(reports: dict, by: str = "change type"):
 
 def dashboard_view(reports: dict, metric: str):
     """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
-    from analysis.tables import changes_table, delta_table, grounding_table, slice_table
+    from analysis.tables import (changes_table, delta_table, grounding_table, protocol_note, protocol_table,
+                                 slice_table)
 
     return (dashboard_figure(reports, metric), slice_table(reports, "per_type"),
             slice_table(reports, ("per_domain", "per_changes")),
-            delta_table(reports), grounding_table(reports), changes_table(reports))
+            delta_table(reports), grounding_table(reports), changes_table(reports), protocol_note(reports),
+            protocol_table(reports))
 
 
 def operator_folders(services: Services) -> tuple[Path, ...]:

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--on-mismatch", choices=("error", "intersect"), default="error",
                    help="ids in only one of predictions/references: stop (default) or score the ids in both")
     p.add_argument("--on-empty", choices=("error", "score-as-empty"), default="error",
-                   help="empty captions: stop (default) or score empty predictions as empty strings")
+                   help="empty predictions: stop (default) or score them as empty strings (empty references are "
+                        "always kept and scored, as pycocoevalcap scores them)")
     p.add_argument("--on-duplicate", choices=("error", "first", "last"), default="error",
                    help="an id predicted twice: stop (default) or keep its first/last caption")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
@@ -141,7 +142,8 @@ def run_eval(args) -> int:
         aligned = {}
         for name, path in specs:
             preds = load_predictions(path)
-            aligned[name] = (align(preds, pairs, args.on_mismatch, args.on_empty, args.on_duplicate), preds)
+            aligned[name] = (align(preds, pairs, args.on_mismatch, args.on_empty, args.on_duplicate,
+                                   references=str(args.refs)), preds)
     except InputError as exc:
         raise CLIError(str(exc)) from None
     for name, (al, _) in aligned.items():
@@ -162,8 +164,14 @@ def run_eval(args) -> int:
     meta = {"model": args.model or first.model, "predictions": {n: str(p) for n, p in specs},
             "references": str(args.refs), "format": args.format, "split": args.split,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    from analysis.protocol import Protocol
+
+    protocols = {n: Protocol.of([p.captions for p in al.pairs], meteor=runs[n].overall.scores.get("METEOR") is not None,
+                                spice=runs[n].overall.scores.get("SPICE") is not None, id_matching=al.id_matching,
+                                left_out=al.dropped)
+                 for n, (al, _) in aligned.items()}
     rep = build_report(runs, meta, avail, notes={n: a.notes for n, (a, _) in aligned.items()},
-                       dropped={n: a.dropped for n, (a, _) in aligned.items()})
+                       dropped={n: a.dropped for n, (a, _) in aligned.items()}, protocols=protocols)
     if any("regions" in p.extra and "objects" in p.extra for p in pairs):
         # generated references know every change: does each caption name it, and invent none?
         from analysis.changes import evaluate_changes

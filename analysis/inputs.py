@@ -109,6 +109,8 @@ def load_references(path, format: str | None = None, split: str | None = None,
             raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
         if isinstance(data, dict) and "annotations" in data:
             return _coco_references(data, path)
+        if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()) and format is None:
+            format = "card"  # {pair: caption}: CARD's change_multi_captions.json under any name
         if format == "coco":
             raise InputError(f"{path}: a COCO ground-truth file needs an 'annotations' list")
     from m3diff.data.layout import DatasetError
@@ -156,11 +158,15 @@ class Aligned:
     pairs: list[DiffPair]
     notes: list[str] = field(default_factory=list)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids not scored
+    # how prediction ids were matched to reference ids: "exact", "dataset aliases" (a dataset's own
+    # naming, e.g. CLEVR-Change's '000003.png_n') or "image extension" ('256' for '256.png')
+    id_matching: str = "exact"
 
 
 def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error", on_empty: str = "error",
-          on_duplicate: str = "error") -> Aligned:
-    """Check ids, duplicates and empty captions; apply the chosen policies or raise one clear error."""
+          on_duplicate: str = "error", references: str = "the references") -> Aligned:
+    """Check ids, duplicates and empty predictions; apply the chosen policies or raise one clear error
+    (``references`` names the reference file in messages)."""
     for name, val, allowed in (("on_mismatch", on_mismatch, MISMATCH_POLICIES),
                                ("on_empty", on_empty, EMPTY_POLICIES),
                                ("on_duplicate", on_duplicate, DUPLICATE_POLICIES)):
@@ -175,7 +181,8 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
     ref_counts = Counter(p.id for p in pairs)
     ref_dups = [k for k, c in ref_counts.items() if c > 1]
     if ref_dups:
-        raise InputError(f"the references hold {len(ref_dups)} duplicate id(s): {listing(ref_dups)}; fix the reference file")
+        raise InputError(f"{references}: {len(ref_dups)} duplicate id(s): {listing(ref_dups)}; give each pair one id "
+                         "in the reference file")
     if preds.occurrences:
         dups = list(preds.occurrences)
         msg = f"{where}: {len(dups)} id(s) appear more than once: {listing(dups)}"
@@ -187,7 +194,17 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
 
     ref_ids = [p.id for p in pairs]
     ref_set = set(ref_ids)
-    captions = _by_alias(captions, pairs, ref_set)
+    id_matching = "exact"
+    aliased = _by_alias(captions, pairs, ref_set)
+    if aliased is not captions:
+        captions, id_matching = aliased, "dataset aliases"
+    if any(k not in ref_set for k in captions):
+        captions, renamed = _by_extension(captions, ref_ids)
+        if renamed:
+            id_matching = "image extension"
+            example = renamed[0]
+            notes.append(f"{where}: {len(renamed)} prediction id(s) matched to reference ids that differ only by an "
+                         f"image extension ({example[0]!r} for {example[1]!r})")
     extra = [k for k in captions if k not in ref_set]
     missing = [k for k in ref_ids if k not in captions]
     if extra or missing:
@@ -200,33 +217,24 @@ def align(preds: Predictions, pairs: list[DiffPair], on_mismatch: str = "error",
         msg = f"{where}: " + "; ".join(parts)
         if on_mismatch == "error" or both == 0:
             hint = (f"; pass --on-mismatch intersect to score the {both} id(s) present in both" if both
-                    else "; no id is in both (wrong split or wrong file?)")
+                    else f"; no id is in both it and {references} (the wrong --split, or the wrong file?)")
             raise InputError(msg + hint)
         notes.append(msg + f"; scored the {both} id(s) present in both")
         dropped.update({"prediction_not_in_references": extra, "reference_without_prediction": missing})
 
     kept = [p for p in pairs if p.id in captions]
     empty_pred = [p.id for p in kept if not captions[p.id].strip()]
-    empty_ref = [p.id for p in kept if any(not c.strip() for c in p.captions) or not p.captions]
-    if empty_pred or empty_ref:
-        parts = []
-        if empty_pred:
-            parts.append(f"{len(empty_pred)} empty prediction(s): {listing(empty_pred)}")
-        if empty_ref:
-            parts.append(f"{len(empty_ref)} pair(s) with an empty reference caption: {listing(empty_ref)}")
-        msg = f"{where}: " + "; ".join(parts)
+    if empty_pred:
+        msg = f"{where}: {len(empty_pred)} empty prediction(s): {listing(empty_pred)}"
         if on_empty == "error":
             raise InputError(msg + "; pass --on-empty score-as-empty to score them as empty strings (they score ~0)")
-        no_refs = [p.id for p in kept if not any(c.strip() for c in p.captions)]
-        if no_refs:
-            raise InputError(f"{len(no_refs)} pair(s) have no non-empty reference at all: {listing(no_refs)}")
-        # an empty reference is dropped from its pair's references (it cannot be matched by anything);
-        # an empty prediction stays and scores as the empty string
-        kept = [p if all(c.strip() for c in p.captions) else _without_empty_refs(p) for p in kept]
-        notes.append(msg + "; empty predictions scored as empty strings, empty reference captions left out")
+        notes.append(msg + "; scored as empty strings")
+    # An empty reference is data: the authors' evaluation files keep it (Spot-the-Diff's seven pairs whose
+    # every sentence is ""), and pycocoevalcap scores it as a reference like any other.
     hyps = [captions[p.id] for p in kept]
     kept, hyps = _cut_long_captions(kept, hyps, where, notes)
-    return Aligned(ids=[p.id for p in kept], hyps=hyps, pairs=kept, notes=notes, dropped=dropped)
+    return Aligned(ids=[p.id for p in kept], hyps=hyps, pairs=kept, notes=notes, dropped=dropped,
+                   id_matching=id_matching)
 
 
 def cut_caption(text: str, words: int = MAX_CAPTION_WORDS, chars: int = MAX_CAPTION_CHARS) -> str:
@@ -270,7 +278,33 @@ def _by_alias(captions: dict[str, str], pairs: list[DiffPair], ref_set: set[str]
     return out
 
 
-def _without_empty_refs(p: DiffPair) -> DiffPair:
-    from dataclasses import replace
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
-    return replace(p, captions=tuple(c for c in p.captions if c.strip()))
+
+def _stem(name: str) -> str:
+    low = name.lower()
+    return next((name[: -len(e)] for e in IMAGE_EXTENSIONS if low.endswith(e)), name)
+
+
+def _by_extension(captions: dict[str, str], ref_ids: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Prediction ids renamed to the reference id they equal but for an image extension ('256' and
+    '256.png': FINER-MLLM's COCO references name Spot-the-Diff pairs by file). Only unambiguous matches;
+    an id that is already a reference id is never renamed. Returns the captions and (old, new) pairs."""
+    ref_set = set(ref_ids)
+    by_stem: dict[str, list[str]] = {}
+    for r in ref_ids:
+        by_stem.setdefault(_stem(r), []).append(r)
+    out: dict[str, str] = {}
+    renamed = []
+    for k, cap in captions.items():
+        target = k
+        if k not in ref_set:
+            found = by_stem.get(_stem(k), [])
+            if len(found) == 1 and found[0] not in captions:
+                target = found[0]
+        if target in out:  # two predictions for one pair after renaming: keep the exact one
+            continue
+        out[target] = cap
+        if target != k:
+            renamed.append((k, target))
+    return out, renamed

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analysis.breakdown import Breakdown, compare
 from analysis.metrics import HEADLINE, METRICS, MetricAvailability
+from analysis.protocol import Protocol
 
 SCHEMA = "m3diff.eval/1"
 CONVENTIONS = {
@@ -44,8 +45,11 @@ def run_json(bd: Breakdown) -> dict:
 
 
 def build_report(runs: dict[str, Breakdown], meta: dict, availability: MetricAvailability,
-                 notes: dict[str, list[str]] | None = None, dropped: dict[str, dict] | None = None) -> dict:
-    """The report of the first run, with every run's tables under ``runs`` and their deltas."""
+                 notes: dict[str, list[str]] | None = None, dropped: dict[str, dict] | None = None,
+                 protocols: dict[str, Protocol] | None = None) -> dict:
+    """The report of the first run, with every run's tables under ``runs`` and their deltas, and each
+    run's protocol card (``protocols``)."""
+    protocols = protocols or {}
     base = next(iter(runs))
     bd = runs[base]
     rep = {
@@ -60,8 +64,11 @@ def build_report(runs: dict[str, Breakdown], meta: dict, availability: MetricAva
         "input_notes": (notes or {}).get(base, []),
         "dropped": (dropped or {}).get(base, {}),
     }
+    if base in protocols:
+        rep["protocol"] = protocols[base].to_json()
     if len(runs) > 1:
         rep["runs"] = {name: {**run_json(b), "input_notes": (notes or {}).get(name, []),
+                              **({"protocol": protocols[name].to_json()} if name in protocols else {}),
                               "pairs": {p.id: {m: _r(v) for m, v in p.scores.items()} | {"caption": p.caption}
                                         for p in b.pairs}}
                        for name, b in runs.items()}
@@ -117,6 +124,7 @@ def latex_table(rep: dict, paper_rows: bool = True) -> str:
     cols = "l" + "|cccc" * len(groups) if len(keys) == 4 else "l" + "|ccccc" * len(groups)
     lines = [
         "% m3diff eval: " + html.escape(rep["meta"].get("references", ""), quote=False),
+        r"\begin{table}", r"\centering",
         r"\begin{tabular}{" + cols + "}", r"\toprule",
         "Method & " + " & ".join(rf"\multicolumn{{{len(keys)}}}{{c}}{{{g}}}" for g, _ in groups) + r" \\",
         " & " + " & ".join(" & ".join(short[k] for k in keys) for _ in groups) + r" \\", r"\midrule",
@@ -130,8 +138,27 @@ def latex_table(rep: dict, paper_rows: bool = True) -> str:
         for name, doms in OMNIDIFF_TABLE3.items():
             cells = [_tex(doms.get(d, {}).get(k)) for d in domains for k in keys]  # the paper has no photo column
             lines.append(_tex_escape(name) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    card = protocol_of(rep)
+    if card is not None:
+        lines.append(r"\caption{" + _tex_escape(protocol_sentence(card)) + "}")
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
+
+
+def protocol_of(rep: dict) -> Protocol | None:
+    """The report's protocol card, or None for a report written before reports carried one."""
+    return Protocol.from_json(rep["protocol"]) if isinstance(rep.get("protocol"), dict) else None
+
+
+def protocol_sentence(card: Protocol) -> str:
+    """The protocol in one sentence (table.tex's caption, the CLI's line above its table)."""
+    lo, mean, hi = card.references_per_pair
+    left = sum(card.left_out.values())
+    return (f"{card.scorer}, PTB tokenisation, CIDEr-D (sigma 6, clipped), scores x100; {card.pairs:,} pairs, "
+            f"{lo}-{hi} references per pair (mean {mean:g}), {card.empty_references} empty reference(s) kept; "
+            f"METEOR {'on' if card.meteor else 'off'}, SPICE {'on' if card.spice else 'off'}; ids matched "
+            f"{card.id_matching}; {left} id(s) left out.")
 
 
 def html_report(rep: dict) -> str:
@@ -147,6 +174,10 @@ def html_report(rep: dict) -> str:
     for note in rep.get("input_notes", []):
         parts.append(f"<p class=note>{html.escape(note)}</p>")
     parts.append(_html_table(rep))
+    card = protocol_of(rep)
+    if card is not None:
+        parts.append("<h2>Protocol</h2><table>" + "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in card.lines()) + "</table>")
     figs = [figures.metrics_by_type(runs, "CIDEr-D"), figures.metrics_by_type(runs, "BLEU-4")]
     if rep["per_domain"]:
         figs.append(figures.metrics_by_domain(runs, "CIDEr-D"))
@@ -171,7 +202,8 @@ def _slice_rows(rep: dict, all_sources: bool = True):
     yield "overall", "", rep["overall"], rep["overall"]["n"]
     if rep.get("micro"):
         yield "micro", "", rep["micro"], rep["micro"]["n"]
-    yield "macro", str(len(rep["macro"]["types"])), rep["macro"], ""
+    if rep["macro"]["types"]:  # references without change types have no macro average
+        yield "macro", str(len(rep["macro"]["types"])), rep["macro"], ""
     for kind, key in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source"),
                       ("changes", "per_changes")):
         if kind == "source" and not all_sources and len(rep[key]) <= 1:
@@ -209,15 +241,18 @@ def _html_table(rep: dict) -> str:
 
 
 def text_table(rep: dict) -> str:
-    """The table `m3diff eval` prints."""
-    cols = ("n", *HEADLINE)
-    lines = [f"{'slice':<26}" + "".join(f"{c:>10}" for c in cols) + f"{'words':>10}"]
+    """The table `m3diff eval` prints: BLEU-1..4 as the papers print them, every other metric, the words,
+    and the protocol in one line above it."""
+    cols = ("n", *METRICS)
+    card = protocol_of(rep)
+    lines = [f"protocol: {protocol_sentence(card)}"] if card is not None else []
+    lines.append(f"{'slice':<26}" + "".join(f"{c:>9}" for c in cols) + f"{'words':>10}")
 
     labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro ({} types)",
               "type": "  {}", "domain": "  domain {}", "source": "  source {}", "changes": "  {}"}
     for kind, name, s, n in _slice_rows(rep, all_sources=False):
         label = labels[kind].format(changes_label(name) if kind == "changes" else name)
-        lines.append(f"{label:<26}" + f"{n!s:>10}" + "".join(f"{_fmt(s.get(m), 'n/a'):>10}" for m in HEADLINE)
+        lines.append(f"{label:<26}" + f"{n!s:>9}" + "".join(f"{_fmt(s.get(m), 'n/a'):>9}" for m in METRICS)
                      + f"{words_cell(s):>10}")
     if rep.get("comparison"):
         base = rep["comparison"]["base"]

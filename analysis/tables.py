@@ -363,3 +363,43 @@ def localization_notes(reports: dict[str, dict]) -> str:
         else:
             lines.append(f"- **No change, {run}**: the report has no pairs without a change to compare.")
     return "\n".join(lines)
+
+
+def protocol_table(reports: dict[str, dict]):
+    """How each loaded report was scored (its protocol card): one row per protocol line, a column per report."""
+    import pandas as pd
+
+    from analysis.report import protocol_of
+
+    cards = {name: protocol_of(rep) for name, rep in reports.items()}
+    if not any(cards.values()):
+        return pd.DataFrame([{"protocol": "not in the loaded reports (written before reports carried one: "
+                                          "re-run `m3diff eval`)"}])
+    keys = [k for k, _ in next(c for c in cards.values() if c is not None).lines()]
+    rows = []
+    for k in keys:
+        row = {"": k}
+        for name, card in cards.items():
+            row[name] = dict(card.lines())[k] if card is not None else "— (no protocol card)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def protocol_note(reports: dict[str, dict]) -> str:
+    """A warning, for the Dashboard, when loaded reports were not scored the same way ("" when they were)."""
+    from analysis.report import protocol_of
+
+    cards = {name: protocol_of(rep) for name, rep in reports.items()}
+    named = [(n, c) for n, c in cards.items() if c is not None]
+    lines = []
+    for name, card in named[1:]:
+        diff = named[0][1].differences(card)
+        if diff:
+            lines.append(f"- {name} vs {named[0][0]}: " + "; ".join(diff))
+    missing = [n for n, c in cards.items() if c is None]
+    if missing and named:
+        lines.append(f"- {', '.join(missing)}: no protocol card, so how it was scored is unknown")
+    if not lines:
+        return ""
+    return "⚠️ **These reports were not scored the same way** — their numbers are not directly comparable:\n" + \
+        "\n".join(lines)

@@ -110,12 +110,15 @@ def _stats(args) -> int:
     st = compute_stats(ds.pairs)
     st["format"] = ds.format
     st["missing_images"] = len(ds.missing_images)
-    st["skipped_records"] = len(ds.skipped)
+    st["empty_reference_pairs"] = len(ds.empty_reference_pairs)
     if args.json:
         print(json.dumps(st, indent=1))
     else:
         title = f"{args.path} ({ds.format}{', ' + args.split if args.split else ''})"
         print(format_stats(st, title))
+        if st["empty_reference_pairs"]:
+            print(f"pairs with only empty references  {st['empty_reference_pairs']:,} (kept, each with one \"\" "
+                  "reference, as the authors' evaluation files keep them)")
         if ds.missing_images:
             print(f"note: {len(ds.missing_images)} image file(s) are missing (first: {ds.missing_images[0]}); "
                   "the figures above need annotations only")

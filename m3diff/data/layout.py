@@ -38,17 +38,20 @@ class Dataset:
     missing_images: list[Path] = field(default_factory=list)
     # image paths outside ``root``, read because the caller allowed it (said once by the CLI)
     outside_images: list[Path] = field(default_factory=list)
-    # records left out as their authors published them, e.g. a Spot-the-Diff pair whose every sentence
-    # is empty: (record, why)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def empty_reference_pairs(self) -> list[str]:
+        """Ids of the pairs whose every reference is empty (kept with one "" reference, as the authors'
+        evaluation files keep them)."""
+        return [p.id for p in self.pairs if not any(c.strip() for c in p.captions)]
 
     def notes(self) -> list[str]:
         """One line per thing a person should know about this read (for the CLI's warnings)."""
         out = []
-        if self.skipped:
-            out.append(f"{len(self.skipped)} record(s) of {self.root} left out: "
-                       + "; ".join(f"{r} ({why})" for r, why in self.skipped[:3])
-                       + (f"; ... (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""))
+        empty = self.empty_reference_pairs
+        if empty:
+            out.append(f"{len(empty)} pair(s) of {self.root} have only empty references (first: {empty[0]!r}); "
+                       "kept with an empty reference, as the authors' evaluation files keep them")
         if self.outside_images:
             out.append(f"{len(self.outside_images)} image path(s) lie outside the dataset folder {self.root} "
                        f"(first: {self.outside_images[0]}); read because outside paths were allowed")

@@ -51,7 +51,8 @@ def _answer_captions(pair) -> list[str]:
     # Spot-the-Diff's references are single sentences; an annotator's whole description is the answer.
     if pair.source == "spot_the_diff" and pair.extra.get("annotators"):
         return [" ".join(a) for a in pair.extra["annotators"]]
-    return list(pair.captions)
+    # an empty reference is kept for scoring (readers.EMPTY_REFERENCES) but teaches nothing
+    return [c for c in pair.captions if c.strip()]
 
 
 def build_mixture(datasets: list[tuple[MixSource, Dataset]], seed: int = 0, every_caption: bool = False,
@@ -64,6 +65,8 @@ def build_mixture(datasets: list[tuple[MixSource, Dataset]], seed: int = 0, ever
         base: list[dict] = []
         for p in ds.pairs:
             caps = _answer_captions(p)
+            if not caps:
+                continue
             if every_caption or p.source in EVERY_CAPTION_SOURCES:
                 chosen = list(enumerate(caps))
             else:

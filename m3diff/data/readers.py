@@ -44,22 +44,24 @@ def _images(root: Path, images: str, allow_outside: bool) -> ImagePaths:
     return ImagePaths(root, required=images == "require", allow_outside=allow_outside)
 
 
-def _dataset(fmt: str, root: Path, pairs, imgs: ImagePaths, skipped=()) -> Dataset:
-    return Dataset(fmt, root, pairs, imgs.missing, imgs.outside, list(skipped))
+def _dataset(fmt: str, root: Path, pairs, imgs: ImagePaths) -> Dataset:
+    return Dataset(fmt, root, pairs, imgs.missing, imgs.outside)
 
 
-def _captions(value, path: Path, record: str, allow_none: bool = False) -> tuple[str, ...]:
-    """The non-empty captions of a record (stripped). Published files hold empty sentences (Spot-the-Diff's
-    test.json has records whose only sentence is ""): they are dropped; with ``allow_none`` a record left
-    with none gives () for the caller to report, else it is an error."""
+# What a pair whose every reference is empty keeps: one empty reference, as the authors' own evaluation
+# files keep it (Spot-the-Diff's test split: 1,270 pairs and 2,107 references in DDLA's, FINER-MLLM's and
+# CARD's ground truth, seven of them "") and as pycocoevalcap then scores it.
+EMPTY_REFERENCES = ("",)
+
+
+def _captions(value, path: Path, record: str) -> tuple[str, ...]:
+    """The non-empty captions of a record (stripped); ``EMPTY_REFERENCES`` when none is. Published files
+    hold empty sentences beside real ones (Spot-the-Diff's annotators): those are dropped."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise DatasetError(path, "captions must be a list of strings", record)
-    caps = tuple(c.strip() for c in value if c.strip())
-    if not caps and not allow_none:
-        raise DatasetError(path, "no non-empty caption", record)
-    return caps
+    return tuple(c.strip() for c in value if c.strip()) or EMPTY_REFERENCES
 
 
 def read_omnidiff(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
@@ -91,9 +93,10 @@ def read_spot_the_diff(root: Path, split=None, images="require", allow_outside=F
     """``annotations/{split}.json`` of ``{img_id, sentences}``, one record per annotator: merged per
     ``img_id``, every non-empty sentence a reference; ``extra['annotators']`` keeps each annotator's
     sentences. The published test.json has annotators whose only sentence is empty: they are dropped, and
-    a pair left with no sentence at all is skipped and reported in ``Dataset.skipped``, as the literature does."""
+    a pair left with no sentence at all keeps one empty reference (``EMPTY_REFERENCES``), as the authors'
+    evaluation files do."""
     imgs = _images(root, images, allow_outside)
-    pairs, skipped = [], []
+    pairs = []
     for s in _splits(split):
         path = root / "annotations" / f"{s}.json"
         data = load_json(path)
@@ -103,32 +106,29 @@ def read_spot_the_diff(root: Path, split=None, images="require", allow_outside=F
         for i, rec in enumerate(data):
             if not isinstance(rec, dict) or "img_id" not in rec or "sentences" not in rec:
                 raise DatasetError(path, "expected keys img_id and sentences", f"#{i}")
-            sents = _captions(rec["sentences"], path, f"#{i}", allow_none=True)
+            sents = _captions(rec["sentences"], path, f"#{i}")
             annotators = merged.setdefault(str(rec["img_id"]), [])
-            if sents:
+            if sents != EMPTY_REFERENCES:
                 annotators.append(sents)
         for img_id, annotators in merged.items():
             label = f"img_id {img_id!r}"
-            if not annotators:
-                skipped.append((f"{path.name} {label}", "no non-empty sentence"))
-                continue
             pairs.append(DiffPair(
                 id=img_id,
                 before=imgs.resolve(f"resized_images/{img_id}.png", path, label),
                 after=imgs.resolve(f"resized_images/{img_id}_2.png", path, label),
-                captions=tuple(c for sents in annotators for c in sents),
+                captions=tuple(c for sents in annotators for c in sents) or EMPTY_REFERENCES,
                 domain="real", scene=img_id, source="spot_the_diff", split=s,
                 extra={"annotators": [list(a) for a in annotators]},
             ))
-    return _dataset("spot_the_diff", root, pairs, imgs, skipped)
+    return _dataset("spot_the_diff", root, pairs, imgs)
 
 
 def read_iedit(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
     """``{train,valid,test}.json`` of ``{img0, img1, sents, uid}``; image files relative to the
     dataset folder or its ``images/``. The same image pair can occur under several uids (one per
-    request): each uid is its own pair. A record with no non-empty request is skipped and reported."""
+    request): each uid is its own pair. A record with no non-empty request keeps one empty reference."""
     imgs = _images(root, images, allow_outside)
-    pairs, seen, skipped = [], {}, []
+    pairs, seen = [], {}
     file_of = {"train": "train", "val": "valid", "test": "test"}
     for s in _splits(split):
         path = root / f"{file_of[s]}.json"
@@ -148,15 +148,12 @@ def read_iedit(root: Path, split=None, images="require", allow_outside=False) ->
                 base = root / "images" if (root / "images" / str(name)).is_file() else root
                 return imgs.resolve(str(name), path, label, base=base)
 
-            caps = _captions(rec["sents"], path, label, allow_none=True)
-            if not caps:
-                skipped.append((f"{path.name} {label}", "no non-empty request"))
-                continue
+            caps = _captions(rec["sents"], path, label)
             pairs.append(DiffPair(
                 id=uid, before=img(rec["img0"]), after=img(rec["img1"]), captions=caps,
                 domain="real", scene=uid, source="iedit", split=s,
             ))
-    return _dataset("iedit", root, pairs, imgs, skipped)
+    return _dataset("iedit", root, pairs, imgs)
 
 
 def read_clevr_change(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
@@ -298,6 +295,59 @@ def read_birds_to_words(root: Path, split=None, images="require", allow_outside=
     return _dataset("birds_to_words", base, pairs, imgs)
 
 
+CARD_CAPTIONS = "change_multi_captions.json"
+
+
+def read_card(root: Path, split=None, images="require", allow_outside=False) -> Dataset:
+    """CARD's multi-change Spot-the-Diff (Tu et al., 2024): ``change_multi_captions.json``, a dict from a
+    pair (its image name, "256.png", or its id) to one caption — an annotator's sentences joined — and
+    ``splits.json`` ``{"train", "val", "test": [ids]}`` beside it. A pair's id is its name without the
+    extension (Spot-the-Diff's ``img_id``); an empty caption is kept as the pair's one reference. Images:
+    ``images/<name>`` and ``sc_images/<name>`` (CARD's layout) or Spot-the-Diff's ``resized_images/``."""
+    path = root / CARD_CAPTIONS if root.is_dir() else root
+    root = path.parent
+    imgs = _images(root, images, allow_outside)
+    data = load_json(path)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DatasetError(path, "expected an object from pair name to its caption (CARD's change_multi_captions.json)")
+    by_id = {_strip_image_ext(str(k)): str(k) for k in data}
+    splits_path = root / "splits.json"
+    if splits_path.is_file():
+        raw = load_json(splits_path)
+        if not isinstance(raw, dict):
+            raise DatasetError(splits_path, "expected {train, val, test: [pair ids]}")
+        splits = {SPLIT_ALIASES.get(k, k): v for k, v in raw.items()}
+    elif split is not None:
+        raise DatasetError(splits_path, f"no such file: split {split!r} needs CARD's splits.json beside {path.name}")
+    else:
+        splits = {"": list(by_id)}
+    pairs = []
+    for s in _splits(split) if split is not None or splits_path.is_file() else ("",):
+        ids = splits.get(s)
+        if not isinstance(ids, list):
+            raise DatasetError(splits_path, f"no list of pair ids for split {s!r}")
+        for raw_id in ids:
+            pid = _strip_image_ext(str(raw_id))
+            key = by_id.get(pid)
+            if key is None:
+                raise DatasetError(path, f"no caption for pair {raw_id!r} of {splits_path.name}'s {s} split")
+            label = f"pair {key!r}"
+            name = key if Path(key).suffix else f"{key}.png"
+            if (root / "images").is_dir() and (root / "sc_images").is_dir():
+                before, after = f"images/{name}", f"sc_images/{name}"
+            else:
+                before, after = f"resized_images/{pid}.png", f"resized_images/{pid}_2.png"
+            pairs.append(DiffPair(
+                id=pid, before=imgs.resolve(before, path, label), after=imgs.resolve(after, path, label),
+                captions=_captions(data[key], path, label), domain="real", scene=pid, source="card", split=s,
+            ))
+    return _dataset("card", root, pairs, imgs)
+
+
+def _strip_image_ext(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg") else name
+
+
 def _url_path(url: str) -> str:
     """The path part of an image URL, relative (no host, no query): where its local copy lies under images/."""
     from urllib.parse import unquote, urlsplit
@@ -312,10 +362,12 @@ FORMATS: dict[str, Callable[..., Dataset]] = {
     "clevr_change": read_clevr_change,
     "clevr_dc": read_clevr_dc,
     "birds_to_words": read_birds_to_words,
+    "card": read_card,
 }
 FORMAT_ALIASES = {"synth": "omnidiff", "synthetic": "omnidiff", "ours": "omnidiff", "spot": "spot_the_diff",
                   "image_editing_request": "iedit", "clevr-change": "clevr_change", "clevr-dc": "clevr_dc",
-                  "birds": "birds_to_words", "spot-the-diff": "spot_the_diff", "birds-to-words": "birds_to_words"}
+                  "birds": "birds_to_words", "spot-the-diff": "spot_the_diff", "birds-to-words": "birds_to_words",
+                  "card-spot": "card", "spot-the-diff-multi": "card", "spot_the_diff_multi": "card"}
 
 
 def format_name(name: str) -> str:
@@ -334,9 +386,13 @@ def detect_format(path: Path) -> str:
     if path.is_file():
         if path.suffix == ".tsv":
             return "birds_to_words"
+        if path.name == CARD_CAPTIONS:
+            return "card"
         if path.suffix == ".json":
             return "omnidiff"
     else:
+        if (path / CARD_CAPTIONS).is_file():  # before annotations/: CARD's folder may also hold Spot-the-Diff's
+            return "card"
         if (path / "annotations").is_dir():
             return "spot_the_diff"
         if (path / "change_captions.json").is_file():

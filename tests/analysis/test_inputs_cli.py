@@ -83,6 +83,16 @@ def test_eval_cli_writes_four_reports(dataset, cli_scorer, capsys):
     assert len(rep["pairs"]) == 60 and {"id", "caption", "refs", "types", "domain", "CIDEr-D", "BLEU-4"} <= set(rep["pairs"][0])
     assert "Real" in (out / "table.tex").read_text() and "Render" in (out / "table.tex").read_text()
     assert "plotly" in (out / "report.html").read_text()
+    # the protocol card: in report.json, the page and the table's caption
+    card = rep["protocol"]
+    assert card["pairs"] == 60 and card["spice"] is False and card["meteor"] is True
+    assert card["scorer"].startswith("pycocoevalcap ") and "CIDEr-D" in card["cider"] and card["scale"] == "×100"
+    assert card["id_matching"] == "exact" and card["left_out"] == {}
+    assert "<h2>Protocol</h2>" in (out / "report.html").read_text() and "not CIDEr" in (out / "report.html").read_text()
+    caption = next(line for line in (out / "table.tex").read_text().splitlines() if line.startswith("\\caption{"))
+    assert "pycocoevalcap" in caption and "60 pairs" in caption and "x100" in caption
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol: pycocoevalcap") and "BLEU-1" in printed and "BLEU-3" in printed
 
 
 def test_eval_cli_bad_input_is_one_line_exit_2(dataset, capsys):
@@ -103,17 +113,19 @@ def test_doctor(capsys):
     assert "METEOR" in out and "SPICE" in out
 
 
-def _coco_files(tmp_path, n=30, seed=5):
+def _coco_files(tmp_path, n=30, seed=5, empty=(3, 11, 17), ids=lambda i: str(i * 7 + 256)):
     """A COCO caption ground truth the way authors publish it (Spot-the-Diff's DDLA files): string image
-    ids, one ``images`` entry per annotation (the id repeated), annotation ids equal to the image id, and
-    a results file with one caption per image."""
+    ids, one ``images`` entry per annotation (the id repeated), annotation ids equal to the image id, one
+    or two references per pair, pairs whose only reference is "" (the seven of Spot-the-Diff's test
+    split), and a results file with one caption per image."""
     from tests.analysis.conftest import make_split
 
     recs, preds = make_split(n, seed=seed)
     images, anns = [], []
-    for r in recs:
-        iid = str(int(r["id"][1:]) * 7 + 256)
-        for c in r["captions"]:
+    for k, r in enumerate(recs):
+        iid = ids(int(r["id"][1:]))
+        caps = [""] if k in empty else r["captions"][: 1 + k % 2]
+        for c in caps:
             images.append({"id": iid})
             anns.append({"image_id": iid, "caption": c, "id": iid})
     results = [{"image_id": str(int(p["id"][1:]) * 7 + 256), "caption": p["caption"], "id": "x"} for p in preds]
@@ -124,7 +136,7 @@ def _coco_files(tmp_path, n=30, seed=5):
     return gt, res
 
 
-def test_coco_ground_truth_with_repeated_image_ids_scores_as_cocoevalcap(tmp_path, cli_scorer, capsys):
+def _cocoevalcap(gt_file, res_file, meteor):
     """The path of the authors' notebook: COCO(gt) → loadRes(pred) → COCOEvalCap with
     params['image_id'] = cocoRes.getImgIds(), scorers run one by one (SPICE left out, it needs CoreNLP)."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -133,30 +145,54 @@ def test_coco_ground_truth_with_repeated_image_ids_scores_as_cocoevalcap(tmp_pat
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     from pycocotools.coco import COCO
 
-    from m3diff.cli import main
-
-    gt_file, res_file = _coco_files(tmp_path)
     coco = COCO(str(gt_file))
     coco_res = coco.loadRes(str(res_file))
     img_ids = coco_res.getImgIds()
     gts = PTBTokenizer().tokenize({i: coco.imgToAnns[i] for i in img_ids})
     res = PTBTokenizer().tokenize({i: coco_res.imgToAnns[i] for i in img_ids})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    want = {"BLEU-4": 100 * bleu[3], "ROUGE-L": 100 * Rouge().compute_score(gts, res)[0],
-            "CIDEr-D": 100 * Cider().compute_score(gts, res)[0],
-            "METEOR": 100 * cli_scorer._meteor.compute_score(gts, res)[0]}
+    want = {f"BLEU-{k + 1}": 100 * bleu[k] for k in range(4)}
+    want |= {"ROUGE-L": 100 * Rouge().compute_score(gts, res)[0], "CIDEr-D": 100 * Cider().compute_score(gts, res)[0],
+             "METEOR": 100 * meteor.compute_score(gts, res)[0]}
+    return want, len(img_ids)
+
+
+def test_coco_ground_truth_as_the_authors_publish_it_scores_exactly_as_cocoevalcap(tmp_path, cli_scorer, capsys):
+    """DDLA's files as published (repeated image entries, "" references, one and two references per pair)
+    score with the plain command, no flag, to pycocoevalcap's own numbers on every pair, BLEU-1..4 included."""
+    from m3diff.cli import main
+
+    gt_file, res_file = _coco_files(tmp_path)
+    want, n = _cocoevalcap(gt_file, res_file, cli_scorer._meteor)
     capsys.readouterr()
 
     assert main(["eval", "--pred", str(res_file), "--refs", str(gt_file), "--json", "--bootstrap", "0"]) == 0
     overall = json.loads(capsys.readouterr().out)["overall"]
-    assert overall["n"] == len(img_ids)
+    assert overall["n"] == n == 30
     for m, v in want.items():
         assert overall[m] == round(v, 4), m  # report.json keeps 4 decimals
     assert main(["eval", "--pred", str(res_file), "--refs", str(gt_file), "--bootstrap", "0"]) == 0
     table = capsys.readouterr().out
-    row = next(line for line in table.splitlines() if line.startswith("overall"))
-    for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
-        assert f"{want[m]:.2f}" in row.split(), m
+    header = next(line for line in table.splitlines() if "BLEU-1" in line).split()
+    row = next(line for line in table.splitlines() if line.startswith("overall")).split()
+    for m in want:
+        assert f"{want[m]:.2f}" == row[header.index(m)], m  # columns: slice, n, the metrics
+    assert "macro" not in table  # no change types in these references: no empty macro row
+
+
+def test_references_keyed_by_image_file_match_predictions_keyed_by_id(tmp_path, cli_scorer, capsys):
+    """FINER-MLLM's COCO references name Spot-the-Diff pairs '256.png'; the reader (and DDLA) say '256'."""
+    from m3diff.cli import main
+
+    gt_file, res_file = _coco_files(tmp_path, ids=lambda i: f"{i * 7 + 256}.png")
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(res_file), "--refs", str(gt_file), "--json", "--bootstrap", "0",
+                 "--out", str(tmp_path / "ev")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["overall"]["n"] == 30
+    assert err.count("differ only by an image extension") == 1 and "'256' for '256.png'" in err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["protocol"]["id_matching"] == "image extension"
 
 
 def test_very_long_captions_are_cut_with_a_warning_and_scored_quickly(dataset, cli_scorer, capsys):

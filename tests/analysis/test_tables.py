@@ -213,3 +213,24 @@ def test_localization_notes_give_the_sanity_verdicts_and_no_change_peakedness(ge
     assert (f"peak/mean {nc['changed']['peak_to_mean']:.2f} on {nc['n_changed']} changed vs "
             f"{nc['unchanged']['peak_to_mean']:.2f} on {nc['n_unchanged']} unchanged") in notes[1]
     assert nc["n_unchanged"] >= 3  # the fixture holds no-change pairs
+
+
+def test_the_protocol_card_and_a_warning_when_two_reports_were_not_scored_alike(tmp_path):
+    """Every report states how it was scored; the Dashboard shows each card and says when two differ."""
+    from analysis.protocol import Protocol
+    from analysis.tables import protocol_note, protocol_table
+
+    card = Protocol.of([("a b",), ("c", "d"), ("",)], meteor=True, spice=False)
+    assert card.references_per_pair == (1, 1.333, 2) and card.empty_references == 1 == card.empty_reference_pairs
+    assert Protocol.from_json(card.to_json()) == card
+    a = {"protocol": card.to_json()}
+    b = {"protocol": Protocol.of([("a b",), ("c",)], meteor=False, spice=False, id_matching="image extension",
+                                 left_out={"reference_without_prediction": ["x"]}).to_json()}
+    table = protocol_table({"a": a, "b": b})
+    assert list(table.columns) == ["", "a", "b"] and "CIDEr-D" in " ".join(table["a"])
+    note = protocol_note({"a": a, "b": b})
+    assert "not scored the same way" in note
+    for what in ("METEOR: on vs off", "ids matched: exact vs image extension", "1 reference without prediction"):
+        assert what in note
+    assert protocol_note({"a": a, "a2": dict(a)}) == ""
+    assert "no protocol card" in protocol_note({"a": a, "old": {}})

@@ -32,27 +32,42 @@ def _spot_with_empty_sentences(root):
         helpers.png(root / f"resized_images/{i}_2.png")
 
 
-def test_spot_the_diff_drops_empty_sentences_and_reports_a_pair_left_without_any(tmp_path):
+def test_spot_the_diff_keeps_a_pair_whose_sentences_are_all_empty_with_one_empty_reference(tmp_path):
+    """The authors' own evaluation files (DDLA's ground truth, FINER-MLLM's COCO references, CARD's splits)
+    keep such pairs with a "" reference: the published test set is 1,270 pairs and 2,107 references."""
     _spot_with_empty_sentences(tmp_path)
     ds = read_dataset(tmp_path, format="spot_the_diff", split="test")
     by_id = {p.id: p for p in ds.pairs}
-    assert sorted(by_id) == ["256", "294"]
+    assert sorted(by_id) == ["256", "294", "9420"]
+    assert by_id["9420"].captions == ("",) and by_id["9420"].extra["annotators"] == []
     # every record of an img_id merged, the empty sentence dropped
     assert by_id["256"].captions == ("person with umbrella is gone", "car up at top is now missing",
                                      "the person with the red coat moved")
     assert by_id["256"].extra["annotators"] == [["person with umbrella is gone", "car up at top is now missing"],
                                                 ["the person with the red coat moved"]]
-    assert [r for r, _ in ds.skipped] == ["test.json img_id '9420'"]
+    assert ds.empty_reference_pairs == ["9420"]
     assert any("9420" in n for n in ds.notes())
 
 
-def test_data_stats_on_spot_the_diff_with_empty_sentences(tmp_path, capsys):
+def test_data_stats_on_spot_the_diff_counts_the_pairs_with_only_empty_references(tmp_path, capsys):
     _spot_with_empty_sentences(tmp_path)
     assert main(["data", "stats", str(tmp_path), "--format", "spot-the-diff", "--split", "test", "--json"]) == 0
     out, err = capsys.readouterr()
     st = json.loads(out)
-    assert st["pairs"] == 2 and st["captions"] == 4 and st["skipped_records"] == 1
+    assert st["pairs"] == 3 and st["captions"] == 5 and st["empty_reference_pairs"] == 1
     assert "9420" in err and "warning" in err
+    assert main(["data", "stats", str(tmp_path), "--format", "spot-the-diff", "--split", "test"]) == 0
+    assert "only empty references  1" in capsys.readouterr().out
+
+
+def test_the_training_mixture_leaves_empty_references_out(tmp_path):
+    from m3diff.data.mixture import MixSource, build_mixture
+
+    _spot_with_empty_sentences(tmp_path)
+    ds = read_dataset(tmp_path, format="spot_the_diff", split="test")
+    samples = build_mixture([(MixSource(tmp_path, "spot_the_diff", 1.0), ds)], every_caption=True)
+    assert {s["id"].split("#")[0] for s in samples} == {"spot_the_diff/256", "spot_the_diff/294"}
+    assert all(s["answer"].strip() for s in samples)
 
 
 # ------------------------------------------------------------------ image paths that leave the folder
@@ -126,10 +141,10 @@ def test_iedit_as_published_repeated_pairs_mixed_extensions_and_an_empty_request
         for key in ("img0", "img1"):
             helpers.png(tmp_path / "images" / rec[key])
     ds = read_dataset(tmp_path, split="test")
-    assert [p.id for p in ds.pairs] == ["Reddit_1409", "Reddit_1444", "Reddit_1340"]
+    assert [p.id for p in ds.pairs] == ["Reddit_1409", "Reddit_1444", "Reddit_1340", "Reddit_1085"]
     assert ds.pairs[0].before == ds.pairs[1].before
     assert ds.pairs[1].captions[-1] == "add a middle finger on boy's nose"
-    assert [r for r, _ in ds.skipped] == ["test.json #3 (uid 'Reddit_1085')"]
+    assert ds.pairs[3].captions == ("",) and ds.empty_reference_pairs == ["Reddit_1085"]
 
 
 # ------------------------------------------------------------------ CLEVR-Change: the authors' ids
@@ -176,3 +191,47 @@ def test_birds_to_words_local_copies_follow_the_url_path_not_the_shared_file_nam
     images = [p.before for p in ds.pairs] + [p.after for p in ds.pairs]
     assert len(set(images)) == 4
     assert ds.pairs[1].before == tmp_path / "images" / "photos" / "3890846" / "medium.jpg"
+
+
+# ------------------------------------------------------------------ CARD's multi-change Spot-the-Diff
+def _card(root):
+    """CARD's files: change_multi_captions.json, a dict from a pair's image name to one caption (some
+    empty: 48 in the published file), and splits.json with each split's pair ids."""
+    root.mkdir(parents=True, exist_ok=True)
+    caps = {"256.png": "the person with umbrella is gone . the car up at top is now missing",
+            "294.png": "there is a red car that is not in the left image", "9420.png": "",
+            "31.png": "the white van has moved"}
+    (root / "change_multi_captions.json").write_text(json.dumps(caps))
+    (root / "splits.json").write_text(json.dumps({"train": [31], "val": [], "test": [256, 294, 9420]}))
+    return caps
+
+
+def test_card_multi_change_captions_read_as_a_dataset_with_their_splits(tmp_path, capsys):
+    _card(tmp_path)
+    ds = read_dataset(tmp_path, split="test", images="optional")
+    assert ds.format == "card"
+    assert [p.id for p in ds.pairs] == ["256", "294", "9420"]
+    assert ds.pairs[2].captions == ("",) and ds.empty_reference_pairs == ["9420"]
+    assert [p.id for p in read_dataset(tmp_path, split="train", images="optional").pairs] == ["31"]
+    assert main(["data", "stats", str(tmp_path), "--split", "test", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["format"] == "card" and st["pairs"] == 3 and st["empty_reference_pairs"] == 1
+
+
+def test_card_captions_as_references_of_eval(tmp_path, capsys):
+    pytest.importorskip("pycocoevalcap")
+    _card(tmp_path)
+    preds = tmp_path / "pred.json"
+    preds.write_text(json.dumps([{"image_id": i, "caption": "the car is gone"} for i in ("256", "294", "9420")]))
+    code = main(["eval", "--pred", str(preds), "--refs", str(tmp_path / "change_multi_captions.json"),
+                 "--split", "test", "--json", "--bootstrap", "0", "--no-meteor"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)["overall"]["n"] == 3
+
+
+def test_card_split_without_its_splits_file_names_the_file(tmp_path):
+    _card(tmp_path)
+    (tmp_path / "splits.json").unlink()
+    with pytest.raises(DatasetError, match="splits.json.*split 'test' needs"):
+        read_dataset(tmp_path, split="test", images="optional")
+    assert len(read_dataset(tmp_path, images="optional").pairs) == 4  # no split asked: every pair

@@ -94,7 +94,7 @@ def test_detection_and_unknown_format(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="cannot tell the dataset format"):
         read_dataset(tmp_path / "empty")
-    assert set(FORMATS) == {"omnidiff", "spot_the_diff", "iedit", "clevr_change", "clevr_dc", "birds_to_words"}
+    assert set(FORMATS) == {"omnidiff", "spot_the_diff", "iedit", "clevr_change", "clevr_dc", "birds_to_words", "card"}
 
 
 def test_bad_json_names_the_file_and_position(tmp_path):
