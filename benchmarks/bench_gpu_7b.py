@@ -13,7 +13,8 @@ weights). Measured, with CUDA synchronised around every timed region:
 - peak memory of each phase;
 - a few optimizer steps of the paper-7b recipe (LoRA r128 on the LLM, vision/projector/MDP trained,
   AdamW, bf16, gradient checkpointing) with training/'s own loss and parameter groups.
-Without CUDA it refuses with a message and exit status 2.
+Without CUDA it refuses with a message and exit status 2. Its functions take a preset and a device, so
+benchmarks/gpu_check.py runs the same measurements on the tiny preset on a CPU (its test).
 """
 from __future__ import annotations
 
@@ -24,13 +25,19 @@ import sys
 import time
 
 
-def synced(fn):
+def _on_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def synced(fn, device="cuda"):
     import torch
 
-    torch.cuda.synchronize()
+    if _on_cuda(device):
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    if _on_cuda(device):
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
 
 
@@ -38,71 +45,120 @@ def gib(n: float) -> float:
     return round(n / 2**30, 2)
 
 
-def build(use_mdp: bool, dtype):
+def reset_peak(device="cuda") -> None:
+    import torch
+
+    if _on_cuda(device):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device="cuda") -> float | None:
+    """Peak memory allocated since ``reset_peak``; None on a CPU, where torch does not count it."""
+    import torch
+
+    return gib(torch.cuda.max_memory_allocated()) if _on_cuda(device) else None
+
+
+def allocated_gib(device="cuda") -> float | None:
+    import torch
+
+    return gib(torch.cuda.memory_allocated()) if _on_cuda(device) else None
+
+
+def build(use_mdp: bool, dtype, preset_name: str = "m3diff-7b", device="cuda"):
     import torch
 
     from m3diff.config import preset
     from m3diff.modeling import M3DiffForConditionalGeneration
 
     torch.manual_seed(0)
-    config = preset("m3diff-7b", use_mdp=use_mdp)
+    config = preset(preset_name, use_mdp=use_mdp)
     config._attn_implementation = "sdpa"
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     start = time.perf_counter()
-    with torch.device("cuda"):
+    with torch.device(device):
         model = M3DiffForConditionalGeneration(config).to(dtype)
-    torch.cuda.synchronize()
+    if _on_cuda(device):
+        torch.cuda.synchronize()
     return model.eval(), config, time.perf_counter() - start
 
 
-def inputs_for(config, batch: int, dtype):
+def inputs_for(config, batch: int, dtype, device="cuda"):
     import torch
 
     side = config.vision_config.image_size
     n_img = config.num_image_tokens
     prompt = [1] + [config.image_token_id] * (2 * n_img) + list(range(10, 40))
     return dict(
-        input_ids=torch.tensor([prompt] * batch, device="cuda"),
-        attention_mask=torch.ones(batch, len(prompt), dtype=torch.long, device="cuda"),
-        pixel_values=torch.randn(2 * batch, 1, 3, side, side, device="cuda", dtype=dtype),
-        image_sizes=torch.tensor([[side, side]] * (2 * batch), device="cuda"),
-        batch_num_images=torch.tensor([2] * batch, device="cuda"),
+        input_ids=torch.tensor([prompt] * batch, device=device),
+        attention_mask=torch.ones(batch, len(prompt), dtype=torch.long, device=device),
+        pixel_values=torch.randn(2 * batch, 1, 3, side, side, device=device, dtype=dtype),
+        image_sizes=torch.tensor([[side, side]] * (2 * batch), device=device),
+        batch_num_images=torch.tensor([2] * batch, device=device),
     )
 
 
-def inference(model, config, dtype, tokens: int, batches: list[int], repeats: int) -> dict:
+def inference(model, config, dtype, tokens: int, batches: list[int], repeats: int, device="cuda") -> dict:
     import torch
 
     out: dict = {}
-    one = inputs_for(config, 1, dtype)
+    one = inputs_for(config, 1, dtype, device)
     gen = dict(do_sample=False, pad_token_id=0)
     with torch.inference_mode():
         model(**one)  # warm-up (kernels, allocator)
-        torch.cuda.reset_peak_memory_stats()
-        prefill = [synced(lambda: model(**one))[0] for _ in range(repeats)]
+        reset_peak(device)
+        prefill = [synced(lambda: model(**one), device)[0] for _ in range(repeats)]
         out["prefill_s"] = round(statistics.median(prefill), 4)
-        t1 = [synced(lambda: model.generate(**one, max_new_tokens=1, min_new_tokens=1, **gen))[0] for _ in range(repeats)]
-        tn = [synced(lambda: model.generate(**one, max_new_tokens=tokens, min_new_tokens=tokens, **gen))[0]
+        t1 = [synced(lambda: model.generate(**one, max_new_tokens=1, min_new_tokens=1, **gen), device)[0]
+              for _ in range(repeats)]
+        tn = [synced(lambda: model.generate(**one, max_new_tokens=tokens, min_new_tokens=tokens, **gen), device)[0]
               for _ in range(repeats)]
         out["per_token_s"] = round((statistics.median(tn) - statistics.median(t1)) / (tokens - 1), 5)
         out["caption_s"] = round(statistics.median(tn), 3)
-        out["peak_gib_one_pair"] = gib(torch.cuda.max_memory_allocated())
+        out["peak_gib_one_pair"] = peak_gib(device)
         out["throughput"] = {}
         for b in batches:
-            x = inputs_for(config, b, dtype)
+            x = inputs_for(config, b, dtype, device)
             try:
-                torch.cuda.reset_peak_memory_stats()
-                s, _ = synced(lambda: model.generate(**x, max_new_tokens=tokens, min_new_tokens=tokens, **gen))
+                reset_peak(device)
+                s, _ = synced(lambda: model.generate(**x, max_new_tokens=tokens, min_new_tokens=tokens, **gen), device)
                 out["throughput"][b] = {"pairs_per_s": round(b / s, 2), "seconds": round(s, 3),
-                                        "peak_gib": gib(torch.cuda.max_memory_allocated())}
+                                        "peak_gib": peak_gib(device)}
             except torch.cuda.OutOfMemoryError:
                 out["throughput"][b] = "out of memory"
                 torch.cuda.empty_cache()
     return out
 
 
-def train_steps(dtype, steps: int, per_device_batch: int) -> dict:
-    """A few optimizer steps of the paper-7b recipe, with training/'s LoRA, parameter groups and loss."""
+def measure_model(use_mdp: bool, dtype, tokens: int, batches: list[int], repeats: int,
+                  preset_name: str = "m3diff-7b", device="cuda") -> dict:
+    """Build one model (with or without MDP) on the device, measure it, and free it again."""
+    import torch
+
+    model, config, build_s = build(use_mdp, dtype, preset_name, device)
+    counts = model.num_parameters_by_part()
+    res = {"build_s": round(build_s, 2), "params": counts["total"], "mdp_params": counts["mdp"],
+           "weights_gib": gib(sum(p.numel() * p.element_size() for p in model.parameters())),
+           "allocated_gib": allocated_gib(device),
+           **inference(model, config, dtype, tokens, batches, repeats, device)}
+    del model
+    if _on_cuda(device):
+        torch.cuda.empty_cache()
+    return res
+
+
+def mdp_overhead(with_mdp: dict, without: dict) -> dict:
+    """(with MDP) / (without MDP) of the same measurements in the same run."""
+    a, b = with_mdp, without
+    return {"prefill_ratio": round(a["prefill_s"] / b["prefill_s"], 3),
+            "caption_ratio": round(a["caption_s"] / b["caption_s"], 3),
+            "per_token_ratio": round(a["per_token_s"] / b["per_token_s"], 3)}
+
+
+def train_steps(dtype, steps: int, per_device_batch: int, preset_name: str = "m3diff-7b", device="cuda") -> dict:
+    """A few optimizer steps of the paper-7b recipe, with training/'s LoRA, parameter groups and loss.
+    On another preset than the recipe's, the recipe's model fields (its MDP layers) are left out:
+    they name layers of the 7B vision tower."""
     import torch
 
     from training.recipe import load_recipe
@@ -115,21 +171,21 @@ def train_steps(dtype, steps: int, per_device_batch: int) -> dict:
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "training" / "recipes" / "paper-7b.yaml")
     torch.manual_seed(0)
-    config = preset("m3diff-7b", **recipe.model.config)
+    config = preset(preset_name, **(recipe.model.config if preset_name == recipe.model.preset else {}))
     config._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(device):
         model = M3DiffForConditionalGeneration(config).to(dtype)
     model.gradient_checkpointing_enable()
     model.config.use_cache = False
     model = apply_lora(recipe, model)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.AdamW(param_groups(recipe, model), fused=True)
-    x = inputs_for(config, per_device_batch, dtype)
+    opt = torch.optim.AdamW(param_groups(recipe, model), fused=_on_cuda(device))
+    x = inputs_for(config, per_device_batch, dtype, device)
     labels = x["input_ids"].clone()
     labels[:, : labels.shape[1] - 30] = -100  # the last 30 tokens are the "answer"
     batch = dict(x, labels=labels)
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     times = []
     for _ in range(steps + 1):  # the first step warms up and is dropped
         def step():
@@ -139,10 +195,10 @@ def train_steps(dtype, steps: int, per_device_batch: int) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             return float(loss) / max(n, 1)
-        times.append(synced(step))
+        times.append(synced(step, device))
     return {"per_device_batch": per_device_batch, "trainable_params": trainable,
             "step_s": round(statistics.median(t for t, _ in times[1:]), 3),
-            "losses": [round(v, 4) for _, v in times], "peak_gib": gib(torch.cuda.max_memory_allocated())}
+            "losses": [round(v, 4) for _, v in times], "peak_gib": peak_gib(device)}
 
 
 def main(argv=None) -> int:
@@ -168,19 +224,10 @@ def main(argv=None) -> int:
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bfloat16",
                  "attention": "sdpa", "tokens": args.tokens}
     for use_mdp in (True, False):
-        model, config, build_s = build(use_mdp, dtype)
-        counts = model.num_parameters_by_part()
         key = "m3diff" if use_mdp else "no_mdp"
-        res[key] = {"build_s": round(build_s, 2), "params": counts["total"], "mdp_params": counts["mdp"],
-                    "weights_gib": gib(torch.cuda.memory_allocated()),
-                    **inference(model, config, dtype, args.tokens, batches, args.repeats)}
+        res[key] = measure_model(use_mdp, dtype, args.tokens, batches, args.repeats)
         print(json.dumps({key: res[key]}), flush=True)
-        del model
-        torch.cuda.empty_cache()
-    a, b = res["m3diff"], res["no_mdp"]
-    res["mdp_overhead"] = {"prefill_ratio": round(a["prefill_s"] / b["prefill_s"], 3),
-                           "caption_ratio": round(a["caption_s"] / b["caption_s"], 3),
-                           "per_token_ratio": round(a["per_token_s"] / b["per_token_s"], 3)}
+    res["mdp_overhead"] = mdp_overhead(res["m3diff"], res["no_mdp"])
     if not args.skip_train:
         try:
             res["train_paper_7b"] = train_steps(dtype, args.train_steps, args.train_batch)
