@@ -270,8 +270,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
     # What the run needs only at its end (validation, export, card) is imported now: a run lasts hours,
     # and a module edited on disk meanwhile must not meet the old ones it already holds (a 6,000-step
-    # run once failed at its last step importing a half-new m3diff.pipeline).
-    import analysis.metrics  # noqa: F401
+    # run once failed at its last step importing a half-new m3diff.pipeline). analysis.metrics is
+    # imported below, once the run is known to have pairs to score.
     import m3diff.pipeline  # noqa: F401
     import training.card  # noqa: F401
 
@@ -304,6 +304,8 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed,
                                  details=recipe.grounding.attributes, sign_words=recipe.grounding.sign_words)
     val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
+    if val_pairs:  # pycocoevalcap scores them; a run without validation (data.val_pairs=0) does not need it
+        import analysis.metrics  # noqa: F401
     sampler = StepSampler(len(samples), recipe.batch.global_batch, recipe.batch.per_device_batch, recipe.seed)
     total = max_steps or recipe.max_steps or max(1, int(recipe.epochs * sampler.steps_per_epoch))
 

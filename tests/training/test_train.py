@@ -422,3 +422,13 @@ def test_precision_no_is_read_as_float32_though_yaml_reads_a_bare_no_as_false(tm
     assert load_recipe(bare).precision == "no"
     with pytest.raises(RecipeError, match="precision"):
         load_recipe(TINY, ["precision=yes"])
+
+
+def test_a_run_without_validation_trains_where_the_scorer_is_not_installed(synth_data, tmp_path, monkeypatch):
+    # pycocoevalcap (and its Java) scores validation only: a GPU machine without it still trains
+    # (benchmarks/gpu_check.py times the embedded recipe there with data.val_pairs=0)
+    monkeypatch.setitem(sys.modules, "analysis.metrics", None)  # `import analysis.metrics` now raises ImportError
+    recipe = load_recipe(TINY, ["max_steps=2", "checkpoint_every=0", "data.val_pairs=0"])
+    result = _train(recipe, synth_data, tmp_path / "run")
+    assert result.step == 2 and (tmp_path / "run" / "model" / "config.json").is_file()
+    assert not (tmp_path / "run" / "eval.csv").exists()
