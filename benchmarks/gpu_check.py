@@ -99,7 +99,6 @@ class Settings:
     synth_pairs: int = 64
     budget_s: float = 420.0
     only: tuple[str, ...] = ()
-    fail: str | None = None  # a stage that raises as it starts: shows that a failure is recorded and the run goes on
 
 
 @dataclass
@@ -582,8 +581,6 @@ def run_stages(run: Run) -> dict[str, str]:
                        "reason": f"budget: {run.elapsed():.0f} s of --budget-s {s.budget_s:g} spent"})
             continue
         try:
-            if s.fail == name:
-                raise RuntimeError(f"injected failure (--fail {name})")
             bad = []
             for line in STAGE_FUNCTIONS[name](run):
                 run.write({"stage": name, **line})
@@ -649,7 +646,6 @@ def parse_args(argv=None) -> tuple[Settings, Path]:
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="start no stage after this many seconds (default 420: the run ends within ~8 minutes)")
     p.add_argument("--only", default="", help="comma-separated stages to run (environment always runs)")
-    p.add_argument("--fail", default=None, choices=STAGES, help="make STAGE raise as it starts (checks the recording)")
     p.add_argument("--out", default="gpu_check.jsonl", help="the JSON-lines file to write (default gpu_check.jsonl)")
     a = p.parse_args(argv)
     only = tuple(x.strip() for x in a.only.split(",") if x.strip())
@@ -665,8 +661,7 @@ def parse_args(argv=None) -> tuple[Settings, Path]:
     dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
     return Settings(preset=a.preset, device=a.device, dtype=dtype, tokens=a.tokens, batches=batches,
                     repeats=a.repeats, train_steps=a.train_steps, train_batch=a.train_batch,
-                    embedded_steps=a.embedded_steps, synth_pairs=a.synth_pairs, budget_s=a.budget_s, only=only,
-                    fail=a.fail), Path(a.out)
+                    embedded_steps=a.embedded_steps, synth_pairs=a.synth_pairs, budget_s=a.budget_s, only=only), Path(a.out)
 
 
 def main(argv=None) -> int:
