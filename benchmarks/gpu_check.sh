@@ -3,7 +3,7 @@
 # the pip download command, are in gpu_check.py's docstring) are installed into /tmp/site with pip
 # --no-index, put first on PYTHONPATH with this checkout, and the check runs with the arguments given.
 #
-#   bash benchmarks/gpu_check.sh --out gpu.jsonl            # 7B, bf16, cuda: at most ~8 minutes
+#   bash benchmarks/gpu_check.sh --out gpu.jsonl            # 7B, bf16, cuda: meant to end within ~8 minutes
 #   bash benchmarks/gpu_check.sh --only app,space --out gpu-rerun.jsonl
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
