@@ -194,7 +194,7 @@ def train_steps(dtype, steps: int, per_device_batch: int, preset_name: str = "m3
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            return float(loss) / max(n, 1)
+            return float(loss.detach()) / max(n, 1)
         times.append(synced(step, device))
     return {"per_device_batch": per_device_batch, "trainable_params": trainable,
             "step_s": round(statistics.median(t for t, _ in times[1:]), 3),

@@ -359,10 +359,11 @@ def stage_pipeline(run: Run) -> Iterator[dict]:
         parts.append(part)
     stream_s = time.perf_counter() - start
     last = parts[-1]
+    # the same pair twice: the same trace, up to bf16 kernels that need not repeat to the last bit
     checks = {"ends_done": last.done and not any(p.done for p in parts[:-1]),
               "trace_from_first_part": parts[0].trace is not None,
               "same_trace_as_describe": d.trace is not None and last.trace is not None
-              and all(np.allclose(d.trace.delta_norm[k], last.trace.delta_norm[k], rtol=1e-3, atol=1e-4)
+              and all(np.allclose(d.trace.delta_norm[k], last.trace.delta_norm[k], rtol=0.05, atol=1e-3)
                       for k in d.trace.layers)}
     yield checked("describe_stream", checks, parts=len(parts), first_part_s=round(first, 3), stream_s=round(stream_s, 3),
                   same_caption_as_describe=last.caption == d.caption)
