@@ -267,16 +267,6 @@ class Shown:
     trace: object = None  # m3diff.describing.PairTrace, or None
     caption: str = ""
     feature_difference: object = None  # [g, g] ‖P(F′1) − P(F′2)‖ when the Description carries it
-    opening: str = ""  # what a count-first model said before the caption (m3diff.opening), for attributions
-    zoom_window: object = None  # where a change zoom read the pair (Description.zoom_window), or None
-
-
-def caption_label(shown: Shown | None) -> str:
-    """The caption box's title; a count-first model's own count of the changes goes there, beside the
-    caption it wrote after it, not inside it."""
-    if shown is None or not shown.opening:
-        return "Caption"
-    return f"Caption — the model first said: \"{shown.opening}\""
 
 
 def caption_words(caption: str) -> list[str]:
@@ -299,13 +289,10 @@ def generation_settings(max_new_tokens, finish_every_change: bool = False):
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     finish_every_change: bool = False) -> Iterator[tuple]:
     """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
-    from m3diff.opening import opening_text
-
     b, a = load_pair(before, after)
     settings = generation_settings(max_new_tokens, finish_every_change)
     for d in services.captioner.describe_stream(b, a, settings=settings):
-        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference,
-                                               opening_text(d.changes_counted), d.zoom_window)
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference)
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -322,7 +309,7 @@ def heatmaps(shown: Shown | None, layer, kind: str):
     0, so a flat map looks flat), and the scale's legend."""
     import gradio as gr
 
-    from analysis.evidence import ZOOM_NOTE, colour_legend, map_overlays, shown_maps
+    from analysis.evidence import colour_legend, map_overlays, shown_maps
 
     if shown is None or (shown.trace is None and shown.feature_difference is None):
         return None, None, ""
@@ -331,10 +318,8 @@ def heatmaps(shown: Shown | None, layer, kind: str):
         mb, ma = shown_maps(shown.trace, shown.feature_difference, number, kind)
     except (ValueError, AttributeError) as exc:
         raise gr.Error(str(exc) if isinstance(exc, ValueError) else "this model has no MDP maps") from None
-    window = shown.zoom_window
-    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma, window=window)
-    legend = colour_legend(scale, kind if number is None else f"{kind}@{number}")
-    return hb, ha, legend + (ZOOM_NOTE if window is not None else "")
+    hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
+    return hb, ha, colour_legend(scale, kind if number is None else f"{kind}@{number}")
 
 
 def explain_word(services: Services, shown: Shown | None, word: str | None):
@@ -352,8 +337,7 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
         raise gr.Error("Pick a word of the caption to explain.")
     index = int(str(word).split(":", 1)[0])
     try:
-        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index,
-                               shown.opening)
+        mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
         raise gr.Error(str(exc), title="Cannot explain this word") from None
     hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
@@ -566,7 +550,7 @@ def _describe_stream(services: Services, gpu, ui):
         for caption, scores, now in stream(before, after, max_new_tokens, finish):
             if shown is None:
                 hb, ha, legend = heatmaps(now, layer, kind)
-                yield {ui.caption: gr.update(value=caption, label=caption_label(now)),
+                yield {ui.caption: caption,
                        ui.scores: score_figure(now.trace, scores) if scores else None,
                        ui.heat_b: hb, ui.heat_a: ha, ui.legend: legend, ui.slider: common_size(now.before, now.after),
                        ui.shown: now}
@@ -576,7 +560,7 @@ def _describe_stream(services: Services, gpu, ui):
         words = caption_words(shown.caption) if shown else []
         kinds = map_choices(shown is not None and shown.feature_difference is not None)
         yield {ui.shown: shown, ui.word: gr.update(choices=words, value=words[0] if words else None),
-               ui.kind: gr.update(choices=kinds), ui.caption: gr.update(label=caption_label(shown))}
+               ui.kind: gr.update(choices=kinds)}
 
     return on_describe
 

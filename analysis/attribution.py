@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from m3diff.describing import WORD_RE, caption_words, grid_to_image  # noqa: F401 — caption_words: the words explain_word counts
+from m3diff.describing import WORD_RE, caption_words
+from m3diff.geometry import grid_to_image  # noqa: F401 — caption_words: the words explain_word counts
 
 METHODS = ("saliency", "integrated_gradients")
 
@@ -75,7 +76,7 @@ class WordAttribution:
     word: str
     word_index: int  # position in caption_words(caption)
     words: list[str]  # caption_words(caption)
-    token_positions: list[int]  # the word's tokens, as indices into the answer's tokens (the opening, if any, first)
+    token_positions: list[int]  # the word's tokens, as indices into the answer's tokens
     tokens: list[str]  # their text (the first may carry the leading space)
     score: float  # the explained value: log p(word | images, prompt, caption before it), or the summed logits
     pixels: np.ndarray  # [2, S, S] (before, after) at the model's input resolution (padded to square, resized)
@@ -87,7 +88,7 @@ class WordAttribution:
 
 def explain_word(captioner, before, after, caption: str, word: int | str, config: AttributionConfig | None = None,
                  *, target: str = "logprob", instruction: str | None = None,
-                 overlay_side: int | None = None, opening: str = "") -> WordAttribution:
+                 overlay_side: int | None = None) -> WordAttribution:
     """Which pixels of the before and after images make the model say one word of ``caption``.
 
     - ``captioner``: an ``m3diff.DiffCaptioner`` (MDP on or off; any device and dtype).
@@ -101,15 +102,12 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
       summed over the word's tokens; "logit" the sum of their raw logits.
     - ``overlay_side``: longest side of ``image_maps`` (default: each image's own size); a few hundred
       pixels is plenty for a browser overlay of a large photo.
-    - ``opening``: what the model said before ``caption`` and the pipeline took off (a count-first
-      model's "Two changes.": ``m3diff.opening.opening_text(description.changes_counted)``); it is
-      teacher-forced before the caption, as the model wrote it, and is not itself explained.
 
     The caption is teacher-forced after the prompt exactly as in training (``encode_pairs(answers=...)``)
     and the word's tokens are found with the tokenizer's offsets, so multi-token words and words that
     share a token with punctuation are handled. Returns a ``WordAttribution``: ``pixels`` [2, S, S] and
     ``patches`` [2, g, g] in the model's input frame, and ``image_maps`` = (before [h, w], after [h, w])
-    on each original image (padding removed, ``m3diff.describing.grid_to_image``), ready for
+    on each original image (padding removed, ``m3diff.geometry.grid_to_image``), ready for
     ``m3diff.overlay.overlay(image, map)``.
     Raises ValueError for an empty caption, a word not in it, or an index out of range.
     """
@@ -125,12 +123,11 @@ def explain_word(captioner, before, after, caption: str, word: int | str, config
 
     # Callers may hold inference mode (generation does); tensors made under it could not enter autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side,
-                        opening)
+        return _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side)
 
 
 def explain_caption(captioner, before, after, caption: str, config: AttributionConfig | None = None,
-                    *, instruction: str | None = None, opening: str = "") -> WordAttribution:
+                    *, instruction: str | None = None) -> WordAttribution:
     """Which pixels make the model say its whole caption: ``explain_word`` with the caption as one
     "word" (log p(caption | images, prompt), summed over all its tokens). Its ``patches`` [2, g, g] is
     the attribution map ``m3diff predict --maps --attribution`` scores against the true boxes."""
@@ -142,18 +139,16 @@ def explain_caption(captioner, before, after, caption: str, config: AttributionC
 
     with torch.inference_mode(False), torch.enable_grad():
         return _explain(captioner, before, after, caption, [(caption, 0, len(caption))], 0, config, "logprob",
-                        instruction, None, opening)
+                        instruction, None)
 
 
-def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side,
-             opening=""):
+def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
     import torch
 
     from m3diff.processing import IGNORE_INDEX
 
     text, start, end = words[index]
-    answer = f"{opening.strip()} {caption}" if opening.strip() else caption
-    shift = len(answer) - len(caption)  # the caption's words sit after the opening
+    answer = caption
     model, processor = captioner.model, captioner.processor
     tokenizer = processor.tokenizer
     batch = processor.encode_pairs([(before, after)], answers=[answer], instruction=instruction)
@@ -163,7 +158,7 @@ def _explain(captioner, before, after, caption, words, index, config, target, in
     cap_ids = enc["input_ids"]
     if input_ids[answer_at:answer_at + len(cap_ids)].tolist() != cap_ids:
         raise ValueError(f"the caption {caption!r} tokenizes differently after the prompt; cannot locate its words")
-    positions = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if s < end + shift and e > start + shift]
+    positions = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if s < end and e > start]
     first, last = answer_at + positions[0], answer_at + positions[-1]
 
     # The model is causal: nothing after the word matters, and only the logits predicting it are needed.
@@ -212,12 +207,12 @@ def _word_index(words: list[str], word: int | str) -> int:
     raise TypeError(f"word must be an index or a string, got {type(word).__name__}")
 
 
-def explain_maps(captioner, before, after, caption: str, index: int, opening: str = ""):
+def explain_maps(captioner, before, after, caption: str, index: int):
     """One word's attribution on both images, as plain data: (before [S, S], after [S, S]) on the model's
     square input, which ``m3diff.overlay.overlay`` maps back onto each image, and a line saying what was
     explained. The work the app asks of the model's process (``m3diff.remote.call_on``): it runs where
     the model lives and sends back numpy and text only, never torch."""
-    res = explain_word(captioner, before, after, caption, index, opening=opening)
+    res = explain_word(captioner, before, after, caption, index)
     mb, ma = (np.asarray(m, dtype=np.float32) for m in res.pixels)
     note = (f"**{res.word}** (word {res.word_index}, tokens {res.tokens}): log p = {res.score:.2f}; "
             f"{res.method}, brighter = pixels that raise it more")

@@ -313,9 +313,8 @@ def run_predict(args) -> int:
     digests: dict[str, str] = {}
     maps: dict[str, dict] = {}
     sanity = None
-    counted: dict[str, int] = {}  # a count-first model's own count per pair (Description.changes_counted)
     if out.exists() and not args.restart:
-        done, digests, maps, sanity, counted = _resumable(out, args, model_name, pairs, CLIError)
+        done, digests, maps, sanity = _resumable(out, args, model_name, pairs, CLIError)
     # a pair predicted before without --maps is described again when its maps are asked for now
     todo = [p for p in pairs if p.id not in done or (args.maps and p.id not in maps)]
     want_sanity = args.maps and args.sanity_pairs > 0 and sanity is None
@@ -343,9 +342,6 @@ def run_predict(args) -> int:
         # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
         rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
         rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
-        for row in rows:
-            if row["id"] in counted:
-                row["changes_counted"] = counted[row["id"]]
         data = {"model": model_name, "data": str(args.data), "split": args.split, "predictions": rows,
                 "images": {i: digests[i] for i in done if i in digests}}
         if args.min_end_probability is not None:
@@ -379,9 +375,6 @@ def run_predict(args) -> int:
             for p, d in zip(batch, describe(batch)):
                 if d is not None:
                     done[p.id] = d.caption
-                    counted.pop(p.id, None)
-                    if d.changes_counted is not None:
-                        counted[p.id] = d.changes_counted
                     digests[p.id] = _pair_digest(p)
                     if args.maps:
                         maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
@@ -428,12 +421,9 @@ def _pair_evidence(captioner, pair, description, attribution: bool) -> tuple[dic
     attributed = True
     if attribution:
         from analysis.attribution import explain_caption
-        from m3diff.opening import opening_text
 
         try:
-            named["saliency_caption"] = explain_caption(
-                captioner, pair.before, pair.after, description.caption,
-                opening=opening_text(description.changes_counted)).patches
+            named["saliency_caption"] = explain_caption(captioner, pair.before, pair.after, description.caption).patches
         except ValueError:  # no words, or a caption that re-tokenizes differently after the prompt
             attributed = False
     return encode_maps(named), attributed
@@ -556,21 +546,20 @@ def _pair_digest(pair) -> str:
     return h.hexdigest()[:16]
 
 
-def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None, dict]:
-    """The rows of an earlier run to keep (captions, image digests, maps, sanity, a count-first model's
-    counts), or one line saying why resuming would mix two runs."""
+def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None]:
+    """The rows of an earlier run to keep (captions, image digests, maps, sanity), or one line saying why
+    resuming would mix two runs."""
     import json
 
     try:
         data = json.loads(out.read_text(encoding="utf-8"))
         rows = data["predictions"] if isinstance(data, dict) else data
         done = {str(r["id"]): r["caption"] for r in rows}
-        counted = {str(r["id"]): int(r["changes_counted"]) for r in rows if r.get("changes_counted") is not None}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
     again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
     if not isinstance(data, dict):
-        return done, {}, {}, None, counted
+        return done, {}, {}, None
     # Resuming with another model, split or dataset would mix two runs' captions in one file.
     for key, now in (("model", model_name), ("split", args.split)):
         if key in data and data[key] != now:
@@ -591,4 +580,4 @@ def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict,
                        "pass --restart to predict everything again, or pick another --out")
     maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
     sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
-    return done, dict(digests), dict(maps), sanity, counted
+    return done, dict(digests), dict(maps), sanity

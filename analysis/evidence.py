@@ -30,20 +30,16 @@ UNITS = {
 }
 FEATURE_DIFFERENCE_LABEL = "‖P(F′1) − P(F′2)‖ (image tokens the LLM reads)"
 BOX_COLOURS = {"before": (0, 210, 255), "after": (60, 255, 120)}  # cyan / green: not in inferno
-ZOOM_COLOUR = (40, 110, 255)  # blue, nor is this
-ZOOM_NOTE = ("<div class='zoom-note'><span style='color:#286eff'>&#9633;</span> blue square: where the "
-             "change zoom read both images at full resolution</div>")
 
 
 # -- maps over images on one absolute scale ---------------------------------------------------------
 def map_overlays(before: Image.Image, after: Image.Image, map_before: np.ndarray, map_after: np.ndarray,
                  boxes_before=(), boxes_after=(), scale: ColourScale | None = None, alpha: float = 0.55,
-                 sizes: tuple | None = None, window=None):
+                 sizes: tuple | None = None):
     """Both maps ([g, g] on the model's padded square; ``grid_to_image`` places them, padding undone)
     over their images on ONE absolute scale (``shared_scale``: anchored at 0, so a flat map looks flat
     and a weak one dark), with the true boxes drawn on top. ``sizes``: the original images' sizes the
-    boxes are in, when ``before`` / ``after`` are resized copies. ``window``: where a change zoom read the
-    pair (``Description.zoom_window``), outlined in blue on both. Returns (before, after, scale)."""
+    boxes are in, when ``before`` / ``after`` are resized copies. Returns (before, after, scale)."""
     from m3diff.overlay import overlay
 
     scale = scale or shared_scale([map_before, map_after])
@@ -51,22 +47,7 @@ def map_overlays(before: Image.Image, after: Image.Image, map_before: np.ndarray
     size_b, size_a = sizes or (before.size, after.size)
     out_b = draw_boxes(overlay(before, map_before, alpha, CMAP, scale=lo_hi), boxes_before, size_b, "before")
     out_a = draw_boxes(overlay(after, map_after, alpha, CMAP, scale=lo_hi), boxes_after, size_a, "after")
-    if window is not None:
-        out_b, out_a = draw_window(out_b, window, size_b), draw_window(out_a, window, size_a)
     return out_b, out_a, scale
-
-
-def draw_window(image: Image.Image, window, original_size: tuple[int, int]) -> Image.Image:
-    """A change zoom's window (fractions of the model's padded square) outlined on ``image`` (the
-    original of ``original_size`` or a resized copy of it)."""
-    from m3diff.describing import window_to_image
-
-    x0, y0, x1, y1 = window_to_image(window, original_size)
-    out = image.convert("RGB").copy()
-    sx, sy = out.width / original_size[0], out.height / original_size[1]
-    width = max(1, round(min(out.size) / 80))
-    ImageDraw.Draw(out).rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=ZOOM_COLOUR, width=width)
-    return out
 
 
 def colour_legend(scale: ColourScale, kind: str) -> str:

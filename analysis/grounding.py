@@ -152,14 +152,7 @@ def _mean(per_pair: list[tuple[float, int]], rows) -> float:
 
 
 def reference_answer(captioner, pair) -> str:
-    """The first reference, as the model is trained to write it: a count-first model's answers open with
-    how many things changed, which a generated pair knows (its ``regions``) and a real one does not."""
-    config = getattr(getattr(captioner, "model", None), "config", None)
-    regions = pair.extra.get("regions")
-    if getattr(config, "caption_opening", None) == "count" and regions is not None:
-        from m3diff.opening import with_opening
-
-        return with_opening(pair.captions[0], regions)
+    """The answer whose loss the checks compare: the pair's first reference."""
     return pair.captions[0]
 
 

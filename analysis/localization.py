@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from m3diff.change_types import DISTRACTORS
+from m3diff.geometry import PatchGeometry
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels, x1/y1 exclusive
 RULES = ("center", "overlap")
@@ -50,94 +51,6 @@ SETTINGS = ("single", "multi", "distractor")  # pairs with boxes; see ``setting_
 
 
 # -- where the model's patches lie on the original image ------------------------------------------
-def padded_square(width: int, height: int) -> tuple[int, int, int]:
-    """(side, left, top): the processor's centred square around a ``width`` × ``height`` image."""
-    if width < 1 or height < 1:
-        raise ValueError(f"an image needs a positive size, got {width}×{height}")
-    side = max(width, height)
-    return side, (side - width) // 2, (side - height) // 2
-
-
-def pixel_patches(width: int, height: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(column of each pixel column [width], row of each pixel row [height]) on the ``grid`` × ``grid``
-    patch grid, taken at the pixel's centre after padding to the square and resizing to the grid."""
-    side, left, top = padded_square(width, height)
-    cols = np.floor((np.arange(width) + left + 0.5) * grid / side).astype(np.int64)
-    rows = np.floor((np.arange(height) + top + 0.5) * grid / side).astype(np.int64)
-    return np.clip(cols, 0, grid - 1), np.clip(rows, 0, grid - 1)
-
-
-def box_to_patches(box: Sequence[float], width: int, height: int, grid: int) -> tuple[int, int, int, int]:
-    """The patches a box in original pixels falls on: (row0, col0, row1, col1), ends exclusive;
-    (0, 0, 0, 0) for a box with no pixel inside the image."""
-    x0, y0, x1, y1 = _clip_box(box, width, height)
-    if x1 <= x0 or y1 <= y0:
-        return 0, 0, 0, 0
-    cols, rows = pixel_patches(width, height, grid)
-    return int(rows[y0]), int(cols[x0]), int(rows[y1 - 1]) + 1, int(cols[x1 - 1]) + 1
-
-
-def patch_centers(width: int, height: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x of each patch column's centre [grid], y of each patch row's centre [grid]) in original pixels
-    (outside [0, width) / [0, height) for patches in the padding)."""
-    side, left, top = padded_square(width, height)
-    c = (np.arange(grid) + 0.5) * side / grid
-    return c - left, c - top
-
-
-def _clip_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    # boxes are pixel-aligned in our data; rounding outwards keeps a fractional box's every pixel
-    return (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
-            min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1))))
-
-
-@dataclass(frozen=True)
-class PatchGeometry:
-    """One image's patch grid: how many original pixels each patch shows, and where its centre is."""
-
-    width: int
-    height: int
-    grid: int
-
-    @property
-    def one_hot(self) -> tuple[np.ndarray, np.ndarray]:
-        cols, rows = pixel_patches(self.width, self.height, self.grid)
-        g = np.arange(self.grid)
-        return (rows[None, :] == g[:, None]).astype(np.float64), (cols[None, :] == g[:, None]).astype(np.float64)
-
-    def pool(self, pixels: np.ndarray) -> np.ndarray:
-        """Sum of a [height, width] array over each patch's pixels → [grid, grid]."""
-        ry, rx = self.one_hot  # [g, H], [g, W]
-        return ry @ np.asarray(pixels, np.float64) @ rx.T
-
-    def content(self) -> np.ndarray:
-        """Original pixels per patch [g, g] (0 for patches in the padding)."""
-        cols, rows = pixel_patches(self.width, self.height, self.grid)
-        return np.outer(np.bincount(rows, minlength=self.grid), np.bincount(cols, minlength=self.grid)).astype(np.float64)
-
-    def mask(self, boxes: Iterable[Sequence[float]]) -> np.ndarray:
-        """[height, width] bool: the union of the boxes."""
-        m = np.zeros((self.height, self.width), bool)
-        for b in boxes:
-            x0, y0, x1, y1 = _clip_box(b, self.width, self.height)
-            m[y0:y1, x0:x1] = True
-        return m
-
-    def inside(self, boxes: Iterable[Sequence[float]]) -> np.ndarray:
-        """Original pixels per patch [g, g] that lie in the union of the boxes."""
-        return self.pool(self.mask(boxes))
-
-    def centers_inside(self, boxes: Iterable[Sequence[float]]) -> np.ndarray:
-        """[g, g] bool: the patch's centre lies in a box."""
-        xs, ys = patch_centers(self.width, self.height, self.grid)
-        out = np.zeros((self.grid, self.grid), bool)
-        for b in boxes:
-            x0, y0, x1, y1 = (float(v) for v in b)
-            out |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
-        return out
-
-
 # -- one map against one image's boxes ---------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageLocalization:

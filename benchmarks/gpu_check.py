@@ -15,7 +15,7 @@ one still runs:
 - train_paper_7b: three optimizer steps of the paper-7b recipe (LoRA r128 on the LLM; vision, projector and
   MDP trained; bf16; gradient checkpointing) at the recipe's per-device batch (batch 1 after an OOM);
 - pipeline: DiffCaptioner.describe with its trace, both maps of every MDP layer placed on a non-square
-  image (m3diff.describing.grid_to_image), describe_stream, and one word attribution
+  image (m3diff.geometry.grid_to_image), describe_stream, and one word attribution
   (analysis.attribution.explain_word) with its time and peak memory;
 - app: the model saved and loaded again in the app's model process (m3diff.remote.RemoteCaptioner) on the
   device, describing there; then one /describe through the served app (gradio_client) if gradio is installed;
@@ -225,7 +225,8 @@ def description_checks(d, config, image_size: tuple[int, int]) -> tuple[dict, di
     [d] in (0, 1); the feature difference is [g, g]."""
     import numpy as np
 
-    from m3diff.describing import MAP_KINDS, grid_to_image
+    from m3diff.describing import MAP_KINDS
+    from m3diff.geometry import grid_to_image
 
     g, d_vision = config.patch_grid, config.vision_config.hidden_size
     w, h = image_size

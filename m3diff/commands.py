@@ -60,8 +60,6 @@ def _describe(args: argparse.Namespace) -> int:
         print(json.dumps(_finite_json(out), indent=2, allow_nan=False))
         return 0
     print(d.caption)
-    if d.changes_counted is not None:  # a count-first model's own count, said before the caption
-        print(f"Changes the model counted: {d.changes_counted}")
     if d.layer_scores:
         print("MDP Score per vision layer: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items()))
     return 0
@@ -112,13 +110,9 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{name}: {counts['total']:,} parameters")
-    for part in ("vision", "mdp", "zoom", "projector", "language_model"):
-        if part == "zoom" and not counts[part]:
-            continue
+    for part in ("vision", "mdp", "projector", "language_model"):
         print(f"  {part:<15} {counts[part]:>15,}  {100 * counts[part] / counts['total']:5.1f}%")
     if c.use_mdp:
         print(f"  MDP on vision layers {list(c.mdp_layers)}, depth {c.mdp_depth}")
-    if c.zoom_crop:
-        print(f"  change zoom: {c.zoom_crop}px window at the pixel difference's peak, read by a {c.zoom_width}-channel net")
     print(f"  {c.vision_config.image_size}px images, {c.num_image_tokens} tokens each")
     return 0

@@ -13,7 +13,6 @@ from types import MappingProxyType
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
-from m3diff.opening import OPENINGS
 
 # Special tokens every M3Diff tokenizer carries; the prompt template in processing.py uses them.
 IMAGE_TOKEN = "<image>"
@@ -35,19 +34,6 @@ class M3DiffConfig(LlavaOnevisionConfig):
         Attention heads of the MDP's self- and cross-attention.
     mdp_mlp_ratio (`float`, defaults to 4.0):
         Hidden width of the MDP's MLPs relative to the vision hidden size.
-    zoom_crop (`int`, defaults to 0):
-        Side in the processor's pixels of the change zoom's window (`m3diff.zoom`; ours, not the
-        paper's): a small convolutional reader of both images at the peak of their pixel difference,
-        given to the LLM as `zoom_token` says. `0`: no zoom (the paper's model).
-    zoom_width (`int`, defaults to 128):
-        Channels of the change zoom's reader.
-    zoom_token (`bool`, defaults to `False`):
-        Where the zoom's read goes: `True`, into a token of its own (each image's closing newline
-        token, otherwise the same constant for every image); `False`, added to every image token.
-    caption_opening (`str`, *optional*):
-        `"count"`: the model was trained to open every caption with how many things changed ("Three
-        changes."); the pipeline takes that sentence off the caption and reports the number
-        (`m3diff.opening`). `None`: captions are descriptions only.
     """
 
     model_type = "m3diff"
@@ -57,10 +43,6 @@ class M3DiffConfig(LlavaOnevisionConfig):
     mdp_depth: int = 2
     mdp_num_heads: int = 16
     mdp_mlp_ratio: float = 4.0
-    zoom_crop: int = 0
-    zoom_width: int = 128
-    zoom_token: bool = False
-    caption_opening: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -71,14 +53,6 @@ class M3DiffConfig(LlavaOnevisionConfig):
             raise ValueError(
                 f"mdp_layers {bad} are outside the vision tower's hidden states 1..{n_hidden}"
             )
-        if self.zoom_crop and (self.zoom_crop % 8 or self.zoom_crop < 8):
-            raise ValueError(f"zoom_crop {self.zoom_crop} must be 0 (no zoom) or a positive multiple of 8")
-        if self.zoom_token and not self.zoom_crop:
-            raise ValueError("zoom_token puts the change zoom's read in a token: it needs a zoom (zoom_crop > 0)")
-        if self.zoom_width % 32:
-            raise ValueError(f"zoom_width {self.zoom_width} must be a multiple of 32 (4 heads, 8 norm groups at a quarter)")
-        if self.caption_opening is not None and self.caption_opening not in OPENINGS:
-            raise ValueError(f"caption_opening {self.caption_opening!r} is not one of: None, {', '.join(OPENINGS)}")
         if self.use_mdp and not isinstance(self.vision_feature_layer, int):
             raise ValueError("with use_mdp=True the MDP output feeds the projector: vision_feature_layer must be an int")
         if self.vision_config.hidden_size % self.mdp_num_heads:
@@ -167,12 +141,6 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
                        text=_qwen2(width=192, mlp=512, layers=3, heads=4, kv_heads=2, vocab=1024, positions=512),
                        fields=dict(mdp_layers=[2, 4], mdp_depth=2, mdp_num_heads=4, mdp_mlp_ratio=2.0,
                                    image_grid_pinpoints=[[128, 128]], **OUR_TOKENS)),
-    # the embedded shape with a 1.5x wider vision tower and MDP (the LLM unchanged): ~1.24x the CPU
-    # time of a training step, for small shapes and sign text in 16-px patches
-    "embedded-wide": Preset(vision=_siglip(width=192, mlp=768, layers=4, heads=4, image=128, patch=16),
-                            text=_qwen2(width=192, mlp=512, layers=3, heads=4, kv_heads=2, vocab=1024, positions=512),
-                            fields=dict(mdp_layers=[2, 4], mdp_depth=2, mdp_num_heads=4, mdp_mlp_ratio=2.0,
-                                        image_grid_pinpoints=[[128, 128]], **OUR_TOKENS)),
 })
 
 

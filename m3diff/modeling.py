@@ -33,7 +33,6 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 
 from m3diff.config import M3DiffConfig
 from m3diff.mdp import MDPTrace, MultiScaleDifferentialPerception, Score
-from m3diff.zoom import ChangeZoom
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class M3DiffImageFeatures(BaseModelOutputWithPooling):
     """``pooler_output``: per-image LLM-ready features (what LLaVA-OneVision returns); ``mdp_trace``: see
-    MDPTrace; ``zoom_boxes``: [B, 4] where the change zoom looked (x0, y0, x1, y1 in the processor's
-    pixels), when the model has one."""
+    MDPTrace."""
 
     mdp_trace: MDPTrace | None = None
-    zoom_boxes: torch.Tensor | None = None
 
 
 def feature_difference(image_features, grid: int) -> torch.Tensor:
@@ -69,8 +66,6 @@ class M3DiffPreTrainedModel(LlavaOnevisionPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, Score):
             module.reset_bias()
-        if isinstance(module, ChangeZoom):
-            module.reset_output()
 
 
 class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
@@ -89,8 +84,6 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             if config.use_mdp
             else None
         )
-        self.zoom = (ChangeZoom(config.text_config.hidden_size, crop=config.zoom_crop, width=config.zoom_width)
-                     if config.zoom_crop else None)
         self.multi_modal_projector = LlavaOnevisionMultiModalProjector(config)
         embed_std = 1 / math.sqrt(config.text_config.hidden_size)
         self.image_newline = nn.Parameter(torch.randn(config.text_config.hidden_size, dtype=self.dtype) * embed_std)
@@ -119,17 +112,6 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
             ))
         else:
             out = self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs)
-        if self.zoom is not None:
-            self._check_pairs(batch_num_images, "with a change zoom (zoom_crop > 0)")
-            zoomed = self.zoom(pixel_values[:, 0] if pixel_values.dim() == 5 else pixel_values)
-            if self.config.zoom_token:
-                # the image's last token is its newline, the same learnt constant for every image: there
-                # the read is most of the token, where added to every token it was ~6% of their
-                # norm (2.4 against 42 after 1,000 steps) and the captions barely used it
-                out.pooler_output = [torch.cat([f[:-1], f[-1:] + a.to(f.dtype)]) for f, a in zip(out.pooler_output, zoomed.added)]
-            else:
-                out.pooler_output = [f + a.to(f.dtype) for f, a in zip(out.pooler_output, zoomed.added)]
-            out.zoom_boxes = zoomed.boxes
         return out
 
     @staticmethod
@@ -210,7 +192,6 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
             "projector": count(inner.multi_modal_projector) + inner.image_newline.numel(),
             "language_model": count(inner.language_model) + count(self.lm_head),
             "mdp": count(inner.mdp),
-            "zoom": count(inner.zoom),
         }
         parts["total"] = sum(parts.values())
         return parts

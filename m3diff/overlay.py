@@ -1,7 +1,7 @@
 """Pictures of a Description's evidence: MDP maps laid over the images they were computed from.
 
 A map lives on the model's square input (the processor pads each image to a centred square, then
-resizes it); ``m3diff.describing.grid_to_image`` maps it back onto the original image, padding removed,
+resizes it); ``m3diff.geometry.grid_to_image`` maps it back onto the original image, padding removed,
 and this module only colours and blends. Everything takes and returns plain numpy / PIL data, so the
 app, reports and tests share it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from m3diff.describing import grid_to_image
+from m3diff.geometry import grid_to_image
 
 
 def normalise(m: np.ndarray) -> np.ndarray:

@@ -25,7 +25,6 @@ from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is w
     EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
 )
 from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
-from m3diff.opening import could_open, split_opening
 from m3diff.processing import PairProcessor
 
 logger = logging.getLogger(__name__)
@@ -186,11 +185,7 @@ class DiffCaptioner:
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       mm_encoder_outputs={"image": features})
         diff = feature_difference(features.pooler_output, self.model.config.patch_grid).numpy() if with_trace else None
-        windows = None
-        if features.zoom_boxes is not None:
-            side = float(self.model.config.vision_config.image_size)
-            windows = [tuple(v / side for v in box) for box in features.zoom_boxes.tolist()]
-        return inputs, features.mdp_trace, diff, windows
+        return inputs, features.mdp_trace, diff
 
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
@@ -213,7 +208,7 @@ class DiffCaptioner:
                        settings: GenerationSettings = GenerationSettings()) -> list[Description]:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
         start = time.perf_counter()
-        inputs, mdp_trace, diff, windows = self._prepare(pairs, instruction, with_trace)
+        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
@@ -221,16 +216,9 @@ class DiffCaptioner:
         for b, caption in enumerate(captions):
             pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
             scores = pair_trace.score_mean if pair_trace else {}
-            counted, caption = self._split_opening(caption)
-            results.append(Description(caption, scores, pair_trace, seconds, changes_counted=counted,
-                                       feature_difference=diff[b] if diff is not None else None,
-                                       zoom_window=windows[b] if windows else None))
+            results.append(Description(caption, scores, pair_trace, seconds,
+                                       feature_difference=diff[b] if diff is not None else None))
         return results
-
-    def _split_opening(self, caption: str) -> tuple[int | None, str]:
-        if self.model.config.caption_opening == "count":
-            return split_opening(caption)
-        return None, caption
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                  settings: GenerationSettings = GenerationSettings()) -> Description:
@@ -243,8 +231,7 @@ class DiffCaptioner:
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace, diff, windows = self._prepare([(before, after)], instruction, with_trace)
-        window = windows[0] if windows else None
+        inputs, mdp_trace, diff = self._prepare([(before, after)], instruction, with_trace)
         pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
         fd = diff[0] if diff is not None else None
         scores = pair_trace.score_mean if pair_trace else {}
@@ -261,20 +248,15 @@ class DiffCaptioner:
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         text = ""
-        opening = self.model.config.caption_opening == "count"
         for piece in streamer:
             text += piece
-            if opening and could_open(text):  # hold a count sentence back until it is complete
-                continue
-            counted, caption = self._split_opening(text.strip())
-            yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=False,
-                              feature_difference=fd, changes_counted=counted, zoom_window=window)
+            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False,
+                              feature_difference=fd)
         worker.join()
         if errors:
             raise errors[0]
-        counted, caption = self._split_opening(text.strip())
-        yield Description(caption, scores, pair_trace, time.perf_counter() - start, done=True,
-                          feature_difference=fd, changes_counted=counted, zoom_window=window)
+        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True,
+                          feature_difference=fd)
 
 
 def _non_finite(model) -> list[str]:

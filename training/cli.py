@@ -33,29 +33,6 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
 
-    r = subparsers.add_parser(
-        "train-reader", help="train a change zoom's reader alone, before a model gets its zoom",
-        description="Train the change zoom's reader (m3diff/zoom.py) on its own, without an LLM: each step reads "
-        "windows at the change of random training pairs, at random signs and at random other objects, and its "
-        "heads are asked the kind, colour, word, heading and pose of the object in each. Writes "
-        "OUT/reader.safetensors, OUT/reader.json (settings, minutes, accuracy at the test pairs' change windows) "
-        "and OUT/log.csv. A recipe's model.zoom_from: OUT then gives a model this reader.",
-    )
-    r.add_argument("--data", required=True, metavar="DIR", help="generated pairs (`m3diff synth`): its train split")
-    r.add_argument("--out", required=True, metavar="DIR", help="where the reader goes")
-    r.add_argument("--processor", default=None, metavar="MODEL",
-                   help="a model folder whose processor sets the pixels the reader sees (default: the embedded model)")
-    r.add_argument("--eval-data", default=None, metavar="DIR",
-                   help="generated pairs whose test split scores the reader at each pair's change window")
-    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 5000)")
-    r.add_argument("--pairs", type=int, default=None, help="training pairs held in memory (default 8000)")
-    r.add_argument("--minutes", type=float, default=None, metavar="M",
-                   help="stop after M minutes (the reader is saved and scored as it is then)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="another setting of training.zoom_reader.ReaderStage, e.g. --set lr=5e-4 --set sign_windows=64")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.set_defaults(handler=_train_reader)
-
 
 def resume_argv(args: argparse.Namespace) -> list[str]:
     """The command line that continues this run where its last checkpoint left it."""
@@ -100,43 +77,4 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if result.model_dir is not None:
         print(f"trained to step {result.step} in {result.seconds / 60:.1f} min; model in {result.model_dir}")
-    return 0
-
-
-def _train_reader(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from m3diff.cli import CLIError
-    from training.zoom_reader import ReaderStage, train_reader
-
-    fields = {f.name: f for f in dataclasses.fields(ReaderStage)}
-    values: dict = {"data": args.data, "eval_data": args.eval_data}
-    if args.processor:
-        values["processor"] = args.processor
-    else:
-        from m3diff.describing import EMBEDDED_DIR
-
-        values["processor"] = str(EMBEDDED_DIR)
-    for key, value in (("steps", args.steps), ("pairs", args.pairs)):
-        if value is not None:
-            values[key] = value
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields or key in ("data", "processor", "eval_data"):
-            raise CLIError(f"--set {item!r}: expected KEY=VALUE with KEY one of "
-                           f"{', '.join(k for k in fields if k not in ('data', 'processor', 'eval_data'))}")
-        kind = type(fields[key].default)
-        try:
-            values[key] = kind(raw)
-        except ValueError:
-            raise CLIError(f"--set {item!r}: {key} must be a {kind.__name__}") from None
-    try:
-        stage = ReaderStage(**values)
-        summary = train_reader(stage, args.out, progress=not args.quiet, minutes=args.minutes)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from None
-    accuracy = summary["test_accuracy"] or {}
-    said = ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in accuracy.items() if v["accuracy"] is not None)
-    print(f"reader trained {summary['steps_done']} steps in {summary['minutes']} min; in {args.out}"
-          + (f"; at the test change windows: {said}" if said else ""))
     return 0

@@ -62,16 +62,6 @@ def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sam
     return samples
 
 
-def count_first(samples: list[Sample]) -> list[Sample]:
-    """The answers of generated pairs (those with the generator's objects) opened with how many things
-    changed (m3diff.opening); real-data samples, which do not know it, are left as they are."""
-    from dataclasses import replace
-
-    from m3diff.opening import with_opening
-
-    return [replace(s, answer=with_opening(s.answer, s.regions)) if s.objects is not None else s for s in samples]
-
-
 def load_val_pairs(sources: list[str], val: str | None, limit: int) -> list[DiffPair]:
     """The first ``limit`` pairs of the val split of ``val`` (or of the first source folder)."""
     from m3diff.data.mixture import parse_source
@@ -122,14 +112,12 @@ class StepSampler:
 
 class Collator:
     """Samples → model inputs with ``labels`` on the answer tokens only (PairProcessor.encode_pairs);
-    with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them, and
-    with ``zoom`` those of a change zoom's heads."""
+    with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them."""
 
-    def __init__(self, processor, instruction: str | None = None, geometry=None, zoom: bool = False):
+    def __init__(self, processor, instruction: str | None = None, geometry=None):
         self.processor = processor
         self.instruction = instruction
         self.geometry = geometry
-        self.zoom = zoom
 
     def __call__(self, samples: list[Sample]):
         batch = self.processor.encode_pairs(
@@ -148,7 +136,7 @@ class Collator:
                     continue
                 with Image.open(s.before) as im:  # reads the header only
                     w, h = im.size
-                targets.append(pair_targets(s, self.geometry, w, h, zoom=self.zoom))
+                targets.append(pair_targets(s, self.geometry, w, h))
             batch["targets"] = collate_targets(targets)
         return batch
 
@@ -172,34 +160,20 @@ def _where(box, width: int, height: int) -> str:
     return f"at the {row}" if col == "middle" else f"at the {row} {col}"
 
 
-def scene_description(objects: list[dict], width: int, height: int, details: bool = True,
-                      sign_words: bool = False) -> str:
-    """'A small red cube at the top left, three large blue balls in the middle, a white sign reading
-    SALT on the right and a person in green waving with one hand at the bottom.' — objects (a counting
-    group as one phrase with its number) read top to bottom, then left to right, with the word of a
-    sign, the heading of an arrow and the pose of a figure when the record has them. ``details=False``:
-    each object on its own, with none of these (the shipped model's scene descriptions);
-    ``sign_words``: a sign's word even then."""
-    from m3diff.data.synth.captions import DIRECTION_WORDS, NOUNS, NUMBERS, PLURALS, POSE_WORDS
+def scene_description(objects: list[dict], width: int, height: int) -> str:
+    """'A small red cube at the top left, a large blue ball in the middle, a white sign on the right and
+    a person in green at the bottom.' — every object of one image, read top to bottom, then left to right."""
+    from m3diff.data.synth.captions import NOUNS
 
-    groups: dict[tuple, list[dict]] = {}
-    for i, o in enumerate(objects):  # only a counting group's members share kind and colour
-        groups.setdefault((o["kind"], o["color"]) if details else i, []).append(o)
     entries = []
-    for members in groups.values():
-        o = members[0]
-        box = [sum(m["box"][i] for m in members) / len(members) for i in range(4)]
-        noun = NOUNS[o["kind"]][0]
+    for o in objects:
         if o["kind"] == "figure":
-            what = f"a person in {o['color']}" + (f" {POSE_WORDS[o['pose']][0]}" if details and o.get("pose") in POSE_WORDS else "")
+            what = f"a person in {o['color']}"
         elif o["kind"] == "sign":
-            what = "a white sign" + (f" reading {o['text']}" if (details or sign_words) and o.get("text") else "")
-        elif len(members) > 1:
-            what = f"{NUMBERS.get(len(members), len(members))} {o['size']} {o['color']} {PLURALS.get(noun, noun + 's')}"
+            what = "a white sign"
         else:
-            what = f"a {o['size']} {o['color']} {noun}"
-            if details and o["kind"] == "arrow" and o.get("direction") in DIRECTION_WORDS:
-                what += f" pointing {DIRECTION_WORDS[o['direction']][0]}"
+            what = f"a {o['size']} {o['color']} {NOUNS[o['kind']][0]}"
+        box = o["box"]
         entries.append((int(3 * (box[1] + box[3]) / 2 / height), box[0], f"{what} {_where(box, width, height)}"))
     parts = [text for *_, text in sorted(entries, key=lambda e: e[:2])]  # stable: ties keep record order
     if not parts:
@@ -208,8 +182,7 @@ def scene_description(objects: list[dict], width: int, height: int, details: boo
     return text[:1].upper() + text[1:] + "."
 
 
-def scene_samples(samples: list[Sample], share: float, seed: int, details: bool = True,
-                  sign_words: bool = False) -> list[Sample]:
+def scene_samples(samples: list[Sample], share: float, seed: int) -> list[Sample]:
     """``share`` × len(samples) scene-description samples (the alignment task that teaches the LLM
     to read image tokens, as LLaVA's first stage does), drawn from the pairs that carry object ground
     truth, each about one image of its pair."""
@@ -231,6 +204,6 @@ def scene_samples(samples: list[Sample], share: float, seed: int, details: bool 
         with Image.open(s.before if which == 0 else s.after) as im:  # the header only
             w, h = im.size
         out.append(Sample(f"{s.id}#scene{which}", s.before, s.after,
-                          scene_description(objects, w, h, details, sign_words), instruction=SCENE_INSTRUCTIONS[which],
+                          scene_description(objects, w, h), instruction=SCENE_INSTRUCTIONS[which],
                           change_types=s.change_types, regions=s.regions, objects=s.objects))
     return out

@@ -148,16 +148,10 @@ def grounding_line(recipe: dict) -> str:
     g = recipe.get("grounding")
     if not g:
         return "none: caption loss only"
-    attributes = g.get("attributes", False)
     return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
             f"/ colour / size, changed patches, change type; per pair: the change types and, from each image's mean "
-            f"feature, the changed objects' kinds, colours, sizes and places"
-            + (" and the changed sign's word, arrow's heading, figure's pose and group's size" if attributes else "")
-            + f"), weight {g['weight']}, and scene-description samples ({g['scene_share']:.0%} of the caption samples"
-            + ("; with signs' words, arrows' headings, figures' poses and counted groups" if attributes else "")
-            + ") — `training/auxiliary.py`"
-            + ("; every generated answer opens with how many things changed (`count_first`: \"Three changes.\"), "
-               "which the pipeline takes off the caption and reports as `changes_counted`" if g.get("count_first") else ""))
+            f"feature, the changed objects' kinds, colours, sizes and places), weight {g['weight']}, and "
+            f"scene-description samples ({g['scene_share']:.0%} of the caption samples) — `training/auxiliary.py`")
 
 
 def write_card(dest: Path, run_json: dict, rep: dict, twin_rep: dict | None, command: str, latency: float | None,

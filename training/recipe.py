@@ -44,10 +44,6 @@ class ModelRecipe:
     # attention of the vision tower, MDP and LLM while training: transformers' "sdpa" (fused) or
     # "eager" (matmuls and a softmax: faster for the embedded model's short sequences on a CPU)
     attn_implementation: str = "sdpa"
-    # a change zoom's reader trained alone (`m3diff train-reader`; its folder): the model gets a zoom of the
-    # reader's window and width with its weights (output projection at zero: the model starts describing
-    # exactly as without it), and the zoom's training heads start from the reader's heads
-    zoom_from: str | None = None
 
 
 @dataclass
@@ -100,25 +96,6 @@ class GroundingRecipe:
 
     weight: float = 1.0  # scale of the summed auxiliary losses beside the caption loss
     scene_share: float = 0.2  # scene-description samples added, as a share of the caption samples
-    # the changed sign's word, arrow's heading, figure's pose and group's size as auxiliary targets, and
-    # scene descriptions that name them and count groups; off in the shipped model (docs/training.md:
-    # in the 2 CPU-hours of a slower CPU it reached CIDEr-D 36.1 against the shipped 44.9)
-    attributes: bool = False
-    # where the attribute heads read: "mean" of every patch (what the MDP must broadcast to every token)
-    # or "change": weighted by the pairs head's predicted change map (what the changed patches hold)
-    attribute_pool: str = "mean"
-    # the changed-or-not sign's word read out from each of the sign's own patches (not the mean), and scene
-    # descriptions that name it ("a white sign reading SALT"): the word an ocr caption must get right
-    sign_words: bool = False
-    # answers of generated pairs open with how many things changed ("Three changes."; m3diff.opening), so
-    # the model decides the count once, up front, and its end-of-caption decisions can read it back; the
-    # model's config gets caption_opening "count", and the pipeline takes the sentence off its captions
-    count_first: bool = False
-    # with a change zoom (model.config.zoom_crop): besides the window at each pair's change, the zoom's
-    # reader is asked about this many objects of the batch per step, each from a window centred on it
-    # (signs, arrows and figures first) — a pair's change window holds a sign only now and then, and a
-    # reader needs some 40,000 sign windows to read words (docs/training.md)
-    zoom_objects: int = 0
 
 
 @dataclass
@@ -187,21 +164,6 @@ class Recipe:
                 fail("grounding.weight", f"must be >= 0, got {self.grounding.weight}")
             if not 0 <= self.grounding.scene_share <= 4:
                 fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
-            if self.grounding.attribute_pool not in ("mean", "change"):
-                fail("grounding.attribute_pool", f"must be 'mean' or 'change', got {self.grounding.attribute_pool!r}")
-            if self.grounding.zoom_objects < 0:
-                fail("grounding.zoom_objects", f"must be >= 0, got {self.grounding.zoom_objects}")
-            if (self.grounding.zoom_objects and not self.model.config.get("zoom_crop") and not self.model.init_from
-                    and not self.model.zoom_from):
-                fail("grounding.zoom_objects", "reads objects with the change zoom: set model.config.zoom_crop too")
-        if self.model.zoom_from is not None:
-            if self.grounding is None:
-                fail("model.zoom_from", "the zoom's reader trains with its heads: set grounding too")
-            if any(k in self.model.config for k in ("zoom_crop", "zoom_width")):
-                fail("model.zoom_from", "the reader sets the zoom's crop and width: leave model.config.zoom_* out")
-            if not (Path(self.model.zoom_from) / "reader.safetensors").is_file():
-                fail("model.zoom_from", f"{self.model.zoom_from} holds no reader.safetensors "
-                                        "(train one with `m3diff train-reader`)")
         if self.model.attn_implementation not in ("sdpa", "eager"):
             fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
         if self.data.val_pairs < 0:

@@ -54,20 +54,7 @@ def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
 
 
 def build_model(recipe: Recipe, tokenizer):
-    reader = None
-    if recipe.model.zoom_from:
-        from dataclasses import replace
-
-        from training.zoom_reader import load_reader
-
-        reader = load_reader(recipe.model.zoom_from)
-        recipe = replace(recipe, model=replace(recipe.model, config={**recipe.model.config, "zoom_crop": reader.crop,
-                                                                     "zoom_width": reader.width}))
     model = _build_model(recipe, tokenizer)
-    if reader is not None:
-        from training.zoom_reader import install_reader
-
-        install_reader(model.model.zoom, reader)
     model.set_attn_implementation(recipe.model.attn_implementation)  # the MDP follows the model's choice
     return model
 
@@ -95,7 +82,7 @@ def _build_model(recipe: Recipe, tokenizer):
 def run_precision(precision: str, cuda: bool) -> str:
     """The mixed precision a run uses: the recipe's, except bf16 on a CPU without native bf16 (AVX512-BF16
     or AMX), which trains in float32. There bf16 matrix products fall back to a scalar kernel: a step of
-    the embedded-zoom recipe took ~16-25 s instead of ~1.5 s on such a CPU (AMD EPYC, AVX2 only), where
+    the embedded recipe took ~16-25 s instead of ~1.5 s on such a CPU (AMD EPYC, AVX2 only), where
     on one with AVX512-BF16 bf16 costs 0.75x the time of float32."""
     if precision != "bf16" or cuda:
         return precision
@@ -106,22 +93,6 @@ def run_precision(precision: str, cuda: bool) -> str:
         warnings.warn("precision: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) would be ~10x slower: "
                       "training in float32 (run.json records it)", stacklevel=2)
     return precision if native else "no"
-
-
-def clip_gradients(accelerator, model, max_norm: float) -> tuple[float, float | None]:
-    """Clip the gradient to ``max_norm``; a change zoom's reader and its heads on their own. Returns the
-    norms before clipping (the rest's, the zoom's or None).
-
-    Why apart: with a zoom, the whole model's gradient norm ran at 12–15, most of it the zoom's own
-    (13–33 against 3–7 for the rest), so one clip at 1.0 shrank every weight's step several-fold
-    (docs/training.md, "A change zoom"). Models without a zoom clip exactly as before."""
-    zoom, rest = [], []
-    for name, p in model.named_parameters():  # DDP prefixes "module.": match whole name parts
-        (zoom if ".zoom." in f".{name}" or ".zoom_heads." in f".{name}" else rest).append(p)
-    if not zoom:
-        return float(accelerator.clip_grad_norm_(model.parameters(), max_norm)), None
-    return (float(accelerator.clip_grad_norm_(rest, max_norm)),
-            float(accelerator.clip_grad_norm_(zoom, max_norm)))
 
 
 def apply_lora(recipe: Recipe, model):
@@ -139,7 +110,7 @@ def apply_lora(recipe: Recipe, model):
     )
     model = get_peft_model(model, config)
     inner = model.get_base_model().model
-    for module in (inner.vision_tower, inner.multi_modal_projector, inner.mdp, inner.zoom):
+    for module in (inner.vision_tower, inner.multi_modal_projector, inner.mdp):
         if module is not None:
             module.requires_grad_(True)
     inner.image_newline.requires_grad_(True)
@@ -266,7 +237,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         MemoryLimitReached, TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint,
         load_checkpoint, resident_gb, save_checkpoint,
     )
-    from training.data import Collator, StepSampler, count_first, load_samples, load_val_pairs, scene_samples
+    from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
 
     # What the run needs only at its end (validation, export, card) is imported now: a run lasts hours,
     # and a module edited on disk meanwhile must not meet the old ones it already holds (a 6,000-step
@@ -296,13 +267,9 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
-    counting = recipe.grounding is not None and recipe.grounding.count_first
     samples = load_samples(sources, recipe.data.every_caption, recipe.seed)
-    if counting:
-        samples = count_first(samples)
     if recipe.grounding is not None:
-        samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed,
-                                 details=recipe.grounding.attributes, sign_words=recipe.grounding.sign_words)
+        samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed)
     val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
     if val_pairs:  # pycocoevalcap scores them; a run without validation (data.val_pairs=0) does not need it
         import analysis.metrics  # noqa: F401
@@ -312,8 +279,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     tokenizer = build_tokenizer(recipe, samples, out, accelerator)
     model = build_model(recipe, tokenizer)
-    if counting:
-        model.config.caption_opening = "count"  # saved with the model: the pipeline strips the count
     processor = PairProcessor.for_config(model.config, tokenizer)
     model = apply_lora(recipe, model)
     geometry = None
@@ -322,17 +287,10 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
 
         vision = base_model(model).config.vision_config
         geometry = ModelGrid(vision.image_size, vision.patch_size)
-        model = GroundedCaptioner(model, vision.hidden_size, attributes=recipe.grounding.attributes,
-                                  attribute_pool=recipe.grounding.attribute_pool,
-                                  sign_words=recipe.grounding.sign_words,
-                                  zoom_objects=recipe.grounding.zoom_objects)
-        if recipe.model.zoom_from:
-            from training.zoom_reader import load_reader
-
-            model.zoom_heads.load_state_dict(load_reader(recipe.model.zoom_from).heads)
+        model = GroundedCaptioner(model, vision.hidden_size)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    collate = Collator(processor, recipe.data.instruction, geometry, zoom=base_model(model).model.zoom is not None)
+    collate = Collator(processor, recipe.data.instruction, geometry)
 
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(recipe, model), betas=tuple(o.betas), eps=o.eps)
@@ -443,12 +401,12 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             for k, v in aux.items():
                 aux_sums[k] = aux_sums.get(k, 0.0) + v.item() / len(micro)
         last_loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item() / n_tokens
-        grad_norm = zoom_norm = None
+        grad_norm = None
         if o.max_grad_norm:
-            grad_norm, zoom_norm = clip_gradients(accelerator, model, o.max_grad_norm)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), o.max_grad_norm))
         # a non-finite loss or gradient would poison every weight at optimizer.step(): stop before it
         aux_total = sum(aux_sums.values())
-        bad_norm = next((n for n in (grad_norm, zoom_norm) if n is not None and not math.isfinite(n)), None)
+        bad_norm = grad_norm if grad_norm is not None and not math.isfinite(grad_norm) else None
         if not math.isfinite(last_loss) or not math.isfinite(aux_total) or bad_norm is not None:
             bar.close()
             what = (f"loss {last_loss}" if not math.isfinite(last_loss) else
@@ -470,7 +428,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
                 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
                 row = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "loss": round(last_loss, 5),
                        "grad_norm": None if grad_norm is None else round(grad_norm, 4),
-                       **({"grad_norm_zoom": round(zoom_norm, 4)} if zoom_norm is not None else {}),
                        "lr": lrs.get("rest", lrs.get("rest-no-decay")), "lr_vision": lrs.get("vision"),
                        "tokens_per_s": round(tokens_seen / (now - tick), 1), "elapsed_s": round(now - start_time, 1),
                        "cpu_s": round(time.process_time() - start_cpu, 1),

@@ -333,26 +333,3 @@ def test_eval_writes_localization_and_sanity_for_runs_with_maps(predictions_with
     assert all(0 <= v <= 1 for row in loc["pairs"].values() for v in row.values() if v is not None)
 
 
-def test_predict_keeps_a_count_first_models_counts_beside_its_captions(data, model_dir, workdir, monkeypatch):
-    from dataclasses import replace
-
-    original = DiffCaptioner.describe_batch
-
-    def counting(self, pairs, **kwargs):  # a count-first model: each caption comes with the count it said
-        return [replace(d, changes_counted=len(d.caption) % 3) for d in original(self, pairs, **kwargs)]
-
-    monkeypatch.setattr(DiffCaptioner, "describe_batch", counting)
-    out = workdir / "counted.json"
-    assert _predict(data, model_dir, out) == 0
-    rows = json.loads(out.read_text())["predictions"]
-    assert [r["changes_counted"] for r in rows] == [len(r["caption"]) % 3 for r in rows]
-    # resumed, the counts of the kept rows stay; the pair described again gets its own
-    doc = json.loads(out.read_text())
-    doc["predictions"] = rows[1:]
-    out.write_text(json.dumps(doc))
-    assert _predict(data, model_dir, out) == 0
-    assert json.loads(out.read_text())["predictions"] == rows
-    monkeypatch.setattr(DiffCaptioner, "describe_batch", original)  # a model without counts writes none
-    plain = workdir / "plain.json"
-    assert _predict(data, model_dir, plain) == 0
-    assert not any("changes_counted" in r for r in json.loads(plain.read_text())["predictions"])

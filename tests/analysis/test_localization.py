@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from analysis.localization import (
-    PatchGeometry, baseline_maps, box_to_patches, compare_no_change, localize, maps_from_trace, padded_square, peakedness,
-    pixel_patches, region_truth, sanity_check, score_map, shared_scale, spearman, summarize, weighted_auroc,
+    baseline_maps, compare_no_change, localize, maps_from_trace, peakedness, region_truth, sanity_check, score_map,
+    shared_scale, spearman, summarize, weighted_auroc,
 )
+from m3diff.geometry import PatchGeometry, box_to_patches, padded_square, pixel_patches
 
 G = 8
 

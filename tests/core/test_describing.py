@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m3diff.describing import PairTrace, grid_to_image
+from m3diff.describing import PairTrace
+from m3diff.geometry import grid_to_image
 
 # A 384x259 pair (wider than tall: the processor pads 62 rows above the image) whose only change is a
 # box at the top. Stretching the square map over the image, ignoring the padding, would put the change

@@ -93,16 +93,6 @@ def test_the_cards_tables_go_on_by_number_of_changes_with_caption_lengths():
     assert "| 4 changes | 4 | 5.1 | 3.0 |" in both and "| 1 change | 6 | 80.4 | – |" in both
 
 
-def test_the_card_says_when_answers_open_with_a_count():
-    from training.embedded import grounding_line
-
-    plain = {"grounding": {"weight": 1.0, "scene_share": 0.2}}
-    counted = {"grounding": {"weight": 1.0, "scene_share": 0.2, "count_first": True}}
-    assert "count_first" not in grounding_line(plain)
-    assert "count_first" in grounding_line(counted) and "changes_counted" in grounding_line(counted)
-    assert grounding_line({"grounding": None}) == "none: caption loss only"
-
-
 def test_the_cards_change_table_shows_each_models_own_run():
     from training.card import change_naming_table
 

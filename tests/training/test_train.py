@@ -218,7 +218,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(synth_data, 
         (["model.config={mdp_layers: [9]}"], "model.config"),
         (["precision=fp8"], "precision"),
         (["model.attn_implementation=flash"], "model.attn_implementation"),
-        (["grounding={weight: 1.0}", "grounding.attribute_pool=max"], "grounding.attribute_pool"),
+        (["grounding={weight: 1.0}", "grounding.scene_share=9"], "grounding.scene_share"),
     ],
 )
 def test_bad_recipes_fail_on_load_with_the_key_named(overrides, message):
@@ -290,46 +290,6 @@ class _NoAccelerator:
 
     def wait_for_everyone(self):
         pass
-
-
-def test_count_first_opens_generated_answers_and_marks_the_model(synth_data, tmp_path):
-    import json
-
-    from training.data import Sample, count_first, load_samples
-
-    samples = load_samples([str(synth_data)], every_caption=False, seed=0)
-    real = Sample("real-0", "b.png", "a.png", "A man left the room.")  # no generator ground truth
-    opened = count_first(samples + [real])
-    assert opened[-1] == real
-    for before, after in zip(samples, opened):
-        objects = [r for r in before.regions if r["type"] not in ("viewpoint", "illumination")]
-        n = len(objects) or (1 if before.regions else 0)
-        assert after.answer == f"{('No', 'One', 'Two', 'Three', 'Four')[n]} change{'s' if n > 1 else ''}. {before.answer}"
-
-    recipe = load_recipe(TINY, ["max_steps=2", "data.val_pairs=0", "grounding={count_first: true}"])
-    _train(recipe, synth_data, tmp_path / "run")
-    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
-    assert config["caption_opening"] == "count"
-    plain = load_recipe(TINY, ["max_steps=1", "data.val_pairs=0", "grounding={weight: 1.0}"])
-    _train(plain, synth_data, tmp_path / "plain")
-    assert json.loads((tmp_path / "plain" / "model" / "config.json").read_text()).get("caption_opening") is None
-
-
-def test_sign_words_train_a_per_patch_word_loss_and_leave_the_model_plain(synth_data, tmp_path):
-    import csv
-    import json
-
-    recipe = load_recipe(TINY, ["max_steps=2", "log_every=1", "data.val_pairs=0", "grounding={sign_words: true}"])
-    _train(recipe, synth_data, tmp_path / "run")
-    with open(tmp_path / "run" / "log.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert rows and all(float(r["aux_sign_word"]) >= 0 for r in rows)
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["grounding"]["sign_words"] is True
-    # the head is training-only: the saved model has the same weights' names as one trained without it
-    plain = load_recipe(TINY, ["max_steps=1", "data.val_pairs=0", "grounding={weight: 1.0}"])
-    _train(plain, synth_data, tmp_path / "plain")
-    saved = {name: set(load_file(str(tmp_path / name / "model" / "model.safetensors"))) for name in ("run", "plain")}
-    assert saved["run"] == saved["plain"]
 
 
 def test_a_run_over_its_memory_limit_checkpoints_the_step_and_resume_finishes_it(synth_data, tmp_path, capsys):

@@ -408,24 +408,24 @@ def _viewpoint(before: Scene, after: Scene, rng) -> tuple[Scene, Change]:
     objs = before.objects + after.objects
     best = None
     for _ in range(20):
-        zoom = float(rng.uniform(1.15, 1.3))
-        half = 0.5 / zoom
+        scale = float(rng.uniform(1.15, 1.3))
+        half = 0.5 / scale
         cx, cy = float(rng.uniform(half, 1 - half)), float(rng.uniform(half, 1 - half))
         ok = all(cx - half + 0.6 * footprint(o, "photo") <= o.x <= cx + half - 0.6 * footprint(o, "photo")
                  and cy - half + 0.6 * footprint(o, "photo") <= o.y <= cy + half - 0.6 * footprint(o, "photo")
                  for o in objs)
         if ok:
-            best = (zoom, cx, cy)
+            best = (scale, cx, cy)
             break
     if best is None:
         best = (1.1, 0.5, 0.5)
-    zoom, cx, cy = best
+    scale, cx, cy = best
     h = "left" if cx < 0.47 else "right" if cx > 0.53 else ""
     v = "top" if cy < 0.47 else "bottom" if cy > 0.53 else ""
     toward = {("", ""): "", ("left", ""): "the left", ("right", ""): "the right", ("", "top"): "the top",
               ("", "bottom"): "the bottom"}.get((h, v), f"the {v} {h}")
     detail = (("toward", toward),) if toward else ()
-    return replace(after, camera=replace(cam, zoom=zoom, cx=cx, cy=cy)), Change("viewpoint", detail=detail)
+    return replace(after, camera=replace(cam, magnification=scale, cx=cx, cy=cy)), Change("viewpoint", detail=detail)
 
 
 def _illumination(after: Scene, rng) -> tuple[Scene, Change]:

@@ -1,6 +1,6 @@
 """The ``photo`` domain: tiles of the photographs that ship with scikit-image as backgrounds,
 flat shaded objects composited into them with drop shadows, and edits of the photo itself
-(a viewpoint change is a new crop/zoom of the photo, an illumination change a photometric edit).
+(a viewpoint change is a new, closer crop of the photo, an illumination change a photometric edit).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class PhotoLibrary:
 def window(scene: Scene) -> tuple[float, float, float]:
     """The view window in tile units: left, top, side."""
     cam = scene.camera
-    side = 1.0 / cam.zoom
+    side = 1.0 / cam.magnification
     return cam.cx - side / 2, cam.cy - side / 2, side
 
 

@@ -96,7 +96,7 @@ class Camera:
     dist: float = 7.0  # render: distance to the table centre
     cx: float = 0.5  # photo: view window centre in tile units
     cy: float = 0.5
-    zoom: float = 1.0  # photo: 1 shows the whole tile
+    magnification: float = 1.0  # photo: 1 shows the whole tile
     flip: bool = False  # photo: mirrored tile (a per-pair variation of the scene, never a change)
 
 
