@@ -14,22 +14,19 @@ time, which the platform requires) and ``build_app`` wires them into callbacks t
 Every callback below is a plain function of its inputs, tested without a browser (tests/app).
 """
 import argparse
-import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 
-HERE = Path(__file__).resolve().parent
-EXAMPLES_DIR = HERE / "examples"
-EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the placeholder model on the examples
-MAX_FILE_SIZE = "20mb"  # a 40 MP PNG fits; load_image refuses bigger pictures before decoding
-DEFAULT_MAX_NEW_TOKENS = 96
+from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
+                           add_arguments, config_from, parse_args)
+from webapp.middleware import OptionalAPIArguments
+from webapp.services import Services, load_error, load_services
+
 FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
-SESSION_CAPACITY = 256  # browser sessions whose Describe state the server keeps (the oldest go first)
 
 UNTRAINED_NOTE = (
     "**No trained weights are installed yet** (`m3diff/weights/` is empty): this app runs a tiny model with "
@@ -43,117 +40,6 @@ EMBEDDED_LIMITS = (
     "objects that are not there. It knows English only, at most ~4 changes per pair, and no camera motion "
     "beyond small shifts and zooms."
 )
-NO_REPORT_NOTE = (
-    "**No shipped evaluation report yet**: the embedded model's reports will be at "
-    "`m3diff/weights/reports/{m3diff,no_mdp}.json` once it is trained. Until then this tab shows "
-    "the paper's reference numbers, and the example report: the model now loaded scored on the "
-    "13 example pairs (`examples/report.json`, one pair per type, so no intervals). "
-    "Upload a `report.json` from `m3diff eval` to see yours."
-)
-
-
-# ============================================================================ services (models, reports)
-@dataclass(frozen=True)
-class AppConfig:
-    model: str | None = None  # None / "embedded": the embedded default
-    twin: str | None = None  # the no-MDP baseline; default: m3diff/weights/twin when the model is embedded
-    host: str = "127.0.0.1"
-    port: int = 7860
-    concurrency: int = 1  # model calls at once; CPU torch already uses every core for one call
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    api_batch: int = 4  # /describe calls served together in one batch
-    reports: tuple[str, ...] = ()  # report.json files for the Dashboard; default: the shipped ones
-    # the model in a process of its own (m3diff.remote): the CPU default of `python app.py`; a ZeroGPU
-    # Space needs it in the server's process, where spaces.GPU can reach it
-    separate_process: bool = False
-
-
-@dataclass
-class Services:
-    """What the callbacks need, built once: the captioner, its no-MDP twin (optional) and the reports.
-
-    Not mutated after construction: callbacks only read it, so concurrent requests cannot interfere.
-    """
-
-    captioner: object  # m3diff.pipeline.DiffCaptioner, or m3diff.remote.RemoteCaptioner (same API)
-    twin: object | None = None
-    reports: dict = field(default_factory=dict)  # run name -> report (analysis.report.read_report)
-    report_note: str = ""
-    config: AppConfig = AppConfig()
-    batcher: object | None = None  # m3diff.batching.PairBatcher of concurrent /describe calls
-
-    def __post_init__(self):
-        if self.batcher is None:
-            from m3diff.batching import PairBatcher
-
-            self.batcher = PairBatcher(self.captioner, max_batch=max(1, self.config.api_batch))
-
-
-def default_report_paths() -> list[Path]:
-    from m3diff.describing import EMBEDDED_DIR
-
-    folder = EMBEDDED_DIR / "reports"
-    return [p for p in (folder / "m3diff.json", folder / "no_mdp.json") if p.is_file()]
-
-
-def load_error(exc: Exception, config: AppConfig) -> Exception:
-    """A model load error, with what to do about it in the app."""
-    from m3diff.describing import ModelLoadError
-
-    return ModelLoadError(
-        f"{exc}\nThe app could not start with model {config.model!r}. Large models need a CUDA GPU "
-        "(they load in bf16 with SDPA there); leave --model / M3DIFF_MODEL unset for the embedded model.")
-
-
-def load_services(config: AppConfig, device: str | None = None) -> Services:
-    """Load the model (and twin and reports). Raises ``ModelLoadError`` with a message for a person.
-
-    With ``config.separate_process`` the model loads in its own process and this returns at once; the
-    first use of the captioner (``build_app`` reads its facts) waits for it and raises the load error."""
-    from m3diff.describing import EMBEDDED_TWIN_DIR
-
-    twin_src = config.twin
-    if twin_src is None and config.model in (None, "", "embedded") and (EMBEDDED_TWIN_DIR / "config.json").is_file():
-        twin_src = str(EMBEDDED_TWIN_DIR)
-    captioner, twin = _load_captioners(config, twin_src, device)
-    reports, note = load_reports(config)
-    return Services(captioner, twin, reports, note, config)
-
-
-def _load_captioners(config: AppConfig, twin_src: str | None, device: str | None):
-    from m3diff.describing import ModelLoadError
-
-    if config.separate_process:
-        from m3diff.remote import RemoteCaptioner
-
-        captioner = RemoteCaptioner.start(config.model, twin=twin_src, device=device)
-        return captioner, captioner.twin
-    from m3diff.pipeline import DiffCaptioner
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the untrained fallback: the app says it on the page
-            captioner = DiffCaptioner.from_pretrained(config.model, device=device)
-    except ModelLoadError as exc:
-        raise load_error(exc, config) from None
-    captioner.use_recommended_threads()  # the model lives in this process, which the app owns
-    twin = DiffCaptioner.from_pretrained(twin_src, device=device) if twin_src else None
-    return captioner, twin
-
-
-def load_reports(config: AppConfig) -> tuple[dict, str]:
-    """The Dashboard's reports (the named ones, else the shipped ones, else the examples'), and a note."""
-    from analysis.report import read_report
-
-    paths = [Path(p) for p in config.reports] or default_report_paths()
-    reports = {p.stem: read_report(p, search=(HERE,)) for p in paths}
-    if reports:
-        return reports, ""
-    if EXAMPLE_REPORT.is_file():
-        reports["examples"] = read_report(EXAMPLE_REPORT, search=(HERE,))
-    return reports, NO_REPORT_NOTE
-
-
 # ============================================================================ inputs
 def load_pair(before, after):
     """Both images through ``m3diff.images.load_image``; any problem becomes one ``gr.Error`` for a person."""
@@ -191,14 +77,14 @@ def score_figure(trace, layer_scores: dict):
 
 
 def dashboard_figure(reports: dict, metric: str):
-    """Per change type (with intervals) for evaluation reports; per domain for the paper's numbers."""
+    """Per change type (with intervals) for evaluation reports ({name: Report}); per domain for the paper's."""
     from analysis.figures import metrics_by_domain, metrics_by_type
-    from analysis.paper import paper_reports
+    from analysis.paper import paper_breakdowns
 
     if reports:
-        fig = metrics_by_type(reports, metric)
+        fig = metrics_by_type({name: rep.run.scores for name, rep in reports.items()}, metric)
     else:
-        fig = metrics_by_domain(paper_reports(), metric)
+        fig = metrics_by_domain(paper_breakdowns(), metric)
         fig.update_layout(title=f"{metric} reported in the paper (OmniDiff Table 3), per domain")
     fig.update_layout(height=380)
     return fig
@@ -231,15 +117,15 @@ def model_card(captioner, twin=None) -> str:
 
 def model_statement(services: Services) -> str:
     """What the loaded model knows and how good it measured, said above its captions (the card has more)."""
-    from analysis.tables import quality_line
+    from analysis.render import quality_line
 
     info = services.captioner.info
     if not info.trained:
         return "⚠️ " + UNTRAINED_NOTE
     if info.source != "embedded":
         return f"**Model** `{info.source}` — its measured quality is on the Dashboard when its report is loaded."
-    shipped = services.reports.get("m3diff")
-    measured = quality_line(shipped) if shipped else ""
+    shipped = services.reports.shared.get("m3diff")
+    measured = quality_line(shipped.report) if shipped else ""
     return ("**Embedded demo model** — trained from scratch on generated scenes only (3D renders and shapes on "
             "photos), not on real photographs" + (f"; {measured}" if measured else "") + ". See the model card below.")
 
@@ -355,7 +241,7 @@ def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = 
                                   settings=generation_settings(max_new_tokens, finish_every_change)).caption
 
 
-def error_pair(traced: Callable, report: dict | None, pair_id: str | None):
+def error_pair(traced: Callable, report, pair_id: str | None):
     """The Errors tab's view of one test pair (``analysis.evidence.error_view``): the pair with its true
     boxes for a slider, the loaded model's map over each image on one scale (``traced(before, after)``),
     the colour legend, and the report's text with the pair's hit or miss."""
@@ -567,19 +453,20 @@ def _describe_stream(services: Services, gpu, ui):
 
 def dashboard_tab(services: Services, demo):
     """Dashboard: the loaded reports per change type and domain, run against run, the paper, exports.
-    Returns the reports' state (the Errors tab browses the same reports)."""
+    Returns the session's report list (the Errors tab browses the same reports)."""
     import gradio as gr
 
     from analysis.metrics import SHOWN_METRICS
-    from analysis.tables import export_report, paper_table
+    from analysis.render import export, paper_table
 
-    reports_state = gr.State(dict(services.reports))
+    store = services.reports
+    reports_state = gr.State(store.initial())  # names and store keys only: the reports live in the store
     if services.report_note:
         gr.Markdown("ℹ️ " + services.report_note, elem_classes="note")
     with gr.Row():
         metric = gr.Dropdown(list(SHOWN_METRICS), value="CIDEr-D", label="metric")
         upload = gr.File(label="Compare with another report.json", file_types=[".json"], type="filepath")
-    shown = [gr.Plot(label="per change type")]
+    shown = [gr.Markdown(elem_id="report-note"), gr.Plot(label="per change type")]
     for title in ("**Per change type** (n pairs; score [95% bootstrap CI], x100)", "**Per domain and per number of changes** (generated data knows how many; words: the captions' "
                   "mean length beside the references', which CIDEr-D's length penalty weighs)",
                   "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
@@ -598,7 +485,7 @@ def dashboard_tab(services: Services, demo):
                 "empty references, SPICE, how ids were matched, what was left out)")
     shown.append(gr.Markdown(elem_id="protocol-note"))
     shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table"))
-    localization_panel(reports_state, demo)
+    localization_panel(store, reports_state, demo)
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
     paper_plot = gr.Plot(label="the paper, per domain")
@@ -607,14 +494,15 @@ def dashboard_tab(services: Services, demo):
         tex_btn = gr.Button("Export per-type table: LaTeX")
         export_file = gr.File(label="export", interactive=False)
 
-    metric.change(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
-    allowed = operator_folders(services)
-    upload.upload(lambda reps, path, m: add_report(reps, path, m, allowed), [reports_state, upload, metric],
+    view = lambda state, m: dashboard_view(store, state, m)  # noqa: E731
+    metric.change(view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    allowed = services.operator_folders()
+    upload.upload(lambda state, path, m: add_report(store, state, path, m, allowed), [reports_state, upload, metric],
                   [reports_state, *shown], api_visibility="private", **CPU_ONLY)
     for button, fmt in ((csv_btn, "csv"), (tex_btn, "latex")):
-        button.click(lambda reps, f=fmt: export_report(reps, f), reports_state, export_file,
+        button.click(lambda state, f=fmt: export(_reports(store, state)[0], f), reports_state, export_file,
                      api_visibility="private", **CPU_ONLY)
-    demo.load(dashboard_view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
+    demo.load(view, [reports_state, metric], shown, api_visibility="private", **CPU_ONLY)
     for trigger in (demo.load, metric.change):
         trigger(lambda m: dashboard_figure({}, m), metric, paper_plot, api_visibility="private", **CPU_ONLY)
     return reports_state
@@ -628,11 +516,11 @@ LOCALIZATION_INTRO = (
     "map (chance); MDP model and no-MDP twin side by side when the reports hold both.")
 
 
-def localization_panel(reports_state, demo) -> None:
+def localization_panel(store, reports_state, demo) -> None:
     """The Dashboard's localization panel: pointing and energy per slice, sanity and no-change lines."""
     import gradio as gr
 
-    from analysis.tables import SLICES
+    from analysis.render import SLICES
 
     with gr.Column(elem_id="localization-panel"):
         gr.Markdown(LOCALIZATION_INTRO)
@@ -644,57 +532,61 @@ def localization_panel(reports_state, demo) -> None:
             outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
         outputs.append(gr.Markdown(elem_id="localization-notes"))
     for trigger in (demo.load, by.change, reports_state.change):
-        trigger(localization_view, [reports_state, by], outputs, api_visibility="private", **CPU_ONLY)
+        trigger(lambda state, b: localization_view(store, state, b), [reports_state, by], outputs,
+                api_visibility="private", **CPU_ONLY)
 
 
-def localization_view(reports: dict, by: str = "change type"):
-    """(pointing table, energy table, sanity and no-change lines) of the loaded reports (``analysis.tables``)."""
-    from analysis.tables import localization_notes, localization_table
+def _reports(store, state) -> tuple[dict, str]:
+    """({name: Report} a session shows, a note naming its uploads the server has let go)."""
+    loaded, dropped = store.resolve(state)
+    note = ""
+    if dropped:
+        from analysis.render import md
 
+        note = (f"ℹ️ The server let go of {md(', '.join(dropped))} to make room for other visitors' reports: "
+                "upload it again to see it.")
+    return {name: r.report for name, r in loaded.items()}, note
+
+
+def localization_view(store, state, by: str = "change type"):
+    """(pointing table, energy table, sanity and no-change lines) of a session's reports."""
+    from analysis.render import localization_notes, localization_table
+
+    reports, _ = _reports(store, state)
     return (localization_table(reports, "pointing", by), localization_table(reports, "energy", by),
             localization_notes(reports))
 
 
-def dashboard_view(reports: dict, metric: str):
-    """The Dashboard's figure and tables (``analysis.tables``) for the loaded reports."""
-    from analysis.tables import (changes_table, delta_table, grounding_table, protocol_note, protocol_table,
+def dashboard_view(store, state, metric: str):
+    """The Dashboard's note, figure and tables (``analysis.render``) for a session's reports."""
+    from analysis.render import (changes_table, delta_table, grounding_table, protocol_note, protocol_table,
                                  slice_table)
 
-    return (dashboard_figure(reports, metric), slice_table(reports, "per_type"),
+    reports, note = _reports(store, state)
+    return (note, dashboard_figure(reports, metric), slice_table(reports, "per_type"),
             slice_table(reports, ("per_domain", "per_changes")),
             delta_table(reports), grounding_table(reports), changes_table(reports), protocol_note(reports),
             protocol_table(reports))
 
 
-def operator_folders(services: Services) -> tuple[Path, ...]:
-    """The folders the operator named at start (examples, shipped reports, --report files and the data
-    they were scored on): the only places an uploaded report's images may come from."""
-    from analysis.report import data_folders
-    from m3diff.describing import EMBEDDED_DIR
-
-    folders = [EXAMPLES_DIR, EMBEDDED_DIR / "reports", *(Path(p).parent for p in services.config.reports)]
-    return tuple(folders + [f for rep in services.reports.values() for f in data_folders(rep)])
-
-
-def add_report(reports: dict, path, metric: str, allowed: tuple[Path, ...] = ()):
-    """An uploaded report.json joins the loaded ones (under its file name; a name taken gets a ').
-    Its images are shown only from ``allowed`` folders (``operator_folders``)."""
+def add_report(store, state, path, metric: str, allowed: tuple[Path, ...] = ()):
+    """An uploaded report.json joins the session's reports (under its file name; a name taken gets a ').
+    It is checked as data before anything reads it, held once on the server, and its images are shown
+    only from ``allowed`` folders (``Services.operator_folders``)."""
     import gradio as gr
 
     from analysis.report import ReportError, read_report
 
     if path is None:
-        return (reports, *dashboard_view(reports, metric))
+        return (state, *dashboard_view(store, state, metric))
     try:
-        report = read_report(path, search=(HERE,), allowed=allowed)
+        loaded = read_report(path, search=(HERE,), allowed=allowed, limits=store.limits.report)
     except ReportError as exc:  # a warning: the Dashboard keeps showing what it had
+        print(f"m3diff app: refused a report upload: {exc}", file=sys.stderr)
         gr.Warning(str(exc), title="Not a report")
-        return (reports, *dashboard_view(reports, metric))
-    name = Path(path).stem
-    while name in reports:
-        name += "'"
-    reports = {**reports, name: report}
-    return (reports, *dashboard_view(reports, metric))
+        return (state, *dashboard_view(store, state, metric))
+    state, _ = store.add(state, loaded, Path(path).stat().st_size)
+    return (state, *dashboard_view(store, state, metric))
 
 
 def errors_tab(services: Services, gpu, reports_state, demo) -> None:
@@ -703,7 +595,8 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
 
     from analysis.metrics import SHOWN_METRICS
 
-    run_names = list(services.reports)
+    store = services.reports
+    run_names = [n for n, _ in store.initial()]
     if not run_names:
         gr.Markdown("ℹ️ No report loaded: upload a `report.json` on the Dashboard tab, then pick it here.",
                     elem_classes="note")
@@ -723,39 +616,49 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
     text = gr.Markdown(elem_id="errors-text")
     traced = gpu(lambda before, after: _traced(services.captioner, before, after))
 
-    def select_pair(reps, name, df, evt: gr.SelectData):
+    def select_pair(state, name, df, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        ok = name in reps and df is not None and row is not None
-        return error_pair(traced, reps[name] if ok else None, df.iloc[row]["id"] if ok else None)
+        loaded = store.resolve(state)[0].get(name)
+        ok = loaded is not None and df is not None and row is not None
+        return error_pair(traced, loaded if ok else None, df.iloc[row]["id"] if ok else None)
 
     filters = [reports_state, run, ftype, fdomain, sort_by, asc]
-    run.change(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY)
+    choices = lambda state, name: run_filters(store, state, name)  # noqa: E731
+    rows = lambda *a: filter_table(store, *a)  # noqa: E731
+    run.change(choices, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY)
     for comp in (run, ftype, fdomain, sort_by, asc):
-        comp.change(filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+        comp.change(rows, filters, table, api_visibility="private", **CPU_ONLY)
     table.select(select_pair, [reports_state, run, table], [*pair, text], api_visibility="private",
                  **_model_calls(services))
-    reports_state.change(lambda reps, name: gr.update(choices=list(reps), value=name or next(iter(reps), None)),
+    reports_state.change(lambda state, name: gr.update(choices=[n for n, _ in state],
+                                                       value=name or next((n for n, _ in state), None)),
                          [reports_state, run], run, api_visibility="private", **CPU_ONLY)
-    demo.load(run_filters, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY).then(
-        filter_table, filters, table, api_visibility="private", **CPU_ONLY)
+    demo.load(choices, [reports_state, run], [ftype, fdomain], api_visibility="private", **CPU_ONLY).then(
+        rows, filters, table, api_visibility="private", **CPU_ONLY)
 
 
-def run_filters(reports: dict, name: str | None):
-    """The change types and domains of a run's pairs, as the Errors tab's filter choices."""
+def run_filters(store, state, name: str | None):
+    """The change types and domains of a report's pairs, as the Errors tab's filter choices."""
     import gradio as gr
 
-    from analysis.tables import report_choices
+    from analysis.render import report_choices
 
+    reports, _ = _reports(store, state)
     if name not in reports:
         return gr.update(choices=["all"], value="all"), gr.update(choices=["all"], value="all")
     types, domains = report_choices(reports[name])
     return gr.update(choices=["all", *types], value="all"), gr.update(choices=["all", *domains], value="all")
 
 
-def filter_table(reports: dict, name: str | None, change_type, domain, sort_by, ascending):
-    from analysis.tables import pairs_frame
+def filter_table(store, state, name: str | None, change_type, domain, sort_by, ascending):
+    import pandas as pd
 
-    return pairs_frame(reports.get(name) or {}, change_type or "all", domain or "all", sort_by, bool(ascending))
+    from analysis.render import pairs_frame
+
+    reports, _ = _reports(store, state)
+    if name not in reports:
+        return pd.DataFrame()
+    return pairs_frame(reports[name], change_type or "all", domain or "all", sort_by, bool(ascending))
 
 
 def _short():
@@ -765,73 +668,6 @@ def _short():
 
 
 # ============================================================================ start
-def parse_args(argv: list[str] | None = None) -> AppConfig:
-    p = argparse.ArgumentParser(prog="app.py", description="Start the m3diff browser app.")
-    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"),
-                   help="'embedded' (default), a model directory, or a hub id ($M3DIFF_MODEL)")
-    p.add_argument("--twin", default=os.environ.get("M3DIFF_TWIN"),
-                   help="the no-MDP twin to compare with (default: the embedded one when present)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--concurrency", type=int, default=1, help="streamed (UI) model calls at once (default 1)")
-    p.add_argument("--api-batch", type=int, default=4, help="/describe calls batched together (default 4)")
-    p.add_argument("--report", action="append", default=[], help="a report.json for the dashboard (repeatable)")
-    p.add_argument("--same-process", action="store_true",
-                   help="run the model in the web server's process (default: a process of its own, which "
-                        "starts in parallel and decodes without stalling the server)")
-    a = p.parse_args(argv)
-    model = None if a.model in (None, "", "embedded") else a.model
-    return AppConfig(model=model, twin=a.twin, host=a.host, port=a.port, concurrency=a.concurrency,
-                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process)
-
-
-class OptionalAPIArguments:
-    """ASGI middleware: a plain-HTTP call that leaves out trailing optional arguments gets their defaults.
-
-    The API page (and gradio_client) call ``/describe``'s max_new_tokens optional, but Gradio's HTTP
-    route requires every input ("needed: 3, got: 2"); this fills in what gradio_client would have.
-    ``optional``: endpoint name -> (required count, defaults of the arguments after them).
-    """
-
-    def __init__(self, app, optional: dict[str, tuple[int, list]]):
-        self.app, self.optional = app, optional
-
-    async def __call__(self, scope, receive, send):
-        name = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            name = next((n for n in self.optional if scope["path"].endswith(f"/call/{n}")), None)
-        if name is None:
-            return await self.app(scope, receive, send)
-        import json
-
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        required, defaults = self.optional[name]
-        try:
-            data = json.loads(body)
-            given = data.get("data") if isinstance(data, dict) else None
-            if isinstance(given, list) and required <= len(given) < required + len(defaults):
-                data["data"] = given + defaults[len(given) - required:]
-                body = json.dumps(data).encode()
-        except ValueError:
-            pass  # not JSON: Gradio answers it as it would have
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        return await self.app({**scope, "headers": headers}, replay, send)
-
-
 def launch(demo, config: AppConfig, **kwargs):
     """Queue and launch with the app's limits: upload size, served folders, theme."""
     import gradio as gr
@@ -854,11 +690,15 @@ def launch(demo, config: AppConfig, **kwargs):
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+def run(config: AppConfig) -> int:
+    """Load, lay out and serve; a load error is one line and exit status 2."""
     from analysis.report import ReportError
     from m3diff.describing import ModelLoadError
     from m3diff.remote import RemoteError
 
-    config = parse_args(argv)
     try:
         # the model process starts first: it loads while this process imports gradio and lays out the app
         services = load_services(config)
@@ -878,14 +718,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # ============================================================================ the `m3diff app` command
 def register(sub) -> None:
-    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml)."""
+    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml); the same settings as
+    ``python app.py`` (``webapp.config.add_arguments``)."""
     p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
-    p.add_argument("--model", default=os.environ.get("M3DIFF_MODEL"), help="model directory or hub id")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on a network)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--same-process", action="store_true",
-                   help="run the model in the web server's process (default: its own process, which starts in "
-                        "parallel and decodes without stalling the server)")
+    add_arguments(p)
     p.set_defaults(handler=_app_command)
 
 
@@ -896,9 +732,4 @@ def _app_command(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ModuleNotFoundError as exc:
         raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
-    return main(["--model", args.model or "embedded", "--host", args.host, "--port", str(args.port)]
-                + (["--same-process"] if args.same_process else []))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run(config_from(args))

@@ -3,7 +3,7 @@
     m3diff space build OUT                          # CPU Space with the embedded model
     m3diff space build OUT --model org/m3diff-7b    # GPU Space (ZeroGPU by default) running a 7B model
 
-The Space holds: the `m3diff` and `analysis` packages (with the embedded weights and their shipped
+The Space holds: the `m3diff`, `analysis` and `webapp` packages (with the embedded weights and their shipped
 evaluation reports), the app (`m3diff_app.py`) behind the GPU entry (`app.py`, from spaces/entry.py),
 the examples, the metadata (README.md front-matter, requirements.txt, packages.txt) and
 space_config.json (which model to load). ``spaces/`` in the repository is a plain folder, not a package:
@@ -73,7 +73,8 @@ def build_space(out, *, model: str | None = None, hardware: str | None = None, t
     root = Path(root) if root else repo_root()
     out = Path(out)
     template = root / "spaces"
-    for need in (root / "app.py", root / "m3diff", root / "analysis", template / "README.md", template / "entry.py"):
+    for need in (root / "app.py", root / "m3diff", root / "analysis", root / "webapp", template / "README.md",
+                 template / "entry.py"):
         if not need.exists():
             raise SpaceBuildError(f"{need} is missing: run `m3diff space build` from a full m3diff checkout.")
     if (template / "__init__.py").exists():
@@ -83,7 +84,8 @@ def build_space(out, *, model: str | None = None, hardware: str | None = None, t
         raise SpaceBuildError(f"{out} is a file, not a folder; choose a folder for the Space.")
     if out.exists() and any(out.iterdir()) and not force:
         raise SpaceBuildError(f"{out} is not empty; choose an empty folder or pass --force.")
-    protected = [root.resolve()] + [(root / d).resolve() for d in ("m3diff", "analysis", "spaces", "examples")]
+    protected = [root.resolve()] + [(root / d).resolve() for d in ("m3diff", "analysis", "webapp", "spaces",
+                                                                   "examples")]
     if any(out.resolve() == p or p in out.resolve().parents for p in protected[1:]) or out.resolve() == protected[0]:
         raise SpaceBuildError(f"{out} is the repository or inside its own folders; choose another folder.")
 
@@ -101,7 +103,7 @@ def build_space(out, *, model: str | None = None, hardware: str | None = None, t
 
     out.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
-    for pkg in ("m3diff", "analysis"):
+    for pkg in ("m3diff", "analysis", "webapp"):
         if (out / pkg).exists():
             shutil.rmtree(out / pkg)
         shutil.copytree(root / pkg, out / pkg, ignore=ignore)

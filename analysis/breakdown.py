@@ -187,14 +187,36 @@ def change_count(pair: DiffPair) -> int | None:
     return len(regions) if isinstance(regions, list) else None
 
 
-def compare(runs: dict[str, Breakdown], base: str | None = None) -> dict:
+@dataclass(frozen=True)
+class Delta:
+    delta: float
+    ci: tuple[float, float] | None = None  # paired bootstrap interval, where the runs were scored together
+
+
+@dataclass
+class SliceDelta:
+    n: int
+    n_base: int
+    paired: bool
+    deltas: dict[str, Delta | None]
+
+
+@dataclass
+class Comparison:
+    """Each run minus the base run, per slice ("type:color", "overall:overall", …) and metric."""
+
+    base: str
+    runs: dict[str, dict[str, SliceDelta]]
+
+
+def compare(runs: dict[str, Breakdown], base: str | None = None) -> Comparison | None:
     """Each run's scores minus the base run's, per slice and metric, with a paired interval where the
     two runs were scored on the same pairs (their resamples are then the same)."""
     if not runs:
-        return {}
+        return None
     base = base or next(iter(runs))
     ref = dict(runs[base].slices())
-    out: dict = {"base": base, "runs": {}}
+    out = Comparison(base, {})
     for name, bd in runs.items():
         if name == base:
             continue
@@ -204,19 +226,19 @@ def compare(runs: dict[str, Breakdown], base: str | None = None) -> dict:
             if b is None:
                 continue
             paired = s.draws is not None and b.draws is not None and s.ids == b.ids
-            entry = {"n": s.n, "n_base": b.n, "paired": paired}
+            deltas: dict[str, Delta | None] = {}
             for m in METRICS:
                 if s.scores[m] is None or b.scores[m] is None:
-                    entry[m] = None
+                    deltas[m] = None
                     continue
-                d = {"delta": _r(s.scores[m] - b.scores[m])}
+                ci = None
                 if paired and m in s.draws and m in b.draws:
                     a = (1 - bd.config.confidence) / 2 * 100
                     lo, hi = np.percentile(s.draws[m] - b.draws[m], [a, 100 - a])
-                    d["ci"] = [_r(lo), _r(hi)]
-                entry[m] = d
-            table[f"{key[0]}:{key[1]}"] = entry
-        out["runs"][name] = table
+                    ci = (float(lo), float(hi))
+                deltas[m] = Delta(float(s.scores[m] - b.scores[m]), ci)
+            table[f"{key[0]}:{key[1]}"] = SliceDelta(s.n, b.n, paired, deltas)
+        out.runs[name] = table
     return out
 
 

@@ -118,141 +118,52 @@ def _split_pred(spec: str) -> tuple[str, Path]:
 
 
 def run_eval(args) -> int:
-    import datetime
     import json
 
     from m3diff.cli import CLIError
 
-    from analysis.breakdown import BreakdownConfig, analyse
-    from analysis.inputs import InputError, align, load_predictions, load_references
-    from analysis.metrics import CaptionScorer, ScorerConfig, check_metrics
-    from analysis.report import build_report, text_table, write_all
+    from analysis.breakdown import BreakdownConfig
+    from analysis.evaluate import Policies, evaluate
+    from analysis.inputs import InputError
+    from analysis.render import evidence_lines, text_table, write_files
+    from analysis.report import ReportError, read_grounding
 
     specs = [_split_pred(s) for s in args.pred]
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise CLIError(f"two --pred runs share a name ({', '.join(names)}); name them NAME=FILE")
-    avail = check_metrics()
-    if not avail.java:
-        raise CLIError(avail.notes[0])
-    try:
-        pairs = load_references(args.refs, args.format, args.split, allow_outside=args.allow_outside_root)
-        if not pairs:
-            raise CLIError(f"{args.refs}: no pairs" + (f" in split {args.split!r}" if args.split else ""))
-        aligned = {}
-        for name, path in specs:
-            preds = load_predictions(path)
-            aligned[name] = (align(preds, pairs, args.on_mismatch, args.on_empty, args.on_duplicate,
-                                   references=str(args.refs)), preds)
-    except InputError as exc:
-        raise CLIError(str(exc)) from None
-    for name, (al, _) in aligned.items():
-        for note in al.notes:
-            print(f"warning: {note}", file=sys.stderr)
-
-    from tqdm.auto import tqdm
-
-    config = BreakdownConfig(bootstrap=max(0, args.bootstrap), seed=args.seed, worst_k=args.worst)
-    runs = {}
-    with CaptionScorer(ScorerConfig(meteor=not args.no_meteor), availability=avail) as scorer:
-        for name, (al, _) in aligned.items():
-            corpus = scorer.prepare(al.ids, al.hyps, [p.captions for p in al.pairs])
-            with tqdm(desc=f"scoring {name}", unit="slice", leave=False, disable=None) as bar:
-                runs[name] = analyse(scorer, corpus, al.pairs, al.hyps, config,
-                                     progress=lambda kind, n: bar.update(1))
-    first = aligned[names[0]][1]
-    meta = {"model": args.model or first.model, "predictions": {n: str(p) for n, p in specs},
-            "references": str(args.refs), "format": args.format, "split": args.split,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    from analysis.protocol import Protocol
-
-    protocols = {n: Protocol.of([p.captions for p in al.pairs], meteor=runs[n].overall.scores.get("METEOR") is not None,
-                                spice=runs[n].overall.scores.get("SPICE") is not None, id_matching=al.id_matching,
-                                left_out=al.dropped)
-                 for n, (al, _) in aligned.items()}
-    rep = build_report(runs, meta, avail, notes={n: a.notes for n, (a, _) in aligned.items()},
-                       dropped={n: a.dropped for n, (a, _) in aligned.items()}, protocols=protocols)
-    if any("regions" in p.extra and "objects" in p.extra for p in pairs):
-        # generated references know every change: does each caption name it, and invent none?
-        from analysis.changes import evaluate_changes
-
-        rep["changes"] = {}
-        for name, (al, _) in aligned.items():
-            summary, rows = evaluate_changes(dict(zip(al.ids, al.hyps)), al.pairs)
-            # per pair too: the Errors tab shows which changes a caption named and what it said of them
-            rep["changes"][name] = summary.to_dict() | {"pairs": {r.id: [h.to_dict() for h in r.truth] for r in rows}}
-    if any("regions" in p.extra for p in pairs):
-        _add_evidence(rep, pairs, aligned, args.refs)
+    grounding = None
     if args.grounding:
         try:
-            grounding = json.loads(Path(args.grounding).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CLIError(f"--grounding {args.grounding}: not a grounding file written by `m3diff probe` ({exc})") from None
-        if not isinstance(grounding, dict) or not isinstance(grounding.get("models"), dict):
-            raise CLIError(f"--grounding {args.grounding}: no 'models' section; write it with `m3diff probe`")
-        rep["grounding"] = grounding
+            grounding = read_grounding(args.grounding)
+        except ReportError as exc:
+            raise CLIError(f"--grounding {exc}; write it with `m3diff probe`") from None
+    from tqdm.auto import tqdm
+
+    with tqdm(desc="scoring", unit="slice", leave=False, disable=None) as bar:
+        try:
+            report = evaluate(dict(specs), args.refs, format=args.format, split=args.split,
+                              policies=Policies(args.on_mismatch, args.on_empty, args.on_duplicate),
+                              bootstrap=BreakdownConfig(bootstrap=max(0, args.bootstrap), seed=args.seed,
+                                                        worst_k=args.worst),
+                              meteor=not args.no_meteor, grounding=grounding, model=args.model,
+                              allow_outside=args.allow_outside_root,
+                              warn=lambda line: print(f"warning: {line}", file=sys.stderr),
+                              progress=lambda run, kind: bar.update(1))
+        except InputError as exc:
+            raise CLIError(str(exc)) from None
     if args.json:
-        keys = ("overall", "micro", "macro", "per_type", "per_domain", "per_source", "comparison")
-        print(json.dumps({k: rep[k] for k in keys if k in rep}, indent=1))
+        print(json.dumps(report.headline_json(), indent=1))
     else:
-        print(text_table(rep))
-        for line in _evidence_lines(rep):
+        print(text_table(report))
+        for line in evidence_lines(report):
             print(line)
-        for m, why in rep["meta"]["unavailable"].items():
+        for m, why in report.meta.unavailable.items():
             print(f"{m}: n/a — {why}" if m == "SPICE" else f"{m}: n/a", file=sys.stderr)
     if args.out:
-        paths = write_all(rep, Path(args.out))
+        paths = write_files(report, Path(args.out))
         print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
-
-
-def _add_evidence(rep: dict, pairs, aligned: dict, refs) -> None:
-    """Generated references know where each change is: every pair record gets its regions, the report
-    the generator's settings (so an app can redraw any pair), and each run with maps (``m3diff predict
-    --maps``) a ``localization`` section and, when it was run, a ``sanity`` section."""
-    from analysis.localization import decode_maps, evaluate_localization
-
-    by_id = {p.id: p for p in pairs}
-    for rec in rep["pairs"]:
-        extra = by_id[rec["id"]].extra if rec["id"] in by_id else {}
-        if "regions" in extra:
-            rec["regions"] = extra["regions"]
-        if extra.get("no_change"):
-            rec["no_change"] = extra["no_change"]
-    settings = _synth_settings(Path(refs), "the report cannot say how to redraw its pairs")
-    if settings is not None:
-        rep["meta"]["generator"] = settings
-    for name, (al, preds) in aligned.items():
-        if not preds.maps:
-            continue
-        try:
-            maps = {i: decode_maps(preds.maps[i]) for i in al.ids if i in preds.maps}
-        except ValueError as exc:
-            from m3diff.cli import CLIError
-
-            raise CLIError(f"--pred {name}: {exc}; predict again with --maps --restart") from None
-        missing = len(al.ids) - len(maps)
-        if missing:
-            print(f"warning: {name}: {missing} pair(s) have no maps; localization scores the other {len(maps)}",
-                  file=sys.stderr)
-        rep.setdefault("localization", {})[name] = evaluate_localization(maps, al.pairs)
-        if preds.sanity is not None:
-            rep.setdefault("sanity", {})[name] = preds.sanity
-
-
-def _evidence_lines(rep: dict) -> list[str]:
-    """One line per run with maps: where its maps' peaks fall, beside the two baselines."""
-    lines = []
-    for name, loc in (rep.get("localization") or {}).items():
-        overall = loc["summary"]["overall"]
-        shown = sorted(overall, key=lambda m: (m in ("pixel_difference", "uniform"), -(overall[m]["pointing"] or 0)))
-        parts = [f"{m} {100 * overall[m]['pointing']:.0f}%" for m in shown if overall[m]["pointing"] == overall[m]["pointing"]]
-        lines.append(f"{name}: map peak inside a changed box ({loc['n_pairs']} pairs with boxes): " + ", ".join(parts))
-    for name, check in (rep.get("sanity") or {}).items():
-        flagged = sorted(check.get("flags") or {})
-        lines.append(f"{name}: sanity check of the maps: " + (f"{', '.join(flagged)} do not depend on the weights"
-                                                              if flagged else "every map changes when its weights are destroyed"))
-    return lines
 
 
 def run_doctor(args) -> int:
@@ -286,11 +197,9 @@ def run_doctor(args) -> int:
 
 
 def run_predict(args) -> int:
-    import json
-
     from m3diff.cli import CLIError
 
-    from analysis.report import atomic_write
+    from analysis.inputs import InputError, Predictions, load_predictions
 
     _check_predict_args(args, CLIError)
     out = Path(args.out)
@@ -309,15 +218,19 @@ def run_predict(args) -> int:
         pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
-    done: dict[str, str] = {}
-    digests: dict[str, str] = {}
-    maps: dict[str, dict] = {}
-    sanity = None
+    run = Predictions(out, {}, model=model_name, data=str(args.data), split=args.split,
+                      min_end_probability=args.min_end_probability)
     if out.exists() and not args.restart:
-        done, digests, maps, sanity = _resumable(out, args, model_name, pairs, CLIError)
+        try:
+            earlier = load_predictions(out)
+        except InputError as exc:
+            raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") \
+                from None
+        _check_resumable(earlier, run, pairs, CLIError)
+        run.captions, run.images, run.maps, run.sanity = earlier.captions, earlier.images, earlier.maps, earlier.sanity
     # a pair predicted before without --maps is described again when its maps are asked for now
-    todo = [p for p in pairs if p.id not in done or (args.maps and p.id not in maps)]
-    want_sanity = args.maps and args.sanity_pairs > 0 and sanity is None
+    todo = [p for p in pairs if p.id not in run.captions or (args.maps and p.id not in run.maps)]
+    want_sanity = args.maps and args.sanity_pairs > 0 and run.sanity is None
     if not todo and not want_sanity:
         print(f"{out}: all {len(pairs)} pairs already predicted", file=sys.stderr)
         return 0
@@ -334,23 +247,9 @@ def run_predict(args) -> int:
     captioner.use_recommended_threads()  # this command owns its process
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=args.min_end_probability)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ours = {p.id for p in pairs}
+    order = [p.id for p in pairs]  # the split's order, then rows this run does not cover (e.g. beyond --limit)
     failed: dict[str, str] = {}
     unexplained: list[str] = []
-
-    def save():
-        # the split's order, then rows this run does not cover (e.g. beyond --limit): rewriting loses nothing
-        rows = [{"id": p.id, "caption": done[p.id]} for p in pairs if p.id in done]
-        rows += [{"id": i, "caption": c} for i, c in done.items() if i not in ours]
-        data = {"model": model_name, "data": str(args.data), "split": args.split, "predictions": rows,
-                "images": {i: digests[i] for i in done if i in digests}}
-        if args.min_end_probability is not None:
-            data["min_end_probability"] = args.min_end_probability
-        if maps:
-            data["maps"] = {i: maps[i] for i in done if i in maps}
-        if sanity is not None:
-            data["sanity"] = sanity
-        atomic_write(out, json.dumps(data, ensure_ascii=False, indent=1))
 
     def describe(batch):
         try:
@@ -374,22 +273,22 @@ def run_predict(args) -> int:
             batch = todo[s:s + args.batch_size]
             for p, d in zip(batch, describe(batch)):
                 if d is not None:
-                    done[p.id] = d.caption
-                    digests[p.id] = _pair_digest(p)
+                    run.captions[p.id] = d.caption
+                    run.images[p.id] = _pair_digest(p)
                     if args.maps:
-                        maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
+                        run.maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
                         if not attributed:
                             unexplained.append(p.id)
-            save()
+            run.save(out, order)
             bar.update(len(batch))
     if want_sanity:
-        sanity = _maps_sanity(captioner, [p for p in pairs[: args.sanity_pairs] if p.id not in failed])
-        save()
+        run.sanity = _maps_sanity(captioner, [p for p in pairs[: args.sanity_pairs] if p.id not in failed])
+        run.save(out, order)
     if unexplained:
         print(f"warning: {len(unexplained)} caption(s) could not be attributed (no words, or they tokenize "
               f"differently after the prompt; first {unexplained[0]!r}): those pairs have no saliency_caption map",
               file=sys.stderr)
-    print(f"wrote {len(done)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
+    print(f"wrote {len(run.captions)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
     if failed:
         first = next(iter(failed))
         raise CLIError(f"{len(failed)} pair(s) skipped because an image could not be read (id {first!r}: "
@@ -436,8 +335,8 @@ def _maps_sanity(captioner, pairs) -> dict:
 
     images = [(load_image(p.before), load_image(p.after)) for p in pairs]
     print(f"sanity check of the maps on {len(images)} pairs (weights re-initialised) ...", file=sys.stderr)
-    sanity = sanity_check(captioner.model, images, model_map_fn(captioner.processor)).to_dict()
-    for name, verdict in sanity["verdicts"].items():
+    sanity = sanity_check(captioner.model, images, model_map_fn(captioner.processor))
+    for name, verdict in sanity.verdicts.items():
         print(f"  {name}: {verdict}", file=sys.stderr)
     return sanity
 
@@ -448,7 +347,7 @@ def run_probe(args) -> int:
     from m3diff.cli import CLIError
 
     from analysis.grounding import check_grounding
-    from analysis.report import atomic_write
+    from analysis.report import GroundingSection, atomic_write, grounding_json
 
     if args.pairs < 2:
         raise CLIError(f"--pairs must be at least 2, got {args.pairs}")
@@ -482,7 +381,7 @@ def run_probe(args) -> int:
             checks = check_grounding(captioner, pairs, model_name=name, identical=args.identical,
                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
                                      progress=lambda what, n: bar.update(n), facts=facts)
-        results[name] = checks.to_dict()
+        results[name] = checks
         gap = checks.same_scene_gap
         ceiling = "" if checks.distinct_ceiling is None else f" (ceiling {checks.distinct_ceiling:.1%})"
         print(f"{name}: distinct captions {checks.distinct_share:.1%}{ceiling} | answer loss {checks.loss_true:.3f}, "
@@ -491,7 +390,7 @@ def run_probe(args) -> int:
               f"{'n/a' if checks.no_change_share is None else f'{checks.no_change_share:.0%}'}")
         for flag in checks.flags:
             print(f"  FLAG {flag}")
-    doc = {"data": str(args.data), "split": args.split, "pairs": len(pairs), "models": results}
+    doc = grounding_json(GroundingSection(str(args.data), args.split, len(pairs), results))
     if args.out:
         atomic_write(Path(args.out), json.dumps(doc, indent=1))
         print(f"wrote {args.out}", file=sys.stderr)
@@ -546,38 +445,24 @@ def _pair_digest(pair) -> str:
     return h.hexdigest()[:16]
 
 
-def _resumable(out: Path, args, model_name: str, pairs, CLIError) -> tuple[dict, dict, dict, dict | None]:
-    """The rows of an earlier run to keep (captions, image digests, maps, sanity), or one line saying why
-    resuming would mix two runs."""
-    import json
-
-    try:
-        data = json.loads(out.read_text(encoding="utf-8"))
-        rows = data["predictions"] if isinstance(data, dict) else data
-        done = {str(r["id"]): r["caption"] for r in rows}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") from None
+def _check_resumable(earlier, now, pairs, CLIError) -> None:
+    """One line saying why resuming ``earlier`` (the file on disk) with this run would mix two runs."""
+    out = earlier.path
     again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
-    if not isinstance(data, dict):
-        return done, {}, {}, None
-    # Resuming with another model, split or dataset would mix two runs' captions in one file.
-    for key, now in (("model", model_name), ("split", args.split)):
-        if key in data and data[key] != now:
-            raise CLIError(f"{out} holds predictions of {key} {data[key]!r}, not {now!r}; " + again.format(key=key))
-    if data.get("min_end_probability") != args.min_end_probability:
-        was, now = data.get("min_end_probability"), args.min_end_probability
-        raise CLIError(f"{out} holds captions decoded with min_end_probability {was}, not {now}; pass "
+    for key in ("model", "split"):
+        was, want = getattr(earlier, key), getattr(now, key)
+        if was and was != want:
+            raise CLIError(f"{out} holds predictions of {key} {was!r}, not {want!r}; " + again.format(key=key))
+    if earlier.min_end_probability != now.min_end_probability:
+        was, want = earlier.min_end_probability, now.min_end_probability
+        raise CLIError(f"{out} holds captions decoded with min_end_probability {was}, not {want}; pass "
                        + ("no --min-end-probability" if was is None else f"--min-end-probability {was}")
                        + " to resume it, --restart to replace it, or pick another --out")
-    if "data" in data and Path(str(data["data"])).resolve() != Path(args.data).resolve():
-        raise CLIError(f"{out} holds predictions of data {data['data']!r}, not {str(args.data)!r}; "
-                       + again.format(key="data"))
-    digests = data.get("images") if isinstance(data.get("images"), dict) else {}
-    changed = [p.id for p in pairs if p.id in done and p.id in digests and digests[p.id] != _pair_digest(p)]
+    if earlier.data and Path(earlier.data).resolve() != Path(now.data).resolve():
+        raise CLIError(f"{out} holds predictions of data {earlier.data!r}, not {now.data!r}; " + again.format(key="data"))
+    changed = [p.id for p in pairs if p.id in earlier.captions and p.id in earlier.images
+               and earlier.images[p.id] != _pair_digest(p)]
     if changed:
         shown = ", ".join(repr(i) for i in changed[:5]) + (f", ... (+{len(changed) - 5} more)" if len(changed) > 5 else "")
         raise CLIError(f"{out}: the images of {len(changed)} pair(s) changed since they were predicted ({shown}); "
                        "pass --restart to predict everything again, or pick another --out")
-    maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
-    sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
-    return done, dict(digests), dict(maps), sanity

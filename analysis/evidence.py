@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from analysis.localization import ColourScale, shared_scale
-from analysis.report import pair_images
+from analysis.render import change_lines, hit_line, map_label, pair_markdown
+from analysis.report import LoadedReport, Region
 
 CMAP = "inferno"
 # the map kinds' units, for the colour legend: a scale means nothing without them
@@ -118,16 +119,16 @@ def shown_maps(trace, feature_difference, layer: int, kind: str) -> tuple[np.nda
 class PairPictures:
     before: Image.Image
     after: Image.Image
-    regions: list  # [{"type", "before": box | None, "after": box | None}] (empty when unknown)
+    regions: list[Region]  # the true changes (empty when unknown)
     source: str  # where the images came from, for a person
 
 
-def generator_settings(report: dict):
-    """The ``SynthConfig`` of a report's generated references (``meta.generator``), or None; settings
+def generator_settings(loaded: LoadedReport):
+    """The ``SynthConfig`` of a report's generated references (its ``meta.generator``), or None; settings
     that do not check out count as none (a report may come from anyone)."""
     from m3diff.data.synth.generator import SynthConfig
 
-    settings = (report.get("meta") or {}).get("generator")
+    settings = loaded.report.meta.generator
     if settings is None:
         return None
     try:
@@ -136,132 +137,40 @@ def generator_settings(report: dict):
         return None
 
 
-def pair_pictures(report: dict, record: dict) -> PairPictures | None:
-    """A test pair's images: the files the report's references name (only inside its allowed folders,
-    ``analysis.report.pair_images``), else regenerated from ``meta.generator`` (reads only the
-    package's own data), else None. A regenerated pair whose change types differ from the report's is
-    refused: the settings are not the ones the report was scored on."""
+def pair_pictures(loaded: LoadedReport, pair_id: str) -> PairPictures | None:
+    """A test pair's images: the files the report's references name (only inside its allowed folders),
+    else regenerated from the generator's settings (reads only the package's own data), else None. A
+    regenerated pair whose change types differ from the report's is refused: the settings are not the
+    ones the report was scored on."""
     from m3diff.images import load_image
 
-    files = pair_images(report, record)
+    record = loaded.report.pair(pair_id)
+    files = loaded.pair_files(pair_id)
     if files is not None:
         b, a = load_image(files[0], name="before image"), load_image(files[1], name="after image")
-        return PairPictures(b, a, list(record.get("regions") or []), "the report's data folder")
-    cfg = generator_settings(report)
+        return PairPictures(b, a, list(record.regions or []), "the report's data folder")
+    cfg = generator_settings(loaded)
     if cfg is None:
         return None
     from m3diff.data.synth.generator import regenerate
 
     try:
-        truth, b, a = regenerate(cfg, record["id"])
+        truth, b, a = regenerate(cfg, pair_id)
     except ValueError:
         return None
-    if set(truth["change_types"]) != set(record.get("types", record.get("change_types", truth["change_types"]))):
+    if set(truth["change_types"]) != set(record.score.types):
         return None
-    regions = record.get("regions") if record.get("regions") is not None else truth["regions"]
+    regions = record.regions if record.regions is not None else [
+        Region(r["type"], r.get("before"), r.get("after")) for r in truth["regions"]]
     return PairPictures(b, a, list(regions), f"regenerated from the generator's settings (seed {cfg.seed})")
 
 
-def true_boxes(regions) -> tuple[list, list]:
+def true_boxes(regions: list[Region]) -> tuple[list, list]:
     """(before boxes, after boxes) of the semantic changes: what localization is scored against."""
     from m3diff.change_types import DISTRACTORS
 
-    sem = [r for r in regions or [] if r.get("type") not in DISTRACTORS]
-    return [r["before"] for r in sem if r.get("before")], [r["after"] for r in sem if r.get("after")]
-
-
-def best_map(maps) -> str | None:
-    """The model map a pair's hit or miss is shown for: ``feature_difference`` (exists for the MDP
-    model and its twin alike) when scored, else ‖ΔF‖ of the deepest MDP layer."""
-    maps = list(maps)
-    if "feature_difference" in maps:
-        return "feature_difference"
-    deltas = [m for m in maps if m.startswith("delta_norm@")]
-    return max(deltas, key=lambda m: int(m.split("@", 1)[1])) if deltas else None
-
-
-def run_localization(report: dict, run: str | None = None) -> dict | None:
-    """A run's ``localization`` entry (the report's own run by default; a report of one run, any)."""
-    section = report.get("localization") or {}
-    run = run or (report.get("meta") or {}).get("run")
-    if run in section:
-        return section[run]
-    return next(iter(section.values())) if len(section) == 1 else None
-
-
-def hit_line(report: dict, record: dict) -> str:
-    """Markdown: did the model's best map, and the pixel difference, point at this pair's change?"""
-    loc = run_localization(report)
-    if loc is None:
-        return ("_No localization in this report: `m3diff predict --maps`, then `m3diff eval`, scores "
-                "whether the maps point at the change._")
-    scored = (loc.get("pairs") or {}).get(record["id"])
-    if not scored:
-        if record.get("no_change") or ("regions" in record and not any(true_boxes(record["regions"]))):
-            return "_This pair has no changed box to point at (no change, or a camera or light change alone)._"
-        return "_The report's localization did not score this pair._"
-    names = [n for n in (best_map(scored), "pixel_difference") if n]
-    cells = [f"{map_label(n)} **{_hit(scored.get(n))}**" for n in names]
-    return "**Pointing** (the map's peak inside a true box): " + " · ".join(cells)
-
-
-def change_lines(report: dict, record: dict) -> str:
-    """Markdown: which of this pair's true changes the caption named, and whether it said the new value
-    (the report's ``changes`` section, generated references only; "" where there is none)."""
-    section = report.get("changes") or {}
-    run = (report.get("meta") or {}).get("run")
-    changes = section.get(run) or (next(iter(section.values())) if len(section) == 1 else None)
-    if not changes:
-        return ""
-    if "pairs" not in changes:
-        return "_This report predates per-pair change scores: run `m3diff eval` again to see them here._"
-    hits = changes["pairs"].get(record["id"])
-    if hits is None:
-        return ""
-    if not hits:
-        return "**Changes**: none to name (the pair did not change)."
-    lines = ["**Changes** (the generator's truth: did the caption name each change, and say what it is now?)"]
-    for h in hits:
-        line = f"- {h['type']} · {h['object']}: " + ("named" if h["recalled"] else
-                                                     "object named, not the change" if h["named"] else "not named")
-        if h.get("new") is not None:
-            value = (h["new"] if h.get("old") is None else f"{h['old']} → {h['new']}").replace("_", " ")
-            said = ", ".join(h.get("stated") or []).replace("_", " ") or "nothing"
-            # the verdict only where the change was named: an unnamed change has no value said
-            line += (f" · {value}: said {said} " + ("✓" if h["value_right"] else "✗")) if h["recalled"] else f" ({value})"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _hit(v) -> str:
-    if v is None:
-        return "not scored"
-    if v >= 1:
-        return "hit"
-    if v <= 0:
-        return "miss"
-    return f"hit on {v:.0%} of its boxed images"
-
-
-# map kind -> (short label for a table column, long label for a document)
-MAP_LABELS = {
-    "feature_difference": ("‖P(F′1) − P(F′2)‖", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"),
-    "delta_norm": ("‖ΔF‖", "‖ΔF‖ (eq. 3)"),
-    "attn_eq5": ("eq. 5", "eq. 5 attention"),
-    "attn_eq6": ("eq. 6", "eq. 6 attention"),
-    "saliency_caption": ("saliency", "captum Saliency of the caption's log-probability"),
-    "pixel_difference": ("pixel difference", "pixel difference (baseline)"),
-    "uniform": ("uniform", "uniform map (chance)"),
-}
-
-
-def map_label(name: str, long: bool = False) -> str:
-    """``attn_eq5@4`` → "eq. 5 L4" (or "eq. 5 attention, layer 4" with ``long``)."""
-    base, _, layer = name.partition("@")
-    short, full = MAP_LABELS.get(base, (base, base))
-    if long:
-        return full + (f", layer {layer}" if layer else "")
-    return short + (f" L{layer}" if layer else "")
+    sem = [r for r in regions or [] if r.type not in DISTRACTORS]
+    return [r.before for r in sem if r.before], [r.after for r in sem if r.after]
 
 
 # -- the Errors tab's view of one pair ---------------------------------------------------------------
@@ -297,22 +206,24 @@ def model_map(description) -> tuple[str, np.ndarray, np.ndarray] | None:
     return (f"delta_norm@{layer}", *trace.maps(layer, "delta_norm"))
 
 
-def error_view(report: dict | None, pair_id: str | None, describe) -> ErrorView:
+def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> ErrorView:
     """A report's test pair with its true boxes, the loaded model's map over each image (one absolute
     scale, boxes drawn on it), the report's text and the pair's hit or miss. ``describe(before,
     after)`` runs the loaded model (a Description, or None)."""
-    from analysis.tables import pair_markdown, pair_record
     from m3diff.overlay import common_size
 
-    if report is None or pair_id is None:
+    if loaded is None or pair_id is None:
         return ErrorView(None, None, None, "", "")
-    record = pair_record(report, pair_id)
+    report = loaded.report
+    record = report.pair(pair_id)
     text = pair_markdown(record) + "\n\n" + hit_line(report, record)
     if changes := change_lines(report, record):
         text += "\n\n" + changes
-    pics = pair_pictures(report, record)
+    pics = pair_pictures(loaded, pair_id)
     if pics is None:
-        return ErrorView(None, None, None, "", text + "\n\n_(the report does not say where this pair's images are)_")
+        why = ("its images are outside the folders this app may read" if loaded.images.get(pair_id) else
+               "the report does not say where this pair's images are")
+        return ErrorView(None, None, None, "", text + f"\n\n_({why})_")
     boxes_b, boxes_a = true_boxes(pics.regions)
     b, a = common_size(at_least(pics.before), at_least(pics.after))
     pair = (draw_boxes(b, boxes_b, pics.before.size, "before"), draw_boxes(a, boxes_a, pics.after.size, "after"))

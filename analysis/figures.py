@@ -1,7 +1,7 @@
 """Plotly figures shared by the app (Dashboard, Errors, Describe tabs) and the HTML reports.
 
-Every function takes plain data (report.json's dicts, numpy arrays, PIL images) and returns a
-``plotly.graph_objects.Figure``; nothing here computes a metric.
+Every function takes the analysis' own results (a run's ``analysis.breakdown.Breakdown``, numpy arrays)
+and returns a ``plotly.graph_objects.Figure``; nothing here computes a metric.
 """
 from __future__ import annotations
 
@@ -10,31 +10,32 @@ from collections.abc import Mapping
 import numpy as np
 import plotly.graph_objects as go
 
+from analysis.breakdown import Breakdown
 from m3diff.change_types import TYPE_IDS
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def slice_bars(runs: Mapping[str, Mapping], metric: str = "CIDEr-D", table: str = "per_type",
+def slice_bars(runs: Mapping[str, Breakdown], metric: str = "CIDEr-D", table: str = "per_type",
                title: str | None = None) -> go.Figure:
     """Grouped bars of one metric per slice for one or more runs, with the bootstrap 95% interval.
 
-    ``runs``: run name -> a report (report.json, or any dict with ``table``: slice -> {metric, n, ci}).
-    The hover shows n, so small slices are visible as such.
+    ``runs``: run name -> its Breakdown; ``table``: "per_type", "per_domain", "per_source" or
+    "per_changes". The hover shows n, so small slices are visible as such.
     """
     names = _slice_order(runs, table)
     fig = go.Figure()
-    for k, (run, rep) in enumerate(runs.items()):
-        rows = rep.get(table, {}) or {}
+    for k, (run, bd) in enumerate(runs.items()):
+        rows = getattr(bd, table)
         y, lo, hi, n = [], [], [], []
         for s in names:
             r = rows.get(s)
-            v = None if r is None else r.get(metric)
-            ci = None if r is None else (r.get("ci") or {}).get(metric)
+            v = None if r is None else r.scores.get(metric)
+            ci = None if r is None else r.ci.get(metric)
             y.append(v)
             lo.append(None if v is None or ci is None else v - ci[0])
             hi.append(None if v is None or ci is None else ci[1] - v)
-            n.append(0 if r is None else r.get("n", 0))
+            n.append(0 if r is None else r.n)
         fig.add_bar(
             name=run, x=names, y=y, marker_color=_COLORS[k % len(_COLORS)], customdata=n,
             error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, visible=any(v is not None for v in hi)),
@@ -46,11 +47,11 @@ def slice_bars(runs: Mapping[str, Mapping], metric: str = "CIDEr-D", table: str 
     return fig
 
 
-def metrics_by_type(runs: Mapping[str, Mapping], metric: str = "CIDEr-D") -> go.Figure:
+def metrics_by_type(runs: Mapping[str, Breakdown], metric: str = "CIDEr-D") -> go.Figure:
     return slice_bars(runs, metric, "per_type")
 
 
-def metrics_by_domain(runs: Mapping[str, Mapping], metric: str = "CIDEr-D") -> go.Figure:
+def metrics_by_domain(runs: Mapping[str, Breakdown], metric: str = "CIDEr-D") -> go.Figure:
     return slice_bars(runs, metric, "per_domain")
 
 
@@ -75,8 +76,8 @@ def mdp_scores(layer_means: Mapping[int, float], per_channel: Mapping[int, np.nd
 
 def _slice_order(runs, table):
     seen = []
-    for rep in runs.values():
-        for s in (rep.get(table) or {}):
+    for bd in runs.values():
+        for s in getattr(bd, table):
             if s not in seen:
                 seen.append(s)
     if table == "per_type":

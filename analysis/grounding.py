@@ -218,20 +218,3 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
     )
 
 
-def report_rows(report: dict) -> list[dict]:
-    """The grounding section of a report.json as display rows, one per model (empty when unmeasured)."""
-    models = (report.get("grounding") or {}).get("models") or {}
-    rows = []
-    for name, g in models.items():
-        gap, nc = g.get("same_scene_gap"), g.get("no_change_share")
-        rows.append({
-            "model": name,
-            "distinct captions": f"{g['distinct_share']:.0%}" + (
-                "" if g.get("distinct_ceiling") is None else f" (ceiling {g['distinct_ceiling']:.0%})"),
-            "answer loss": f"{g['loss_true']:.3f}",
-            "random swap": f"{g['random_gap']:+.1%}",
-            "same-scene swap": "n/a" if gap is None else f"{gap:+.1%}",
-            "identical pairs: 'no change'": "n/a" if nc is None else f"{nc:.0%}",
-            "checks": "passed" if g["passed"] else "flagged: " + "; ".join(g["flags"]),
-        })
-    return rows

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.localization import SanityCheck
 from m3diff.data.record import DiffPair
 
 # Captions are cut to this many words (and characters) before scoring. Real captions are far shorter
@@ -41,14 +42,41 @@ def listing(items, show: int = _SHOW) -> str:
 
 @dataclass
 class Predictions:
+    """A predictions file: captions by pair id, and what `m3diff predict` records beside them."""
+
     path: Path | None
     captions: dict[str, str]  # id -> caption (first occurrence kept until a policy says otherwise)
     occurrences: dict[str, list[str]] = field(default_factory=dict)  # ids seen more than once -> all captions
     model: str = ""
     # `m3diff predict --maps`: id -> the pair's maps (analysis.localization.encode_maps' JSON form), and
-    # the sanity check of those maps (SanityCheck.to_dict())
+    # the sanity check of those maps
     maps: dict[str, dict] = field(default_factory=dict)
-    sanity: dict | None = None
+    sanity: SanityCheck | None = None
+    data: str | None = None  # the dataset and split it was predicted on
+    split: str | None = None
+    min_end_probability: float | None = None  # the decoding's end threshold (None: plain greedy)
+    images: dict[str, str] = field(default_factory=dict)  # id -> digest of both images, as predicted
+
+    def to_json(self, order: list[str] | None = None) -> dict:
+        """`m3diff predict`'s file: rows in ``order`` (then any others), and what it was made from."""
+        ids = [i for i in (order or []) if i in self.captions]
+        ids += [i for i in self.captions if i not in set(ids)]
+        data = {"model": self.model, "data": self.data, "split": self.split,
+                "predictions": [{"id": i, "caption": self.captions[i]} for i in ids],
+                "images": {i: self.images[i] for i in ids if i in self.images}}
+        if self.min_end_probability is not None:
+            data["min_end_probability"] = self.min_end_probability
+        if self.maps:
+            data["maps"] = {i: self.maps[i] for i in ids if i in self.maps}
+        if self.sanity is not None:
+            data["sanity"] = self.sanity.to_dict()
+        return data
+
+    def save(self, path, order: list[str] | None = None) -> None:
+        """Rewrite the file atomically (a run killed mid-write keeps the previous one)."""
+        from analysis.report import atomic_write
+
+        atomic_write(Path(path), json.dumps(self.to_json(order), ensure_ascii=False, indent=1))
 
 
 def load_predictions(path) -> Predictions:
@@ -64,14 +92,10 @@ def load_predictions(path) -> Predictions:
 
 def parse_predictions(data, path: Path | None = None) -> Predictions:
     where = str(path) if path else "predictions"
-    model = ""
-    maps: dict[str, dict] = {}
-    sanity = None
+    wrapper: dict = {}
     if isinstance(data, dict) and isinstance(data.get("predictions"), list):
-        model = str(data.get("model", ""))
-        maps = data.get("maps") if isinstance(data.get("maps"), dict) else {}
-        sanity = data.get("sanity") if isinstance(data.get("sanity"), dict) else None
-        data = data["predictions"]  # the wrapper `m3diff predict` writes
+        wrapper = data  # the file `m3diff predict` writes
+        data = data["predictions"]
     if isinstance(data, dict):
         rows = [(k, v) for k, v in data.items()]
     elif isinstance(data, list):
@@ -95,12 +119,44 @@ def parse_predictions(data, path: Path | None = None) -> Predictions:
         all_caps.setdefault(rid, []).append(cap)
         captions.setdefault(rid, cap)
     dup = {k: v for k, v in all_caps.items() if len(v) > 1}
-    return Predictions(path=path, captions=captions, occurrences=dup, model=model, maps=maps, sanity=sanity)
+    out = Predictions(path=path, captions=captions, occurrences=dup)
+    if wrapper:
+        _wrapper_fields(out, wrapper, where)
+    return out
+
+
+def _wrapper_fields(out: Predictions, data: dict, where: str) -> None:
+    """What `m3diff predict` records beside the captions, checked (a file may come from anyone)."""
+    def text(key):
+        v = data.get(key)
+        if v is not None and not isinstance(v, str):
+            raise InputError(f"{where}: '{key}' must be a string, got {type(v).__name__}")
+        return v
+
+    out.model, out.data, out.split = text("model") or "", text("data"), text("split")
+    end = data.get("min_end_probability")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float))):
+        raise InputError(f"{where}: 'min_end_probability' must be a number")
+    out.min_end_probability = None if end is None else float(end)
+    for key in ("images", "maps"):
+        v = data.get(key, {})
+        if not isinstance(v, dict):
+            raise InputError(f"{where}: '{key}' must be an object keyed by pair id")
+    out.images = {str(k): str(v) for k, v in data.get("images", {}).items()}
+    out.maps = dict(data.get("maps", {}))
+    if data.get("sanity") is not None:
+        from analysis.report import ReportError, read_sanity
+
+        try:
+            out.sanity = read_sanity(data["sanity"], f"{where} sanity")
+        except ReportError as exc:
+            raise InputError(str(exc)) from None
 
 
 def load_references(path, format: str | None = None, split: str | None = None,
-                    allow_outside: bool = False) -> list[DiffPair]:
-    """Reference pairs from a dataset (any layout the readers know) or a COCO ground-truth file."""
+                    allow_outside: bool = False, warn=lambda line: None) -> list[DiffPair]:
+    """Reference pairs from a dataset (any layout the readers know) or a COCO ground-truth file;
+    ``warn`` receives one line per thing a person should know about the read."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json" and format in (None, "coco"):
         try:
@@ -120,10 +176,8 @@ def load_references(path, format: str | None = None, split: str | None = None,
         ds = read_dataset(path, format=format, split=split, images="optional", allow_outside=allow_outside)
     except (DatasetError, ValueError) as exc:
         raise InputError(str(exc)) from None
-    import sys
-
     for note in ds.notes():
-        print(f"warning: {note}", file=sys.stderr)
+        warn(note)
     return list(ds.pairs)
 
 

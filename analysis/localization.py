@@ -376,8 +376,24 @@ def summarize(rows: Iterable[PairLocalization]) -> LocalizationSummary:
 
 
 # -- a model's maps over a dataset (report.json's ``localization``) ---------------------------------------
+@dataclass
+class LocalizationRun:
+    """One run's maps over a dataset: the summary per slice, the maps' peakedness on pairs with and
+    without a change, and each scored pair's pointing per map (for the error browser)."""
+
+    grid: int | None
+    n_pairs: int
+    summary: LocalizationSummary
+    no_change: list["NoChangeComparison"] = field(default_factory=list)
+    pairs: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"grid": self.grid, "n_pairs": self.n_pairs, "summary": self.summary.to_dict(),
+                "no_change": [c.to_dict() for c in self.no_change], "pairs": self.pairs}
+
+
 def evaluate_localization(maps_by_id: Mapping[str, Mapping[str, np.ndarray]], pairs: Sequence,
-                          load=None) -> dict:
+                          load=None) -> LocalizationRun:
     """Report.json's ``localization`` section for one run: every pair with maps and regions scored
     with its maps and the two baselines (drawn from its images), summarised overall and per type,
     domain and setting; the maps' peakedness on pairs where nothing semantic changed against pairs
@@ -409,8 +425,7 @@ def evaluate_localization(maps_by_id: Mapping[str, Mapping[str, np.ndarray]], pa
         if scored:
             per_pair[pair.id] = {r.map: (round(float(np.mean([s.pointing for s in r.images])), 4) if r.images else None)
                                  for r in scored}
-    return {"grid": grid, "n_pairs": len(per_pair), "summary": summarize(rows).to_dict(),
-            "no_change": [c.to_dict() for c in compare_no_change(changed, unchanged)], "pairs": per_pair}
+    return LocalizationRun(grid, len(per_pair), summarize(rows), compare_no_change(changed, unchanged), per_pair)
 
 
 # -- no-change behaviour and one colour scale -----------------------------------------------------------

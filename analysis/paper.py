@@ -1,5 +1,5 @@
-"""The paper's reported numbers (OmniDiff / M3Diff, ICCV 2025; PAPER.md §7), in report.json's shape,
-so the dashboard can show them beside ours. x100; None where the paper reports nothing."""
+"""The paper's reported numbers (OmniDiff / M3Diff, ICCV 2025; PAPER.md §7), so the dashboard can show
+them beside ours. x100; None where the paper reports nothing."""
 from __future__ import annotations
 
 from analysis.metrics import HEADLINE
@@ -34,7 +34,15 @@ ABLATION_CIDER: dict[str, tuple[float, float]] = {
 }
 
 
-def paper_reports() -> dict[str, dict]:
-    """Table 3 as report-like dicts (run name -> {"per_domain": {...}}) for ``analysis.figures``."""
-    return {f"{name} (paper)": {"per_domain": {d: dict(v) for d, v in doms.items()}}
-            for name, doms in OMNIDIFF_TABLE3.items()}
+def paper_breakdowns() -> dict:
+    """Table 3 as one ``Breakdown`` per method (its per-domain slices only; no n, no intervals) for
+    ``analysis.figures``."""
+    from analysis.breakdown import Breakdown, BreakdownConfig, SliceResult
+    from analysis.metrics import METRICS
+
+    def one(name, values):
+        return SliceResult("domain", name, 0, {m: values.get(m) for m in METRICS}, {m: None for m in METRICS}, [])
+
+    return {f"{method} (paper)": Breakdown(one("overall", {}), None, {}, {d: one(d, v) for d, v in doms.items()}, {},
+                                           {}, [], [], [], BreakdownConfig(bootstrap=0))
+            for method, doms in OMNIDIFF_TABLE3.items()}

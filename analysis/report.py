@@ -1,24 +1,35 @@
-"""report.json, a CSV, a LaTeX table (laid out like the paper's Table 3) and an HTML report.
+"""report.json: the one typed object an evaluation produces, and the only code that knows its keys.
 
-report.json is the contract with the app: everything the Dashboard and the Errors browser show is in
-it (schema ``m3diff.eval/1``, see docs/analysis.md).
+``Report`` holds everything ``m3diff eval`` measured — per run its scores per slice (an
+``analysis.breakdown.Breakdown``), its protocol card, its input notes, and where the references are
+generated its change-level scores, its maps' localization and their sanity check — plus the test pairs,
+the run-vs-run comparison and the grounding checks. ``Report.to_json`` writes it (schema
+``m3diff.eval/2``); ``Report.from_json`` reads it back and refuses, with one line naming the field, a
+document that is not one: wrong types, strings or lists past their limits, another schema. A report
+may come from anyone (the hosted app takes uploads), so reading one is validation, not trust.
+
+``read_report`` gives a ``LoadedReport``: the report, the folders its images may be read from, and
+where each pair's images are — kept beside the report, never written into it.
 """
 from __future__ import annotations
 
-import csv
-import html
-import io
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.breakdown import Breakdown, compare
-from analysis.metrics import HEADLINE, METRICS, MetricAvailability
+from analysis.breakdown import Breakdown, BreakdownConfig, Comparison, Delta, PairScore, SliceDelta, SliceResult
+from analysis.changes import ChangeHit, ChangeScore, ChangeSummary
+from analysis.grounding import GroundingChecks, GroundingTargets
+from analysis.localization import (LocalizationRun, LocalizationScore, LocalizationSummary, NoChangeComparison,
+                                   Peakedness, SanityCheck, SanityStep)
+from analysis.metrics import METRICS
 from analysis.protocol import Protocol
 
-SCHEMA = "m3diff.eval/1"
+SCHEMA = "m3diff.eval/2"
 CONVENTIONS = {
     "scale": "all scores x100",
     "tokenisation": "PTB (pycocoevalcap), once for all slices",
@@ -29,256 +40,529 @@ CONVENTIONS = {
     "ci": "percentile bootstrap over the slice's pairs, every resample re-scored as a corpus",
     "pair_scores": "CIDEr-D with the whole set's document frequencies; smoothed sentence BLEU-4; segment METEOR",
 }
+PAIR_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 
 
-def run_json(bd: Breakdown) -> dict:
-    return {
-        "overall": bd.overall.to_json(),
-        "micro": None if bd.micro is None else bd.micro.to_json(),
-        "macro": {**{m: _r(bd.macro[m]) for m in METRICS}, "types": bd.macro_types},
-        "absent_types": bd.absent_types,
-        "per_type": {k: v.to_json() for k, v in bd.per_type.items()},
-        "per_domain": {k: v.to_json() for k, v in bd.per_domain.items()},
-        "per_source": {k: v.to_json() for k, v in bd.per_source.items()},
-        "per_changes": {k: v.to_json() for k, v in bd.per_changes.items()},
-    }
+class ReportError(ValueError):
+    """A report.json that is not one ``m3diff eval`` wrote; the message says what is wrong, in one line."""
 
 
-def build_report(runs: dict[str, Breakdown], meta: dict, availability: MetricAvailability,
-                 notes: dict[str, list[str]] | None = None, dropped: dict[str, dict] | None = None,
-                 protocols: dict[str, Protocol] | None = None) -> dict:
-    """The report of the first run, with every run's tables under ``runs`` and their deltas, and each
-    run's protocol card (``protocols``)."""
-    protocols = protocols or {}
-    base = next(iter(runs))
-    bd = runs[base]
-    rep = {
-        "schema": SCHEMA,
-        "meta": {**meta, "run": base, "n_pairs": bd.overall.n, "bootstrap": asdict(bd.config),
-                 "metrics_available": list(availability.runnable),
-                 "unavailable": {m: ("; ".join(availability.notes) or "not enabled")
-                                 for m in METRICS if m not in availability.runnable or bd.overall.scores.get(m) is None}},
-        "conventions": CONVENTIONS,
-        **run_json(bd),
-        "pairs": [p.to_json() for p in bd.pairs],
-        "input_notes": (notes or {}).get(base, []),
-        "dropped": (dropped or {}).get(base, {}),
-    }
-    if base in protocols:
-        rep["protocol"] = protocols[base].to_json()
-    if len(runs) > 1:
-        rep["runs"] = {name: {**run_json(b), "input_notes": (notes or {}).get(name, []),
-                              **({"protocol": protocols[name].to_json()} if name in protocols else {}),
-                              "pairs": {p.id: {m: _r(v) for m, v in p.scores.items()} | {"caption": p.caption}
-                                        for p in b.pairs}}
-                       for name, b in runs.items()}
-        rep["comparison"] = compare(runs, base)
-    return rep
+@dataclass(frozen=True)
+class ReportLimits:
+    """How large a report may be: an uploaded one is held in memory, per visitor."""
+
+    max_pairs: int = 100_000
+    max_string: int = 30_000  # characters: captions are cut to 30,000 before scoring
+    max_items: int = 10_000  # entries of any other list or map
 
 
-def write_json(path: Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_nan_none))
+# ----------------------------------------------------------------------------------------- the sections
+@dataclass(frozen=True)
+class Region:
+    """One change of a generated pair: its type and its box in each image (original pixels)."""
+
+    type: str
+    before: tuple[float, float, float, float] | None
+    after: tuple[float, float, float, float] | None
 
 
-def csv_text(rep: dict) -> str:
-    """One row per (run, slice): n, every metric, and the interval of the headline metrics."""
-    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["run", "slice_kind", "slice", "n", *METRICS,
-                *[f"{m} {b}" for m in HEADLINE for b in ("ci_low", "ci_high")], "words caption", "words references"])
-    for run, r in runs.items():
-        rows = [("overall", "overall", r["overall"])]
-        if r.get("micro"):
-            rows.append(("micro", "micro", r["micro"]))
-        rows.append(("macro", "macro", {**r["macro"], "n": len(r["macro"]["types"]), "ci": {}}))
-        for kind, table in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source"),
-                            ("changes", "per_changes")):
-            rows += [(kind, k, v) for k, v in r.get(table, {}).items()]
-        for kind, name, s in rows:
-            ci = s.get("ci") or {}
-            words = s.get("words") or {}
-            w.writerow([run, kind, name, s.get("n"), *[_fmt(s.get(m)) for m in METRICS],
-                        *[_fmt((ci.get(m) or [None, None])[j]) for m in HEADLINE for j in (0, 1)],
-                        _fmt(words.get("caption")), _fmt(words.get("references"))])
-    return buf.getvalue()
+@dataclass
+class PairRecord:
+    """A test pair as scored: the base run's caption and per-pair scores, its references, and on
+    generated data its true changes."""
+
+    score: PairScore
+    regions: list[Region] | None = None  # None: the references do not know the changes
+    no_change: str | None = None  # a generated no-change pair's kind: "identical", "jpeg", "noise"
+
+    @property
+    def id(self) -> str:
+        return self.score.id
 
 
-def latex_table(rep: dict, paper_rows: bool = True) -> str:
-    """Table 3's layout: one row per run, B4/M/R/C per domain column group (Real, Render) when the
-    data has domains, one Overall group (with SPICE) otherwise."""
-    from analysis.paper import OMNIDIFF_TABLE3
+@dataclass
+class ChangesRun:
+    """Does the caption name each true change (``analysis.changes``): the summary and each pair's hits."""
 
-    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
-    # the paper's column groups first, then every other domain of the data (the generator's "photo"):
-    # a domain left out would drop its pairs from the table without a word
-    paper_domains = [d for d in ("real", "render") if d in rep["per_domain"]]
-    domains = paper_domains + sorted(d for d in rep["per_domain"] if d not in ("real", "render"))
-    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
-    short = {"BLEU-4": "B4", "METEOR": "M", "ROUGE-L": "R", "CIDEr-D": "C", "SPICE": "S"}
-    if domains:
-        groups = [(d.capitalize(), lambda r, d=d: r["per_domain"].get(d, {})) for d in domains]
-    else:
-        keys = HEADLINE
-        groups = [("Overall", lambda r: r["overall"])]
-    cols = "l" + "|cccc" * len(groups) if len(keys) == 4 else "l" + "|ccccc" * len(groups)
-    lines = [
-        "% m3diff eval: " + html.escape(rep["meta"].get("references", ""), quote=False),
-        r"\begin{table}", r"\centering",
-        r"\begin{tabular}{" + cols + "}", r"\toprule",
-        "Method & " + " & ".join(rf"\multicolumn{{{len(keys)}}}{{c}}{{{g}}}" for g, _ in groups) + r" \\",
-        " & " + " & ".join(" & ".join(short[k] for k in keys) for _ in groups) + r" \\", r"\midrule",
-    ]
-    for run, r in runs.items():
-        cells = [_tex(g(r).get(k)) for _, g in groups for k in keys]
-        lines.append(_tex_escape(run) + " & " + " & ".join(cells) + r" \\")
-    if paper_rows and paper_domains:
-        lines.append(r"\midrule")
-        lines.append(rf"\multicolumn{{{1 + len(keys) * len(groups)}}}{{l}}{{\emph{{reported in the paper (Table 3)}}}} \\")
-        for name, doms in OMNIDIFF_TABLE3.items():
-            cells = [_tex(doms.get(d, {}).get(k)) for d in domains for k in keys]  # the paper has no photo column
-            lines.append(_tex_escape(name) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    card = protocol_of(rep)
-    if card is not None:
-        lines.append(r"\caption{" + _tex_escape(protocol_sentence(card)) + "}")
-    lines += [r"\end{table}", ""]
-    return "\n".join(lines)
+    summary: ChangeSummary
+    pairs: dict[str, list[ChangeHit]] = field(default_factory=dict)
 
 
-def protocol_of(rep: dict) -> Protocol | None:
-    """The report's protocol card, or None for a report written before reports carried one."""
-    return Protocol.from_json(rep["protocol"]) if isinstance(rep.get("protocol"), dict) else None
+@dataclass
+class RunReport:
+    scores: Breakdown
+    protocol: Protocol | None = None
+    notes: list[str] = field(default_factory=list)  # what the input checks and policies did
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # why -> ids not scored
+    changes: ChangesRun | None = None
+    localization: LocalizationRun | None = None
+    sanity: SanityCheck | None = None
 
 
-def protocol_sentence(card: Protocol) -> str:
-    """The protocol in one sentence (table.tex's caption, the CLI's line above its table)."""
-    lo, mean, hi = card.references_per_pair
-    left = sum(card.left_out.values())
-    return (f"{card.scorer}, PTB tokenisation, CIDEr-D (sigma 6, clipped), scores x100; {card.pairs:,} pairs, "
-            f"{lo}-{hi} references per pair (mean {mean:g}), {card.empty_references} empty reference(s) kept; "
-            f"METEOR {'on' if card.meteor else 'off'}, SPICE {'on' if card.spice else 'off'}; ids matched "
-            f"{card.id_matching}; {left} id(s) left out.")
+@dataclass
+class GroundingSection:
+    """``m3diff probe``'s checks: does each model read its images."""
+
+    data: str
+    split: str
+    pairs: int
+    models: dict[str, GroundingChecks]
 
 
-def html_report(rep: dict) -> str:
-    """A self-contained page: headline table, per-type and per-domain figures, worst pairs."""
-    from analysis import figures
-
-    runs = rep.get("runs") or {rep["meta"]["run"]: rep}
-    parts = [f"<h1>m3diff eval — {html.escape(str(rep['meta'].get('run')))}</h1>",
-             "<p>" + html.escape(f"{rep['meta'].get('n_pairs')} pairs · references {rep['meta'].get('references')} · "
-                                 f"model {rep['meta'].get('model') or 'n/a'} · {rep['meta'].get('date')}") + "</p>"]
-    for m, why in rep["meta"].get("unavailable", {}).items():
-        parts.append(f"<p><b>{html.escape(m)}</b> not computed: {html.escape(why)}</p>")
-    for note in rep.get("input_notes", []):
-        parts.append(f"<p class=note>{html.escape(note)}</p>")
-    parts.append(_html_table(rep))
-    card = protocol_of(rep)
-    if card is not None:
-        parts.append("<h2>Protocol</h2><table>" + "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in card.lines()) + "</table>")
-    figs = [figures.metrics_by_type(runs, "CIDEr-D"), figures.metrics_by_type(runs, "BLEU-4")]
-    if rep["per_domain"]:
-        figs.append(figures.metrics_by_domain(runs, "CIDEr-D"))
-    for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    worst = {p["id"]: p for p in rep["pairs"]}
-    parts.append("<h2>Worst pairs overall (per-pair CIDEr-D)</h2><table><tr><th>id</th><th>types</th>"
-                 "<th>CIDEr-D</th><th>prediction</th><th>references</th></tr>")
-    for pid in rep["overall"]["worst"]:
-        p = worst[pid]
-        parts.append(f"<tr><td>{html.escape(pid)}</td><td>{html.escape(', '.join(p['types']))}</td>"
-                     f"<td>{_fmt(p['CIDEr-D'])}</td><td>{html.escape(p['caption'])}</td>"
-                     f"<td>{'<br>'.join(html.escape(r) for r in p['refs'])}</td></tr>")
-    parts.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.note{color:#a40}")
-    return f"<!doctype html><html><head><meta charset=utf-8><title>m3diff eval</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+@dataclass
+class ReportMeta:
+    model: str = ""
+    predictions: dict[str, str] = field(default_factory=dict)
+    references: str = ""
+    format: str | None = None
+    split: str | None = None
+    date: str = ""
+    metrics_available: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is not there
+    generator: dict | None = None  # ``m3diff synth``'s settings: the pairs can be redrawn from them
 
 
-def _slice_rows(rep: dict, all_sources: bool = True):
-    """(kind, name, stats, n) for every slice of a run, in the order both tables show them."""
-    yield "overall", "", rep["overall"], rep["overall"]["n"]
-    if rep.get("micro"):
-        yield "micro", "", rep["micro"], rep["micro"]["n"]
-    if rep["macro"]["types"]:  # references without change types have no macro average
-        yield "macro", str(len(rep["macro"]["types"])), rep["macro"], ""
-    for kind, key in (("type", "per_type"), ("domain", "per_domain"), ("source", "per_source"),
-                      ("changes", "per_changes")):
-        if kind == "source" and not all_sources and len(rep[key]) <= 1:
-            continue
-        for name, stats in rep.get(key, {}).items():
-            yield kind, name, stats, stats["n"]
+@dataclass
+class Report:
+    meta: ReportMeta
+    runs: dict[str, RunReport]  # the first is the base run
+    pairs: list[PairRecord]  # the base run's
+    comparison: Comparison | None = None
+    grounding: GroundingSection | None = None
+    conventions: dict[str, str] = field(default_factory=lambda: dict(CONVENTIONS))
+
+    @property
+    def base(self) -> str:
+        return next(iter(self.runs))
+
+    @property
+    def run(self) -> RunReport:
+        return self.runs[self.base]
+
+    def pair(self, pair_id: str) -> PairRecord:
+        for p in self.pairs:
+            if p.id == pair_id:
+                return p
+        raise KeyError(f"the report has no pair {pair_id!r}")
+
+    def grounding_of(self, run: str | None = None) -> GroundingChecks | None:
+        """The grounding checks of a run (the base run's by default; a report of one model, that one)."""
+        if self.grounding is None:
+            return None
+        models = self.grounding.models
+        run = run or self.base
+        return models.get(run) or (next(iter(models.values())) if len(models) == 1 else None)
+
+    # ------------------------------------------------------------------------------ writing
+    def to_json(self) -> dict:
+        base = self.base
+        runs = {}
+        for name, r in self.runs.items():
+            s = r.scores
+            entry = {
+                "overall": s.overall.to_json(), "micro": None if s.micro is None else s.micro.to_json(),
+                "macro": {m: _round(s.macro.get(m)) for m in METRICS}, "macro_types": list(s.macro_types),
+                "absent_types": list(s.absent_types),
+                **{key: {k: v.to_json() for k, v in getattr(s, key).items()}
+                   for key in ("per_type", "per_domain", "per_source", "per_changes")},
+                "protocol": None if r.protocol is None else r.protocol.to_json(),
+                "notes": list(r.notes), "dropped": {k: list(v) for k, v in r.dropped.items()},
+            }
+            if name != base:  # the base run's pairs are the report's own
+                entry["pairs"] = {p.id: {"caption": p.caption, **{m: _round(p.scores.get(m)) for m in PAIR_METRICS}}
+                                  for p in s.pairs}
+            if r.changes is not None:
+                entry["changes"] = {**r.changes.summary.to_dict(),
+                                    "pairs": {k: [h.to_dict() for h in v] for k, v in r.changes.pairs.items()}}
+            if r.localization is not None:
+                entry["localization"] = r.localization.to_dict()
+            if r.sanity is not None:
+                entry["sanity"] = r.sanity.to_dict()
+            runs[name] = entry
+        pairs = []
+        for p in self.pairs:
+            rec = p.score.to_json()
+            if p.regions is not None:
+                rec["regions"] = [{"type": g.type, "before": _box_json(g.before), "after": _box_json(g.after)}
+                                  for g in p.regions]
+            if p.no_change is not None:
+                rec["no_change"] = p.no_change
+            pairs.append(rec)
+        meta = self.meta
+        out = {
+            "schema": SCHEMA,
+            "meta": {"model": meta.model, "predictions": dict(meta.predictions), "references": meta.references,
+                     "format": meta.format, "split": meta.split, "date": meta.date,
+                     "bootstrap": _config_json(self.run.scores.config),
+                     "metrics_available": list(meta.metrics_available), "unavailable": dict(meta.unavailable),
+                     "generator": meta.generator},
+            "conventions": dict(self.conventions),
+            "runs": runs,
+            "pairs": pairs,
+        }
+        if self.comparison is not None:
+            out["comparison"] = {"base": self.comparison.base, "runs": {
+                run: {key: {"n": d.n, "n_base": d.n_base, "paired": d.paired,
+                            **{m: None if v is None else {"delta": _round(v.delta),
+                                                          **({"ci": [_round(v.ci[0]), _round(v.ci[1])]} if v.ci else {})}
+                               for m, v in d.deltas.items()}}
+                      for key, d in table.items()}
+                for run, table in self.comparison.runs.items()}}
+        if self.grounding is not None:
+            out["grounding"] = grounding_json(self.grounding)
+        return out
+
+    def headline_json(self) -> dict:
+        """The base run's tables, its protocol and the comparison: what ``m3diff eval --json`` prints."""
+        data = self.to_json()
+        base = data["runs"][self.base]
+        keys = ("overall", "micro", "macro", "macro_types", "per_type", "per_domain", "per_source", "per_changes",
+                "protocol")
+        return {"run": self.base, **{k: base[k] for k in keys}, **({"comparison": data["comparison"]}
+                                                                     if "comparison" in data else {})}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        atomic_write(path, self.dumps())
+        return path
+
+    # ------------------------------------------------------------------------------ reading
+    @classmethod
+    def from_json(cls, data, limits: ReportLimits = ReportLimits()) -> "Report":
+        """The report a parsed report.json holds, checked field by field (``ReportError`` names the first
+        one that is wrong)."""
+        return _read_report(_Node(data, "report", limits))
+
+    @classmethod
+    def loads(cls, text: str, limits: ReportLimits = ReportLimits(), name: str = "report") -> "Report":
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ReportError(f"{name} is nested too deeply to be a report.json") from None
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
+        try:
+            return cls.from_json(data, limits)
+        except ReportError as exc:
+            raise ReportError(f"{name}: {exc}") from None
 
 
-def changes_label(name: str) -> str:
-    """A ``per_changes`` key as a person reads it: "0" -> "no change", "1" -> "1 change", "3" -> "3 changes"."""
-    return {"0": "no change", "1": "1 change"}.get(name, f"{name} changes")
+def _round(v, nd: int = 4):
+    return None if v is None else round(float(v), nd)
 
 
-def words_cell(s: dict) -> str:
-    """A slice's mean caption length beside its references' ("24 / 30"), in words; "" where unknown."""
-    w = s.get("words")
-    return "" if not w else f"{w['caption']:.0f} / {w['references']:.0f}"
+def _box_json(box):
+    return None if box is None else [round(float(v), 4) for v in box]
 
 
-def _html_table(rep: dict) -> str:
-    head = "".join(f"<th>{m}</th>" for m in HEADLINE)
-    labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro (mean of {} types)"}
-    rows = []
-    for kind, name, s, n in _slice_rows(rep):
-        label = labels[kind].format(name) if kind in labels else \
-            (changes_label(name) if kind == "changes" else f"{kind}: {name}")
-        ci = s.get("ci") or {}
-        cells = "".join(
-            f"<td>{_fmt(s.get(m))}" + (f" <small>[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]</small>" if ci.get(m) else "") + "</td>"
-            for m in HEADLINE)
-        rows.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>{cells}<td>{words_cell(s)}</td></tr>")
-    return (f"<table><tr><th>slice</th><th>n</th>{head}<th>words: caption / references</th></tr>{''.join(rows)}</table>"
-            "<p>Words: mean length as the metrics see it. CIDEr-D's length penalty (a Gaussian of the length "
-            "difference, sigma 6 words) falls hard on a caption that leaves a change out.</p>")
+def _config_json(c: BreakdownConfig) -> dict:
+    return {"bootstrap": c.bootstrap, "confidence": c.confidence, "seed": c.seed, "worst_k": c.worst_k,
+            "min_n_for_ci": c.min_n_for_ci}
 
 
-def text_table(rep: dict) -> str:
-    """The table `m3diff eval` prints: BLEU-1..4 as the papers print them, every other metric, the words,
-    and the protocol in one line above it."""
-    cols = ("n", *METRICS)
-    card = protocol_of(rep)
-    lines = [f"protocol: {protocol_sentence(card)}"] if card is not None else []
-    lines.append(f"{'slice':<26}" + "".join(f"{c:>9}" for c in cols) + f"{'words':>10}")
+# ------------------------------------------------------------------------- reading, field by field
+class _Node:
+    """A value of the parsed document and its path ("runs.m3diff.per_type.color.CIDEr-D"), with typed
+    accessors that raise ReportError naming the path."""
 
-    labels = {"overall": "overall", "micro": "micro (pooled)", "macro": "macro ({} types)",
-              "type": "  {}", "domain": "  domain {}", "source": "  source {}", "changes": "  {}"}
-    for kind, name, s, n in _slice_rows(rep, all_sources=False):
-        label = labels[kind].format(changes_label(name) if kind == "changes" else name)
-        lines.append(f"{label:<26}" + f"{n!s:>9}" + "".join(f"{_fmt(s.get(m), 'n/a'):>9}" for m in METRICS)
-                     + f"{words_cell(s):>10}")
-    if rep.get("comparison"):
-        base = rep["comparison"]["base"]
-        for run, table in rep["comparison"]["runs"].items():
-            lines.append(f"\n{run} minus {base}:")
-            for key, e in table.items():
-                cells = []
-                for m in HEADLINE:
-                    d = e.get(m)
-                    cells.append("n/a" if d is None else f"{d['delta']:+.2f}")
-                lines.append(f"  {key:<24}" + f"{e['n']!s:>10}" + "".join(f"{c:>10}" for c in cells))
-    return "\n".join(lines)
+    def __init__(self, value, path: str, limits: ReportLimits):
+        self.value, self.path, self.limits = value, path, limits
+
+    def fail(self, expected: str, at: str | None = None):
+        raise ReportError(f"{at or self.path}: expected {expected}, got {_kind(self.value)}")
+
+    def __getitem__(self, key: str) -> "_Node":
+        obj = self.obj()
+        return _Node(obj.get(key), f"{self.path}.{key}", self.limits)
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.value, dict) and self.value.get(key) is not None
+
+    def obj(self) -> dict:
+        if not isinstance(self.value, dict):
+            self.fail("an object")
+        if len(self.value) > self.limits.max_items:
+            raise ReportError(f"{self.path}: more than {self.limits.max_items:,} entries")
+        return self.value
+
+    def items(self):
+        for k in self.obj():
+            if not isinstance(k, str):
+                raise ReportError(f"{self.path}: keys must be strings")
+            self._check_len(k, f"{self.path} key")
+            yield k, self[k]
+
+    def list(self, max_items: int | None = None) -> list["_Node"]:
+        if not isinstance(self.value, list):
+            self.fail("a list")
+        most = max_items or self.limits.max_items
+        if len(self.value) > most:
+            raise ReportError(f"{self.path}: more than {most:,} items")
+        return [_Node(v, f"{self.path}[{i}]", self.limits) for i, v in enumerate(self.value)]
+
+    def str(self, optional: bool = False) -> str | None:
+        if self.value is None and optional:
+            return None
+        if not isinstance(self.value, str):
+            self.fail("a string")
+        self._check_len(self.value, self.path)
+        return self.value
+
+    def _check_len(self, s: str, where: str):
+        if len(s) > self.limits.max_string:
+            raise ReportError(f"{where}: a string of more than {self.limits.max_string:,} characters")
+
+    def num(self, optional: bool = True) -> float | None:
+        v = self.value
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.fail("a number")
+        return float(v)
+
+    def number(self) -> int | float:
+        """A number as written: a whole number stays an int (settings such as a seed)."""
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.fail("a number")
+        return v
+
+    def int(self) -> int:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail("a whole number")
+        return v
+
+    def bool(self, optional: bool = False) -> bool | None:
+        if self.value is None and optional:
+            return None
+        if not isinstance(self.value, bool):
+            self.fail("true or false")
+        return self.value
+
+    def strs(self) -> list[str]:
+        return [n.str() for n in self.list()] if self.value is not None else []
+
+    def map(self, read: Callable[["_Node"], object]) -> dict:
+        return {k: read(n) for k, n in self.items()} if self.value is not None else {}
+
+    def interval(self) -> tuple[float, float] | None:
+        if self.value is None:
+            return None
+        items = self.list()
+        if len(items) != 2:
+            self.fail("[low, high]")
+        return items[0].num(False), items[1].num(False)
+
+    def box(self) -> tuple[float, float, float, float] | None:
+        if self.value is None:
+            return None
+        items = self.list()
+        if len(items) != 4:
+            self.fail("a box [x0, y0, x1, y1]")
+        return tuple(n.num(False) for n in items)
 
 
-def write_all(rep: dict, out_dir: Path) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "csv": out_dir / "scores.csv",
-             "latex": out_dir / "table.tex", "html": out_dir / "report.html"}
-    write_json(paths["json"], rep)
-    atomic_write(paths["csv"], csv_text(rep))
-    atomic_write(paths["latex"], latex_table(rep))
-    atomic_write(paths["html"], html_report(rep))
-    return paths
+def _kind(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
 
+def _slice(node: _Node, kind: str, name: str) -> SliceResult:
+    ci = node["ci"]
+    words = node["words"].map(lambda n: n.num(False)) if node.has("words") else None
+    if words is not None and set(words) != {"caption", "references"}:
+        node["words"].fail("{caption, references}")
+    return SliceResult(kind, name, node["n"].int(), {m: node[m].num() for m in METRICS},
+                       {m: ci[m].interval() for m in METRICS} if node.has("ci") else {m: None for m in METRICS},
+                       node["worst"].strs(), words=words)
+
+
+def _pair_score(node: _Node) -> PairScore:
+    return PairScore(node["id"].str(), node["caption"].str(), node["refs"].strs(), node["types"].strs(),
+                     node["domain"].str(optional=True) or "", node["source"].str(optional=True) or "",
+                     {m: node[m].num() for m in PAIR_METRICS})
+
+
+def _breakdown(node: _Node, pairs: list[PairScore], config: BreakdownConfig) -> Breakdown:
+    tables = {}
+    for key, kind in (("per_type", "type"), ("per_domain", "domain"), ("per_source", "source"),
+                      ("per_changes", "changes")):
+        tables[key] = {name: _slice(n, kind, name) for name, n in node[key].items()} if node.has(key) else {}
+    return Breakdown(_slice(node["overall"], "overall", "overall"),
+                     _slice(node["micro"], "micro", "micro") if node.has("micro") else None,
+                     tables["per_type"], tables["per_domain"], tables["per_source"],
+                     {m: node["macro"][m].num() for m in METRICS}, node["macro_types"].strs(),
+                     node["absent_types"].strs(), pairs, config, tables["per_changes"])
+
+
+def _change_score(node: _Node) -> ChangeScore:
+    return ChangeScore(node["n_pairs"].int(), node["n_changes"].int(), node["recall"].num(),
+                       node["object_recall"].num(), node["n_described"].int(), node["precision"].num(),
+                       node["invented"].int(), node["n_valued"].int() if node.has("n_valued") else 0,
+                       node["value_recall"].num())
+
+
+def _changes(node: _Node) -> ChangesRun:
+    summary = ChangeSummary(_change_score(node["overall"]), node["per_type"].map(_change_score),
+                            node["per_domain"].map(_change_score), node["per_setting"].map(_change_score),
+                            node["no_change_pairs"].int(), node["false_change_rate"].num())
+
+    def hit(n: _Node) -> ChangeHit:
+        return ChangeHit(n["type"].str(), n["object"].str(), n["named"].bool(), n["recalled"].bool(),
+                         n["value_right"].bool(optional=True), n["old"].str(optional=True),
+                         n["new"].str(optional=True), tuple(n["stated"].strs()))
+
+    return ChangesRun(summary, node["pairs"].map(lambda n: [hit(h) for h in n.list()]))
+
+
+def _loc_score(node: _Node) -> LocalizationScore:
+    return LocalizationScore(node["n_pairs"].int(), node["n_images"].int(), node["pointing"].num(False),
+                             node["pointing_overlap"].num(False), node["energy"].num(False), node["area"].num(False),
+                             node["auroc"].num())
+
+
+def _localization(node: _Node) -> LocalizationRun:
+    s = node["summary"]
+    table = lambda n: n.map(lambda row: row.map(_loc_score))  # noqa: E731  slice -> map -> score
+
+    def peaked(n: _Node) -> Peakedness:
+        return Peakedness(n["peak_to_mean"].num(False), n["entropy"].num(False), n["level"].num(False))
+
+    def no_change(n: _Node) -> NoChangeComparison:
+        return NoChangeComparison(n["map"].str(), n["n_changed"].int(), n["n_unchanged"].int(), peaked(n["changed"]),
+                                  peaked(n["unchanged"]), n["separability"].num())
+
+    summary = LocalizationSummary(s["maps"].strs(), s["overall"].map(_loc_score), table(s["per_type"]),
+                                  table(s["per_domain"]), table(s["per_setting"]))
+    grid = node["grid"].int() if node.has("grid") else None
+    return LocalizationRun(grid, node["n_pairs"].int(), summary, [no_change(n) for n in node["no_change"].list()],
+                           node["pairs"].map(lambda row: row.map(lambda v: v.num())))
+
+
+def _sanity(node: _Node) -> SanityCheck:
+    steps = [SanityStep(tuple(n["randomised"].strs()), n["parameters_changed"].int(),
+                        n["correlation"].map(lambda v: v.num(False)), n["n_pairs"].int()) for n in node["steps"].list()]
+    return SanityCheck(steps, node["threshold"].num(False), node["skipped"].strs())
+
+
+def _grounding_checks(node: _Node) -> GroundingChecks:
+    t = node["targets"]
+    targets = GroundingTargets(t["distinct_share"].num(False), t["same_scene_gap"].num(False),
+                               t["no_change_share"].num(False)) if node.has("targets") else GroundingTargets()
+    examples = [{"id": e["id"].str(), "caption": e["caption"].str(), "reference": e["reference"].str()}
+                for e in node["examples"].list()] if node.has("examples") else []
+    return GroundingChecks(node["model"].str(), node["n_pairs"].int(), node["distinct_share"].num(False),
+                           node["loss_true"].num(False), node["loss_random_swap"].num(False),
+                           node["loss_same_scene_swap"].num(), node["loss_true_same_scene"].num(),
+                           node["n_same_scene"].int(), node["n_identical"].int(), node["no_change_share"].num(),
+                           node["distinct_ceiling"].num(), targets, examples)
+
+
+def _protocol(node: _Node) -> Protocol:
+    refs = node["references_per_pair"]
+    return Protocol(scorer=node["scorer"].str(), pairs=node["pairs"].int(),
+                    references_per_pair=(refs["min"].int(), refs["mean"].num(False), refs["max"].int()),
+                    empty_references=node["empty_references"].int(),
+                    empty_reference_pairs=node["empty_reference_pairs"].int(), meteor=node["meteor"].bool(),
+                    spice=node["spice"].bool(), id_matching=node["id_matching"].str(),
+                    left_out=node["left_out"].map(lambda n: n.int()), tokenizer=node["tokenizer"].str(),
+                    cider=node["cider"].str(), scale=node["scale"].str())
+
+
+def _meta(node: _Node) -> ReportMeta:
+    gen = node["generator"]
+    generator = {k: n.number() for k, n in gen.items()} if node.has("generator") else None
+    return ReportMeta(node["model"].str(optional=True) or "", node["predictions"].map(lambda n: n.str()),
+                      node["references"].str(optional=True) or "", node["format"].str(optional=True),
+                      node["split"].str(optional=True), node["date"].str(optional=True) or "",
+                      node["metrics_available"].strs(), node["unavailable"].map(lambda n: n.str()), generator)
+
+
+def _read_report(root: _Node) -> Report:
+    schema = root["schema"].value
+    if schema != SCHEMA:
+        raise ReportError(f"not a report.json of this version (schema {schema!r}; this m3diff reads {SCHEMA!r}): "
+                          "score the predictions again with `m3diff eval`")
+    meta = _meta(root["meta"])
+    b = root["meta"]["bootstrap"]
+    config = BreakdownConfig(b["bootstrap"].int(), b["confidence"].num(False), b["seed"].int(), b["worst_k"].int(),
+                             b["min_n_for_ci"].int()) if root["meta"].has("bootstrap") else BreakdownConfig(bootstrap=0)
+    records = []
+    for n in root["pairs"].list(root.limits.max_pairs):
+        regions = None
+        if n.has("regions"):
+            regions = [Region(r["type"].str(), r["before"].box(), r["after"].box()) for r in n["regions"].list()]
+        records.append(PairRecord(_pair_score(n), regions, n["no_change"].str(optional=True)))
+    base_pairs = [r.score for r in records]
+    by_id = {p.id: p for p in base_pairs}
+    runs: dict[str, RunReport] = {}
+    for i, (name, node) in enumerate(root["runs"].items()):
+        if i == 0:
+            pairs = base_pairs
+        else:  # a later run's captions and scores on the base run's pairs
+            pairs = []
+            for pid, row in node["pairs"].items():
+                ref = by_id.get(pid)
+                if ref is None:
+                    raise ReportError(f"{row.path}: pair {pid!r} is not one of the report's pairs")
+                pairs.append(PairScore(pid, row["caption"].str(), ref.refs, ref.types, ref.domain, ref.source,
+                                       {m: row[m].num() for m in PAIR_METRICS}))
+        runs[name] = RunReport(
+            _breakdown(node, pairs, config),
+            _protocol(node["protocol"]) if node.has("protocol") else None,
+            node["notes"].strs(), node["dropped"].map(lambda n: n.strs()),
+            _changes(node["changes"]) if node.has("changes") else None,
+            _localization(node["localization"]) if node.has("localization") else None,
+            _sanity(node["sanity"]) if node.has("sanity") else None)
+    if not runs:
+        raise ReportError("runs: a report holds at least one run")
+    comparison = None
+    if root.has("comparison"):
+        c = root["comparison"]
+
+        def delta(n: _Node) -> Delta | None:
+            return None if n.value is None else Delta(n["delta"].num(False), n["ci"].interval())
+
+        comparison = Comparison(c["base"].str(), c["runs"].map(lambda table: table.map(
+            lambda e: SliceDelta(e["n"].int(), e["n_base"].int(), e["paired"].bool(),
+                                 {m: delta(e[m]) for m in METRICS}))))
+    grounding = None
+    if root.has("grounding"):
+        g = root["grounding"]
+        grounding = GroundingSection(g["data"].str(optional=True) or "", g["split"].str(optional=True) or "",
+                                     g["pairs"].int(), g["models"].map(_grounding_checks))  # as read_grounding
+    conventions = root["conventions"].map(lambda n: n.str()) if root.has("conventions") else dict(CONVENTIONS)
+    return Report(meta, runs, records, comparison, grounding, conventions)
+
+
+def read_grounding(path, limits: ReportLimits = ReportLimits()) -> GroundingSection:
+    """A grounding file written by ``m3diff probe`` (``--grounding`` of ``m3diff eval``), checked."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ReportError(f"{path}: not a grounding file ({exc.__class__.__name__})") from None
+    g = _Node(data, path.name, limits)
+    return GroundingSection(g["data"].str(optional=True) or "", g["split"].str(optional=True) or "",
+                            g["pairs"].int(), g["models"].map(_grounding_checks))
+
+
+def read_sanity(data, name: str = "sanity", limits: ReportLimits = ReportLimits()) -> SanityCheck:
+    """A maps' sanity check as ``SanityCheck.to_dict`` wrote it (in a predictions file), checked."""
+    return _sanity(_Node(data, name, limits))
+
+
+def grounding_json(section: GroundingSection) -> dict:
+    """What ``m3diff probe`` writes (and ``read_grounding`` reads)."""
+    return {"data": section.data, "split": section.split, "pairs": section.pairs,
+            "models": {k: v.to_dict() for k, v in section.models.items()}}
+
+
+# ------------------------------------------------------------------------------- files
 def atomic_write(path: Path, text: str) -> None:
     """Write through a temporary file in the same folder, so a crash never leaves half a file."""
     path = Path(path)
@@ -294,54 +578,47 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _r(v, nd: int = 4):
-    return None if v is None else round(float(v), nd)
-
-
-def _fmt(v, none: str = "") -> str:
-    return none if v is None else f"{v:.2f}"
-
-
-def _tex(v) -> str:
-    return "--" if v is None else f"{v:.1f}"
-
-
-def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        s = s.replace(a, b)
-    return s
-
-
-def _nan_none(o):
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-# ---------------------------------------------------------------------------- reading (the app's Dashboard and Errors)
-class ReportError(ValueError):
-    """A report.json that is not one ``m3diff eval`` wrote; the message says what is wrong."""
-
-
-def read_report(path, search: tuple[Path, ...] = (), allowed: tuple[Path, ...] | None = None) -> dict:
-    """A report.json as ``m3diff eval`` wrote it, checked; ``_images`` says where each pair's images are
-    (``resolve_images``, looking in ``search`` folders too). Raises ReportError for a person.
+@dataclass
+class LoadedReport:
+    """A report as an app shows it: the report, its name, and where its pairs' images are.
 
     ``allowed``: for a report someone else wrote (a visitor's upload), the only folders its image and
-    reference paths may lead into; a path outside them is never opened, not even checked for
-    existence, so the report can neither show nor probe other files. None trusts the report (the
-    operator named it)."""
+    reference paths may lead into; a path outside them is never opened, not even checked for existence,
+    so the report can neither show nor probe other files. None trusts the report (the operator named it)."""
+
+    report: Report
+    name: str
+    allowed: tuple[str, ...] | None = None
+    images: dict[str, tuple[str, str]] = field(default_factory=dict)  # pair id -> (before, after) files
+    references_dir: Path | None = None  # the dataset folder the pairs were found in
+
+    def pair_files(self, pair_id: str) -> tuple[str, str] | None:
+        """The before/after files of a pair, if they can be found inside the allowed folders and exist."""
+        files = self.images.get(pair_id)
+        if files is None or not all(inside(f, self.allowed) for f in files):
+            return None
+        return files if all(Path(f).is_file() for f in files) else None
+
+
+def read_report(path, search: tuple[Path, ...] = (), allowed: tuple[Path, ...] | None = None,
+                limits: ReportLimits = ReportLimits(), name: str | None = None) -> LoadedReport:
+    """A report.json read and checked, and where its pairs' images are (the references it was scored on,
+    looked up as written, then in ``search`` folders and the working directory — only inside ``allowed``
+    when given). Raises ReportError with one line for a person."""
     path = Path(path)
+    label = name or path.name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > limits.max_pairs * 4000 + 10_000_000:  # a pair takes ~1-3 kB: far past the pair limit
+            raise ReportError(f"{label} is too large to be a report of at most {limits.max_pairs:,} pairs")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path.name} could not be read ({exc.__class__.__name__}).") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path.name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
-    data = validate_report(data, path.name)
-    roots = None if allowed is None else [str(Path(a).resolve()) for a in allowed]
-    data["_allowed"] = roots
-    # for the Errors tab: where each pair's images are
-    data["_images"] = resolve_images(data, (path.parent, *search), roots)
-    return data
+        raise ReportError(f"{label} could not be read ({exc.__class__.__name__}).") from None
+    report = Report.loads(text, limits, label)
+    roots = None if allowed is None else tuple(str(Path(a).resolve()) for a in allowed)
+    loaded = LoadedReport(report, Path(label).stem, roots)
+    _find_images(loaded, (path.parent, *search))
+    return loaded
 
 
 def inside(path, roots) -> bool:
@@ -355,61 +632,23 @@ def inside(path, roots) -> bool:
     return any(p == Path(r) or Path(r) in p.parents for r in roots)
 
 
-def validate_report(data, name: str = "report") -> dict:
-    if not isinstance(data, dict) or "overall" not in data or "per_type" not in data:
-        raise ReportError(f"{name} is not a report.json from `m3diff eval`: it needs the keys 'overall' and "
-                          "'per_type' (and usually 'per_domain' and 'pairs').")
-    if not isinstance(data["per_type"], dict) or not isinstance(data.get("per_domain", {}), dict):
-        raise ReportError(f"{name}: 'per_type' and 'per_domain' must map names to scores.")
-    pairs = report_pairs(data)
-    if not isinstance(pairs, list) or any(not isinstance(p, dict) or "id" not in p for p in pairs):
-        raise ReportError(f"{name}: 'pairs' must be a list of per-pair records with an 'id'.")
-    return data
-
-
-def report_pairs(report: dict) -> list[dict]:
-    return report.get("pairs", report.get("per_pair", []))
-
-
-def resolve_images(report: dict, folders: tuple[Path, ...] = (), roots=None) -> dict[str, list[str]]:
-    """id -> [before, after] files, from the references the report was scored against (meta.references),
-    looked up as written, then relative to ``folders`` and the working directory — only inside
-    ``roots`` when given (see ``read_report``)."""
-    meta = report.get("meta") or {}
-    refs = meta.get("references")
-    if not refs:
-        return {}
+def _find_images(loaded: LoadedReport, folders: tuple[Path, ...]) -> None:
+    """Where each pair's images are, from the references the report was scored against."""
+    meta = loaded.report.meta
+    if not meta.references:
+        return
     from analysis.inputs import InputError, load_references
 
-    ref = Path(refs)
+    ref = Path(meta.references)
     candidates = [ref] if ref.is_absolute() else [Path(p) / ref for p in (*folders, Path.cwd())]
     for c in candidates:
-        if not inside(c, roots) or not c.exists():
+        if not inside(c, loaded.allowed) or not c.exists():
             continue
         try:
-            pairs = load_references(c.resolve(), meta.get("format"), meta.get("split"))
+            pairs = load_references(c.resolve(), meta.format, meta.split)
         except (InputError, ValueError, OSError):
             continue
-        report["_references_dir"] = str(c.resolve())
-        return {p.id: [str(p.before), str(p.after)] for p in pairs
-                if p.before and p.after and inside(p.before, roots) and inside(p.after, roots)}
-    return {}
-
-
-def data_folders(report: dict) -> list[Path]:
-    """The dataset folder a loaded report's pairs were found in (empty when not found)."""
-    found = report.get("_references_dir")
-    return [Path(found)] if found else []
-
-
-def pair_images(report: dict, record: dict) -> tuple[str, str] | None:
-    """The before/after files of a report's pair, if they can be found and exist."""
-    files = [record.get("before"), record.get("after")]
-    if not all(files):
-        files = (report.get("_images") or {}).get(record["id"]) or [None, None]
-    roots = report.get("_allowed")
-    if not all(isinstance(f, str) and f for f in files) or not all(inside(f, roots) for f in files):
-        return None  # never opened: a visitor's report names no file outside the operator's folders
-    if not all(Path(f).is_file() for f in files):
-        return None
-    return files[0], files[1]
+        loaded.references_dir = c.resolve()
+        loaded.images = {p.id: (str(p.before), str(p.after)) for p in pairs
+                         if p.before and p.after and inside(p.before, loaded.allowed) and inside(p.after, loaded.allowed)}
+        return

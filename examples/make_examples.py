@@ -1,6 +1,8 @@
-"""Regenerate the app's example pairs: one generated pair per change type, and a real photo pair.
+"""Regenerate the app's example pairs (one generated pair per change type, and a real photo pair) and
+the example report: the embedded model's captions of them, scored by `m3diff eval`.
 
-    python examples/make_examples.py
+    python examples/make_examples.py            # the pairs and the report
+    python examples/make_examples.py --report   # the report only (after the embedded model changed)
 
 Generated pairs come from the project's synthetic generator (``m3diff.data.synth``), so they are the
 kind of scene the embedded model was trained on; the stereo motorcycle views from scikit-image are a
@@ -62,5 +64,33 @@ def main() -> None:
     print(f"{len(examples)} example pairs in {HERE}")
 
 
+def make_report() -> None:
+    """examples/predictions.json and examples/report.json: the embedded model on the example pairs, scored
+    as `m3diff predict` and `m3diff eval` do (no intervals: one pair per type)."""
+    from analysis.breakdown import BreakdownConfig
+    from analysis.evaluate import evaluate
+    from analysis.inputs import Predictions
+    from m3diff.data.layout import read_split
+    from m3diff.pipeline import DiffCaptioner, GenerationSettings
+
+    pairs = read_split(HERE / "test.json")
+    captioner = DiffCaptioner.from_pretrained()
+    described = captioner.describe_batch([(p.before, p.after) for p in pairs], with_trace=False,
+                                         settings=GenerationSettings(max_new_tokens=160))
+    preds = Predictions(HERE / "predictions.json", {p.id: d.caption for p, d in zip(pairs, described)},
+                        model="embedded", data="examples", split="test")
+    preds.save(preds.path, [p.id for p in pairs])
+    report = evaluate({"embedded": preds}, pairs, split="test", bootstrap=BreakdownConfig(bootstrap=0),
+                      model="embedded")
+    report.meta.references = "examples"  # relative to the checkout: the app finds the images from anywhere
+    report.meta.predictions = {"embedded": "examples/predictions.json"}
+    report.save(HERE / "report.json")
+    print(f"example report of {len(pairs)} pairs in {HERE / 'report.json'}")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--report" not in sys.argv[1:]:
+        main()
+    make_report()

@@ -1,13 +1,16 @@
-"""Model cards (README.md) for trained models: data, recipe, steps, and scores per change type."""
+"""Model cards (README.md): a trained run's, and the embedded default model's with its evaluation. The
+tables come from ``analysis.render``, so a card shows every number as the app and the CLI do."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from analysis import render
+from analysis.report import Report
 
-def write_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: float, reports: dict | None = None,
-               command: str | None = None, extra: str = "") -> Path:
-    """README.md in ``model_dir``; ``reports`` maps a name to an `m3diff eval` report.json (tables per type)."""
+
+def write_run_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: float) -> Path:
+    """README.md in ``model_dir``: data, recipe, steps and the quick validation scores of a run."""
     r = meta["recipe"]
     lines = [
         f"# {r['name']}", "",
@@ -25,123 +28,210 @@ def write_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: flo
     if total and steps < total:
         lines.append(f"- **part-way**: step {steps} of a {total}-step schedule (the learning rate has not decayed "
                      "yet); `m3diff train --resume` continues the same schedule")
-    if command:
-        lines += ["", "Reproduce:", "", "```", command, "```"]
     if val_scores:
         lines += ["", "Validation (quick, no METEOR): " + ", ".join(f"{k} {v:.1f}" for k, v in val_scores.items())]
-    for name, rep in (reports or {}).items():
-        lines += ["", f"## Evaluation: {name}", "", report_tables(rep)]
-    if extra:
-        lines += ["", extra]
     path = Path(model_dir) / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _cell(s: dict, metric: str = "CIDEr-D") -> str:
-    v = s.get(metric)
-    if v is None:
-        return "–"
-    ci = (s.get("ci") or {}).get(metric)
-    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{v:.1f}"
+def cpu_minutes(run_dir: Path) -> float | None:
+    """CPU minutes the run's process spent (log.csv's cpu_s; the sum over resumed pieces)."""
+    import csv
+
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return None
+    total, last = 0.0, 0.0
+    with open(log, newline="") as f:
+        for row in csv.DictReader(f):
+            cpu = float(row.get("cpu_s") or 0)
+            if cpu < last:  # a resumed process starts its clock again
+                total += last
+            last = cpu
+    return (total + last) / 60 or None
 
 
-def report_tables(rep: dict, metrics: tuple[str, ...] | None = None) -> str:
-    """Overall, per domain, per change type and per number of changes, with n, 95% bootstrap intervals
-    and the captions' mean length beside the references'."""
-    from analysis.metrics import SHOWN_METRICS
-    from analysis.report import changes_label, words_cell
+def parameter_count(model_dir: Path) -> int:
+    from math import prod
 
-    metrics = metrics or SHOWN_METRICS
-    head = "| slice | n | " + " | ".join(metrics) + " | words (caption / references) |\n|---|---:|" + \
-        "---:|" * (len(metrics) + 1)
-    rows = [head]
-    slices = [("overall", rep["overall"])]
-    slices += [(f"domain: {k}", v) for k, v in rep.get("per_domain", {}).items()]
-    slices += [(f"type: {k}", v) for k, v in rep.get("per_type", {}).items()]
-    slices += [(changes_label(k), v) for k, v in rep.get("per_changes", {}).items()]
-    for name, s in slices:
-        rows.append(f"| {name} | {s['n']} | " + " | ".join(_cell(s, m) for m in metrics) + f" | {words_cell(s)} |")
-    return "\n".join(rows)
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
+        return sum(prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def comparison_table(reports: dict[str, dict], metric: str = "CIDEr-D") -> str:
-    """One column per model: the metric with its interval, per slice."""
-    from analysis.report import changes_label
-
-    names = list(reports)
-    first = reports[names[0]]
-    keys = [("overall", None)] + [("per_domain", k) for k in first.get("per_domain", {})] + \
-           [("per_type", k) for k in first.get("per_type", {})] + [("per_changes", k) for k in first.get("per_changes", {})]
-    rows = [f"| slice | n | " + " | ".join(f"{n} {metric}" for n in names) + " |",
-            "|---|---:|" + "---:|" * len(names)]
-    for section, key in keys:
-        label = "overall" if key is None else {"per_domain": f"domain: {key}", "per_changes": changes_label(key)}.get(section, key)
-        cells, n = [], None
-        for name in names:
-            s = reports[name]["overall"] if key is None else reports[name].get(section, {}).get(key)
-            cells.append("–" if s is None else _cell(s, metric))
-            n = n or (s or {}).get("n")
-        rows.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def architecture(model_dir: Path) -> str:
+    c = json.loads((model_dir / "config.json").read_text())
+    v, t = c["vision_config"], c["text_config"]
+    grid = v["image_size"] // v["patch_size"]
+    mdp = (f"MDP on vision layers {', '.join(map(str, c['mdp_layers']))}, depth {c['mdp_depth']}" if c.get("use_mdp", True)
+           else "no MDP (plain LLaVA-OneVision)")
+    return (f"SigLIP-style vision {v['num_hidden_layers']} layers × {v['hidden_size']}, {v['image_size']}-px images in "
+            f"{v['patch_size']}-px patches ({grid * grid} tokens + newline per image); {mdp}; Qwen2-style LLM "
+            f"{t['num_hidden_layers']} layers × {t['hidden_size']}")
 
 
-def _map_label(name: str) -> str:
-    from analysis.evidence import map_label
+def bar_lines(rep: Report, twin: Report | None) -> list[str]:
+    """The embedded model's shipping bar, met or not: CIDEr-D overall and on each of the 12 types, the
+    change-level scores, ahead of the no-MDP twin with a paired interval above 0, the grounding checks."""
+    from m3diff.change_types import TYPE_IDS
 
-    return map_label(name, long=True)
-
-
-def map_pointing_table(reports: dict[str, dict]) -> str:
-    """Where each model's maps point (report.json's ``localization``): pointing, energy and AUROC on
-    single changes, pointing and energy with a camera or light change mixed in, per map kind and run;
-    the baselines once. Empty when no report has the section."""
-    def pct(v):
-        return "–" if v is None or v != v else f"{100 * v:.0f}%"
-
-    rows = ["| model | map | single change: pointing | energy | AUROC | with a viewpoint / light distractor: "
-            "pointing | energy | multi-change: energy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    baselines_done = False
-    for label, rep in reports.items():
-        for run, loc in (rep.get("localization") or {}).items():
-            if run != rep.get("meta", {}).get("run", run):
-                continue  # a report's other runs have their own report
-            per = loc["summary"]["per_setting"]
-            names = [m for m in loc["summary"]["maps"] if m not in ("pixel_difference", "uniform")]
-            if not baselines_done:
-                names += ["pixel_difference", "uniform"]
-                baselines_done = True
-            single, dist, multi = (per.get(s, {}) for s in ("single", "distractor", "multi"))
-            for m in names:
-                s, d, mu = single.get(m, {}), dist.get(m, {}), multi.get(m, {})
-                auroc = s.get("auroc")
-                who = "—" if m in ("pixel_difference", "uniform") else label
-                rows.append(f"| {who} | {_map_label(m)} | {pct(s.get('pointing'))} | {pct(s.get('energy'))} | "
-                            f"{'–' if auroc is None else f'{auroc:.2f}'} | {pct(d.get('pointing'))} | "
-                            f"{pct(d.get('energy'))} | {pct(mu.get('energy'))} |")
-    return "\n".join(rows) if len(rows) > 2 else ""
-
-
-def change_naming_table(reports: dict[str, dict]) -> str:
-    """Per change type and model: change recall, precision and the new value said (report.json's
-    ``changes``, generated references only); each model's own run from its own report. Empty when no
-    report has the section."""
-    from analysis.tables import changes_table
-
-    own = {}
-    for label, rep in reports.items():
-        run = rep.get("meta", {}).get("run")
-        section = rep.get("changes") or {}
-        if run in section:
-            own[label] = {"changes": {label: section[run]}}
-    if not own:
-        return ""
-    frame = changes_table(own)
-    return markdown_table(list(frame.columns), [list(map(str, row)) for row in frame.itertuples(index=False)])
+    bd = rep.run.scores
+    overall = bd.overall.scores["CIDEr-D"]
+    lines = [f"- CIDEr-D overall {overall:.1f} (bar: >= 80; long-term >= 100): {'met' if overall >= 80 else 'NOT met'}"]
+    low = {t: s.scores["CIDEr-D"] for t, s in bd.per_type.items() if s.scores["CIDEr-D"] is not None
+           and s.scores["CIDEr-D"] < 30}
+    missing = [t for t in TYPE_IDS if t not in bd.per_type]
+    lines.append(f"- CIDEr-D >= 30 on every type: {'met' if not low and not missing else 'NOT met'}"
+                 + (f" (below: {', '.join(f'{t} {v:.1f}' for t, v in low.items())})" if low else "")
+                 + (f" (absent: {', '.join(missing)})" if missing else ""))
+    changes = rep.run.changes
+    if changes is not None:
+        o = changes.summary.overall
+        ok = (o.recall or 0) >= 0.6 and (o.precision or 0) >= 0.6
+        lines.append(f"- change recall {100 * (o.recall or 0):.1f}% and precision {100 * (o.precision or 0):.1f}% "
+                     f"(bar: >= 60% each): {'met' if ok else 'NOT met'}")
+        v = o.value_recall
+        lines.append(f"- the new value said for {100 * (v or 0):.1f}% of the changes that have one (bar: >= 50%): "
+                     f"{'met' if (v or 0) >= 0.5 else 'NOT met'}")
+    if twin is not None:
+        t = twin.run.scores.overall.scores["CIDEr-D"]
+        delta = paired_delta(rep)
+        verdict = "met" if delta and delta[1] and delta[1][0] > 0 else "NOT met"
+        shown = (f"paired difference {delta[0]:+.1f} [{delta[1][0]:+.1f}, {delta[1][1]:+.1f}]"
+                 if delta and delta[1] else "no paired interval in the report")
+        lines.append(f"- ahead of the no-MDP twin ({overall:.1f} vs {t:.1f}; {shown}): {verdict}")
+    if rep.grounding is not None:
+        for name, g in rep.grounding.models.items():
+            lines.append(f"- grounding checks of `{name}`: {'passed' if not g.flags else 'NOT passed'}"
+                         + ("" if not g.flags else f" ({'; '.join(g.flags)})"))
+    return lines
 
 
-def markdown_table(head: list[str], rows: list[list[str]], left_last: bool = False) -> str:
-    """A Markdown table: the first column left-aligned, the others right (the last one left too when
-    ``left_last``: a text column)."""
-    align = "|---|" + "---:|" * (len(head) - 1 - left_last) + ("---|" if left_last else "")
-    return "\n".join(["| " + " | ".join(head) + " |", align] + ["| " + " | ".join(r) + " |" for r in rows])
+def paired_delta(rep: Report) -> tuple[float, tuple[float, float] | None] | None:
+    """M3Diff minus the twin, overall CIDEr-D, with its paired interval: from a report of
+    `m3diff eval --pred m3diff=… --pred no_mdp=…` (base first, so its deltas are twin − M3Diff)."""
+    if rep.comparison is None:
+        return None
+    for table in rep.comparison.runs.values():
+        entry = table.get("overall:overall")
+        d = None if entry is None else entry.deltas.get("CIDEr-D")
+        if d is not None:
+            return -d.delta, None if d.ci is None else (-d.ci[1], -d.ci[0])
+    return None
+
+
+def grounding_line(recipe: dict) -> str:
+    g = recipe.get("grounding")
+    if not g:
+        return "none: caption loss only"
+    return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
+            f"/ colour / size, changed patches, change type; per pair: the change types and, from each image's mean "
+            f"feature, the changed objects' kinds, colours, sizes and places), weight {g['weight']}, and "
+            f"scene-description samples ({g['scene_share']:.0%} of the caption samples) — `training/auxiliary.py`")
+
+
+def write_embedded_card(dest: Path, run_json: dict, rep: Report, twin_rep: Report | None, command: str,
+                        latency: float | None, size_mb: float, twin_shipped: bool, notes: str = "",
+                        steps: int | None = None, dest_run: Path | None = None) -> Path:
+    """The embedded model's README.md: what it is, how it was made, and its evaluation (its report and
+    its twin's, ``analysis.render``'s tables)."""
+    r = run_json["recipe"]
+    total = int(run_json["total_steps"])
+    steps = total if steps is None else steps
+    part = "" if steps >= total else (f" — part-way: stopped at step {steps:,} of the {total:,}-step schedule "
+                                      "(`--stop-at`); `--resume` continues it")
+    m = r["model"]
+    reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
+    meta = rep.meta
+    text = f"""# m3diff embedded default model
+
+The model `DiffCaptioner.from_pretrained()` loads when no other model is given: a small M3Diff
+(LLaVA-OneVision architecture with the Multi-scale Differential Perception module, the same
+`M3DiffForConditionalGeneration` class as the 7B) trained **from scratch** on generated pairs
+(`m3diff synth`, both domains: `render` 3D scenes and `photo` composites, all 12 change types).
+It is a demonstration model for the app and the CLI on a CPU: it knows the synthetic world only,
+not real photographs.
+
+| | |
+|---|---|
+| architecture | preset `{m['preset']}` {json.dumps(m['config']) if m['config'] else ''}: {architecture(dest)} |
+| parameters | {parameter_count(dest) / 1e6:.2f} M |
+| tokenizer | byte-level BPE, vocabulary {m['tokenizer_vocab_size']}, trained on the training captions |
+| weights | {size_mb:.1f} MB safetensors ({r['save_dtype']}) |
+| training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
+| recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process{part} |
+| LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
+| grounded training | {grounding_line(r)} |
+| training time | {f'{cpu:.0f} CPU-minutes (one thread)' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
+| describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
+
+## Reproduce
+
+```
+{command}
+```
+
+## Evaluation
+
+Test split: {meta.references} (split `{meta.split or 'test'}`), {rep.run.scores.overall.n} pairs, generated
+with a seed not used for training. Greedy decoding. Scores ×100 (pycocoevalcap: PTB tokenisation, CIDEr-D),
+every slice re-scored as its own corpus; [95% bootstrap interval]. SPICE is not available offline.
+
+### CIDEr-D, M3Diff beside the no-MDP twin (same data, recipe and steps, `use_mdp=false`)
+
+{render.comparison_md(reports)}
+
+### Does it read its images? (grounding checks, `m3diff probe`)
+
+{render.grounding_md(rep)}
+
+Distinct captions: share of test pairs whose caption no other pair got. Answer loss: per-token loss of
+each pair's first reference; random swap / same-scene swap: how much higher it is with the images of a
+random other pair / of another pair of the same scene (the honest blind gap). Identical pairs: the
+before image given twice.
+
+### Do its maps point at the change? (`m3diff predict --maps`, `m3diff eval`'s localization section)
+
+{render.map_pointing_md(reports) or '(the reports have no localization section: predict with `--maps`)'}
+
+Pointing: the map's peak falls inside a changed object's box (before and after images scored
+separately, as RobustChangeCaptioning does); energy: the map's share of mass inside the boxes; AUROC:
+how well the map ranks changed pixels above unchanged ones. Maps on the model's patch grid, padding
+undone. Sanity check (maps of the same model with the MDP, then also the vision tower, re-initialised)
+and how peaked the maps are on pairs where nothing changed:
+
+{render.localization_notes(reports)}
+
+### Does it name the change, and say what it became? (`m3diff eval`'s changes section)
+
+{render.change_naming_md(reports) or '(the reports have no changes section: evaluate on generated references)'}
+
+Recall: the true changes a clause names by object and kind of change; precision: the described changes
+that are true; new value said: of the changes with a new value (a sign's word, a colour, a heading, a
+pose, a count, grew or shrank), those whose recalling clause states it (docs/analysis.md).
+
+### The shipping bar
+
+{chr(10).join(bar_lines(rep, twin_rep))}
+
+### M3Diff (MDP), all metrics
+
+{render.score_tables_md(rep)}
+"""
+    if twin_rep:
+        text += f"""
+### No-MDP twin, all metrics
+
+{render.score_tables_md(twin_rep)}
+
+The twin's weights are {'in `twin/`' if twin_shipped else 'not shipped (size limit); its report is'} {'and its report in ' if twin_shipped else ''}`reports/no_mdp.json`.
+"""
+    if notes:
+        text += "\n## Notes\n\n" + notes + "\n"
+    path = dest / "README.md"
+    path.write_text(text)
+    return path
+
+

@@ -319,10 +319,20 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
 
     def write_row(path, row):
-        new = not path.is_file()
+        header = next(csv.reader(open(path, newline="")), None) if path.is_file() else None
+        if header is not None and not set(row) <= set(header):
+            # a column appears part-way (a loss that starts later): the file is rewritten with it, so
+            # every row stays under its own names
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            header = header + [k for k in row if k not in header]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=header)
+                w.writeheader()
+                w.writerows(rows)
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            w = csv.DictWriter(f, fieldnames=header or list(row), restval="")
+            if header is None:
                 w.writeheader()
             w.writerow(row)
 
@@ -346,7 +356,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         model_dir = out / "model"
         if accelerator.is_main_process:
             from m3diff.pipeline import DiffCaptioner
-            from training.card import write_card
+            from training.card import write_run_card
 
             unwrapped = accelerator.unwrap_model(model)
             final = captioning_model(unwrapped)
@@ -361,7 +371,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             final = final.to(getattr(torch, recipe.save_dtype))
             check_finite(final.state_dict(), f"the model at step {at_step}")
             DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
-            write_card(model_dir, meta=meta, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
+            write_run_card(model_dir, meta=meta, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
         accelerator.wait_for_everyone()
         return model_dir
 

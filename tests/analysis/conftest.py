@@ -76,14 +76,28 @@ def dataset(tmp_path):
 
 
 # ---------------------------------------------------------------------------- report.json files (Dashboard, Errors)
-def slice_json(n, cider, lo=None, hi=None, **more):
-    ci = {"CIDEr-D": [lo, hi]} if lo is not None else {"CIDEr-D": None}
-    return {"n": n, "CIDEr-D": cider, "BLEU-4": cider / 4, "METEOR": 10.0, "ROUGE-L": 30.0, "SPICE": None,
-            "ci": ci, "worst": [], **more}
+def slice_result(n, cider, lo=None, hi=None, kind="type", name="", words=None):
+    """One slice's scores as analysis.breakdown holds them (made-up numbers for the views to show)."""
+    from analysis.breakdown import SliceResult
+    from analysis.metrics import METRICS
+
+    scores = {m: None for m in METRICS} | {"CIDEr-D": cider, "BLEU-4": cider / 4, "METEOR": 10.0, "ROUGE-L": 30.0}
+    ci = {m: None for m in METRICS} | ({"CIDEr-D": (lo, hi)} if lo is not None else {})
+    return SliceResult(kind, name, n, scores, ci, [], words=words)
 
 
-def make_report(tmp_path, name="m3diff", shift=0.0, with_images=True):
-    """A report.json in `m3diff eval`'s shape (analysis.report.build_report) over a tiny dataset."""
+def breakdown(pairs, overall, per_type=None, per_domain=None, per_changes=None, macro_types=()):
+    from analysis.breakdown import Breakdown, BreakdownConfig
+    from analysis.metrics import METRICS
+
+    return Breakdown(overall, None, per_type or {}, per_domain or {}, {}, {m: None for m in METRICS} | {"CIDEr-D": 1.0},
+                     list(macro_types), [], pairs, BreakdownConfig(bootstrap=0), per_changes or {})
+
+
+def make_report(tmp_path, name="m3diff", shift=0.0, with_images=True, per_changes=None):
+    """A report.json as `m3diff eval` writes it (``Report.save``), over a tiny dataset of four pairs."""
+    from analysis.breakdown import PairScore
+    from analysis.report import PairRecord, Report, ReportMeta, RunReport
     from m3diff.data.layout import dumps_records
 
     data = tmp_path / "data"
@@ -99,24 +113,18 @@ def make_report(tmp_path, name="m3diff", shift=0.0, with_images=True):
         records.append({"id": pid, "before": f"images/{pid}_b.png", "after": f"images/{pid}_a.png",
                         "captions": [f"the {t[0]} changed"], "change_types": t,
                         "domain": "render" if i % 2 else "photo", "scene": f"s{i}"})
-        pairs.append({"id": pid, "caption": f"prediction {i}", "refs": [f"the {t[0]} changed"], "types": t,
-                      "domain": "render" if i % 2 else "photo", "source": "synthetic",
-                      "CIDEr-D": 10.0 * i + shift, "BLEU-4": 5.0 * (3 - i), "METEOR": 1.0, "ROUGE-L": 2.0,
-                      "SPICE": None})
+        pairs.append(PairScore(pid, f"prediction {i}", [f"the {t[0]} changed"], t, "render" if i % 2 else "photo",
+                               "synthetic", {"CIDEr-D": 10.0 * i + shift, "BLEU-4": 5.0 * (3 - i), "METEOR": 1.0,
+                                             "ROUGE-L": 2.0, "SPICE": None}))
     (data / "test.json").write_text(dumps_records(records), encoding="utf-8")
-    rep = {
-        "schema": "m3diff.eval/1",
-        "meta": {"run": name, "references": str(data), "split": "test", "n_pairs": 4},
-        "overall": slice_json(4, 20.0 + shift, 10.0 + shift, 30.0 + shift),
-        "micro": None, "macro": {"CIDEr-D": 1.0, "types": []}, "absent_types": [],
-        "per_type": {"color": slice_json(2, 12.0 + shift, 5.0, 19.0), "addition": slice_json(1, 8.0 + shift),
-                     "counting": slice_json(1, 3.0 + shift), "ocr": slice_json(1, 40.0 + shift)},
-        "per_domain": {"photo": slice_json(2, 15.0 + shift), "render": slice_json(2, 25.0 + shift)},
-        "per_source": {}, "pairs": pairs,
-    }
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(rep), encoding="utf-8")
-    return path
+    bd = breakdown(pairs, slice_result(4, 20.0 + shift, 10.0 + shift, 30.0 + shift, "overall", "overall"),
+                   {"color": slice_result(2, 12.0 + shift, 5.0, 19.0), "addition": slice_result(1, 8.0 + shift),
+                    "counting": slice_result(1, 3.0 + shift), "ocr": slice_result(1, 40.0 + shift)},
+                   {"photo": slice_result(2, 15.0 + shift, kind="domain"), "render": slice_result(2, 25.0 + shift, kind="domain")},
+                   per_changes)
+    report = Report(ReportMeta(references=str(data), split="test"), {name: RunReport(bd)},
+                    [PairRecord(p) for p in pairs])
+    return report.save(tmp_path / f"{name}.json")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ regions, localization, sanity), scored by analysis.localization's own functions 
 no hand-typed scores. Used by the table tests and the app tests (Dashboard panel, Errors tab)."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from analysis.localization import (SanityCheck, SanityStep, evaluate_localizatio
                                    pixel_difference_map, spearman)
 from m3diff.data.record import DiffPair
 from m3diff.data.synth.generator import SynthConfig, Worker, regenerate, split_position
-from tests.analysis.conftest import slice_json
+from tests.analysis.conftest import breakdown, slice_result
 
 # no_change 0.5: about half the test pairs past each split's first 24 show no change
 CONFIG = SynthConfig(seed=7, pairs=400, size=64, no_change=0.5)
@@ -65,7 +64,7 @@ def localization_section(cfg: SynthConfig, ids: list[str], model_maps=synthetic_
     corr = {n: float(np.mean([spearman(m[n], m[n] if n == "feature_difference" else rng.random(m[n].shape))
                               for m in maps_by_id.values()])) for n in names}
     sanity = SanityCheck([SanityStep(("model.mdp",), 12, corr, len(maps_by_id))], threshold=0.8)
-    return loc, sanity.to_dict(), extras
+    return loc, sanity, extras
 
 
 def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig = CONFIG, n: int = 16,
@@ -78,33 +77,34 @@ def make_generated_report(folder: Path, name: str = "m3diff", cfg: SynthConfig =
     sections = {name: (loc, sanity)}
     if twin:
         sections[twin] = localization_section(cfg, ids, twin_maps)[:2]
+    from analysis.breakdown import PairScore
+    from analysis.changes import evaluate_changes
+    from analysis.report import ChangesRun, PairRecord, Region, Report, ReportMeta, RunReport
+
     pairs = []
     for i, pid in enumerate(ids):
         e = extras[pid]
-        pairs.append({"id": pid, "caption": f"prediction {i}", "refs": e["refs"], "types": e["types"],
-                      "domain": e["domain"], "source": "synthetic", "CIDEr-D": 5.0 * i, "BLEU-4": 1.0,
-                      "METEOR": 1.0, "ROUGE-L": 2.0, "SPICE": None, "regions": e["regions"],
-                      **({"no_change": e["no_change"]} if "no_change" in e else {})})
-    # every other caption is the pair's own first reference, so the change scores hold hits and misses,
-    # computed by the function `m3diff eval` uses
-    for i, p in enumerate(pairs):
-        if i % 2:
-            p["caption"] = p["refs"][0]
-    from analysis.changes import evaluate_changes
+        # every other caption is the pair's own first reference, so the change scores hold hits and misses,
+        # computed by the function `m3diff eval` uses
+        caption = e["refs"][0] if i % 2 else f"prediction {i}"
+        pairs.append(PairScore(pid, caption, e["refs"], e["types"], e["domain"], "synthetic",
+                               {"CIDEr-D": 5.0 * i, "BLEU-4": 1.0, "METEOR": 1.0, "ROUGE-L": 2.0, "SPICE": None}))
+    summary, rows = evaluate_changes({p.id: p.caption for p in pairs}, [extras[pid]["record"] for pid in ids])
+    types = list(dict.fromkeys(t for p in pairs for t in p.types))
 
-    summary, rows = evaluate_changes({p["id"]: p["caption"] for p in pairs}, [extras[pid]["record"] for pid in ids])
-    changes = summary.to_dict() | {"pairs": {r.id: [h.to_dict() for h in r.truth] for r in rows}}
-    types = list(dict.fromkeys(t for p in pairs for t in p["types"]))
-    rep = {"schema": "m3diff.eval/1",
-           "meta": {"run": name, "references": references, "split": "test", "n_pairs": len(pairs),
-                    "generator": asdict(cfg)},
-           "overall": slice_json(len(pairs), 20.0), "micro": None, "macro": {"CIDEr-D": 1.0, "types": types},
-           "absent_types": [], "per_type": {t: slice_json(1, 10.0) for t in types},
-           "per_domain": {d: slice_json(1, 10.0) for d in {p["domain"] for p in pairs}}, "per_source": {},
-           "pairs": pairs, "localization": {r: v[0] for r, v in sections.items()},
-           "sanity": {r: v[1] for r, v in sections.items()}, "changes": {name: changes}}
+    def run(loc, sanity, changes=None):
+        bd = breakdown(pairs, slice_result(len(pairs), 20.0, kind="overall", name="overall"),
+                       {t: slice_result(1, 10.0, name=t) for t in types},
+                       {d: slice_result(1, 10.0, kind="domain", name=d) for d in {p.domain for p in pairs}},
+                       macro_types=types)
+        return RunReport(bd, changes=changes, localization=loc, sanity=sanity)
+
+    runs = {name: run(*sections[name], ChangesRun(summary, {r.id: list(r.truth) for r in rows}))}
+    if twin:
+        runs[twin] = run(*sections[twin])
+    box = lambda b: None if b is None else tuple(b)  # noqa: E731
+    records = [PairRecord(p, [Region(r["type"], box(r["before"]), box(r["after"])) for r in extras[p.id]["regions"]],
+                          extras[p.id].get("no_change")) for p in pairs]
+    report = Report(ReportMeta(references=references, split="test", generator=asdict(cfg)), runs, records)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(rep), encoding="utf-8")
-    return path
-
+    return report.save(folder / f"{name}.json")

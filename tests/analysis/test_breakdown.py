@@ -61,8 +61,8 @@ def test_compare_paired_deltas(run, scorer):
     c2 = scorer.prepare([p.id for p in pairs], worse, [p.captions for p in pairs])
     bd2 = analyse(scorer, c2, pairs, worse, BreakdownConfig(bootstrap=300))
     cmp = compare({"a": bd, "b": bd2})
-    e = cmp["runs"]["b"]["overall:overall"]
-    assert e["paired"] and e["CIDEr-D"]["delta"] < 0 and e["CIDEr-D"]["ci"][1] < 0
+    e = cmp.runs["b"]["overall:overall"]
+    assert e.paired and e.deltas["CIDEr-D"].delta < 0 and e.deltas["CIDEr-D"].ci[1] < 0
 
 
 def _counted(pairs, counts):

@@ -130,14 +130,16 @@ def test_eval_adds_the_changes_section_for_generated_references(tmp_path, cli_sc
     assert main(["eval", "--pred", f"own={tmp_path / 'refs.json'}", "--pred", f"other={tmp_path / 'other.json'}",
                  "--refs", str(tmp_path / "d"), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--bootstrap", "0", "--no-meteor"]) == 0
-    changes = json.loads((tmp_path / "ev" / "report.json").read_text())["changes"]
-    assert changes["own"]["overall"]["recall"] >= 0.95
-    assert changes["other"]["overall"]["recall"] < 0.3
+    from analysis.report import Report
+
+    runs = Report.loads((tmp_path / "ev" / "report.json").read_text()).runs
+    assert runs["own"].changes.summary.overall.recall >= 0.95
+    assert runs["other"].changes.summary.overall.recall < 0.3
     # per pair, for the Errors tab: every changed test pair, each true change with its hit and values
-    own, other = changes["own"]["pairs"], changes["other"]["pairs"]
+    own, other = runs["own"].changes.pairs, runs["other"].changes.pairs
     assert set(own) == {r["id"] for r in recs} == set(other)
-    assert all(h["recalled"] and h["value_right"] is not False for hits in own.values() for h in hits)
-    assert sum(h["value_right"] is False for hits in other.values() for h in hits) > 0
+    assert all(h.recalled and h.value_right is not False for hits in own.values() for h in hits)
+    assert sum(h.value_right is False for hits in other.values() for h in hits) > 0
 
 
 def test_references_state_every_new_value_and_a_wrong_word_is_caught(records):

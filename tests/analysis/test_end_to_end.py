@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from analysis.report import changes_label
+from analysis.render import changes_label
+from analysis.report import Report
 from m3diff.cli import main
 from m3diff.pipeline import DiffCaptioner
 
@@ -157,20 +158,20 @@ def test_eval_on_the_generated_split(predictions, data, workdir, cli_scorer):
     assert rc == 0
     for f in ("report.json", "scores.csv", "table.tex", "report.html"):
         assert (out / f).stat().st_size > 0, f
-    rep = json.loads((out / "report.json").read_text())
+    rep = Report.loads((out / "report.json").read_text())
+    bd = rep.run.scores
     n = len(_test_ids(data))
-    assert rep["overall"]["n"] == n and rep["meta"]["n_pairs"] == n
-    assert set(rep["overall"]) >= {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "n", "ci"}
+    assert bd.overall.n == n == len(rep.pairs)
     for metric in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
-        assert 0 <= rep["overall"][metric] <= 1000
+        assert 0 <= bd.overall.scores[metric] <= 1000
     types = {t for r in json.loads((data / "test.json").read_text()) for t in r["change_types"]}
-    assert set(rep["per_type"]) == types and all(v["n"] >= 1 for v in rep["per_type"].values())
-    assert set(rep["runs"]) == {"model", "fixed"} and rep["comparison"]["base"] == "model"
+    assert set(bd.per_type) == types and all(v.n >= 1 for v in bd.per_type.values())
+    assert set(rep.runs) == {"model", "fixed"} and rep.comparison.base == "model"
     # generated pairs say how many changes they have: one slice per count, every pair in one of them
     counts = {str(len(r["regions"])) for r in json.loads((data / "test.json").read_text())}
-    assert set(rep["per_changes"]) == counts and sum(s["n"] for s in rep["per_changes"].values()) == n
+    assert set(bd.per_changes) == counts and sum(s.n for s in bd.per_changes.values()) == n
     fixed_words = len(train[0]["captions"][0].split())
-    assert rep["runs"]["fixed"]["overall"]["words"]["caption"] == pytest.approx(fixed_words, abs=2)
+    assert rep.runs["fixed"].scores.overall.words["caption"] == pytest.approx(fixed_words, abs=2)
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["slice"] for r in rows if r["slice_kind"] == "changes"} == counts
@@ -315,21 +316,24 @@ def test_eval_writes_localization_and_sanity_for_runs_with_maps(predictions_with
                str(data), "--split", "test", "--out", str(out), "--bootstrap", "0", "--no-meteor",
                "--on-empty", "score-as-empty"])
     assert rc == 0
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["meta"]["generator"] == json.loads((data / "synth_config.json").read_text())
+    rep = Report.loads((out / "report.json").read_text())
+    assert rep.meta.generator == json.loads((data / "synth_config.json").read_text())
     test = {r["id"]: r for r in json.loads((data / "test.json").read_text())}
-    for rec in rep["pairs"]:
-        assert rec["regions"] == test[rec["id"]]["regions"]
-    assert set(rep["localization"]) == {"model"} and set(rep["sanity"]) == {"model"}  # "plain" has no maps
-    loc = rep["localization"]["model"]
-    overall = loc["summary"]["overall"]
+    for rec in rep.pairs:
+        assert [(g.type, g.before, g.after) for g in rec.regions] == [
+            (r["type"], r["before"] and tuple(r["before"]), r["after"] and tuple(r["after"])) for r in test[rec.id]["regions"]]
+    # "plain" has no maps
+    assert rep.runs["model"].localization is not None and rep.runs["plain"].localization is None
+    assert rep.runs["model"].sanity is not None and rep.runs["plain"].sanity is None
+    loc = rep.runs["model"].localization
+    overall = loc.summary.overall
     assert {"feature_difference", "pixel_difference", "uniform"} <= set(overall)
     # the baselines, scored on the generated boxes: the pixel difference finds the changes, a flat map
     # scores its area share
-    assert overall["pixel_difference"]["pointing"] > overall["uniform"]["pointing"] + 0.3
-    assert overall["uniform"]["energy"] == pytest.approx(overall["uniform"]["area"], abs=1e-6)
+    assert overall["pixel_difference"].pointing > overall["uniform"].pointing + 0.3
+    assert overall["uniform"].energy == pytest.approx(overall["uniform"].area, abs=1e-6)
     with_boxes = {i for i, r in test.items() if any(x["type"] not in ("viewpoint", "illumination") for x in r["regions"])}
-    assert set(loc["pairs"]) == with_boxes and loc["n_pairs"] == len(with_boxes)
-    assert all(0 <= v <= 1 for row in loc["pairs"].values() for v in row.values() if v is not None)
+    assert set(loc.pairs) == with_boxes and loc.n_pairs == len(with_boxes)
+    assert all(0 <= v <= 1 for row in loc.pairs.values() for v in row.values() if v is not None)
 
 

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from analysis.grounding import GroundingChecks, check_grounding, report_rows, says_no_change, swaps
+from analysis.grounding import GroundingChecks, check_grounding, says_no_change, swaps
 from m3diff.data.record import DiffPair
 from m3diff.describing import Description
 
@@ -175,8 +175,12 @@ def test_the_distinct_ceiling_is_reported_beside_the_share():
 
     blind = check_grounding(Constant(), _pairs(), identical=0, loss_fn=flat, facts=facts)
     assert any(f.startswith("distinct captions 0% < 90%") and "83%" in f for f in blind.flags)
-    rows = report_rows({"grounding": {"models": {"blind": blind.to_dict(), "none": check_grounding(
-        Constant(), _pairs(), identical=0, loss_fn=flat).to_dict()}}})
+    from analysis.render import grounding_rows
+    from analysis.report import GroundingSection, Report, ReportMeta
+
+    none = check_grounding(Constant(), _pairs(), identical=0, loss_fn=flat)
+    report = Report(ReportMeta(), {}, [], grounding=GroundingSection("d", "test", 24, {"blind": blind, "none": none}))
+    rows = grounding_rows(report)
     assert rows[0]["distinct captions"] == "0% (ceiling 83%)" and rows[1]["distinct captions"] == "0%"
 
 

@@ -76,18 +76,21 @@ def test_eval_cli_writes_four_reports(dataset, cli_scorer, capsys):
     assert rc == 0
     for f in ("report.json", "scores.csv", "table.tex", "report.html"):
         assert (out / f).stat().st_size > 0
-    rep = json.loads((out / "report.json").read_text())
-    assert set(rep["overall"]) >= {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "n", "ci"}
-    assert rep["overall"]["SPICE"] is None and rep["overall"]["n"] == 60
-    assert all("n" in v and "CIDEr-D" in v for v in rep["per_type"].values())
-    assert len(rep["pairs"]) == 60 and {"id", "caption", "refs", "types", "domain", "CIDEr-D", "BLEU-4"} <= set(rep["pairs"][0])
+    from analysis.report import Report
+
+    report = Report.loads((out / "report.json").read_text())
+    overall = report.run.scores.overall
+    assert set(overall.scores) >= {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE"} and set(overall.ci) == set(overall.scores)
+    assert overall.scores["SPICE"] is None and overall.n == 60
+    assert all(s.n > 0 and s.scores["CIDEr-D"] is not None for s in report.run.scores.per_type.values())
+    assert len(report.pairs) == 60 and report.pairs[0].score.refs and "BLEU-4" in report.pairs[0].score.scores
     assert "Real" in (out / "table.tex").read_text() and "Render" in (out / "table.tex").read_text()
     assert "plotly" in (out / "report.html").read_text()
     # the protocol card: in report.json, the page and the table's caption
-    card = rep["protocol"]
-    assert card["pairs"] == 60 and card["spice"] is False and card["meteor"] is True
-    assert card["scorer"].startswith("pycocoevalcap ") and "CIDEr-D" in card["cider"] and card["scale"] == "×100"
-    assert card["id_matching"] == "exact" and card["left_out"] == {}
+    card = report.run.protocol
+    assert card.pairs == 60 and card.spice is False and card.meteor is True
+    assert card.scorer.startswith("pycocoevalcap ") and "CIDEr-D" in card.cider and card.scale == "×100"
+    assert card.id_matching == "exact" and card.left_out == {}
     assert "<h2>Protocol</h2>" in (out / "report.html").read_text() and "not CIDEr" in (out / "report.html").read_text()
     caption = next(line for line in (out / "table.tex").read_text().splitlines() if line.startswith("\\caption{"))
     assert "pycocoevalcap" in caption and "60 pairs" in caption and "x100" in caption
@@ -191,8 +194,10 @@ def test_references_keyed_by_image_file_match_predictions_keyed_by_id(tmp_path, 
     out, err = capsys.readouterr()
     assert json.loads(out)["overall"]["n"] == 30
     assert err.count("differ only by an image extension") == 1 and "'256' for '256.png'" in err
-    report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    assert report["protocol"]["id_matching"] == "image extension"
+    from analysis.report import Report
+
+    report = Report.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report.run.protocol.id_matching == "image extension"
 
 
 def test_very_long_captions_are_cut_with_a_warning_and_scored_quickly(dataset, cli_scorer, capsys):

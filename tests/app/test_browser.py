@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import app
+from webapp.services import default_report_paths
 from tests.app.test_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def live_app(tmp_path):
     import json
 
     reports = []
-    for path in app.default_report_paths():
+    for path in default_report_paths():
         rep = json.loads(path.read_text(encoding="utf-8"))
         rep["meta"]["references"] = "runs/not-on-a-fresh-clone"
         reports.append(tmp_path / path.name)
@@ -47,7 +48,7 @@ def live_app(tmp_path):
     demo = app.build_app(app.load_services(config))
     app.launch(demo, config, prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{config.port}/", localized_ids(config.reports or app.default_report_paths())
+        yield f"http://127.0.0.1:{config.port}/", localized_ids(config.reports or default_report_paths())
     finally:
         demo.close()
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import app
+from webapp.services import default_report_paths
 from analysis.evidence import BOX_COLOURS, map_choices, map_overlays, pair_pictures
 from analysis.report import read_report
-from analysis.tables import pair_record
 
 
 @pytest.fixture(scope="module")
@@ -27,78 +27,78 @@ def _has_colour(image: Image.Image, colour, tol: int = 40) -> int:
 
 
 def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generated_file, services):
-    report = read_report(generated_file)
-    loc = report["localization"]["m3diff"]["pairs"]
+    loaded = read_report(generated_file)
+    report = loaded.report
+    loc = report.run.localization.pairs
     # a pair the pixel difference hits and the model's feature difference does not (the fixture's maps
     # are scored, not typed): the view must say both, each for its own map
     pid = next(p for p, s in loc.items() if s["pixel_difference"] == 1.0 and s["feature_difference"] < 1.0)
     traced = []
     pair, hb, ha, legend, text = app.error_pair(lambda b, a: traced.append(b) or app._traced(services.captioner, b, a),
-                                                report, pid)
+                                                loaded, pid)
     assert [b.size for b in traced] == [(64, 64)]  # the loaded model ran on the regenerated pair, as generated
     assert "regenerated" in text and "seed 7" in text
     assert "pixel difference **hit**" in text and "‖P(F′1) − P(F′2)‖ **" in text
     assert "‖P(F′1) − P(F′2)‖ **hit**" not in text
-    record = pair_record(report, pid)
-    boxes_b = [r["before"] for r in record["regions"] if r["before"]]
-    boxes_a = [r["after"] for r in record["regions"] if r["after"]]
+    record = report.pair(pid)
+    boxes_b = [r.before for r in record.regions if r.before]
+    boxes_a = [r.after for r in record.regions if r.after]
     assert (_has_colour(pair[0], BOX_COLOURS["before"]) > 0) == bool(boxes_b)
     assert (_has_colour(pair[1], BOX_COLOURS["after"]) > 0) == bool(boxes_a)
     assert _has_colour(hb, BOX_COLOURS["before"]) == _has_colour(pair[0], BOX_COLOURS["before"]) or not boxes_b
     # the regenerated images are the generator's, pixel for pixel
     from m3diff.data.synth.generator import SynthConfig, regenerate
 
-    _, before, _ = regenerate(SynthConfig(**report["meta"]["generator"]), pid)
+    _, before, _ = regenerate(SynthConfig(**report.meta.generator), pid)
     assert np.array_equal(np.asarray(traced[0]), np.asarray(before))
     # shown enlarged (128-px pairs are too small to see a box on), boxes scaled with the image
     assert pair[0].size == hb.size == ha.size == (384, 384)
     which, shown, box = ("before", hb, boxes_b[0]) if boxes_b else ("after", ha, boxes_a[0])
-    x0, y0, x1, y1 = (6 * v for v in box)  # 64 → 384 px
+    x0, y0, x1, y1 = (int(6 * v) for v in box)  # 64 → 384 px
     edge = np.asarray(shown)[y0:y1, x0:x0 + 2].astype(int)  # the box's left side, on the map
     assert (np.abs(edge - np.array(BOX_COLOURS[which])).sum(-1) < 40).mean() > 0.8
     assert "colour-legend" in legend and "‖P(F′1) − P(F′2)‖" in legend  # the map every model has
     # and which true changes the caption named, with what it said of the new value
-    hits = report["changes"]["m3diff"]["pairs"][pid]
+    hits = report.run.changes.pairs[pid]
     assert hits and "**Changes**" in text
     for h in hits:
-        assert f"- {h['type']} · {h['object']}: " in text
-    from analysis.evidence import change_lines
+        assert f"- {h.type} · {h.object}: " in text
+    from analysis.render import change_lines
 
-    own = [p for p in report["pairs"] if p["caption"] == p["refs"][0] and report["changes"]["m3diff"]["pairs"][p["id"]]]
+    own = [p for p in report.pairs if p.score.caption == p.score.refs[0] and report.run.changes.pairs[p.id]]
     assert own  # a caption that is the pair's own reference names every change and says each new value
     for p in own:
         lines = change_lines(report, p)
         assert "not named" not in lines and "✗" not in lines and lines.count("\n- ") == len(
-            report["changes"]["m3diff"]["pairs"][p["id"]]), lines
+            report.run.changes.pairs[p.id]), lines
 
 
-def test_the_errors_text_says_what_the_caption_said_of_each_change():
-    from analysis.evidence import change_lines
+def test_the_errors_text_says_what_the_caption_said_of_each_change(tmp_path):
+    from analysis.changes import ChangeHit
+    from analysis.render import change_lines
+    from analysis.report import ChangesRun
+    from tests.analysis.conftest import make_report
 
-    record = {"id": "p1"}
-    hits = [{"type": "ocr", "object": "sign", "named": True, "recalled": True, "value_right": False,
-             "old": "DELI", "new": "RUBY", "stated": ["PEARL"]},
-            {"type": "color", "object": "red cube", "named": True, "recalled": True, "value_right": True,
-             "old": "red", "new": "green", "stated": ["green", "red"]},
-            {"type": "addition", "object": "blue ball", "named": True, "recalled": False, "value_right": None},
-            {"type": "pose", "object": "person in red", "named": False, "recalled": False, "value_right": False,
-             "old": "standing", "new": "arms_up", "stated": []}]
-    rep = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}, "pairs": {"p1": hits, "p2": []}}}}
-    text = change_lines(rep, record)
+    report = read_report(make_report(tmp_path)).report
+    hits = [ChangeHit("ocr", "sign", True, True, False, "DELI", "RUBY", ("PEARL",)),
+            ChangeHit("color", "red cube", True, True, True, "red", "green", ("green", "red")),
+            ChangeHit("addition", "blue ball", True, False, None),
+            ChangeHit("pose", "person in red", False, False, False, "standing", "arms_up", ())]
+    report.run.changes = ChangesRun(None, {"p1": hits, "p2": []})
+    text = change_lines(report, report.pair("p1"))
     assert "- ocr · sign: named · DELI → RUBY: said PEARL ✗" in text
     assert "- color · red cube: named · red → green: said green, red ✓" in text
     assert "- addition · blue ball: object named, not the change" in text
     assert "- pose · person in red: not named (standing → arms up)" in text
-    assert "none to name" in change_lines(rep, {"id": "p2"})
-    old = {"meta": {"run": "m3diff"}, "changes": {"m3diff": {"overall": {}}}}
-    assert "run `m3diff eval` again" in change_lines(old, record)
-    assert change_lines({"meta": {"run": "m3diff"}}, record) == ""  # real data: no truth to compare with
+    assert "none to name" in change_lines(report, report.pair("p2"))
+    report.run.changes = None
+    assert change_lines(report, report.pair("p1")) == ""  # real data: no truth to compare with
 
 
 def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):
-    report = read_report(generated_file)
-    nc = next(p for p in report["pairs"] if p.get("no_change"))
-    *_, text = app.error_pair(lambda b, a: None, report, nc["id"])
+    loaded = read_report(generated_file)
+    nc = next(p for p in loaded.report.pairs if p.no_change)
+    *_, text = app.error_pair(lambda b, a: None, loaded, nc.id)
     assert "no changed box" in text and "regenerated" in text
     # settings that did not make these pairs: nothing is shown rather than another pair
     for change in ({"seed": 8}, {"no_change": 0.0}):
@@ -107,13 +107,13 @@ def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_the
         path = generated_file.with_name(f"other{len(change)}{next(iter(change))}.json")
         path.write_text(json.dumps(other))
         rep = read_report(path)
-        pics = [pair_pictures(rep, p) for p in rep["pairs"]]
+        pics = [pair_pictures(rep, p.id) for p in rep.report.pairs]
         assert sum(p is None for p in pics) >= (len(pics) if "seed" in change else 1)
     bad = json.loads(generated_file.read_text())
     bad["meta"]["generator"] = {"seed": 7, "references": 10**9}  # a visitor's report cannot make the server work forever
     path = generated_file.with_name("bad.json")
     path.write_text(json.dumps(bad))
-    *_, text = app.error_pair(lambda b, a: None, read_report(path), report["pairs"][2]["id"])
+    *_, text = app.error_pair(lambda b, a: None, read_report(path), loaded.report.pairs[2].id)
     assert "does not say where" in text
 
 
@@ -182,24 +182,26 @@ def test_maps_land_on_the_right_place_of_a_non_square_image():
 def test_the_shipped_reports_carry_their_evidence_and_their_pairs_are_redrawn_as_scored():
     """The Dashboard panel and the Errors tab read these sections; the shipped reports' images do not
     ship, so every pair must regenerate to the very pair that was scored (types and boxes)."""
-    import json
-
-    from analysis.evidence import generator_settings, pair_pictures, run_localization
+    from analysis.evidence import generator_settings
+    from analysis.report import Region
     from m3diff.data.synth.generator import regenerate
 
-    paths = app.default_report_paths()
+    paths = default_report_paths()
     assert paths
     for path in paths:
-        rep = json.loads(path.read_text(encoding="utf-8"))
-        run = rep["meta"]["run"]
-        loc = run_localization(rep)
-        assert loc is not None and loc["pairs"] and "feature_difference" in loc["summary"]["maps"], path
-        assert run in rep["sanity"] and rep["sanity"][run]["steps"], path
-        assert len(rep["changes"][run]["pairs"]) == rep["overall"]["n"], path  # the Errors tab's change lines
-        scored = [p for p in rep["pairs"] if p["id"] in loc["pairs"]][:3]
+        loaded = read_report(path)
+        rep = loaded.report
+        loc = rep.run.localization
+        assert loc is not None and loc.pairs and "feature_difference" in loc.summary.maps, path
+        assert rep.run.sanity is not None and rep.run.sanity.steps, path
+        assert len(rep.run.changes.pairs) == rep.run.scores.overall.n, path  # the Errors tab's change lines
+        assert rep.run.protocol is not None, path
+        scored = [p for p in rep.pairs if p.id in loc.pairs][:3]
         for record in scored:
-            pictures = pair_pictures(rep, record)
+            pictures = pair_pictures(loaded, record.id)
             assert pictures is not None and "regenerated" in pictures.source
-            truth, _, _ = regenerate(generator_settings(rep), record["id"])
-            assert truth["regions"] == record["regions"] and truth["captions"] == record["refs"]
-            assert pictures.before.size == (rep["meta"]["generator"]["size"],) * 2
+            truth, _, _ = regenerate(generator_settings(loaded), record.id)
+            box = lambda b: None if b is None else tuple(float(v) for v in b)  # noqa: E731
+            assert [Region(r["type"], box(r["before"]), box(r["after"])) for r in truth["regions"]] == record.regions
+            assert truth["captions"] == record.score.refs
+            assert pictures.before.size == (int(rep.meta.generator["size"]),) * 2

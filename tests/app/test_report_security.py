@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import app
-from analysis.report import pair_images, read_report
+from analysis.report import read_report
 from tests.analysis.conftest import make_report
+from webapp.reports import ReportStore
 
 
 def _upload(tmp_path, report: dict) -> Path:
@@ -21,23 +23,24 @@ def test_image_paths_outside_the_operators_folders_are_never_opened(tmp_path, mo
     report = json.loads(Path(elsewhere).read_text())
     secret = Path(report["meta"]["references"]) / "images" / "p0_b.png"
     assert secret.is_file()
+    # paths a report might try to name beside its pairs: not part of a report, never looked at
     report["pairs"][0]["before"], report["pairs"][0]["after"] = str(secret), str(secret)
     report["pairs"][1]["before"], report["pairs"][1]["after"] = "/etc/passwd", "../../../../etc/passwd"
     allowed = (tmp_path / "operator",)
 
     opened = []
-    real_is_file = Path.is_file
-    monkeypatch.setattr(Path, "is_file", lambda self: opened.append(str(self)) or real_is_file(self))
+    for name in ("is_file", "exists"):
+        real = getattr(Path, name)
+        monkeypatch.setattr(Path, name, lambda self, real=real: opened.append(str(self)) or real(self))
     loaded = read_report(_upload(tmp_path, report), allowed=allowed)
     # meta.references leads outside: the dataset is not read, no pair resolves
-    assert loaded["_images"] == {}
-    for record in loaded["pairs"]:
-        assert pair_images(loaded, record) is None
+    assert loaded.images == {} and loaded.references_dir is None
+    assert all(loaded.pair_files(p.id) is None for p in loaded.report.pairs)
     assert not any("elsewhere" in p or "passwd" in p for p in opened)  # not even probed
 
     # the same report, trusted (the operator named it), still shows its images
     trusted = read_report(Path(elsewhere))
-    assert pair_images(trusted, trusted["pairs"][0]) == (str(secret), str(secret.with_name("p0_a.png")))
+    assert trusted.pair_files("p0") == (str(secret), str(secret.with_name("p0_a.png")))
 
 
 def test_a_report_over_the_operators_data_still_shows_its_pairs(tmp_path):
@@ -45,21 +48,22 @@ def test_a_report_over_the_operators_data_still_shows_its_pairs(tmp_path):
     report = json.loads(Path(operator).read_text())
     data = Path(report["meta"]["references"])
     loaded = read_report(_upload(tmp_path, report), allowed=(data,))
-    files = pair_images(loaded, loaded["pairs"][0])
+    files = loaded.pair_files("p0")
     assert files and all(Path(f).is_file() and data in Path(f).resolve().parents for f in files)
 
 
 def test_a_symlink_out_of_an_allowed_folder_is_refused(tmp_path):
     elsewhere = make_report(tmp_path / "elsewhere", "secret")
-    outside = Path(json.loads(Path(elsewhere).read_text())["meta"]["references"]) / "images" / "p0_b.png"
+    data = Path(json.loads(Path(elsewhere).read_text())["meta"]["references"])
     allowed = tmp_path / "operator"
-    allowed.mkdir()
-    (allowed / "link.png").symlink_to(outside)
-    report = json.loads(Path(make_report(tmp_path / "r", "m3diff")).read_text())
-    report["meta"].pop("references")
-    report["pairs"][0]["before"] = report["pairs"][0]["after"] = str(allowed / "link.png")
+    shutil.copytree(data, allowed)
+    (allowed / "images" / "p0_b.png").unlink()
+    (allowed / "images" / "p0_b.png").symlink_to(data / "images" / "p0_b.png")  # a file of elsewhere
+    report = json.loads(Path(elsewhere).read_text())
+    report["meta"]["references"] = str(allowed)
     loaded = read_report(_upload(tmp_path, report), allowed=(allowed,))
-    assert pair_images(loaded, loaded["pairs"][0]) is None
+    # the link leads out: the dataset reader refuses the folder, so no pair of it is shown
+    assert loaded.pair_files("p0") is None and loaded.images == {}
 
 
 def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_path):
@@ -68,10 +72,11 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
     elsewhere = make_report(tmp_path / "elsewhere", "secret")
     report = json.loads(Path(elsewhere).read_text())
     services = app.Services(captioner=object(), reports={}, config=app.AppConfig())
-    allowed = app.operator_folders(services)
+    allowed = services.operator_folders()
     assert app.EXAMPLES_DIR in allowed
-    reports, *_ = app.add_report({}, str(_upload(tmp_path, report)), "CIDEr-D", allowed)
-    uploaded = reports["report"]
+    store = services.reports
+    state, *_ = app.add_report(store, store.initial(), str(_upload(tmp_path, report)), "CIDEr-D", allowed)
+    uploaded = store.resolve(state)[0]["report"]
     calls = []
     image, hb, ha, legend, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
     assert image is None and not calls and "does not say where" in text
@@ -79,24 +84,25 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
 
 def test_a_bad_report_upload_keeps_the_dashboard_as_it_was(tmp_path):
     """It used to raise, turning the chart and every table into "Error" until the metric changed."""
-    good = read_report(make_report(tmp_path / "g", "m3diff"))
+    store = ReportStore({"m3diff": read_report(make_report(tmp_path / "g", "m3diff"))})
     bad = tmp_path / "bad.json"
     bad.write_text('{"not": "a report"}')
-    before = app.dashboard_view({"m3diff": good}, "CIDEr-D")
-    reports, *views = app.add_report({"m3diff": good}, str(bad), "CIDEr-D")
-    assert list(reports) == ["m3diff"]
+    state = store.initial()
+    before = app.dashboard_view(store, state, "CIDEr-D")
+    after, *views = app.add_report(store, state, str(bad), "CIDEr-D")
+    assert after == state
     as_data = lambda v: v if isinstance(v, str) else v.to_dict()  # noqa: E731  (tables and Markdown notes)
-    assert [as_data(v) for v in views[1:]] == [as_data(v) for v in before[1:]]  # the tables, unchanged
+    assert [as_data(v) for v in views[2:]] == [as_data(v) for v in before[2:]]  # the tables, unchanged
 
 
 def test_deltas_between_different_pair_sets_say_so(tmp_path):
-    from analysis.tables import delta_table
+    from analysis.render import delta_table
 
-    a = read_report(make_report(tmp_path / "a", "m3diff"))
-    b = json.loads(Path(make_report(tmp_path / "b", "other", shift=2.0)).read_text())
+    a = read_report(make_report(tmp_path / "a", "m3diff")).report
+    b = read_report(make_report(tmp_path / "b", "other", shift=2.0)).report
     same = delta_table({"m3diff": a, "other": b})
     assert set(same["pairs"]) == {"same"}
-    b["pairs"] = b["pairs"][:2]  # another run over fewer pairs
-    b["overall"]["n"] = 2
+    b.pairs = b.pairs[:2]  # another run over fewer pairs
+    b.run.scores.overall.n = 2
     different = delta_table({"m3diff": a, "other": b})
     assert (different["pairs"] == "DIFFERENT pair sets: not comparable").all()

@@ -31,13 +31,15 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
 
     assert DiffCaptioner.from_pretrained(dest).uses_mdp
     assert not DiffCaptioner.from_pretrained(dest / "twin").uses_mdp
-    assert json.loads((dest / "reports" / "m3diff.json").read_text())["overall"]["CIDEr-D"] == 25.0
+    from analysis.report import read_report
+
+    assert read_report(dest / "reports" / "m3diff.json").report.run.scores.overall.scores["CIDEr-D"] == 25.0
     assert (dest / "reports" / "no_mdp.json").is_file()
     card = (dest / "README.md").read_text()
     assert "stopped at step 2 of the 3-step schedule" in card
     params = DiffCaptioner.from_pretrained(dest).info.parameters["total"]
     assert f"| parameters | {params / 1e6:.2f} M |" in card
-    assert "CIDEr-D overall 25.0 (bar: >= 40; long-term >= 100): NOT met" in card
+    assert "CIDEr-D overall 25.0 (bar: >= 80; long-term >= 100): NOT met" in card
     # a twin's report alone gives no paired interval: the bar is not called met on the means
     assert "ahead of the no-MDP twin (25.0 vs 20.0; no paired interval in the report): NOT met" in card
     assert "(not measured: run `m3diff probe`" in card
@@ -46,16 +48,26 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
     assert "m3diff train …" in card
 
 
+def _report(tmp_path, name, **run):
+    from dataclasses import replace
+
+    from analysis.report import read_report
+
+    rep = read_report(make_report(tmp_path / name, name)).report
+    rep.runs[name] = replace(rep.run, **run)
+    return rep
+
+
 def test_the_cards_localization_table_shows_each_models_maps_beside_the_baselines_once(tmp_path):
     """Scored by the real evaluation on generated pairs: a "model" whose map is the pixel difference
     itself must score exactly what the baseline scores, and the twin's map its own numbers."""
     import numpy as np
 
     from analysis.localization import baseline_maps, evaluate_localization
+    from analysis.render import map_pointing_md
     from m3diff.cli import main
     from m3diff.data.readers import read_dataset
     from m3diff.images import load_image
-    from training.card import map_pointing_table
 
     data = tmp_path / "synth"
     assert main(["synth", "--out", str(data), "--pairs", "40", "--seed", "4", "--size", "64", "--quiet"]) == 0
@@ -63,49 +75,55 @@ def test_the_cards_localization_table_shows_each_models_maps_beside_the_baseline
     copy = {p.id: {"feature_difference": baseline_maps(load_image(p.before), load_image(p.after), 8)["pixel_difference"]}
             for p in pairs}
     flat = {p.id: {"feature_difference": np.ones((2, 8, 8))} for p in pairs}
-    mdp = {"meta": {"run": "m3diff"}, "localization": {"m3diff": evaluate_localization(copy, pairs)}}
-    twin = {"meta": {"run": "no_mdp"}, "localization": {"no_mdp": evaluate_localization(flat, pairs)}}
-    table = map_pointing_table({"MDP": mdp, "twin": twin}).splitlines()
+    mdp = _report(tmp_path, "m3diff", localization=evaluate_localization(copy, pairs))
+    twin = _report(tmp_path, "no_mdp", localization=evaluate_localization(flat, pairs))
+    table = map_pointing_md({"MDP": mdp, "twin": twin}).splitlines()
     rows = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): r for r in table[2:]}
-    assert set(rows) == {("MDP", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"), ("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"),
-                         ("—", "pixel difference (baseline)"), ("—", "uniform map (chance)")}
+    label = "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads"
+    assert set(rows) == {("MDP", label), ("twin", label), ("—", "pixel difference (baseline)"),
+                         ("—", "uniform map (chance)")}
     cells = lambda r: r.strip("|").split("|")[2:]  # noqa: E731
-    assert cells(rows[("MDP", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads")]) == cells(rows[("—", "pixel difference (baseline)")])
-    assert cells(rows[("twin", "‖P(F′1) − P(F′2)‖, the image tokens the LLM reads")]) == cells(rows[("—", "uniform map (chance)")])
-    single = mdp["localization"]["m3diff"]["summary"]["per_setting"]["single"]["pixel_difference"]
-    assert f"{100 * single['pointing']:.0f}%" == cells(rows[("—", "pixel difference (baseline)")])[0].strip()
+    assert cells(rows[("MDP", label)]) == cells(rows[("—", "pixel difference (baseline)")])
+    assert cells(rows[("twin", label)]) == cells(rows[("—", "uniform map (chance)")])
+    single = mdp.run.localization.summary.per_setting["single"]["pixel_difference"]
+    assert f"{100 * single.pointing:.0f}%" == cells(rows[("—", "pixel difference (baseline)")])[0].strip()
 
 
-def test_the_cards_tables_go_on_by_number_of_changes_with_caption_lengths():
-    from tests.analysis.conftest import slice_json
-    from training.card import comparison_table, report_tables
+def test_the_cards_tables_go_on_by_number_of_changes_with_caption_lengths(tmp_path):
+    from analysis.render import comparison_md, score_tables_md
+    from tests.analysis.conftest import slice_result
 
-    rep = {"overall": slice_json(10, 40.0, words={"caption": 26.0, "references": 35.2}),
-           "per_domain": {}, "per_type": {"ocr": slice_json(4, 8.5)},
-           "per_changes": {"1": slice_json(6, 80.4, words={"caption": 16.0, "references": 20.0}),
-                           "4": slice_json(4, 5.1, words={"caption": 45.0, "references": 67.0})}}
-    table = report_tables(rep, ("CIDEr-D",))
+    rep = _report(tmp_path, "m3diff")
+    bd = rep.run.scores
+    bd.overall = slice_result(10, 40.0, kind="overall", words={"caption": 26.0, "references": 35.2})
+    bd.per_domain, bd.per_type = {}, {"ocr": slice_result(4, 8.5)}
+    bd.per_changes = {"1": slice_result(6, 80.4, kind="changes", words={"caption": 16.0, "references": 20.0}),
+                      "4": slice_result(4, 5.1, kind="changes", words={"caption": 45.0, "references": 67.0})}
+    table = score_tables_md(rep, ("CIDEr-D",))
     assert "| slice | n | CIDEr-D | words (caption / references) |" in table
     assert "| overall | 10 | 40.0 | 26 / 35 |" in table and "| type: ocr | 4 | 8.5 |  |" in table
     assert table.index("| 1 change | 6 | 80.4 | 16 / 20 |") < table.index("| 4 changes | 4 | 5.1 | 45 / 67 |")
-    twin = {**rep, "per_changes": {"4": slice_json(4, 3.0)}}
-    both = comparison_table({"m3diff": rep, "no_mdp": twin})
+    twin = _report(tmp_path, "no_mdp")
+    twin.run.scores.overall, twin.run.scores.per_domain, twin.run.scores.per_type = bd.overall, {}, bd.per_type
+    twin.run.scores.per_changes = {"4": slice_result(4, 3.0, kind="changes")}
+    both = comparison_md({"m3diff": rep, "no_mdp": twin})
     assert "| 4 changes | 4 | 5.1 | 3.0 |" in both and "| 1 change | 6 | 80.4 | – |" in both
 
 
-def test_the_cards_change_table_shows_each_models_own_run():
-    from training.card import change_naming_table
+def test_the_cards_change_table_shows_each_models_own_run(tmp_path):
+    from analysis.changes import ChangeScore, ChangeSummary
+    from analysis.render import change_naming_md
+    from analysis.report import ChangesRun
 
-    def summary(recall, value):
-        return {"overall": {"recall": recall, "precision": 0.5, "value_recall": value},
-                "per_type": {"ocr": {"recall": recall, "precision": 0.5, "value_recall": 0.0}}}
+    def changes(recall, value):
+        score = ChangeScore(4, 4, recall, recall, 4, 0.5, 2, 4, value)
+        return ChangesRun(ChangeSummary(score, {"ocr": ChangeScore(2, 2, recall, recall, 2, 0.5, 1, 2, 0.0)}))
 
-    mdp = {"meta": {"run": "m3diff"}, "changes": {"m3diff": summary(0.4, 0.1), "no_mdp": summary(0.9, 0.9)}}
-    twin = {"meta": {"run": "no_mdp"}, "changes": {"no_mdp": summary(0.2, 0.05)}}
-    table = change_naming_table({"M3Diff": mdp, "twin": twin}).splitlines()
+    mdp = _report(tmp_path, "m3diff", changes=changes(0.4, 0.1))
+    twin = _report(tmp_path, "no_mdp", changes=changes(0.2, 0.05))
+    table = change_naming_md({"M3Diff": mdp, "twin": twin}).splitlines()
     assert table[0] == ("| slice | M3Diff: recall % | M3Diff: precision % | M3Diff: new value said % | twin: recall % "
                         "| twin: precision % | twin: new value said % |")
-    # the MDP report's copy of the twin's run is not shown as the MDP model's
     assert table[2] == "| overall | 40.0 | 50.0 | 10.0 | 20.0 | 50.0 | 5.0 |"
     assert table[3] == "| ocr | 40.0 | 50.0 | 0.0 | 20.0 | 50.0 | 0.0 |"
-    assert change_naming_table({"M3Diff": {"meta": {"run": "m3diff"}}}) == ""
+    assert change_naming_md({"M3Diff": _report(tmp_path, "plain")}) == ""
