@@ -1,0 +1,163 @@
+"""The app's screenshots in docs/images, made by walking the served app in headless Chromium.
+
+    .venv/bin/python scripts/screenshots.py [--out docs/images]
+
+The same walk is the browser test (tests/app/test_browser.py), which writes its screenshots to a
+temporary folder: only this script writes into docs/. The app is served as on a fresh clone, where the
+evaluation data the shipped reports name does not exist, so the Errors tab redraws their pairs from
+the generator's settings.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from analysis.report import Report
+
+HERE = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TABS = ("describe", "dashboard", "errors", "localization")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def localized_ids(reports: list[Report]) -> set[str]:
+    """Pair ids that a report's localization scored (they have a hit or miss to show)."""
+    return {pid for rep in reports for run in rep.runs.values() if run.localization
+            for pid in run.localization.pairs}
+
+
+@contextlib.contextmanager
+def served_as_fresh_clone(folder: Path):
+    """The app as `python app.py` starts it (default model, the shipped reports), with the reports'
+    data folder pointed where no data is; yields (url, ids of pairs with a localization score)."""
+    import app
+    from webapp.services import default_report_paths
+
+    reports, paths = [], []
+    for path in default_report_paths():
+        rep = Report.loads(path.read_text(encoding="utf-8"), name=path.name)
+        rep.meta.references = "runs/not-on-a-fresh-clone"
+        reports.append(rep)
+        paths.append(str(rep.save(folder / path.name)))
+    config = app.AppConfig(port=free_port(), reports=tuple(paths))
+    demo = app.build_app(app.load_services(config))
+    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{config.port}/", localized_ids(reports)
+    finally:
+        demo.close()
+
+
+def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Path]:
+    """Describe a pair, read the Dashboard and open a pair of the Errors tab, checking what each view
+    must show on the way; a screenshot of each into ``shots``."""
+    from playwright.sync_api import sync_playwright
+
+    assert scored, "the reports' localization scored no pair"
+    ex = HERE / "examples" / "images"
+    shots.mkdir(parents=True, exist_ok=True)
+    out = {tab: shots / f"app_{tab}.png" for tab in TABS}
+    with sync_playwright() as pw:
+        # a fresh profile per run: launch_persistent_context is Playwright's way to pass --user-data-dir
+        browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
+                                                        viewport={"width": 1400, "height": 1000})
+        page = browser.new_page()
+        page.goto(url, wait_until="load")
+        page.locator("#describe-btn").wait_for(timeout=30_000)
+        # what the loaded model knows and how good it measured, above the caption
+        statement = page.locator("#model-statement").inner_text()
+        assert "generated scenes only" in statement and "measured CIDEr-D" in statement
+        # colour: a change whose object is large and plain to see, so the screenshot shows a caption
+        # that can be checked against its pair at a glance (the orange cylinder turns red)
+        page.locator("#before input[type=file]").set_input_files(str(ex / "color_before.png"))
+        page.locator("#after input[type=file]").set_input_files(str(ex / "color_after.png"))
+        page.locator("#before img").first.wait_for(timeout=20_000)
+        page.locator("#after img").first.wait_for(timeout=20_000)
+        page.locator("#describe-btn").click()
+        page.wait_for_function("() => document.querySelector('#caption textarea').value.length > 0", timeout=60_000)
+        # the Score chart: one plotly bar per MDP layer
+        page.locator("#score-plot .js-plotly-plot").wait_for(timeout=30_000)
+        bars = page.locator("#score-plot g.trace.bars path")
+        bars.first.wait_for(timeout=30_000)
+        assert bars.count() >= 1
+        # a heatmap over the before image
+        heat = page.locator("#heat-before img").first
+        heat.wait_for(timeout=30_000)
+        assert heat.get_attribute("src")
+        # the maps' one colour scale, with its range and units
+        legend = page.locator("#heat-legend .colour-legend")
+        legend.wait_for(timeout=30_000)
+        assert legend.get_attribute("data-vmin") == "0" and float(legend.get_attribute("data-vmax")) > 0
+        assert "attention weight" in legend.inner_text()
+        page.wait_for_timeout(1500)  # the stream's last tokens and the twin's box
+        caption = page.locator("#caption textarea").input_value()
+        assert "red" in caption.lower(), caption  # the new colour, named
+        page.screenshot(path=str(out["describe"]), full_page=True)
+
+        page.get_by_role("tab", name="Dashboard").click()
+        page.locator(".js-plotly-plot:visible").first.wait_for(timeout=20_000)
+        # the grounding checks of the shipped reports: one row per model
+        page.locator("text=same-scene swap >> visible=true").first.wait_for(timeout=20_000)
+        # how each report was scored: its protocol card
+        page.locator("#protocol-table").scroll_into_view_if_needed()
+        page.wait_for_function("() => ['pycocoevalcap', 'references per pair', 'CIDEr-D'].every("
+                               "w => document.querySelector('#protocol-table').textContent.includes(w))",
+                               timeout=20_000)
+        # does the model look at the change: each map beside the pixel difference and chance
+        panel = page.locator("#localization-panel")
+        panel.locator("#localization-pointing").get_by_text("pixel difference").first.wait_for(timeout=20_000)
+        panel.locator("#localization-energy").get_by_text("uniform (chance)").first.wait_for(timeout=20_000)
+        assert "‖ΔF‖" in panel.locator("#localization-pointing").inner_text()
+        notes = panel.locator("#localization-notes").inner_text()
+        assert "Sanity check, m3diff" in notes and "No change, m3diff" in notes
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out["dashboard"]), full_page=True)
+        panel.screenshot(path=str(out["localization"]))
+
+        page.get_by_role("tab", name="Errors").click()
+        table = page.locator("#errors-table")
+        table.wait_for(timeout=20_000)
+        table.locator("[data-testid=cell-0-0]").first.wait_for(timeout=20_000)  # gradio 6: a virtual grid of divs
+        # a pair the report's localization scored (the shipped pairs' images do not ship: regenerated)
+        cells = [table.locator(f"[data-testid=cell-{i}-0]").first for i in range(8)]
+        cell = next(c for c in cells if c.count() and c.inner_text().strip() in scored)
+        cell.click()
+        page.get_by_text("Prediction:").wait_for(timeout=60_000)
+        text = page.locator("#errors-text")
+        text.get_by_text("Pointing", exact=True).first.wait_for(timeout=60_000)
+        assert "regenerated" in text.inner_text()
+        assert any(w in text.inner_text() for w in ("hit", "miss"))
+        page.locator("#errors-pair img").first.wait_for(timeout=60_000)
+        page.locator("#errors-map-before img").first.wait_for(timeout=60_000)
+        page.locator("#errors-legend .colour-legend").wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(out["errors"]), full_page=True)
+        browser.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Make the app's screenshots by walking the served app in "
+                                             "headless Chromium (Debian's chromium, driven by Playwright).")
+    ap.add_argument("--out", type=Path, default=HERE / "docs" / "images", help="folder for app_*.png")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        with served_as_fresh_clone(Path(tmp)) as (url, scored):
+            for tab, path in tour(url, scored, args.out, Path(tmp) / "profile").items():
+                print(f"{tab}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
