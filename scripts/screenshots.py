@@ -67,7 +67,7 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
     assert scored, "the reports' localization scored no pair"
     ex = HERE / "examples" / "images"
     shots.mkdir(parents=True, exist_ok=True)
-    out = {tab: shots / f"app_{tab}.png" for tab in TABS}
+    describe_png, dashboard_png, errors_png, localization_png = (shots / f"app_{tab}.png" for tab in TABS)
     with sync_playwright() as pw:
         # a fresh profile per run: launch_persistent_context is Playwright's way to pass --user-data-dir
         browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
@@ -103,7 +103,7 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
         page.wait_for_timeout(1500)  # the stream's last tokens and the twin's box
         caption = page.locator("#caption textarea").input_value()
         assert "red" in caption.lower(), caption  # the new colour, named
-        page.screenshot(path=str(out["describe"]), full_page=True)
+        page.screenshot(path=str(describe_png), full_page=True)
 
         page.get_by_role("tab", name="Dashboard").click()
         page.locator(".js-plotly-plot:visible").first.wait_for(timeout=20_000)
@@ -122,8 +122,8 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
         notes = panel.locator("#localization-notes").inner_text()
         assert "Sanity check, m3diff" in notes and "No change, m3diff" in notes
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(out["dashboard"]), full_page=True)
-        panel.screenshot(path=str(out["localization"]))
+        page.screenshot(path=str(dashboard_png), full_page=True)
+        panel.screenshot(path=str(localization_png))
 
         page.get_by_role("tab", name="Errors").click()
         table = page.locator("#errors-table")
@@ -142,9 +142,9 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
         page.locator("#errors-map-before img").first.wait_for(timeout=60_000)
         page.locator("#errors-legend .colour-legend").wait_for(timeout=60_000)
         page.wait_for_timeout(2000)
-        page.screenshot(path=str(out["errors"]), full_page=True)
+        page.screenshot(path=str(errors_png), full_page=True)
         browser.close()
-    return out
+    return dict(zip(TABS, (describe_png, dashboard_png, errors_png, localization_png)))
 
 
 def main(argv=None) -> int:

@@ -7,24 +7,25 @@ from pathlib import Path
 
 from analysis import render
 from analysis.report import Report
+from training.recipe import Recipe, RunRecord
 
 
-def write_run_card(model_dir, meta: dict, steps: int, val_scores: dict, seconds: float) -> Path:
+def write_run_card(model_dir, run: RunRecord, steps: int, val_scores: dict, seconds: float) -> Path:
     """README.md in ``model_dir``: data, recipe, steps and the quick validation scores of a run."""
-    r = meta["recipe"]
+    r = run.recipe
     lines = [
-        f"# {r['name']}", "",
+        f"# {r.name}", "",
         "An M3Diff model (LLaVA-OneVision with the Multi-scale Differential Perception module) trained with "
         "`m3diff train`.", "",
         "## Training", "",
-        f"- data: {', '.join(meta['sources'])} ({meta['samples']} samples)",
-        f"- model: preset `{r['model']['preset']}` {json.dumps(r['model']['config']) if r['model']['config'] else ''}",
-        f"- LLM: {'LoRA rank %d, alpha %d' % (r['lora']['rank'], r['lora']['alpha']) if r['lora'] else 'fully trained (no LoRA: trained from scratch)'}",
-        f"- AdamW, lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with linear warm-up, "
-        f"global batch {r['batch']['global_batch']}",
-        f"- {steps} optimizer steps in {seconds / 60:.1f} min on {meta['world_size']} process(es)",
+        f"- data: {', '.join(run.sources)} ({run.samples} samples)",
+        f"- model: preset `{r.model.preset}` {json.dumps(r.model.config) if r.model.config else ''}",
+        f"- LLM: {'LoRA rank %d, alpha %d' % (r.lora.rank, r.lora.alpha) if r.lora else 'fully trained (no LoRA: trained from scratch)'}",
+        f"- AdamW, lr {r.optim.lr} (vision encoder {r.optim.lr_vision}), cosine with linear warm-up, "
+        f"global batch {r.batch.global_batch}",
+        f"- {steps} optimizer steps in {seconds / 60:.1f} min on {run.world_size} process(es)",
     ]
-    total = meta.get("total_steps")
+    total = run.total_steps
     if total and steps < total:
         lines.append(f"- **part-way**: step {steps} of a {total}-step schedule (the learning rate has not decayed "
                      "yet); `m3diff train --resume` continues the same schedule")
@@ -122,27 +123,27 @@ def paired_delta(rep: Report) -> tuple[float, tuple[float, float] | None] | None
     return None
 
 
-def grounding_line(recipe: dict) -> str:
-    g = recipe.get("grounding")
-    if not g:
+def grounding_line(recipe: Recipe) -> str:
+    g = recipe.grounding
+    if g is None:
         return "none: caption loss only"
     return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
             f"/ colour / size, changed patches, change type; per pair: the change types and, from each image's mean "
-            f"feature, the changed objects' kinds, colours, sizes and places), weight {g['weight']}, and "
-            f"scene-description samples ({g['scene_share']:.0%} of the caption samples) — `training/auxiliary.py`")
+            f"feature, the changed objects' kinds, colours, sizes and places), weight {g.weight}, and "
+            f"scene-description samples ({g.scene_share:.0%} of the caption samples) — `training/auxiliary.py`")
 
 
-def write_embedded_card(dest: Path, run_json: dict, rep: Report, twin_rep: Report | None, command: str,
+def write_embedded_card(dest: Path, run: RunRecord, rep: Report, twin_rep: Report | None, command: str,
                         latency: float | None, size_mb: float, twin_shipped: bool, notes: str = "",
                         steps: int | None = None, dest_run: Path | None = None) -> Path:
     """The embedded model's README.md: what it is, how it was made, and its evaluation (its report and
     its twin's, ``analysis.render``'s tables)."""
-    r = run_json["recipe"]
-    total = int(run_json["total_steps"])
+    r = run.recipe
+    total = run.total_steps
     steps = total if steps is None else steps
     part = "" if steps >= total else (f" — part-way: stopped at step {steps:,} of the {total:,}-step schedule "
                                       "(`--stop-at`); `--resume` continues it")
-    m = r["model"]
+    m = r.model
     reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
     meta = rep.meta
     text = f"""# m3diff embedded default model
@@ -156,12 +157,12 @@ not real photographs.
 
 | | |
 |---|---|
-| architecture | preset `{m['preset']}` {json.dumps(m['config']) if m['config'] else ''}: {architecture(dest)} |
+| architecture | preset `{m.preset}` {json.dumps(m.config) if m.config else ''}: {architecture(dest)} |
 | parameters | {parameter_count(dest) / 1e6:.2f} M |
-| tokenizer | byte-level BPE, vocabulary {m['tokenizer_vocab_size']}, trained on the training captions |
-| weights | {size_mb:.1f} MB safetensors ({r['save_dtype']}) |
-| training data | {run_json['samples']:,} samples ({'every reference caption of' if r['data']['every_caption'] else 'one caption per'} the train split of {', '.join(run_json['sources'])}) |
-| recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r['batch']['global_batch']}, AdamW lr {r['optim']['lr']} (vision encoder {r['optim']['lr_vision']}), cosine with {r['optim']['warmup_steps']} warm-up steps, {run_json['world_size']} process{part} |
+| tokenizer | byte-level BPE, vocabulary {m.tokenizer_vocab_size}, trained on the training captions |
+| weights | {size_mb:.1f} MB safetensors ({r.save_dtype}) |
+| training data | {run.samples:,} samples ({'every reference caption of' if r.data.every_caption else 'one caption per'} the train split of {', '.join(run.sources)}) |
+| recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r.batch.global_batch}, AdamW lr {r.optim.lr} (vision encoder {r.optim.lr_vision}), cosine with {r.optim.warmup_steps} warm-up steps, {run.world_size} process{part} |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
 | grounded training | {grounding_line(r)} |
 | training time | {f'{cpu:.0f} CPU-minutes (one thread)' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |

@@ -11,13 +11,13 @@ only when both models together stay within ``--limit-mb``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 from analysis.report import read_report
 from training.card import write_embedded_card
+from training.recipe import RunRecord
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "special_tokens_map.json")
@@ -50,13 +50,13 @@ def describe_latency(model_dir: Path, pairs, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def trained_steps(run_dir: Path, run_json: dict) -> int:
+def trained_steps(run_dir: Path, run: RunRecord) -> int:
     """The step the run's model was saved at: its latest checkpoint (a run stopped part-way with
     --stop-at), else the whole schedule."""
     latest = run_dir / "checkpoints" / "latest"
     if latest.is_file():
         return int(latest.read_text().strip().removeprefix("step-"))
-    return int(run_json["total_steps"])
+    return run.total_steps
 
 
 def main(argv=None) -> int:
@@ -96,9 +96,9 @@ def main(argv=None) -> int:
 
         pairs = [(p.before, p.after) for p in read_dataset(args.latency_pairs, split="test").pairs[:5]]
         latency = describe_latency(dest, pairs)
-    run_json = json.loads((args.run_json or args.model.parent / "run.json").read_text())
-    steps = trained_steps(args.model.parent, run_json)
-    write_embedded_card(dest, run_json, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps,
+    run = RunRecord.read(args.run_json or args.model.parent / "run.json")
+    steps = trained_steps(args.model.parent, run)
+    write_embedded_card(dest, run, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps,
                dest_run=args.model.parent)
     print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
           f"describe latency {latency if latency is None else round(latency, 3)} s")

@@ -11,16 +11,30 @@ in the recipe) and the output folder:
     ...
 
 ``load_recipe(path, overrides=["optim.lr=1e-3", ...])`` returns a ``Recipe`` or raises ``RecipeError``
-with the file, the key and what is wrong (unknown keys, wrong types, impossible batch arithmetic,
-missing data).
+with the file, the key and what is wrong (unknown keys, wrong types, out-of-range values, impossible
+batch arithmetic, missing data). The types and ranges are the dataclasses' annotations, checked by
+pydantic (strict: ``use_mdp: maybe`` or ``max_steps: 2.5`` is refused, not coerced); what spans several
+keys is checked in ``Recipe.validate``.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
+import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+import yaml
+from annotated_types import Ge, Gt, Interval, Len
+
+# every section refuses keys it does not know
+_STRICT_KEYS = pydantic.ConfigDict(extra="forbid")
+Positive = Annotated[float, Gt(0)]
+Count = Annotated[int, Ge(0)]
+Fraction = Annotated[float, Interval(ge=0, lt=1)]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -31,6 +45,8 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelRecipe:
+    __pydantic_config__ = _STRICT_KEYS
+
     preset: str = "tiny"
     # M3DiffConfig fields passed to the preset factory (e.g. use_mdp: false for the no-MDP twin)
     config: dict = field(default_factory=dict)
@@ -40,49 +56,57 @@ class ModelRecipe:
     # "train": a byte-level BPE trained on the training answers (small models); else a tokenizer
     # directory / hub id (the 7B uses Qwen2's from its checkpoint, i.e. init_from)
     tokenizer: str = "train"
-    tokenizer_vocab_size: int = 1024
+    tokenizer_vocab_size: Annotated[int, Ge(260)] = 1024
     # attention of the vision tower, MDP and LLM while training: transformers' "sdpa" (fused) or
     # "eager" (matmuls and a softmax: faster for the embedded model's short sequences on a CPU)
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
 @dataclass
 class LoraRecipe:
     """LoRA on the LLM's attention and MLP projections (paper §4.3: rank 128, alpha 256)."""
 
-    rank: int = 128
-    alpha: int = 256
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    __pydantic_config__ = _STRICT_KEYS
+
+    rank: Annotated[int, Ge(1)] = 128
+    alpha: Positive = 256
+    dropout: Fraction = 0.05
+    target_modules: Annotated[list[str], Len(1)] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
 @dataclass
 class OptimRecipe:
-    lr: float = 1.0e-5  # everything trained except the vision encoder
-    lr_vision: float = 2.0e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
-    warmup_steps: int | None = None  # linear warm-up; None: warmup_ratio of the steps
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0  # the cosine ends at lr × min_lr_ratio
-    max_grad_norm: float | None = 1.0
+    __pydantic_config__ = _STRICT_KEYS
+
+    lr: Positive = 1.0e-5  # everything trained except the vision encoder
+    lr_vision: Positive = 2.0e-6
+    weight_decay: Annotated[float, Ge(0)] = 0.0
+    betas: Annotated[list[Fraction], Len(2, 2)] = field(default_factory=lambda: [0.9, 0.999])
+    eps: Positive = 1.0e-8
+    warmup_steps: Count | None = None  # linear warm-up; None: warmup_ratio of the steps
+    warmup_ratio: Fraction = 0.03
+    min_lr_ratio: Annotated[float, Interval(ge=0, le=1)] = 0.0  # the cosine ends at lr × min_lr_ratio
+    max_grad_norm: Positive | None = 1.0
 
 
 @dataclass
 class BatchRecipe:
     """global_batch = per_device_batch × gradient accumulation × processes; accumulation is derived."""
 
-    global_batch: int = 256
-    per_device_batch: int = 4
+    __pydantic_config__ = _STRICT_KEYS
+
+    global_batch: Annotated[int, Ge(1)] = 256
+    per_device_batch: Annotated[int, Ge(1)] = 4
 
 
 @dataclass
 class DataRecipe:
+    __pydantic_config__ = _STRICT_KEYS
+
     sources: list[str] = field(default_factory=list)  # DIR[:FORMAT][:WEIGHT] or FILE.jsonl; --data replaces
     every_caption: bool = False  # one sample per reference caption (the paper does this for CLEVR only)
     val: str | None = None  # a dataset folder whose val split is evaluated; None: the first source folder
-    val_pairs: int = 256  # pairs of the val split scored at each evaluation
+    val_pairs: Count = 256  # pairs of the val split scored at each evaluation
     instruction: str | None = None  # None: m3diff.processing.DEFAULT_PROMPT
 
 
@@ -94,12 +118,16 @@ class GroundingRecipe:
     the LLM to read image tokens. Samples without ground truth (real datasets) train on captions only.
     """
 
-    weight: float = 1.0  # scale of the summed auxiliary losses beside the caption loss
-    scene_share: float = 0.2  # scene-description samples added, as a share of the caption samples
+    __pydantic_config__ = _STRICT_KEYS
+
+    weight: Annotated[float, Ge(0)] = 1.0  # scale of the summed auxiliary losses beside the caption loss
+    scene_share: Annotated[float, Interval(ge=0, le=4)] = 0.2  # scene-description samples added, as a share of the caption samples
 
 
 @dataclass
 class Recipe:
+    __pydantic_config__ = _STRICT_KEYS
+
     name: str = "recipe"
     seed: int = 0
     model: ModelRecipe = field(default_factory=ModelRecipe)
@@ -108,66 +136,27 @@ class Recipe:
     batch: BatchRecipe = field(default_factory=BatchRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     grounding: GroundingRecipe | None = None  # null: caption loss only (the paper's recipe)
-    max_steps: int | None = None  # optimizer steps; None: `epochs` over the training samples
-    epochs: float = 1.0
-    precision: str = "no"  # accelerate's mixed_precision: no | bf16 | fp16
+    max_steps: Annotated[int, Ge(1)] | None = None  # optimizer steps; None: `epochs` over the training samples
+    epochs: Positive = 1.0
+    precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate's mixed_precision: no | bf16 | fp16
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 500  # optimizer steps between checkpoints (0: only the last)
-    keep_checkpoints: int = 2
-    eval_every: int = 0  # optimizer steps between evaluations on the val split (0: only at the end)
-    eval_max_new_tokens: int = 128
-    log_every: int = 10
-    save_dtype: str = "float32"  # dtype of the final safetensors: float32 | float16 | bfloat16
-    num_threads: int | None = None  # torch CPU threads per process; None: torch's default
+    checkpoint_every: Count = 500  # optimizer steps between checkpoints (0: only the last)
+    keep_checkpoints: Count = 2
+    eval_every: Count = 0  # optimizer steps between evaluations on the val split (0: only at the end)
+    eval_max_new_tokens: Annotated[int, Ge(1)] = 128
+    log_every: Count = 10
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype of the final safetensors: float32 | float16 | bfloat16
+    num_threads: Annotated[int, Ge(1)] | None = None  # torch CPU threads per process; None: torch's default
 
-    # -- checks that need no data and no model ----------------------------------------------------
+    # -- what spans several keys (each key's type and range are its annotation) -----------------
     def validate(self, where: str = "recipe") -> "Recipe":
         def fail(key, msg):
             raise RecipeError(f"{where}: {key}: {msg}")
 
         b = self.batch
-        if b.per_device_batch < 1:
-            fail("batch.per_device_batch", f"must be >= 1, got {b.per_device_batch}")
-        if b.global_batch < 1:
-            fail("batch.global_batch", f"must be >= 1, got {b.global_batch}")
         if b.global_batch % b.per_device_batch:
             fail("batch", f"global_batch {b.global_batch} is not a multiple of per_device_batch "
                           f"{b.per_device_batch} (global = per-device × accumulation × processes)")
-        if self.precision not in ("no", "bf16", "fp16"):
-            fail("precision", f"must be one of no, bf16, fp16; got {self.precision!r}")
-        if self.save_dtype not in ("float32", "float16", "bfloat16"):
-            fail("save_dtype", f"must be one of float32, float16, bfloat16; got {self.save_dtype!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            fail("epochs", f"must be > 0 when max_steps is null, got {self.epochs}")
-        o = self.optim
-        for key in ("lr", "lr_vision"):
-            if not getattr(o, key) > 0:
-                fail(f"optim.{key}", f"must be > 0, got {getattr(o, key)}")
-        if len(o.betas) != 2 or not all(0 <= x < 1 for x in o.betas):
-            fail("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
-        if not 0 <= o.warmup_ratio < 1:
-            fail("optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
-        if not 0 <= o.min_lr_ratio <= 1:
-            fail("optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
-        if self.lora is not None:
-            if self.lora.rank < 1 or self.lora.alpha <= 0:
-                fail("lora", f"rank must be >= 1 and alpha > 0, got rank {self.lora.rank}, alpha {self.lora.alpha}")
-            if not self.lora.target_modules:
-                fail("lora.target_modules", "must name at least one projection")
-        for key in ("checkpoint_every", "eval_every", "log_every", "keep_checkpoints"):
-            if getattr(self, key) < 0:
-                fail(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.grounding is not None:
-            if self.grounding.weight < 0:
-                fail("grounding.weight", f"must be >= 0, got {self.grounding.weight}")
-            if not 0 <= self.grounding.scene_share <= 4:
-                fail("grounding.scene_share", f"must be in [0, 4], got {self.grounding.scene_share}")
-        if self.model.attn_implementation not in ("sdpa", "eager"):
-            fail("model.attn_implementation", f"must be sdpa or eager, got {self.model.attn_implementation!r}")
-        if self.data.val_pairs < 0:
-            fail("data.val_pairs", f"must be >= 0, got {self.data.val_pairs}")
         if self.model.tokenizer == "train" and self.model.init_from:
             fail("model.tokenizer", "a model started from a checkpoint keeps its tokenizer: set tokenizer to that "
                                     "checkpoint (or leave init_from empty to train from scratch)")
@@ -214,61 +203,100 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "recipe") -> "Recipe":
+        """A recipe as ``to_dict`` wrote it (run.json), every key checked as on load."""
+        try:  # through JSON: strict mode takes a mapping for a dataclass there, and YAML gives nothing JSON lacks
+            return pydantic.TypeAdapter(cls).validate_json(json.dumps(raw, default=str), strict=True)
+        except pydantic.ValidationError as exc:
+            raise RecipeError(_first_error(exc, where)) from None
+
+
+@dataclass
+class RunRecord:
+    """run.json: what a training run was (its recipe, data and schedule), written when it starts."""
+
+    recipe: Recipe
+    sources: list[str]
+    samples: int
+    total_steps: int
+    world_size: int
+    accumulation: int
+    precision: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls, path) -> "RunRecord":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not fields <= set(data):
+            raise RecipeError(f"{path}: not a run.json of `m3diff train` (it holds {', '.join(fields)})")
+        return cls(**{**{k: data[k] for k in fields}, "recipe": Recipe.from_dict(data["recipe"], f"{path}: recipe")})
+
 
 def check_model_config(config: dict, where: str = "recipe") -> None:
-    """Type-check ``model.config`` against M3DiffConfig's annotated fields: the config class stores what it
-    is given, so ``use_mdp: maybe`` would be saved as the (true) string "maybe" and ``mdp_dept: 3`` ignored."""
+    """Type-check ``model.config`` against M3DiffConfig's fields (a dataclass in transformers 5): the config
+    class stores what it is given, so ``use_mdp: maybe`` would be saved as the (true) string "maybe" and
+    ``mdp_dept: 3`` ignored. Fields typed with another library's classes (the sub-configs) are not checked."""
+    import torch  # M3DiffConfig's annotations name torch.dtype
+
     from m3diff.config import M3DiffConfig
 
-    annotations: dict = {}
-    for cls in reversed(M3DiffConfig.__mro__):
-        annotations.update(getattr(cls, "__annotations__", {}))
-    known = {k for k in annotations if not k.startswith("_")} | {"vision_config", "text_config"}
+    hints = typing.get_type_hints(M3DiffConfig, localns={"torch": torch})
     for key, value in config.items():
-        if key not in known:
+        if key not in hints or key.startswith("_"):
             raise RecipeError(f"{where}: model.config.{key}: not a field of M3DiffConfig "
                               f"(e.g. use_mdp, mdp_layers, mdp_depth, mdp_num_heads, mdp_mlp_ratio)")
-        tp = annotations.get(key)
-        if isinstance(tp, str):
-            try:  # the fields' annotations are strings (postponed evaluation); those of plain types evaluate
-                tp = eval(tp, {"list": list, "tuple": tuple, "dict": dict, "int": int, "float": float,
-                               "bool": bool, "str": str, "None": None})
-            except Exception:  # names another module's type (torch.dtype, a config class): not checked here
-                continue
-        if tp is None:
+        try:
+            adapter = pydantic.TypeAdapter(hints[key])
+        except pydantic.PydanticSchemaGenerationError:
             continue
         try:
-            _coerce(_plain(tp), value, where, f"model.config.{key}")
-        except _Unchecked:
-            continue
+            adapter.validate_json(json.dumps(value), strict=True)
+        except pydantic.ValidationError as exc:
+            raise RecipeError(_first_error(exc, where, f"model.config.{key}")) from None
 
 
-class _Unchecked(Exception):
-    pass
+# what a reader of the recipe is told, by pydantic's error type
+_EXPECTED = {"int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float": "expected an integer",
+             "float_type": "expected a number", "float_parsing": "expected a number", "bool_type": "expected true or false",
+             "bool_parsing": "expected true or false", "string_type": "expected a string", "list_type": "expected a list",
+             "dataclass_type": "expected a mapping", "dict_type": "expected a mapping", "none_required": "expected null"}
 
 
-def _plain(tp):
-    """``tp`` with tuples read as lists (YAML has no tuple) and a bare ``list`` as a list of anything."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_plain(a) for a in typing.get_args(tp))]
-    if origin is tuple or tp is tuple:
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return list[_plain(args[0])] if len(args) == 1 or len(set(args)) == 1 else list[typing.Any]
-    if origin is list:
-        return list[_plain(typing.get_args(tp)[0])] if typing.get_args(tp) else list[typing.Any]
-    if tp is list:
-        return list[typing.Any]
-    if tp in (bool, int, float, str, dict, typing.Any, type(None)) or origin is dict:
-        return tp
-    raise _Unchecked
+def _key(prefix: str, loc: tuple) -> str:
+    """pydantic's location as the recipe writes it: model.config.mdp_layers[1]; a union member's tag is dropped."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[a-z_][a-z0-9_]*", part) and part not in ("int", "float", "str", "bool", "list", "dict"):
+            out += f".{part}" if out else part
+    return out or "recipe"
+
+
+def _first_error(exc: pydantic.ValidationError, where: str, prefix: str = "") -> str:
+    err = exc.errors()[0]
+    key, kind = _key(prefix, err["loc"]), err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{where}: unknown key {key}"
+    what = _EXPECTED.get(kind) or err["msg"][0].lower() + err["msg"][1:]
+    return f"{where}: {key}: {what}, got {json.dumps(err['input'])}"
 
 
 # ------------------------------------------------------------------------------------------- loading
+class _RecipeYAML(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-5 (no dot) as a string; a recipe means the number."""
+
+
+_RecipeYAML.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                  list("-+0123456789."))
+
+
 def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe, apply ``key.sub=value`` overrides (values are YAML), build and validate it."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         known = sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
@@ -278,7 +306,7 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
         else:
             raise RecipeError(f"{path}: no such recipe file (bundled recipes: {', '.join(known)})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_RecipeYAML) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -295,10 +323,10 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
             node = node[part]
             if not isinstance(node, dict):
                 raise RecipeError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = yaml.load(value, Loader=_RecipeYAML)
     if raw.get("precision") is False:  # YAML 1.1 reads a bare `no` (accelerate's name for float32) as false
         raw["precision"] = "no"
-    recipe = _build(Recipe, raw, str(path), "")
+    recipe = Recipe.from_dict(raw, str(path))
     from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
 
     # the shipped models by name, so a recipe that continues them runs from any directory
@@ -307,74 +335,3 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
         if getattr(recipe.model, key) in named:
             setattr(recipe.model, key, str(named[getattr(recipe.model, key)]))
     return recipe.validate(str(path))
-
-
-def _build(cls, raw, where: str, prefix: str):
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: {prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(prefix + k for k in unknown)} (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, where, prefix + k) for k, v in raw.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp, value, where: str, key: str):
-    if tp is typing.Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise RecipeError(f"{where}: {key}: expected null, got {value!r}")
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise RecipeError(f"{where}: {key}: must not be null")
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(a, value, where, key)
-            except RecipeError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{where}: {key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: {key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where}: {key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: {key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        # YAML reads 1e-5 (no dot) as a string; accept it as the number a person meant
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where}: {key}: expected a string, got {value!r}")
-        return value
-    raise RecipeError(f"{where}: {key}: unsupported type {tp}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from m3diff.processing import IGNORE_INDEX, answer_cross_entropy
-from training.recipe import Recipe
+from training.recipe import Recipe, RunRecord
 
 
 @dataclass
@@ -305,15 +305,16 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         step = state["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}")
 
-    meta = {"recipe": recipe.to_dict(), "sources": sources, "samples": len(samples), "total_steps": total,
-            "world_size": world, "accumulation": accumulation, "precision": precision}
+    record = RunRecord(recipe=recipe, sources=sources, samples=len(samples), total_steps=total, world_size=world,
+                       accumulation=accumulation, precision=precision)
+    meta = record.to_json()
     log_csv = out / "log.csv"
     eval_csv = out / "eval.csv"
     writer = None
     if accelerator.is_main_process:
         for log in (log_csv, eval_csv):  # rows a killed run wrote past the step resumed from
             drop_rows_after(log, step)
-        (out / "run.json").write_text(json.dumps(meta, indent=1))
+        (out / "run.json").write_text(json.dumps(meta, indent=1))  # RunRecord.read reads it
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
@@ -371,7 +372,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
             final = final.to(getattr(torch, recipe.save_dtype))
             check_finite(final.state_dict(), f"the model at step {at_step}")
             DiffCaptioner(final, processor, source=str(model_dir)).save_pretrained(model_dir)
-            write_run_card(model_dir, meta=meta, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
+            write_run_card(model_dir, record, steps=at_step, val_scores=scores, seconds=time.time() - start_time)
         accelerator.wait_for_everyone()
         return model_dir
 

@@ -102,23 +102,18 @@ def _read(path, fmt, split, images, allow_outside=False):
 
 
 def _stats(args) -> int:
+    import dataclasses
     import json
 
-    from m3diff.data.stats import compute_stats, format_stats
+    from m3diff.data.stats import compute_stats
 
     ds = _read(args.path, args.format, args.split, "optional", args.allow_outside_root)
-    st = compute_stats(ds.pairs)
-    st["format"] = ds.format
-    st["missing_images"] = len(ds.missing_images)
-    st["empty_reference_pairs"] = len(ds.empty_reference_pairs)
+    st = dataclasses.replace(compute_stats(ds.pairs), format=ds.format, missing_images=len(ds.missing_images),
+                             empty_reference_pairs=len(ds.empty_reference_pairs))
     if args.json:
-        print(json.dumps(st, indent=1))
+        print(json.dumps(st.to_json(), indent=1))
     else:
-        title = f"{args.path} ({ds.format}{', ' + args.split if args.split else ''})"
-        print(format_stats(st, title))
-        if st["empty_reference_pairs"]:
-            print(f"pairs with only empty references  {st['empty_reference_pairs']:,} (kept, each with one \"\" "
-                  "reference, as the authors' evaluation files keep them)")
+        print(st.format_text(f"{args.path} ({ds.format}{', ' + args.split if args.split else ''})"))
         if ds.missing_images:
             print(f"note: {len(ds.missing_images)} image file(s) are missing (first: {ds.missing_images[0]}); "
                   "the figures above need annotations only")

@@ -28,6 +28,58 @@ def test_a_saved_report_reads_back_to_the_same_report(tmp_path):
     assert again.run.scores.per_type["color"].ci["CIDEr-D"] == (5.0, 19.0)
 
 
+# keys only report.json has (a dataset record's "id" or "captions", a predictions file's "sanity" are
+# other formats' keys, owned by their readers)
+REPORT_KEYS = {"runs", "meta", "comparison", "grounding", "localization", "changes", "protocol",
+               "conventions", "per_type", "per_domain", "per_changes", "per_source", "overall", "dropped",
+               "metrics_available", "unavailable", "no_change_pairs", "per_pair", "refs", "schema"}
+PRODUCT = ("app.py", "m3diff", "analysis", "training", "webapp", "spaces", "scripts", "examples")
+
+
+def raw_key_reads(path: Path) -> set[str]:
+    """String keys this module reads from a mapping: x["k"], x.get("k"), "k" in x."""
+    import ast
+
+    keys = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Constant):
+            keys.add(node.slice.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop") \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            keys.add(node.args[0].value)
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) \
+                and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+            keys.add(node.left.value)
+    return keys
+
+
+def test_only_analysis_report_reads_report_json_by_its_keys():
+    root = EXAMPLE_REPORT.parents[1]
+    files = [root / "app.py"] + [f for d in PRODUCT[1:] for f in sorted((root / d).rglob("*.py"))]
+    owner = root / "analysis" / "report.py"
+    found = {f.relative_to(root).as_posix(): keys for f in files if f != owner
+             if (keys := raw_key_reads(f) & REPORT_KEYS)}
+    assert not found
+    assert raw_key_reads(owner) & REPORT_KEYS >= {"runs", "meta", "per_type", "localization"}  # the walk sees reads
+
+
+def test_no_report_written_holds_a_private_key(tmp_path):
+    def keys(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from keys(v)
+
+    loaded = read_report(EXAMPLE_REPORT)
+    assert loaded.images  # the wrapper holds the resolved files ...
+    written = json.loads(loaded.report.dumps())
+    assert not [k for k in keys(written) if k.startswith("_")]  # ... the JSON never does
+    assert set(written) >= {"schema", "meta", "runs", "pairs"}
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda r: r["runs"]["m3diff"]["per_type"]["color"].update({"CIDEr-D": "12"}), "runs.m3diff.per_type.color.CIDEr-D"),
     (lambda r: r["pairs"][2].update({"caption": 3}), "pairs[2].caption"),

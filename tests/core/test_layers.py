@@ -1,4 +1,5 @@
-"""The house's one-way rule: nothing under m3diff/ reaches analysis, training, the app or the Space builder.
+"""The house's one-way rule: nothing under m3diff/ reaches analysis, training, the app (app.py, webapp/) or the
+Space builder.
 
 Every module is read as source (AST), so a lazy import inside a function, an importlib call and a
 "module:function" string meant for another process all count, not only what happens to be imported.
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ABOVE = ("analysis", "training", "app", "hosting", "m3diff_app")
+ABOVE = ("analysis", "training", "app", "webapp", "hosting", "m3diff_app")
 # a module path, or "module:function", naming one of the areas above the core
 NAMED = re.compile(rf"^({'|'.join(ABOVE)})(\.[A-Za-z_][\w.]*)?(:[A-Za-z_]\w*)?$")
 

@@ -16,10 +16,10 @@ def test_stats_figures_on_a_known_set(tmp_path):
     helpers.write_omnidiff(tmp_path)
     st = compute_stats(read_dataset(tmp_path).pairs)
     # 5 pairs x 2 captions; the second caption of each pair has two sentences.
-    assert (st["pairs"], st["captions"], st["sentences"]) == (5, 10, 15)
-    assert st["per_type"] == {"viewpoint": 3, "color": 3, "removal": 2}
-    assert st["long_caption_pct"] == 0.0
-    assert st["vocabulary"] == len({"the", "red", "cube", "moved", "to", "left", "a", "it", "is", "on", "now",
+    assert (st.pairs, st.captions, st.sentences) == (5, 10, 15)
+    assert st.per_type == {"viewpoint": 3, "color": 3, "removal": 2}
+    assert st.long_caption_pct == 0.0
+    assert st.vocabulary == len({"the", "red", "cube", "moved", "to", "left", "a", "it", "is", "on", "now",
                                     "0", "1", "2", "3", "4"})
     assert sentences("It is 2.5 m away. Then it left!") == ["It is 2.5 m away", "Then it left"]
 

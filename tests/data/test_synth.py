@@ -139,9 +139,9 @@ def test_size_is_validated():
 def test_stats_of_a_generated_set(small_set):
     root, _ = small_set
     st = compute_stats(read_dataset(root).pairs)
-    assert st["pairs"] == 130 and st["captions"] == 390
-    assert set(st["per_type"]) == set(TYPE_IDS)
-    assert 1.5 < st["sentences_per_caption"] < 4
+    assert st.pairs == 130 and st.captions == 390
+    assert set(st.per_type) == set(TYPE_IDS)
+    assert 1.5 < st.sentences_per_caption < 4
 
 
 def test_every_change_type_has_one_applier_and_an_unknown_type_fails_loudly():
