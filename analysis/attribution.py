@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from m3diff.describing import WORD_RE, caption_words
-from m3diff.geometry import grid_to_image  # noqa: F401 — caption_words: the words explain_word counts
+from m3diff.describing import WORD_RE, caption_words  # noqa: F401 — caption_words: the words explain_word counts
+from m3diff.geometry import grid_to_image
 
 METHODS = ("saliency", "integrated_gradients")
 
@@ -143,7 +143,7 @@ def explain_caption(captioner, before, after, caption: str, config: AttributionC
 
 
 def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
-    import torch
+    import torch  # lazy, with the model's modules: the web process runs attributions in the model's process
 
     from m3diff.processing import IGNORE_INDEX
 

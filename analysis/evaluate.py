@@ -11,8 +11,9 @@ predictions carry maps (``m3diff predict --maps``), for where its maps point (``
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analysis.breakdown import BreakdownConfig, analyse, compare
@@ -21,8 +22,9 @@ from analysis.inputs import InputError, Predictions, align, load_predictions, lo
 from analysis.localization import decode_maps, evaluate_localization
 from analysis.metrics import METRICS, CaptionScorer, MetricAvailability, ScorerConfig, check_metrics
 from analysis.protocol import Protocol
-from analysis.report import (ChangesRun, GroundingSection, PairRecord, Region, Report, ReportMeta, RunReport)
+from analysis.report import ChangesRun, GroundingSection, PairRecord, Region, Report, ReportMeta, RunReport
 from m3diff.data.record import DiffPair
+from m3diff.data.synth.generator import SynthConfig
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,11 @@ def _generator_settings(references, warn) -> dict | None:
     an app can redraw any pair; None where the references do not say."""
     if isinstance(references, list):
         return None
-    from m3diff.data.synth.generator import SynthConfig
 
     root = Path(references)
     cfg = (root if root.is_dir() else root.parent) / "synth_config.json"
     if not cfg.is_file():
         return None
-    import json
-    from dataclasses import asdict
 
     try:
         return asdict(SynthConfig.from_dict(json.loads(cfg.read_text(encoding="utf-8"))))

@@ -15,6 +15,11 @@ from PIL import Image, ImageDraw
 from analysis.localization import ColourScale, shared_scale
 from analysis.render import change_lines, hit_line, map_label, pair_markdown
 from analysis.report import LoadedReport, Region
+from m3diff.change_types import DISTRACTORS
+from m3diff.data.synth.generator import SynthConfig, regenerate
+from m3diff.describing import MAP_KINDS
+from m3diff.images import load_image
+from m3diff.overlay import common_size, overlay
 
 CMAP = "inferno"
 # the map kinds' units, for the colour legend: a scale means nothing without them
@@ -41,8 +46,6 @@ def map_overlays(before: Image.Image, after: Image.Image, map_before: np.ndarray
     over their images on ONE absolute scale (``shared_scale``: anchored at 0, so a flat map looks flat
     and a weak one dark), with the true boxes drawn on top. ``sizes``: the original images' sizes the
     boxes are in, when ``before`` / ``after`` are resized copies. Returns (before, after, scale)."""
-    from m3diff.overlay import overlay
-
     scale = scale or shared_scale([map_before, map_after])
     lo_hi = (scale.vmin, scale.vmax)
     size_b, size_a = sizes or (before.size, after.size)
@@ -97,8 +100,6 @@ def draw_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which:
 def map_choices(has_feature_difference: bool) -> list[tuple[str, str]]:
     """(label, key) of the maps the Describe tab can draw: the MDP trace's, and ‖P(F′1) − P(F′2)‖ when
     the Description carries it."""
-    from m3diff.describing import MAP_KINDS
-
     out = [(label, key) for key, label in MAP_KINDS.items()]
     return out + ([(FEATURE_DIFFERENCE_LABEL, "feature_difference")] if has_feature_difference else [])
 
@@ -126,8 +127,6 @@ class PairPictures:
 def generator_settings(loaded: LoadedReport):
     """The ``SynthConfig`` of a report's generated references (its ``meta.generator``), or None; settings
     that do not check out count as none (a report may come from anyone)."""
-    from m3diff.data.synth.generator import SynthConfig
-
     settings = loaded.report.meta.generator
     if settings is None:
         return None
@@ -142,8 +141,6 @@ def pair_pictures(loaded: LoadedReport, pair_id: str) -> PairPictures | None:
     else regenerated from the generator's settings (reads only the package's own data), else None. A
     regenerated pair whose change types differ from the report's is refused: the settings are not the
     ones the report was scored on."""
-    from m3diff.images import load_image
-
     record = loaded.report.pair(pair_id)
     files = loaded.pair_files(pair_id)
     if files is not None:
@@ -152,7 +149,6 @@ def pair_pictures(loaded: LoadedReport, pair_id: str) -> PairPictures | None:
     cfg = generator_settings(loaded)
     if cfg is None:
         return None
-    from m3diff.data.synth.generator import regenerate
 
     try:
         truth, b, a = regenerate(cfg, pair_id)
@@ -167,8 +163,6 @@ def pair_pictures(loaded: LoadedReport, pair_id: str) -> PairPictures | None:
 
 def true_boxes(regions: list[Region]) -> tuple[list, list]:
     """(before boxes, after boxes) of the semantic changes: what localization is scored against."""
-    from m3diff.change_types import DISTRACTORS
-
     sem = [r for r in regions or [] if r.type not in DISTRACTORS]
     return [r.before for r in sem if r.before], [r.after for r in sem if r.after]
 
@@ -210,8 +204,6 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
     """A report's test pair with its true boxes, the loaded model's map over each image (one absolute
     scale, boxes drawn on it), the report's text and the pair's hit or miss. ``describe(before,
     after)`` runs the loaded model (a Description, or None)."""
-    from m3diff.overlay import common_size
-
     if loaded is None or pair_id is None:
         return ErrorView(None, None, None, "", "")
     report = loaded.report

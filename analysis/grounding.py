@@ -129,7 +129,7 @@ def swaps(pairs, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def answer_losses(captioner, images: list[tuple], answers: list[str], batch_size: int = 16) -> list[tuple[float, int]]:
     """Per pair, the summed cross-entropy of its answer (and end token) given its images, and the token count."""
-    import torch
+    import torch  # lazy, with the model's modules: the web process reads grounding reports without torch
 
     from m3diff.processing import answer_cross_entropy
 
@@ -166,7 +166,7 @@ def check_grounding(captioner, pairs, *, model_name: str = "", identical: int = 
     ``facts``: per pair, a hashable key of what its references can say (the generator's ``pair_facts``),
     for the distinct-captions ceiling; None where the data does not know it.
     """
-    from m3diff.describing import GenerationSettings
+    from m3diff.describing import GenerationSettings  # lazy: torch, as above
 
     if len(pairs) < 2:
         raise ValueError(f"grounding checks need at least 2 pairs, got {len(pairs)}")

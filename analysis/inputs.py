@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from analysis.localization import SanityCheck
+from analysis.report import ReportError, atomic_write, read_sanity
+from m3diff.data.layout import DatasetError
+from m3diff.data.readers import read_dataset
 from m3diff.data.record import DiffPair
 
 # Captions are cut to this many words (and characters) before scoring. Real captions are far shorter
@@ -74,8 +77,6 @@ class Predictions:
 
     def save(self, path, order: list[str] | None = None) -> None:
         """Rewrite the file atomically (a run killed mid-write keeps the previous one)."""
-        from analysis.report import atomic_write
-
         atomic_write(Path(path), json.dumps(self.to_json(order), ensure_ascii=False, indent=1))
 
 
@@ -145,8 +146,6 @@ def _wrapper_fields(out: Predictions, data: dict, where: str) -> None:
     out.images = {str(k): str(v) for k, v in data.get("images", {}).items()}
     out.maps = dict(data.get("maps", {}))
     if data.get("sanity") is not None:
-        from analysis.report import ReportError, read_sanity
-
         try:
             out.sanity = read_sanity(data["sanity"], f"{where} sanity")
         except ReportError as exc:
@@ -169,8 +168,6 @@ def load_references(path, format: str | None = None, split: str | None = None,
             format = "card"  # {pair: caption}: CARD's change_multi_captions.json under any name
         if format == "coco":
             raise InputError(f"{path}: a COCO ground-truth file needs an 'annotations' list")
-    from m3diff.data.layout import DatasetError
-    from m3diff.data.readers import read_dataset
 
     try:
         ds = read_dataset(path, format=format, split=split, images="optional", allow_outside=allow_outside)
@@ -300,8 +297,6 @@ def cut_caption(text: str, words: int = MAX_CAPTION_WORDS, chars: int = MAX_CAPT
 
 
 def _cut_long_captions(pairs: list[DiffPair], hyps: list[str], where: str, notes: list[str]):
-    from dataclasses import replace
-
     long_pred = [p.id for p, h in zip(pairs, hyps) if cut_caption(h) != h]
     long_ref = [p.id for p in pairs if any(cut_caption(c) != c for c in p.captions)]
     if not long_pred and not long_ref:

@@ -36,13 +36,17 @@ a single change, and why.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from m3diff.change_types import DISTRACTORS
+from m3diff.describing import MAP_KINDS
 from m3diff.geometry import PatchGeometry
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels, x1/y1 exclusive
@@ -168,8 +172,6 @@ def pixel_difference_map(before, after, grid: int) -> np.ndarray:
     """|before − after| (mean over colour channels), averaged over each patch's pixels → [2, g, g].
     Images are PIL images or [H, W(, C)] arrays; an after image of another size is resized to the
     before image's size for the before map and vice versa (a difference needs aligned pixels)."""
-    from PIL import Image
-
     b, a = _pixels(before), _pixels(after)
     out = []
     for x, y in ((b, a), (a, b)):
@@ -208,8 +210,6 @@ def maps_from_trace(trace) -> dict[str, dict[int, np.ndarray]]:
     """The MDP maps of a trace (a ``PairTrace``: ``Description.trace`` / ``MDPTrace.pair``, or its
     JSON form) in the layout ``localize`` takes: {kind: {layer: [2, g, g]}}. ‖ΔF‖ (eq. 3) is one grid
     for the pair — ΔF mixes both images patch by patch — so it is scored on both images."""
-    from m3diff.describing import MAP_KINDS
-
     out: dict[str, dict[int, np.ndarray]] = {}
     for kind in MAP_KINDS:
         by_layer = trace.get(kind) if isinstance(trace, Mapping) else getattr(trace, kind, None)
@@ -241,8 +241,6 @@ def description_maps(trace=None, feature_difference=None) -> dict[str, np.ndarra
 def encode_maps(maps: Mapping[str, np.ndarray]) -> dict:
     """A pair's maps ({name: [2, g, g]}) as compact JSON: float16 on the patch grid, base64 — about
     1.4 kB per pair for the embedded model's 7 maps of 2 × 8 × 8 (what ``m3diff predict --maps`` stores)."""
-    import base64
-
     names = list(maps)
     stack = np.stack([np.asarray(maps[n], np.float32) for n in names]) if names else np.zeros((0, 2, 0, 0))
     if stack.ndim != 4 or stack.shape[1] != 2 or stack.shape[2] != stack.shape[3]:
@@ -253,9 +251,6 @@ def encode_maps(maps: Mapping[str, np.ndarray]) -> dict:
 
 def decode_maps(entry: Mapping) -> dict[str, np.ndarray]:
     """``encode_maps``' JSON back to {name: [2, g, g] float32}; a damaged entry is a ValueError."""
-    import base64
-    import binascii
-
     try:
         names, g = list(entry["names"]), int(entry["grid"])
         raw = base64.b64decode(entry["float16"], validate=True)
@@ -605,13 +600,13 @@ def model_map_fn(processor) -> Callable:
     def map_fn(model, pair):
         import torch
 
-        from m3diff.modeling import feature_difference
-
         batch = processor.encode_pairs([tuple(pair)]).to(model.device)
         with torch.inference_mode():
             features = model.model.get_image_features(
                 batch["pixel_values"].to(model.dtype), batch["image_sizes"],
                 batch_num_images=batch["batch_num_images"], output_mdp_trace=model.model.mdp is not None)
+        from m3diff.modeling import feature_difference  # lazy: torch, which the web process never imports
+
         diff = feature_difference(features.pooler_output, model.config.patch_grid)[0].numpy()
         trace = features.mdp_trace.pair(0) if features.mdp_trace is not None else None
         return description_maps(trace, diff)

@@ -2,7 +2,8 @@
 them beside ours. x100; None where the paper reports nothing."""
 from __future__ import annotations
 
-from analysis.metrics import HEADLINE
+from analysis.breakdown import Breakdown, BreakdownConfig, SliceResult
+from analysis.metrics import HEADLINE, METRICS
 
 
 def _row(*vals):
@@ -37,9 +38,6 @@ ABLATION_CIDER: dict[str, tuple[float, float]] = {
 def paper_breakdowns() -> dict:
     """Table 3 as one ``Breakdown`` per method (its per-domain slices only; no n, no intervals) for
     ``analysis.figures``."""
-    from analysis.breakdown import Breakdown, BreakdownConfig, SliceResult
-    from analysis.metrics import METRICS
-
     def one(name, values):
         return SliceResult("domain", name, 0, {m: values.get(m) for m in METRICS}, {m: None for m in METRICS}, [])
 

@@ -13,13 +13,19 @@ import math
 import re
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
+from analysis import figures
 from analysis.breakdown import Breakdown, SliceResult, compare
+from analysis.localization import SETTINGS
 from analysis.metrics import HEADLINE, METRICS, SHOWN_METRICS
+from analysis.paper import OMNIDIFF_TABLE3
 from analysis.protocol import Protocol
 from analysis.report import PairRecord, Report, atomic_write
-from m3diff.change_types import TYPE_IDS
+from m3diff.change_types import DISTRACTORS, TYPE_IDS
 
 Reports = Mapping[str, Report]  # name -> report, as the app and the card hold them
 
@@ -157,8 +163,6 @@ def _csv(v) -> str:
 def latex_table(report: Report, paper_rows: bool = True) -> str:
     """Table 3's layout: one row per run, B4/M/R/C per domain column group (Real, Render) when the data
     has domains, one Overall group (with SPICE) otherwise; the protocol as the caption."""
-    from analysis.paper import OMNIDIFF_TABLE3
-
     base = report.run.scores
     # the paper's column groups first, then every other domain of the data (the generator's "photo"):
     # a domain left out would drop its pairs from the table without a word
@@ -208,8 +212,6 @@ def _tex_escape(s: str) -> str:
 
 def html_report(report: Report) -> str:
     """A self-contained page: headline table, protocol, per-type and per-domain figures, worst pairs."""
-    from analysis import figures
-
     e = html.escape
     m = report.meta
     bd = report.run.scores
@@ -275,8 +277,6 @@ def write_files(report: Report, out_dir) -> dict[str, Path]:
 def slice_table(reports: Reports, keys: str | tuple[str, ...], metrics=SHOWN_METRICS):
     """Rows: overall, then the slices of ``keys`` ("per_type" | "per_domain" | "per_changes", or several in
     turn); columns per report: n, metric [CI], and the mean caption / reference length in words."""
-    import pandas as pd
-
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     runs = {name: rep.run.scores for name, rep in reports.items()}
     rows = [_slice_row(runs, None, "overall", metrics)]
@@ -307,8 +307,6 @@ def delta_table(reports: Reports, metrics=SHOWN_METRICS):
     """Each run minus the first, per overall / type / domain slice: "delta [low, high]" with the paired
     interval where the runs were scored together (``m3diff eval`` of several runs), the delta alone where
     two reports were loaded side by side (their bootstrap draws are not in report.json)."""
-    import pandas as pd
-
     comparisons = [(rep.comparison, None) for rep in reports.values() if rep.comparison is not None]
     if len(reports) > 1:
         # reports loaded side by side may cover different pairs: each row says whether they are the same
@@ -337,10 +335,6 @@ def delta_table(reports: Reports, metrics=SHOWN_METRICS):
 
 def paper_table():
     """The paper's reference numbers (OmniDiff Table 3, x100), from analysis.paper."""
-    import pandas as pd
-
-    from analysis.paper import OMNIDIFF_TABLE3
-
     rows = []
     for method, doms in OMNIDIFF_TABLE3.items():
         row = {"method (paper, Table 3)": method}
@@ -352,8 +346,6 @@ def paper_table():
 
 def combined(reports: Reports) -> Report:
     """Several loaded reports as one report whose runs are each report's own run (for the exports)."""
-    from dataclasses import replace
-
     first = next(iter(reports.values()))
     return replace(first, runs={name: rep.run for name, rep in reports.items()}, comparison=None)
 
@@ -377,8 +369,6 @@ def export(reports: Reports, fmt: str) -> str:
 def pairs_frame(report: Report, change_type: str = "all", domain: str = "all", sort_by: str = "CIDEr-D",
                 ascending: bool = True):
     """A report's test pairs, filtered by change type and domain, sorted by a per-pair score (worst first)."""
-    import pandas as pd
-
     rows = []
     for rec in report.pairs:
         p = rec.score
@@ -435,8 +425,6 @@ def grounding_rows(report: Report) -> list[dict]:
 def grounding_table(reports: Reports):
     """Does each model read its images? The grounding checks every loaded report carries, one row per
     (report, model), without repeats."""
-    import pandas as pd
-
     rows, seen = [], set()
     for rep in reports.values():
         for row in grounding_rows(rep):
@@ -462,8 +450,6 @@ def _changes_runs(reports: Reports) -> dict:
 def changes_table(reports: Reports):
     """Does the caption name each true change, and say what it is now? Change recall / precision and the
     new value said (sign word, colour, heading, pose, count, grew or shrank) per change type and run."""
-    import pandas as pd
-
     runs = _changes_runs(reports)
     if not runs:
         return pd.DataFrame([{"change recall": "not in the loaded reports (only generated references "
@@ -561,10 +547,6 @@ def localization_table(reports: Reports, score: str = "pointing", by: str = "cha
     per slice (``by``: change type, setting or domain), beside the pixel-difference baseline and a uniform
     map (chance). Pointing and energy in %, AUROC as is; the baselines are the first run's (the same pairs,
     so the same for all)."""
-    import pandas as pd
-
-    from analysis.localization import SETTINGS
-
     runs = _localization_runs(reports)
     if not runs:
         return pd.DataFrame([{"localization": LOCALIZATION_HOWTO}])
@@ -631,8 +613,6 @@ def localization_notes(reports: Reports) -> str:
 
 def protocol_table(reports: Reports):
     """How each loaded report was scored (its protocol card): one row per protocol line, a column per report."""
-    import pandas as pd
-
     cards = {name: rep.run.protocol for name, rep in reports.items()}
     if not any(cards.values()):
         return pd.DataFrame([{"protocol": "not in the loaded reports"}])
@@ -673,8 +653,6 @@ def hit_line(report: Report, record: PairRecord) -> str:
                 "whether the maps point at the change._")
     scored = loc.pairs.get(record.id)
     if not scored:
-        from m3diff.change_types import DISTRACTORS
-
         semantic = [g for g in record.regions or [] if g.type not in DISTRACTORS]
         if record.no_change or (record.regions is not None and not any(g.before or g.after for g in semantic)):
             return "_This pair has no changed box to point at (no change, or a camera or light change alone)._"

@@ -24,8 +24,15 @@ from pathlib import Path
 from analysis.breakdown import Breakdown, BreakdownConfig, Comparison, Delta, PairScore, SliceDelta, SliceResult
 from analysis.changes import ChangeHit, ChangeScore, ChangeSummary
 from analysis.grounding import GroundingChecks, GroundingTargets
-from analysis.localization import (LocalizationRun, LocalizationScore, LocalizationSummary, NoChangeComparison,
-                                   Peakedness, SanityCheck, SanityStep)
+from analysis.localization import (
+    LocalizationRun,
+    LocalizationScore,
+    LocalizationSummary,
+    NoChangeComparison,
+    Peakedness,
+    SanityCheck,
+    SanityStep,
+)
 from analysis.metrics import METRICS
 from analysis.protocol import Protocol
 
@@ -634,10 +641,12 @@ def inside(path, roots) -> bool:
 
 def _find_images(loaded: LoadedReport, folders: tuple[Path, ...]) -> None:
     """Where each pair's images are, from the references the report was scored against."""
+    # lazy: analysis.inputs reads a predictions file's sanity section with this module's reader
+    from analysis.inputs import InputError, load_references
+
     meta = loaded.report.meta
     if not meta.references:
         return
-    from analysis.inputs import InputError, load_references
 
     ref = Path(meta.references)
     candidates = [ref] if ref.is_absolute() else [Path(p) / ref for p in (*folders, Path.cwd())]

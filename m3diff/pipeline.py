@@ -11,6 +11,7 @@ Everything a Description holds is plain CPU data (str, float, numpy), ready for 
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,12 +21,20 @@ from pathlib import Path
 
 import torch
 
+from m3diff.change_types import CHANGE_TYPES
 from m3diff.config import M3DiffConfig, preset
 from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is where users look for them
-    EMBEDDED_DIR, EMBEDDED_TWIN_DIR, Description, GenerationSettings, ModelInfo, ModelLoadError,
+    EMBEDDED_DIR,
+    EMBEDDED_TWIN_DIR,
+    Description,
+    GenerationSettings,
+    ModelInfo,
+    ModelLoadError,
 )
 from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
 from m3diff.processing import PairProcessor
+from m3diff.stopping import EndThreshold
+from m3diff.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +141,6 @@ class DiffCaptioner:
     @classmethod
     def untrained(cls, device: str = "cpu", seed: int = 0) -> "DiffCaptioner":
         """A tiny random model: what runs until trained weights exist. Its captions are noise."""
-        from m3diff.change_types import CHANGE_TYPES
-        from m3diff.tokenizer import train_tokenizer
-
         warnings.warn(
             "m3diff: no trained weights in m3diff/weights/ — using a tiny RANDOM model; its captions are noise. "
             "Pass --model DIR (or M3DIFF_MODEL) to use a trained model.",
@@ -193,8 +199,6 @@ class DiffCaptioner:
         processors = None
         if settings.min_end_probability is not None:
             from transformers import LogitsProcessorList
-
-            from m3diff.stopping import EndThreshold
 
             processors = LogitsProcessorList([EndThreshold(eos, settings.min_end_probability)])
         with torch.inference_mode():
@@ -265,8 +269,6 @@ def _non_finite(model) -> list[str]:
 
 def _check_local_model(folder: Path) -> None:
     """A local model folder's faults, each named for a person before transformers meets them."""
-    import json
-
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise ModelLoadError(f"{folder} has no config.json: not a model saved with save_pretrained.")

@@ -2,11 +2,16 @@
 tables come from ``analysis.render``, so a card shows every number as the app and the CLI do."""
 from __future__ import annotations
 
+import csv
 import json
+from math import prod
 from pathlib import Path
+
+from safetensors import safe_open
 
 from analysis import render
 from analysis.report import Report
+from m3diff.change_types import TYPE_IDS
 from training.recipe import Recipe, RunRecord
 
 
@@ -38,8 +43,6 @@ def write_run_card(model_dir, run: RunRecord, steps: int, val_scores: dict, seco
 
 def cpu_minutes(run_dir: Path) -> float | None:
     """CPU minutes the run's process spent (log.csv's cpu_s; the sum over resumed pieces)."""
-    import csv
-
     log = run_dir / "log.csv"
     if not log.is_file():
         return None
@@ -54,10 +57,6 @@ def cpu_minutes(run_dir: Path) -> float | None:
 
 
 def parameter_count(model_dir: Path) -> int:
-    from math import prod
-
-    from safetensors import safe_open
-
     with safe_open(str(model_dir / "model.safetensors"), framework="np") as f:
         return sum(prod(f.get_slice(k).get_shape()) for k in f.keys())
 
@@ -76,8 +75,6 @@ def architecture(model_dir: Path) -> str:
 def bar_lines(rep: Report, twin: Report | None) -> list[str]:
     """The embedded model's shipping bar, met or not: CIDEr-D overall and on each of the 12 types, the
     change-level scores, ahead of the no-MDP twin with a paired interval above 0, the grounding checks."""
-    from m3diff.change_types import TYPE_IDS
-
     bd = rep.run.scores
     overall = bd.overall.scores["CIDEr-D"]
     lines = [f"- CIDEr-D overall {overall:.1f} (bar: >= 80; long-term >= 100): {'met' if overall >= 80 else 'NOT met'}"]

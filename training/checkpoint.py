@@ -13,6 +13,8 @@ The data position needs no state: step ``s`` always reads the same samples (trai
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -43,8 +45,6 @@ class MemoryLimitReached(RuntimeError):
 
 def resident_gb() -> float | None:
     """This process's resident memory now (not its peak), or None where the system does not say."""
-    import os
-
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
@@ -73,9 +73,6 @@ def last_good(root: Path) -> str:
 def drop_rows_after(path: Path, step: int) -> None:
     """Remove the rows of a CSV log whose step is past ``step``: a killed run logged steps that the
     run resuming from an earlier checkpoint logs again, and each step must appear once."""
-    import csv
-    import io
-
     path = Path(path)
     if not path.is_file():
         return

@@ -9,12 +9,19 @@ read exactly what an uninterrupted single-process run reads.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from m3diff.data.layout import DatasetError
+from m3diff.data.mixture import build_mixture, parse_source
+from m3diff.data.readers import read_dataset
 from m3diff.data.record import DiffPair
+from m3diff.data.synth.captions import NOUNS
+from training.auxiliary import collate_targets, pair_targets
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,6 @@ class Sample:
 
 def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sample]:
     """Samples of every source: FILE.jsonl (a mixture) or DIR[:FORMAT][:WEIGHT] (its train split)."""
-    from m3diff.data.mixture import build_mixture, parse_source
-    from m3diff.data.readers import read_dataset
-
     records: list[dict] = []
     folders = []
     for spec in sources:
@@ -64,21 +68,16 @@ def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sam
 
 def load_val_pairs(sources: list[str], val: str | None, limit: int) -> list[DiffPair]:
     """The first ``limit`` pairs of the val split of ``val`` (or of the first source folder)."""
-    from m3diff.data.mixture import parse_source
-    from m3diff.data.readers import read_dataset
-
     if limit == 0:
         return []
     spec = val or next((s for s in sources if not s.endswith(".jsonl")), None)
     if spec is None:
         return []
-    from m3diff.data.layout import DatasetError
 
     src = parse_source(spec)
     try:
         pairs = read_dataset(src.path, src.format, split="val").pairs
     except DatasetError as exc:  # no usable val split: said once, training goes on without evaluation
-        import sys
 
         print(f"warning: no validation during training: {exc}", file=sys.stderr)
         return []
@@ -125,10 +124,6 @@ class Collator:
             instruction=[s.instruction or self.instruction for s in samples],
         )
         if self.geometry is not None:
-            from PIL import Image
-
-            from training.auxiliary import collate_targets, pair_targets
-
             targets = []
             for s in samples:
                 if s.objects is None:
@@ -163,8 +158,6 @@ def _where(box, width: int, height: int) -> str:
 def scene_description(objects: list[dict], width: int, height: int) -> str:
     """'A small red cube at the top left, a large blue ball in the middle, a white sign on the right and
     a person in green at the bottom.' — every object of one image, read top to bottom, then left to right."""
-    from m3diff.data.synth.captions import NOUNS
-
     entries = []
     for o in objects:
         if o["kind"] == "figure":
@@ -186,8 +179,6 @@ def scene_samples(samples: list[Sample], share: float, seed: int) -> list[Sample
     """``share`` × len(samples) scene-description samples (the alignment task that teaches the LLM
     to read image tokens, as LLaVA's first stage does), drawn from the pairs that carry object ground
     truth, each about one image of its pair."""
-    from PIL import Image
-
     pairs: dict = {}
     for s in samples:
         if s.objects is not None:

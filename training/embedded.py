@@ -15,7 +15,11 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from analysis.report import read_report
+from m3diff.data.readers import read_dataset
+from m3diff.pipeline import DiffCaptioner
 from training.card import write_embedded_card
 from training.recipe import RunRecord
 
@@ -35,10 +39,6 @@ def copy_model(src: Path, dest: Path) -> int:
 
 def describe_latency(model_dir: Path, pairs, repeats: int = 5) -> float:
     """Median seconds of DiffCaptioner.describe on single pairs (with the MDP trace, as the app calls it)."""
-    import torch
-
-    from m3diff.pipeline import DiffCaptioner
-
     torch.set_num_threads(2)
     captioner = DiffCaptioner.from_pretrained(model_dir)
     captioner.describe(*pairs[0])  # warm-up
@@ -92,8 +92,6 @@ def main(argv=None) -> int:
         shutil.copy2(args.twin_report, dest / "reports" / "no_mdp.json")
     latency = None
     if args.latency_pairs:
-        from m3diff.data.readers import read_dataset
-
         pairs = [(p.before, p.after) for p in read_dataset(args.latency_pairs, split="test").pairs[:5]]
         latency = describe_latency(dest, pairs)
     run = RunRecord.read(args.run_json or args.model.parent / "run.json")

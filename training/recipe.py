@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
+import torch
 import yaml
 from annotated_types import Ge, Gt, Interval, Len
+
+from m3diff.config import PRESETS, M3DiffConfig, preset
+from m3diff.data.mixture import parse_source
+from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
 
 # every section refuses keys it does not know
 _STRICT_KEYS = pydantic.ConfigDict(extra="forbid")
@@ -160,7 +165,6 @@ class Recipe:
         if self.model.tokenizer == "train" and self.model.init_from:
             fail("model.tokenizer", "a model started from a checkpoint keeps its tokenizer: set tokenizer to that "
                                     "checkpoint (or leave init_from empty to train from scratch)")
-        from m3diff.config import PRESETS, preset
 
         check_model_config(self.model.config, where)
         if self.model.preset not in PRESETS:
@@ -188,7 +192,6 @@ class Recipe:
         sources = list(sources) or list(self.data.sources)
         if not sources:
             raise RecipeError("data: no training data: give --data DIR (or FILE.jsonl), or data.sources in the recipe")
-        from m3diff.data.mixture import parse_source  # the one parser of DIR[:FORMAT][:WEIGHT], as training reads it
 
         for key, spec in [("data", s) for s in sources] + ([("data.val", self.data.val)] if self.data.val else []):
             try:
@@ -240,10 +243,6 @@ def check_model_config(config: dict, where: str = "recipe") -> None:
     """Type-check ``model.config`` against M3DiffConfig's fields (a dataclass in transformers 5): the config
     class stores what it is given, so ``use_mdp: maybe`` would be saved as the (true) string "maybe" and
     ``mdp_dept: 3`` ignored. Fields typed with another library's classes (the sub-configs) are not checked."""
-    import torch  # M3DiffConfig's annotations name torch.dtype
-
-    from m3diff.config import M3DiffConfig
-
     hints = typing.get_type_hints(M3DiffConfig, localns={"torch": torch})
     for key, value in config.items():
         if key not in hints or key.startswith("_"):
@@ -327,7 +326,6 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     if raw.get("precision") is False:  # YAML 1.1 reads a bare `no` (accelerate's name for float32) as false
         raw["precision"] = "no"
     recipe = Recipe.from_dict(raw, str(path))
-    from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
 
     # the shipped models by name, so a recipe that continues them runs from any directory
     named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}

@@ -15,12 +15,37 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from safetensors.torch import save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
-from m3diff.processing import IGNORE_INDEX, answer_cross_entropy
+from analysis.metrics import CaptionScorer, ScorerConfig
+from m3diff.config import preset
+from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
+from m3diff.pipeline import DiffCaptioner, GenerationSettings
+from m3diff.processing import DEFAULT_PROMPT, IGNORE_INDEX, PairProcessor, answer_cross_entropy
+from m3diff.tokenizer import train_tokenizer
+from training.auxiliary import GroundedCaptioner, ModelGrid
+from training.card import write_run_card
+from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
+from training.checkpoint import (
+    MemoryLimitReached,
+    TrainingDiverged,
+    check_finite,
+    drop_rows_after,
+    last_good,
+    latest_checkpoint,
+    load_checkpoint,
+    resident_gb,
+    save_checkpoint,
+)
 from training.recipe import Recipe, RunRecord
 
 
@@ -36,11 +61,6 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ pieces
 def build_tokenizer(recipe: Recipe, samples, out: Path, accelerator):
     """The recipe's tokenizer; "train" fits a BPE on the answers once (main process) and reuses it on resume."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from m3diff.processing import DEFAULT_PROMPT
-    from m3diff.tokenizer import train_tokenizer
-
     if recipe.model.tokenizer != "train":
         return AutoTokenizer.from_pretrained(recipe.model.tokenizer)
     path = out / "tokenizer"
@@ -60,12 +80,7 @@ def build_model(recipe: Recipe, tokenizer):
 
 
 def _build_model(recipe: Recipe, tokenizer):
-    from m3diff.config import preset
-    from m3diff.modeling import M3DiffForConditionalGeneration, register_auto_classes
-
     if recipe.model.init_from:
-        from transformers import AutoConfig
-
         register_auto_classes()  # AutoConfig must know model_type "m3diff"
         cfg = AutoConfig.from_pretrained(recipe.model.init_from)
         if getattr(cfg, "model_type", "") == "m3diff":
@@ -88,8 +103,6 @@ def run_precision(precision: str, cuda: bool) -> str:
         return precision
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     if not native:
-        import warnings
-
         warnings.warn("precision: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) would be ~10x slower: "
                       "training in float32 (run.json records it)", stacklevel=2)
     return precision if native else "no"
@@ -120,8 +133,6 @@ def apply_lora(recipe: Recipe, model):
 def base_model(model):
     """The M3DiffForConditionalGeneration inside (peft wraps it; LoRA layers stay active in it;
     grounded training wraps it with its auxiliary heads)."""
-    from training.auxiliary import GroundedCaptioner
-
     if isinstance(model, GroundedCaptioner):
         model = model.model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -129,8 +140,6 @@ def base_model(model):
 
 def captioning_model(model):
     """What gets saved: the (peft-wrapped) captioning model without training-only heads."""
-    from training.auxiliary import GroundedCaptioner
-
     return model.model if isinstance(model, GroundedCaptioner) else model
 
 
@@ -189,10 +198,6 @@ def step_losses(model, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor
 
 def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tokens: int = 128,
                       instruction: str | None = None, progress: bool = False) -> list[str]:
-    from tqdm.auto import tqdm
-
-    from m3diff.pipeline import DiffCaptioner, GenerationSettings
-
     captioner = DiffCaptioner(model, processor, source="training")
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     captions = []
@@ -206,8 +211,6 @@ def generate_captions(model, processor, pairs, batch_size: int = 32, max_new_tok
 
 def quick_scores(pairs, captions) -> dict:
     """BLEU-4, ROUGE-L, CIDEr-D (x100) of captions against the pairs' references (no METEOR: no JVM)."""
-    from analysis.metrics import CaptionScorer, ScorerConfig
-
     with CaptionScorer(ScorerConfig(meteor=False, spice=False)) as scorer:
         corpus = scorer.prepare([p.id for p in pairs], captions, [list(p.captions) for p in pairs])
         scores = scorer.score(corpus)
@@ -229,23 +232,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     as it is at that step is also saved (merged, with its card) so a long schedule can be evaluated
     part-way and later continued with ``resume`` — the schedule is the full run's, so nothing re-warms.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
-
-    from m3diff.processing import PairProcessor
-    from training.checkpoint import (
-        MemoryLimitReached, TrainingDiverged, check_finite, drop_rows_after, last_good, latest_checkpoint,
-        load_checkpoint, resident_gb, save_checkpoint,
-    )
-    from training.data import Collator, StepSampler, load_samples, load_val_pairs, scene_samples
-
-    # What the run needs only at its end (validation, export, card) is imported now: a run lasts hours,
-    # and a module edited on disk meanwhile must not meet the old ones it already holds (a 6,000-step
-    # run once failed at its last step importing a half-new m3diff.pipeline). analysis.metrics is
-    # imported below, once the run is known to have pairs to score.
-    import m3diff.pipeline  # noqa: F401
-    import training.card  # noqa: F401
-
     start_time, start_cpu = time.time(), time.process_time()
     out = Path(out)
     # SigLIP's post_layernorm never feeds LLaVA-OneVision's features (it reads hidden_states), so DDP
@@ -271,8 +257,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     if recipe.grounding is not None:
         samples += scene_samples(samples, recipe.grounding.scene_share, recipe.seed)
     val_pairs = load_val_pairs(sources, recipe.data.val, recipe.data.val_pairs)
-    if val_pairs:  # pycocoevalcap scores them; a run without validation (data.val_pairs=0) does not need it
-        import analysis.metrics  # noqa: F401
     sampler = StepSampler(len(samples), recipe.batch.global_batch, recipe.batch.per_device_batch, recipe.seed)
     total = max_steps or recipe.max_steps or max(1, int(recipe.epochs * sampler.steps_per_epoch))
 
@@ -283,8 +267,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     model = apply_lora(recipe, model)
     geometry = None
     if recipe.grounding is not None:
-        from training.auxiliary import GroundedCaptioner, ModelGrid
-
         vision = base_model(model).config.vision_config
         geometry = ModelGrid(vision.image_size, vision.patch_size)
         model = GroundedCaptioner(model, vision.hidden_size)
@@ -315,7 +297,6 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         for log in (log_csv, eval_csv):  # rows a killed run wrote past the step resumed from
             drop_rows_after(log, step)
         (out / "run.json").write_text(json.dumps(meta, indent=1))  # RunRecord.read reads it
-        from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
 
@@ -356,13 +337,9 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
     def export(at_step: int, scores: dict) -> Path:
         model_dir = out / "model"
         if accelerator.is_main_process:
-            from m3diff.pipeline import DiffCaptioner
-            from training.card import write_run_card
-
             unwrapped = accelerator.unwrap_model(model)
             final = captioning_model(unwrapped)
             if final is not unwrapped:  # the grounding heads: kept beside the model, never inside it
-                from safetensors.torch import save_file
 
                 model_dir.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.heads.state_dict().items()},

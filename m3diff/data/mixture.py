@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from m3diff.data.layout import Dataset
+from m3diff.data.readers import format_name
 
 EVERY_CAPTION_SOURCES = frozenset({"clevr_change", "clevr_dc"})
 GROUND_TRUTH_KEYS = ("regions", "objects")
@@ -29,8 +30,6 @@ class MixSource:
 
 def parse_source(spec: str) -> MixSource:
     """``DIR[:FORMAT][:WEIGHT]``: a trailing number is the weight, a known name the format."""
-    from m3diff.data.readers import format_name
-
     parts = spec.split(":")
     path, fmt, weight = parts[0], None, 1.0
     for part in parts[1:]:
@@ -57,7 +56,7 @@ def _answer_captions(pair) -> list[str]:
 
 def build_mixture(datasets: list[tuple[MixSource, Dataset]], seed: int = 0, every_caption: bool = False,
                   shuffle: bool = True) -> list[dict]:
-    from m3diff.processing import DEFAULT_PROMPT  # lazily: the model side is not needed to read data
+    from m3diff.processing import DEFAULT_PROMPT  # lazy: torch and transformers, not needed to read data
 
     rng = np.random.default_rng([seed, 20250])
     samples: list[dict] = []

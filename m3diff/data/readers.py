@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from m3diff.change_types import map_label
 from m3diff.data.layout import SPLITS, Dataset, DatasetError, ImagePaths, load_json, read_split
@@ -350,8 +351,6 @@ def _strip_image_ext(name: str) -> str:
 
 def _url_path(url: str) -> str:
     """The path part of an image URL, relative (no host, no query): where its local copy lies under images/."""
-    from urllib.parse import unquote, urlsplit
-
     return unquote(urlsplit(url.strip()).path).lstrip("/") or "?"
 
 

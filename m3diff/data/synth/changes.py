@@ -17,8 +17,22 @@ import numpy as np
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
 from m3diff.data.synth import photo as photo_mod
 from m3diff.data.synth import render as render_mod
-from m3diff.data.synth.scene import (COLOR_NAMES, DIRECTIONS, POSE_NAMES, SHAPES, SIGN_WORDS, Camera, Light, Obj,
-                                     Scene, footprint)
+from m3diff.data.synth.captions import cell
+from m3diff.data.synth.scene import (
+    COLOR_NAMES,
+    DIRECTIONS,
+    FLOOR_COLORS,
+    FLOOR_PATTERNS,
+    POSE_NAMES,
+    SHAPES,
+    SIGN_WORDS,
+    WALL_COLORS,
+    Camera,
+    Light,
+    Obj,
+    Scene,
+    footprint,
+)
 
 BASIC_TARGETS = ("disappearance", "removal", "substitution", "size", "color")
 
@@ -87,8 +101,6 @@ def base_scene(domain: str, scene_id: str, spec_rng: np.random.Generator, pair_r
     a per-pair camera jitter/flip (from ``pair_rng``)."""
     az = float(spec_rng.uniform(0, 2 * math.pi))
     if domain == "render":
-        from m3diff.data.synth.scene import FLOOR_COLORS, FLOOR_PATTERNS, WALL_COLORS
-
         i, j = spec_rng.choice(len(FLOOR_COLORS), 2, replace=False)
         cam = Camera(yaw=float(spec_rng.uniform(-0.3, 0.3)), elev=float(spec_rng.uniform(0.68, 0.82)),
                      dist=float(spec_rng.uniform(6.6, 7.3)))
@@ -180,8 +192,6 @@ def _kc(scene: Scene, exclude_uid: int = -1) -> set[tuple[str, str]]:
 
 
 def _cell(scene: Scene, o: Obj) -> tuple[str, str]:
-    from m3diff.data.synth.captions import cell
-
     return cell(scene.domain, *ground_coords(scene, o))
 
 

@@ -8,15 +8,20 @@ splits. Output is byte-identical for any number of worker processes.
 """
 from __future__ import annotations
 
+import io
 import json
+import multiprocessing as mp
 import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.data.layout import dumps_records
 from m3diff.data.synth import photo as photo_mod
 from m3diff.data.synth import render as render_mod
 from m3diff.data.synth.captions import Ref, cell, relation, write_captions, write_no_change_captions
@@ -263,10 +268,6 @@ def object_boxes(scene: Scene, boxes) -> list[dict]:
 
 def perturb(img, rng: np.random.Generator):
     """The after image of a no-change pair: the same pixels, a JPEG re-encoding, or faint sensor noise."""
-    import io
-
-    from PIL import Image
-
     kind = ("identical", "jpeg", "noise")[int(rng.integers(3))]
     if kind == "jpeg":
         buf = io.BytesIO()
@@ -344,8 +345,6 @@ def _work_in_pool(index: int):
 
 def generate(cfg: SynthConfig, out, workers: int = 1, progress: bool = True) -> dict[str, int]:
     """Write ``out/{train,val,test}.json`` and ``out/images/``; returns pairs per split."""
-    from tqdm import tqdm
-
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
@@ -357,15 +356,12 @@ def generate(cfg: SynthConfig, out, workers: int = 1, progress: bool = True) -> 
             records[split].append(rec)
             bar.update()
     else:
-        import multiprocessing as mp
-
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(workers, initializer=_init_pool, initargs=(cfg, str(out))) as pool:
             for split, rec in pool.imap(_work_in_pool, range(cfg.pairs), chunksize=16):
                 records[split].append(rec)
                 bar.update()
     bar.close()
-    from m3diff.data.layout import dumps_records
 
     for split, recs in records.items():
         (out / f"{split}.json").write_text(dumps_records(recs), encoding="utf-8")
