@@ -44,8 +44,9 @@ SPICE_JARS = (
 )
 SPICE_HINT = (
     "SPICE needs Stanford CoreNLP 3.6.0: put stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar "
-    f"(from stanford-corenlp-full-2015-12-09.zip) into {SPICE_JARS[0].parent}"
-)
+    "(from stanford-corenlp-full-2015-12-09.zip) into the installed pycocoevalcap's spice/lib folder "
+    "(`m3diff doctor` names it)"
+)  # no path of this machine: the line is stored in reports, which the app shows to anyone
 # Java ends a line at any of these; pycocoevalcap only replaces "\n", so a caption holding one of the
 # others shifts every later caption onto the wrong id. We replace them all with a space.
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
