@@ -13,16 +13,35 @@ mutable state: ``load_services`` builds the models (once, at start; on a ZeroGPU
 time, which the platform requires) and ``build_app`` wires them into callbacks through closures.
 Every callback below is a plain function of its inputs, tested without a browser (tests/app).
 """
-import argparse
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 
+import gradio as gr
+import pandas as pd
+from starlette.middleware import Middleware
+
+from analysis.attribution import explain_maps
+from analysis.evidence import colour_legend, error_view, map_choices, map_overlays, scale_note, shown_maps
+from analysis.figures import mdp_scores, metrics_by_domain, metrics_by_type
+from analysis.metrics import SHOWN_METRICS
+from analysis.paper import paper_breakdowns
+from analysis.render import (SLICES, changes_table, delta_table, export, grounding_table, localization_notes,
+                             localization_table, md, pairs_frame, paper_table, protocol_note, protocol_table,
+                             quality_line, report_choices, slice_table)
+from analysis.report import ReportError, read_report
+from m3diff.data.layout import read_split
+from m3diff.describing import EMBEDDED_DIR, GenerationSettings, ModelLoadError
+from m3diff.describing import caption_words as split_words
+from m3diff.images import ImageError, load_image
+from m3diff.overlay import common_size
+from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
-                           add_arguments, config_from, parse_args)
+                           parse_args)
 from webapp.middleware import OptionalAPIArguments
 from webapp.services import Services, load_error, load_services
 
@@ -43,10 +62,6 @@ EMBEDDED_LIMITS = (
 # ============================================================================ inputs
 def load_pair(before, after):
     """Both images through ``m3diff.images.load_image``; any problem becomes one ``gr.Error`` for a person."""
-    import gradio as gr
-
-    from m3diff.images import ImageError, load_image
-
     if before is None or after is None:
         missing = " and ".join(n for n, v in (("before", before), ("after", after)) if v is None)
         raise gr.Error(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
@@ -68,8 +83,6 @@ def _strip_tmp(message: str) -> str:
 # ============================================================================ figures (analysis.figures)
 def score_figure(trace, layer_scores: dict):
     """Bars of the mean MDP Score per vision layer, with the spread of its channel weights."""
-    from analysis.figures import mdp_scores
-
     per_channel = trace.score if trace is not None else None
     fig = mdp_scores({int(k): float(v) for k, v in layer_scores.items()}, per_channel)
     fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40))
@@ -78,9 +91,6 @@ def score_figure(trace, layer_scores: dict):
 
 def dashboard_figure(reports: dict, metric: str):
     """Per change type (with intervals) for evaluation reports ({name: Report}); per domain for the paper's."""
-    from analysis.figures import metrics_by_domain, metrics_by_type
-    from analysis.paper import paper_breakdowns
-
     if reports:
         fig = metrics_by_type({name: rep.run.scores for name, rep in reports.items()}, metric)
     else:
@@ -101,11 +111,11 @@ def model_card(captioner, twin=None) -> str:
     lines += [
         f"- **Size**: {counts['total'] / 1e6:,.2f} M parameters (vision {counts['vision'] / 1e6:.2f} M, "
         f"MDP {counts['mdp'] / 1e6:.2f} M, language model {counts['language_model'] / 1e6:.2f} M)",
-        f"- **MDP**: " + (f"on vision layers {list(info.mdp_layers)}, depth {info.mdp_depth}" if info.use_mdp
+        "- **MDP**: " + (f"on vision layers {list(info.mdp_layers)}, depth {info.mdp_depth}" if info.use_mdp
                           else "off (baseline)"),
         f"- **Images**: {info.image_size}px, {info.num_image_tokens} tokens each; "
         f"device `{info.device}`, dtype `{info.dtype}`",
-        f"- **No-MDP twin**: " + (f"`{twin.source}` loaded" if twin is not None else "not loaded"),
+        "- **No-MDP twin**: " + (f"`{twin.source}` loaded" if twin is not None else "not loaded"),
     ]
     card = _read_card(info.source)
     if info.source in ("embedded", "untrained-tiny"):
@@ -117,8 +127,6 @@ def model_card(captioner, twin=None) -> str:
 
 def model_statement(services: Services) -> str:
     """What the loaded model knows and how good it measured, said above its captions (the card has more)."""
-    from analysis.render import quality_line
-
     info = services.captioner.info
     if not info.trained:
         return "⚠️ " + UNTRAINED_NOTE
@@ -131,8 +139,6 @@ def model_statement(services: Services) -> str:
 
 
 def _read_card(source: str) -> str:
-    from m3diff.describing import EMBEDDED_DIR
-
     folder = EMBEDDED_DIR if source == "embedded" else Path(source)
     readme = folder / "README.md"
     if not readme.is_file():
@@ -147,7 +153,6 @@ def _read_card(source: str) -> str:
 @dataclass
 class Shown:
     """What the Describe tab keeps between events (in gr.State): the pair and its trace, plain data."""
-
     before: object = None  # PIL images, as loaded
     after: object = None
     trace: object = None  # m3diff.describing.PairTrace, or None
@@ -158,16 +163,12 @@ class Shown:
 def caption_words(caption: str) -> list[str]:
     """The words a person can ask about, as "index: word" (a repeated word stays distinct); the indices
     are analysis.attribution's, so the word explained is the word picked."""
-    from m3diff.describing import caption_words as words
-
-    return [f"{i}: {w}" for i, w in enumerate(words(caption or ""))]
+    return [f"{i}: {w}" for i, w in enumerate(split_words(caption or ""))]
 
 
 def generation_settings(max_new_tokens, finish_every_change: bool = False):
     """The Describe tab's decoding: greedy, or greedy that ends only where the model gives the end even
     odds (m3diff.stopping: plain greedy ends multi-change captions early)."""
-    from m3diff.describing import GenerationSettings
-
     return GenerationSettings(max_new_tokens=int(max_new_tokens),
                               min_end_probability=FINISH_END_PROBABILITY if finish_every_change else None)
 
@@ -183,8 +184,6 @@ def describe_events(services: Services, before, after, max_new_tokens: int = DEF
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
     """The ``/describe`` endpoint: (caption, {layer: mean Score}) for two image files."""
-    from m3diff.describing import GenerationSettings
-
     b, a = load_pair(before, after)
     d = services.batcher.describe(b, a, GenerationSettings(max_new_tokens=int(max_new_tokens)))
     return d.caption, {str(k): round(float(v), 6) for k, v in d.layer_scores.items()}
@@ -193,10 +192,6 @@ def describe_api(services: Services, before, after, max_new_tokens: int = DEFAUL
 def heatmaps(shown: Shown | None, layer, kind: str):
     """The chosen map over each image on one absolute colour scale (``analysis.evidence``: anchored at
     0, so a flat map looks flat), and the scale's legend."""
-    import gradio as gr
-
-    from analysis.evidence import colour_legend, map_overlays, shown_maps
-
     if shown is None or (shown.trace is None and shown.feature_difference is None):
         return None, None, ""
     try:
@@ -211,12 +206,6 @@ def heatmaps(shown: Shown | None, layer, kind: str):
 def explain_word(services: Services, shown: Shown | None, word: str | None):
     """Captum attribution of one caption word on both images (``analysis.attribution.explain_maps``, run
     where the model lives), as overlays on one shared colour scale, and a line saying what was explained."""
-    import gradio as gr
-
-    from analysis.attribution import explain_maps
-    from analysis.evidence import map_overlays, scale_note
-    from m3diff.remote import call_on
-
     if shown is None or not shown.caption:
         raise gr.Error("Describe a pair first, then pick a word of its caption.")
     if not word:
@@ -245,11 +234,6 @@ def error_pair(traced: Callable, report, pair_id: str | None):
     """The Errors tab's view of one test pair (``analysis.evidence.error_view``): the pair with its true
     boxes for a slider, the loaded model's map over each image on one scale (``traced(before, after)``),
     the colour legend, and the report's text with the pair's hit or miss."""
-    import gradio as gr
-
-    from analysis.evidence import error_view
-    from m3diff.images import ImageError
-
     try:
         view = error_view(report, pair_id, traced)
     except ImageError as exc:
@@ -264,8 +248,6 @@ def _traced(captioner, before, after):
 
 def load_examples() -> list:
     """The example pairs (m3diff's dataset layout: `m3diff eval --refs examples` reads them too)."""
-    from m3diff.data.layout import read_split
-
     path = EXAMPLES_DIR / "test.json"
     return read_split(path) if path.is_file() else []
 
@@ -280,8 +262,6 @@ CPU_ONLY = MappingProxyType({"concurrency_limit": None})  # the dashboard never 
 
 def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f: f):
     """The Blocks app. ``gpu`` wraps the model calls (``spaces.GPU(duration=...)`` on a ZeroGPU Space)."""
-    import gradio as gr
-
     cap = services.captioner
     cap.info  # noqa: B018 — waits here for a model loading in its own process (and raises its load error)
     with gr.Blocks(title="m3diff — what changed between two images") as demo:
@@ -313,9 +293,6 @@ def uploaded_image(**kwargs):
     replaced rather than subclassed: Gradio writes a .pyi stub beside any module that defines a
     component class.)
     """
-    import types
-
-    import gradio as gr
 
     image = gr.Image(type="filepath", **kwargs)
     decode = image.preprocess
@@ -335,8 +312,6 @@ def describe_tab(services: Services, gpu) -> None:
 
 
 def _describe_inputs(services: Services) -> dict:
-    import gradio as gr
-
     examples = load_examples()
     with gr.Row():
         with gr.Column(scale=1):
@@ -364,10 +339,6 @@ def _describe_inputs(services: Services) -> dict:
 
 
 def _describe_outputs(services: Services) -> dict:
-    import gradio as gr
-
-    from analysis.evidence import map_choices
-
     layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
     with gr.Row():
         layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
@@ -394,8 +365,6 @@ def _describe_outputs(services: Services) -> dict:
 
 
 def _wire_describe(services: Services, gpu, ui) -> None:
-    import gradio as gr
-
     model_calls = _model_calls(services)
     ui.go.click(
         _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens, ui.finish],
@@ -422,11 +391,6 @@ def _wire_describe(services: Services, gpu, ui) -> None:
 def _describe_stream(services: Services, gpu, ui):
     """The Describe button's callback: the trace is drawn once (it is complete before the first token),
     then only the caption grows; at the end the words of the caption become pickable."""
-    import gradio as gr
-
-    from analysis.evidence import map_choices
-    from m3diff.overlay import common_size
-
     @gpu
     def stream(before, after, max_new_tokens, finish):
         yield from describe_events(services, before, after, max_new_tokens, finish)
@@ -454,11 +418,6 @@ def _describe_stream(services: Services, gpu, ui):
 def dashboard_tab(services: Services, demo):
     """Dashboard: the loaded reports per change type and domain, run against run, the paper, exports.
     Returns the session's report list (the Errors tab browses the same reports)."""
-    import gradio as gr
-
-    from analysis.metrics import SHOWN_METRICS
-    from analysis.render import export, paper_table
-
     store = services.reports
     reports_state = gr.State(store.initial())  # names and store keys only: the reports live in the store
     if services.report_note:
@@ -518,10 +477,6 @@ LOCALIZATION_INTRO = (
 
 def localization_panel(store, reports_state, demo) -> None:
     """The Dashboard's localization panel: pointing and energy per slice, sanity and no-change lines."""
-    import gradio as gr
-
-    from analysis.render import SLICES
-
     with gr.Column(elem_id="localization-panel"):
         gr.Markdown(LOCALIZATION_INTRO)
         by = gr.Radio(list(SLICES), value="change type", label="slices", elem_id="localization-by")
@@ -541,7 +496,6 @@ def _reports(store, state) -> tuple[dict, str]:
     loaded, dropped = store.resolve(state)
     note = ""
     if dropped:
-        from analysis.render import md
 
         note = (f"ℹ️ The server let go of {md(', '.join(dropped))} to make room for other visitors' reports: "
                 "upload it again to see it.")
@@ -550,8 +504,6 @@ def _reports(store, state) -> tuple[dict, str]:
 
 def localization_view(store, state, by: str = "change type"):
     """(pointing table, energy table, sanity and no-change lines) of a session's reports."""
-    from analysis.render import localization_notes, localization_table
-
     reports, _ = _reports(store, state)
     return (localization_table(reports, "pointing", by), localization_table(reports, "energy", by),
             localization_notes(reports))
@@ -559,9 +511,6 @@ def localization_view(store, state, by: str = "change type"):
 
 def dashboard_view(store, state, metric: str):
     """The Dashboard's note, figure and tables (``analysis.render``) for a session's reports."""
-    from analysis.render import (changes_table, delta_table, grounding_table, protocol_note, protocol_table,
-                                 slice_table)
-
     reports, note = _reports(store, state)
     return (note, dashboard_figure(reports, metric), slice_table(reports, "per_type"),
             slice_table(reports, ("per_domain", "per_changes")),
@@ -573,10 +522,6 @@ def add_report(store, state, path, metric: str, allowed: tuple[Path, ...] = ()):
     """An uploaded report.json joins the session's reports (under its file name; a name taken gets a ').
     It is checked as data before anything reads it, held once on the server, and its images are shown
     only from ``allowed`` folders (``Services.operator_folders``)."""
-    import gradio as gr
-
-    from analysis.report import ReportError, read_report
-
     if path is None:
         return (state, *dashboard_view(store, state, metric))
     try:
@@ -591,10 +536,6 @@ def add_report(store, state, path, metric: str, allowed: tuple[Path, ...] = ()):
 
 def errors_tab(services: Services, gpu, reports_state, demo) -> None:
     """Errors: a report's test pairs, filtered and sorted; a row shows the pair, its text and its maps."""
-    import gradio as gr
-
-    from analysis.metrics import SHOWN_METRICS
-
     store = services.reports
     run_names = [n for n, _ in store.initial()]
     if not run_names:
@@ -639,10 +580,6 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
 
 def run_filters(store, state, name: str | None):
     """The change types and domains of a report's pairs, as the Errors tab's filter choices."""
-    import gradio as gr
-
-    from analysis.render import report_choices
-
     reports, _ = _reports(store, state)
     if name not in reports:
         return gr.update(choices=["all"], value="all"), gr.update(choices=["all"], value="all")
@@ -651,10 +588,6 @@ def run_filters(store, state, name: str | None):
 
 
 def filter_table(store, state, name: str | None, change_type, domain, sort_by, ascending):
-    import pandas as pd
-
-    from analysis.render import pairs_frame
-
     reports, _ = _reports(store, state)
     if name not in reports:
         return pd.DataFrame()
@@ -662,19 +595,13 @@ def filter_table(store, state, name: str | None, change_type, domain, sort_by, a
 
 
 def _short():
-    from m3diff.describing import GenerationSettings
-
     return GenerationSettings(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
 
 # ============================================================================ start
 def launch(demo, config: AppConfig, **kwargs):
     """Queue and launch with the app's limits: upload size, served folders, theme."""
-    import gradio as gr
 
-    from m3diff.describing import EMBEDDED_DIR
-
-    from starlette.middleware import Middleware
 
     demo.queue(max_size=64, default_concurrency_limit=None)
     optional = {"describe": (2, [config.max_new_tokens])}
@@ -695,10 +622,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: AppConfig) -> int:
     """Load, lay out and serve; a load error is one line and exit status 2."""
-    from analysis.report import ReportError
-    from m3diff.describing import ModelLoadError
-    from m3diff.remote import RemoteError
-
     try:
         # the model process starts first: it loads while this process imports gradio and lays out the app
         services = load_services(config)
@@ -714,22 +637,3 @@ def run(config: AppConfig) -> int:
         return 2
     launch(demo, config)
     return 0
-
-
-# ============================================================================ the `m3diff app` command
-def register(sub) -> None:
-    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml); the same settings as
-    ``python app.py`` (``webapp.config.add_arguments``)."""
-    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
-    add_arguments(p)
-    p.set_defaults(handler=_app_command)
-
-
-def _app_command(args: argparse.Namespace) -> int:
-    from m3diff.cli import CLIError
-
-    try:
-        import gradio  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
-    return run(config_from(args))

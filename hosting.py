@@ -15,6 +15,10 @@ offers its command through the ``m3diff.commands`` entry points.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
 GPU_HARDWARE = "zero-a10g"  # ZeroGPU; any GPU flavour name works (a10g-large, l4x1, a100-large)
 
@@ -58,18 +62,12 @@ class SpaceBuildError(ValueError):
 
 
 def repo_root():
-    from pathlib import Path
-
     return Path(__file__).resolve().parent
 
 
 def build_space(out, *, model: str | None = None, hardware: str | None = None, title: str | None = None,
                 force: bool = False, root=None):
     """Write the Space folder ``out``; returns its path. ``model``: hub id or local directory (7B on a GPU)."""
-    import json
-    import shutil
-    from pathlib import Path
-
     root = Path(root) if root else repo_root()
     out = Path(out)
     template = root / "spaces"
@@ -159,8 +157,6 @@ def read_front_matter(readme_text: str) -> dict:
 
 
 def _git_commit(root) -> str:
-    import subprocess
-
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=5).stdout.strip()

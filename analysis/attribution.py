@@ -145,7 +145,7 @@ def explain_caption(captioner, before, after, caption: str, config: AttributionC
 def _explain(captioner, before, after, caption, words, index, config, target, instruction, overlay_side):
     import torch  # lazy, with the model's modules: the web process runs attributions in the model's process
 
-    from m3diff.processing import IGNORE_INDEX
+    from m3diff.processing import IGNORE_INDEX  # lazy: it imports torch
 
     text, start, end = words[index]
     answer = caption

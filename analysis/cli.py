@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
-
 
 OUTSIDE_HELP = ("read image paths that lead outside the dataset folder (absolute paths, '..', symlinks out); "
                 "refused by default")
@@ -118,15 +121,12 @@ def _split_pred(spec: str) -> tuple[str, Path]:
 
 
 def run_eval(args) -> int:
-    import json
-
-    from m3diff.cli import CLIError
-
     from analysis.breakdown import BreakdownConfig
     from analysis.evaluate import Policies, evaluate
     from analysis.inputs import InputError
     from analysis.render import evidence_lines, text_table, write_files
     from analysis.report import ReportError, read_grounding
+    from m3diff.cli import CLIError
 
     specs = [_split_pred(s) for s in args.pred]
     names = [n for n, _ in specs]
@@ -167,10 +167,7 @@ def run_eval(args) -> int:
 
 
 def run_doctor(args) -> int:
-    import shutil
-    import subprocess
-
-    from analysis.metrics import check_metrics
+    from analysis.metrics import SPICE_JARS, check_metrics
 
     avail = check_metrics()
     java = shutil.which("java")
@@ -185,7 +182,7 @@ def run_doctor(args) -> int:
     print(f"[{ok(avail.java)}] Java            {java or 'not found'} {version}")
     print(f"[{ok(avail.java)}] PTB tokenizer, BLEU-1..4, ROUGE-L, CIDEr-D")
     print(f"[{ok(avail.meteor)}] METEOR 1.5")
-    print(f"[{ok(avail.spice)}] SPICE")
+    print(f"[{ok(avail.spice)}] SPICE" + ("" if avail.spice else f"   (its jars go into {SPICE_JARS[0].parent})"))
     for note in avail.notes:
         print(f"      {note}")
     if args.run and avail.java:
@@ -197,9 +194,8 @@ def run_doctor(args) -> int:
 
 
 def run_predict(args) -> int:
-    from m3diff.cli import CLIError
-
     from analysis.inputs import InputError, Predictions, load_predictions
+    from m3diff.cli import CLIError
 
     _check_predict_args(args, CLIError)
     out = Path(args.out)
@@ -342,12 +338,9 @@ def _maps_sanity(captioner, pairs) -> dict:
 
 
 def run_probe(args) -> int:
-    import json
-
-    from m3diff.cli import CLIError
-
     from analysis.grounding import check_grounding
     from analysis.report import GroundingSection, atomic_write, grounding_json
+    from m3diff.cli import CLIError
 
     if args.pairs < 2:
         raise CLIError(f"--pairs must be at least 2, got {args.pairs}")
@@ -400,8 +393,6 @@ def run_probe(args) -> int:
 def _synth_settings(data: Path, without: str) -> dict | None:
     """The generator settings of a folder made by ``m3diff synth`` (its ``synth_config.json``); None
     for other data, and with a warning saying what is lost (``without``) when the file is unreadable."""
-    import json
-
     config = data / "synth_config.json" if data.is_dir() else None
     if config is None or not config.is_file():
         return None
@@ -436,8 +427,6 @@ def _split_model(spec: str) -> tuple[str, str]:
 
 def _pair_digest(pair) -> str:
     """What a prediction was made from: the bytes of both images (a regenerated set keeps ids and paths)."""
-    import hashlib
-
     h = hashlib.sha1()
     for path in (pair.before, pair.after):
         h.update(Path(path).read_bytes())

@@ -131,7 +131,7 @@ def answer_losses(captioner, images: list[tuple], answers: list[str], batch_size
     """Per pair, the summed cross-entropy of its answer (and end token) given its images, and the token count."""
     import torch  # lazy, with the model's modules: the web process reads grounding reports without torch
 
-    from m3diff.processing import answer_cross_entropy
+    from m3diff.processing import answer_cross_entropy  # lazy: it imports torch
 
     model, processor = captioner.model, captioner.processor
     out = []

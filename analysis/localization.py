@@ -48,6 +48,7 @@ from PIL import Image
 from m3diff.change_types import DISTRACTORS
 from m3diff.describing import MAP_KINDS
 from m3diff.geometry import PatchGeometry
+from m3diff.images import load_image
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels, x1/y1 exclusive
 RULES = ("center", "overlap")
@@ -396,8 +397,7 @@ def evaluate_localization(maps_by_id: Mapping[str, Mapping[str, np.ndarray]], pa
     app's error browser. ``pairs``: ``DiffPair``s (``extra`` holds ``regions``); ``load``: path →
     PIL image (default ``m3diff.images.load_image``)."""
     if load is None:
-        from m3diff.images import load_image as load
-
+        load = load_image
     rows: list[PairLocalization] = []
     changed, unchanged = [], []
     per_pair: dict[str, dict[str, float | None]] = {}

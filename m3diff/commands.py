@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 
@@ -68,8 +69,6 @@ def _describe(args: argparse.Namespace) -> int:
 def _finite_json(value):
     """NaN and infinities as null: JSON has no NaN, and a reader that meets one (json.loads in JavaScript,
     jq) rejects the whole document."""
-    import math
-
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

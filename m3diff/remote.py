@@ -71,7 +71,7 @@ def _portable(exc: BaseException) -> BaseException:
 def _serve(conn, model: str | None, twin: str | None, device: str | None) -> None:
     """The child: load, say ready (with the models' facts), then answer requests one at a time."""
     try:
-        from m3diff.pipeline import DiffCaptioner
+        from m3diff.pipeline import DiffCaptioner  # lazy: only the model's process imports torch
 
         captioners = {"model": DiffCaptioner.from_pretrained(model, device=device)}
         if twin:

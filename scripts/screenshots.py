@@ -16,7 +16,9 @@ import socket
 import tempfile
 from pathlib import Path
 
+import app
 from analysis.report import Report
+from webapp.services import default_report_paths
 
 HERE = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,9 +43,6 @@ def localized_ids(reports: list[Report]) -> set[str]:
 def served_as_fresh_clone(folder: Path):
     """The app as `python app.py` starts it (default model, the shipped reports), with the reports'
     data folder pointed where no data is; yields (url, ids of pairs with a localization score)."""
-    import app
-    from webapp.services import default_report_paths
-
     reports, paths = [], []
     for path in default_report_paths():
         rep = Report.loads(path.read_text(encoding="utf-8"), name=path.name)

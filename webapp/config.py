@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from m3diff.cli import CLIError
+
 HERE = Path(__file__).resolve().parents[1]  # the checkout (or the Space folder) holding app.py
 EXAMPLES_DIR = HERE / "examples"
 EXAMPLE_REPORT = EXAMPLES_DIR / "report.json"  # `m3diff eval` of the embedded model on the examples
@@ -55,3 +57,22 @@ def config_from(a: argparse.Namespace) -> AppConfig:
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     p = argparse.ArgumentParser(prog="app.py", description="Start the m3diff browser app.")
     return config_from(add_arguments(p).parse_args(argv))
+
+
+# ============================================================================ the `m3diff app` command
+def register(sub) -> None:
+    """`m3diff app`: found through the ``m3diff.commands`` entry points (pyproject.toml); the same settings as
+    ``python app.py``."""
+    p = sub.add_parser("app", help="start the browser app", description="Start the Gradio app (same as python app.py).")
+    add_arguments(p)
+    p.set_defaults(handler=_app_command)
+
+
+def _app_command(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401  lazy: gradio and the layout load only when the app starts, so `m3diff --help` stays fast
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"the app needs the 'app' extra ({exc.name} is missing): pip install 'm3diff[app]'") from None
+    import app  # lazy: as above
+
+    return app.run(config_from(args))

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.report import LoadedReport, read_report
+from m3diff.batching import PairBatcher
 from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, ModelLoadError
+from m3diff.remote import RemoteCaptioner
 from webapp.config import EXAMPLE_REPORT, EXAMPLES_DIR, HERE, AppConfig
 from webapp.reports import ReportStore
 
@@ -38,8 +40,6 @@ class Services:
         if isinstance(self.reports, dict):  # a plain {name: LoadedReport}, as tests build them
             self.reports = ReportStore(self.reports)
         if self.batcher is None:
-            from m3diff.batching import PairBatcher
-
             self.batcher = PairBatcher(self.captioner, max_batch=max(1, self.config.api_batch))
 
     def operator_folders(self) -> tuple[Path, ...]:
@@ -77,11 +77,9 @@ def load_services(config: AppConfig, device: str | None = None) -> Services:
 
 def _load_captioners(config: AppConfig, twin_src: str | None, device: str | None):
     if config.separate_process:
-        from m3diff.remote import RemoteCaptioner
-
         captioner = RemoteCaptioner.start(config.model, twin=twin_src, device=device)
         return captioner, captioner.twin
-    from m3diff.pipeline import DiffCaptioner
+    from m3diff.pipeline import DiffCaptioner  # lazy: with the model in its own process, the web process never imports torch
 
     try:
         with warnings.catch_warnings():

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
 
 FORMAT_HELP = "omnidiff (our layout, also: synth), spot_the_diff, iedit, clevr_change, clevr_dc, birds_to_words"
 OUTSIDE_HELP = ("read image paths that lead outside the dataset folder (absolute paths, '..', symlinks out); "
@@ -64,8 +68,6 @@ def register(subparsers) -> None:
 
 
 def _synth(args) -> int:
-    from pathlib import Path
-
     from m3diff.cli import CLIError
     from m3diff.data.synth.generator import SynthConfig, default_workers, generate
 
@@ -86,8 +88,6 @@ def _synth(args) -> int:
 
 
 def _read(path, fmt, split, images, allow_outside=False):
-    import sys
-
     from m3diff.cli import CLIError
     from m3diff.data.layout import DatasetError
     from m3diff.data.readers import read_dataset
@@ -102,9 +102,6 @@ def _read(path, fmt, split, images, allow_outside=False):
 
 
 def _stats(args) -> int:
-    import dataclasses
-    import json
-
     from m3diff.data.stats import compute_stats
 
     ds = _read(args.path, args.format, args.split, "optional", args.allow_outside_root)

@@ -64,7 +64,7 @@ def test_each_areas_commands_come_from_entry_points():
     from m3diff.cli import COMMAND_GROUP, build_parser
 
     modules = {ep.module for ep in entry_points(group=COMMAND_GROUP)}
-    assert {"m3diff.commands", "analysis.cli", "training.cli", "app", "hosting"} <= modules
+    assert {"m3diff.commands", "analysis.cli", "training.cli", "webapp.config", "hosting"} <= modules
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"describe", "eval", "train", "app", "space", "synth"} <= set(commands)
 
@@ -77,3 +77,53 @@ def test_importing_m3diff_registers_nothing_until_asked():
             "assert 'm3diff' in CONFIG_MAPPING\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+# Libraries whose import costs seconds or pulls torch / a GPU stack: a function may import them when it
+# needs them, so that `m3diff --help`, the web process and the data tools start without them.
+HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate", "captum", "pycocoevalcap",
+         "matplotlib", "skimage", "gradio", "gradio_client", "playwright", "tensorboard", "huggingface_hub",
+         "spaces", "pandas", "plotly", "scipy", "pydantic", "yaml"}
+
+
+def inner_imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
+    """Imports inside functions that are neither of a heavy library nor marked ``# lazy: why`` (on the line
+    or the one above); in a command module (an ``m3diff.commands`` entry point) a command may also import
+    the project's modules when it runs, but not the standard library."""
+    from importlib.metadata import entry_points
+
+    commands = {ep.module for ep in entry_points(group="m3diff.commands")}
+    module = module or ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    bad = []
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            name = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name) or ""
+            top = name.split(".")[0]
+            marked = any("# lazy" in lines[i] or "lazy:" in lines[i]
+                         for i in range(max(node.lineno - 2, 0), node.end_lineno))
+            if top in HEAVY or marked or (module in commands and top not in sys.stdlib_module_names):
+                continue
+            bad.append((node.lineno, name))
+    return bad
+
+
+def test_imports_sit_at_module_top_unless_they_say_why_not():
+    # the product; benchmarks/ is left out: the GPU check imports inside each check so that one broken
+    # import fails that check and the others still report
+    files = [p for area in ("m3diff", "analysis", "training", "webapp", "spaces", "scripts")
+             for p in (ROOT / area).rglob("*.py")] + [ROOT / "app.py", ROOT / "hosting.py"]
+    bad = {str(f.relative_to(ROOT)): found for f in files if (found := inner_imports(f))}
+    assert not bad, bad
+
+
+def test_the_import_rule_sees_an_unmarked_inner_import(tmp_path):
+    f = tmp_path / "sample.py"
+    f.write_text("def g():\n    import json\n    from m3diff.images import load_image\n"
+                 "    import torch\n    from m3diff.pipeline import DiffCaptioner  # lazy: torch\n")
+    assert inner_imports(f, "scripts.sample") == [(2, "json"), (3, "m3diff.images")]
+    assert inner_imports(f, "analysis.cli") == [(2, "json")]  # a command may import the project when it runs
