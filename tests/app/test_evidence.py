@@ -179,9 +179,10 @@ def test_maps_land_on_the_right_place_of_a_non_square_image():
     assert 28 <= rows.min() and rows.max() <= 60
 
 
-def test_the_shipped_reports_carry_their_evidence_and_their_pairs_are_redrawn_as_scored():
+def test_the_shipped_reports_carry_their_evidence_and_their_pairs_are_redrawn_as_scored(tmp_path, monkeypatch):
     """The Dashboard panel and the Errors tab read these sections; the shipped reports' images do not
     ship, so every pair must regenerate to the very pair that was scored (types and boxes)."""
+    monkeypatch.chdir(tmp_path)  # as on a fresh clone: the evaluation's data folder is not here
     from analysis.evidence import generator_settings
     from analysis.report import Region
     from m3diff.data.synth.generator import regenerate
