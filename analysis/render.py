@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 import pandas as pd
 
@@ -521,7 +522,7 @@ def best_map(maps) -> str | None:
 
 LOCALIZATION_HOWTO = ("not in the loaded reports: run `m3diff predict --maps` (it stores each pair's maps), then "
                       "`m3diff eval` on generated references (they know where each change is)")
-SLICES = {"change type": "per_type", "setting": "per_setting", "domain": "per_domain"}
+SLICES = MappingProxyType({"change type": "per_type", "setting": "per_setting", "domain": "per_domain"})
 
 
 def _localization_runs(reports: Reports) -> dict:
@@ -797,3 +798,59 @@ def change_naming_md(reports: Reports) -> str:
         if any(v != "—" for v in cells):
             rows.append([name, *cells])
     return markdown_table(head, rows)
+
+
+def paired_delta(rep: Report, metric: str = "CIDEr-D") -> tuple[float, tuple[float, float] | None] | None:
+    """The base run minus the other run of a two-run report (``m3diff eval --pred m3diff=… --pred no_mdp=…``),
+    overall, with its paired bootstrap interval; None without a comparison. The report's deltas are
+    other − base, so they are negated here."""
+    if rep.comparison is None:
+        return None
+    for table in rep.comparison.runs.values():
+        entry = table.get("overall:overall")
+        d = None if entry is None else entry.deltas.get(metric)
+        if d is not None:
+            return -d.delta, None if d.ci is None else (-d.ci[1], -d.ci[0])
+    return None
+
+
+def headline_md(reports: Reports) -> str:
+    """The few numbers that say how good a model is, one column per model: caption metrics overall with
+    their intervals, whether the captions name the true changes and their new values, whether the model
+    reads its images, and how often its best map points at a single change."""
+    names = list(reports)
+
+    def scores(rep, metric):
+        return _cell(rep.run.scores.overall, metric)
+
+    def changes(rep, what):
+        c = rep.run.changes
+        o = None if c is None else c.summary.overall
+        if o is None:
+            return "–"
+        return {"named": f"{_pct(o.recall)}% / {_pct(o.precision)}%", "value": f"{_pct(o.value_recall)}%"}[what]
+
+    def grounding(rep, what):
+        g = rep.grounding_of()
+        v = None if g is None else {"swap": g.same_scene_gap, "same": g.no_change_share}[what]
+        return "–" if v is None else (f"{v:+.1%}" if what == "swap" else f"{v:.0%}")
+
+    def pointing(rep):
+        loc = rep.run.localization
+        m = None if loc is None else best_map(loc.summary.maps)
+        s = None if m is None else loc.summary.per_setting.get("single", {}).get(m)
+        return "–" if s is None or s.pointing is None else f"{100 * s.pointing:.0f}% ({map_label(m)})"
+
+    n = reports[names[0]].run.scores.overall.n
+    rows = [[f"{m} ({n} test pairs) [95% CI]", *[scores(reports[k], m) for k in names]] for m in ("CIDEr-D", "BLEU-4", "METEOR")]
+    rows += [["true changes named: recall / precision", *[changes(reports[k], "named") for k in names]],
+             ["new value said (colour, word, count, …)", *[changes(reports[k], "value") for k in names]],
+             ["same-scene swap: answer loss up by", *[grounding(reports[k], "swap") for k in names]],
+             ["identical pairs called unchanged", *[grounding(reports[k], "same") for k in names]],
+             ["best map's peak on a single change", *[pointing(reports[k]) for k in names]]]
+    table = markdown_table(["", *names], rows)
+    delta = paired_delta(reports[names[0]])
+    if delta is not None and delta[1] is not None and len(names) > 1:
+        table += (f"\n\nCIDEr-D, {names[0]} minus {names[1]} on the same pairs: {delta[0]:+.1f} "
+                  f"[{delta[1][0]:+.1f}, {delta[1][1]:+.1f}] (paired bootstrap, 95%).")
+    return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from math import prod
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def bar_lines(rep: Report, twin: Report | None) -> list[str]:
                      f"{'met' if (v or 0) >= 0.5 else 'NOT met'}")
     if twin is not None:
         t = twin.run.scores.overall.scores["CIDEr-D"]
-        delta = paired_delta(rep)
+        delta = render.paired_delta(rep)
         verdict = "met" if delta and delta[1] and delta[1][0] > 0 else "NOT met"
         shown = (f"paired difference {delta[0]:+.1f} [{delta[1][0]:+.1f}, {delta[1][1]:+.1f}]"
                  if delta and delta[1] else "no paired interval in the report")
@@ -105,19 +106,6 @@ def bar_lines(rep: Report, twin: Report | None) -> list[str]:
             lines.append(f"- grounding checks of `{name}`: {'passed' if not g.flags else 'NOT passed'}"
                          + ("" if not g.flags else f" ({'; '.join(g.flags)})"))
     return lines
-
-
-def paired_delta(rep: Report) -> tuple[float, tuple[float, float] | None] | None:
-    """M3Diff minus the twin, overall CIDEr-D, with its paired interval: from a report of
-    `m3diff eval --pred m3diff=… --pred no_mdp=…` (base first, so its deltas are twin − M3Diff)."""
-    if rep.comparison is None:
-        return None
-    for table in rep.comparison.runs.values():
-        entry = table.get("overall:overall")
-        d = None if entry is None else entry.deltas.get("CIDEr-D")
-        if d is not None:
-            return -d.delta, None if d.ci is None else (-d.ci[1], -d.ci[0])
-    return None
 
 
 def grounding_line(recipe: Recipe) -> str:
@@ -141,7 +129,7 @@ def write_embedded_card(dest: Path, run: RunRecord, rep: Report, twin_rep: Repor
     part = "" if steps >= total else (f" — part-way: stopped at step {steps:,} of the {total:,}-step schedule "
                                       "(`--stop-at`); `--resume` continues it")
     m = r.model
-    reports = {"M3Diff (MDP)": rep} | ({"no-MDP twin": twin_rep} if twin_rep else {})
+    blocks = result_blocks(rep, twin_rep)
     meta = rep.meta
     text = f"""# m3diff embedded default model
 
@@ -179,11 +167,11 @@ every slice re-scored as its own corpus; [95% bootstrap interval]. SPICE is not 
 
 ### CIDEr-D, M3Diff beside the no-MDP twin (same data, recipe and steps, `use_mdp=false`)
 
-{render.comparison_md(reports)}
+{marked('cider-by-slice', blocks)}
 
 ### Does it read its images? (grounding checks, `m3diff probe`)
 
-{render.grounding_md(rep)}
+{marked('grounding', blocks)}
 
 Distinct captions: share of test pairs whose caption no other pair got. Answer loss: per-token loss of
 each pair's first reference; random swap / same-scene swap: how much higher it is with the images of a
@@ -192,7 +180,7 @@ before image given twice.
 
 ### Do its maps point at the change? (`m3diff predict --maps`, `m3diff eval`'s localization section)
 
-{render.map_pointing_md(reports) or '(the reports have no localization section: predict with `--maps`)'}
+{marked('maps', blocks)}
 
 Pointing: the map's peak falls inside a changed object's box (before and after images scored
 separately, as RobustChangeCaptioning does); energy: the map's share of mass inside the boxes; AUROC:
@@ -200,11 +188,11 @@ how well the map ranks changed pixels above unchanged ones. Maps on the model's 
 undone. Sanity check (maps of the same model with the MDP, then also the vision tower, re-initialised)
 and how peaked the maps are on pairs where nothing changed:
 
-{render.localization_notes(reports)}
+{marked('map-notes', blocks)}
 
 ### Does it name the change, and say what it became? (`m3diff eval`'s changes section)
 
-{render.change_naming_md(reports) or '(the reports have no changes section: evaluate on generated references)'}
+{marked('changes', blocks)}
 
 Recall: the true changes a clause names by object and kind of change; precision: the described changes
 that are true; new value said: of the changes with a new value (a sign's word, a colour, a heading, a
@@ -212,17 +200,17 @@ pose, a count, grew or shrank), those whose recalling clause states it (docs/ana
 
 ### The shipping bar
 
-{chr(10).join(bar_lines(rep, twin_rep))}
+{marked('bar', blocks)}
 
 ### M3Diff (MDP), all metrics
 
-{render.score_tables_md(rep)}
+{marked('scores-m3diff', blocks)}
 """
     if twin_rep:
         text += f"""
 ### No-MDP twin, all metrics
 
-{render.score_tables_md(twin_rep)}
+{marked('scores-twin', blocks)}
 
 The twin's weights are {'in `twin/`' if twin_shipped else 'not shipped (size limit); its report is'} {'and its report in ' if twin_shipped else ''}`reports/no_mdp.json`.
 """
@@ -233,3 +221,49 @@ The twin's weights are {'in `twin/`' if twin_shipped else 'not shipped (size lim
     return path
 
 
+
+
+# ------------------------------------------------------------------------------------ the results blocks
+# Every results table of the card, the README and docs/training.md sits between two markers and is made
+# from the shipped reports by ``result_blocks``; ``scripts/results_tables.py`` rewrites them, and a test
+# fails when a document's block differs from what the reports say.
+BLOCK = re.compile(r"<!-- results:(?P<name>[\w-]+) -->\n(?:(?P<body>.*?)\n)?<!-- /results:(?P=name) -->", re.S)
+SHIPPED_NAMES = ("M3Diff (MDP)", "no-MDP twin")
+
+
+def result_blocks(rep: Report, twin_rep: Report | None) -> dict[str, str]:
+    """Block name -> its Markdown, from the MDP model's report and its twin's."""
+    reports = {SHIPPED_NAMES[0]: rep} | ({SHIPPED_NAMES[1]: twin_rep} if twin_rep else {})
+    blocks = {
+        "headline": render.headline_md(reports),
+        "cider-by-slice": render.comparison_md(reports),
+        "grounding": render.grounding_md(rep),
+        "maps": render.map_pointing_md(reports) or "(the reports have no localization section: predict with `--maps`)",
+        "map-notes": render.localization_notes(reports),
+        "changes": render.change_naming_md(reports) or "(the reports have no changes section: evaluate on generated references)",
+        "bar": "\n".join(bar_lines(rep, twin_rep)),
+        "scores-m3diff": render.score_tables_md(rep),
+    }
+    if twin_rep is not None:
+        blocks["scores-twin"] = render.score_tables_md(twin_rep)
+    return blocks
+
+
+def marked(name: str, blocks: dict[str, str]) -> str:
+    return f"<!-- results:{name} -->\n{blocks[name]}\n<!-- /results:{name} -->"
+
+
+def refresh_blocks(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with each marked block replaced by its current Markdown, and the names of the blocks that
+    changed. A block whose name ``blocks`` does not know is an error, not left stale."""
+    changed = []
+
+    def fill(m: re.Match) -> str:
+        name = m["name"]
+        if name not in blocks:
+            raise KeyError(f"unknown results block {name!r} (known: {', '.join(blocks)})")
+        if (m["body"] or "") != blocks[name]:
+            changed.append(name)
+        return marked(name, blocks)
+
+    return BLOCK.sub(fill, text), changed
