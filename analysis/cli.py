@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -194,147 +193,80 @@ def run_doctor(args) -> int:
 
 
 def run_predict(args) -> int:
-    from analysis.inputs import InputError, Predictions, load_predictions
+    from analysis.predict import PredictOptions, ResumeError, pending, predict_pairs, start_run, wants_sanity  # lazy: numpy, PIL
     from m3diff.cli import CLIError
+    from m3diff.describing import GenerationSettings
 
-    _check_predict_args(args, CLIError)
-    out = Path(args.out)
-    model_name = args.model or "embedded"
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    p = args.min_end_probability
+    if p is not None and not 0.0 < p <= 1.0:
+        raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
     try:
-        from m3diff.data.readers import read_dataset
-
-        dataset = read_dataset(args.data, format=args.format, split=args.split, images="require",
-                               allow_outside=args.allow_outside_root)
-    except (ValueError, OSError) as exc:
+        options = PredictOptions(batch_size=args.batch_size, maps=args.maps, attribution=args.attribution,
+                                 sanity_pairs=args.sanity_pairs,
+                                 settings=GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p))
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
-    for note in dataset.notes():
-        print(f"warning: {note}", file=sys.stderr)
-    pairs = dataset.pairs
+    out = Path(args.out)
+    pairs = _read_pairs(args, CLIError, allow_outside=args.allow_outside_root)
     if args.limit is not None:
         pairs = pairs[: args.limit]
     if not pairs:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
-    run = Predictions(out, {}, model=model_name, data=str(args.data), split=args.split,
-                      min_end_probability=args.min_end_probability)
-    if out.exists() and not args.restart:
-        try:
-            earlier = load_predictions(out)
-        except InputError as exc:
-            raise CLIError(f"{out} exists but is not a predictions file ({exc}); move it away or pick another --out") \
-                from None
-        _check_resumable(earlier, run, pairs, CLIError)
-        run.captions, run.images, run.maps, run.sanity = earlier.captions, earlier.images, earlier.maps, earlier.sanity
-    # a pair predicted before without --maps is described again when its maps are asked for now
-    todo = [p for p in pairs if p.id not in run.captions or (args.maps and p.id not in run.maps)]
-    want_sanity = args.maps and args.sanity_pairs > 0 and run.sanity is None
-    if not todo and not want_sanity:
+    try:
+        run = start_run(out, pairs, model=args.model or "embedded", data=str(args.data), split=args.split,
+                        min_end_probability=p, restart=args.restart)
+    except ResumeError as exc:
+        raise CLIError(str(exc)) from None
+    todo = pending(run, pairs, options)
+    if not todo and not wants_sanity(run, options):
         print(f"{out}: all {len(pairs)} pairs already predicted", file=sys.stderr)
         return 0
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: with the model below
 
-    from m3diff.images import ImageError
-    from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
-
-    try:
-        captioner = DiffCaptioner.from_pretrained(args.model)
-    except ModelLoadError as exc:
-        raise CLIError(str(exc)) from None
+    captioner = _load_captioner(args.model, CLIError)
     captioner.use_recommended_threads()  # this command owns its process
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=args.min_end_probability)
     out.parent.mkdir(parents=True, exist_ok=True)
-    order = [p.id for p in pairs]  # the split's order, then rows this run does not cover (e.g. beyond --limit)
-    failed: dict[str, str] = {}
-    unexplained: list[str] = []
-
-    def describe(batch):
-        try:
-            return captioner.describe_batch([(p.before, p.after) for p in batch], with_trace=args.maps,
-                                            settings=settings)
-        except ImageError:
-            if len(batch) == 1:
-                raise
-        # one unreadable image fails its whole batch: find it, describe the others
-        descs = []
-        for p in batch:
-            try:
-                descs += describe([p])
-            except ImageError as exc:
-                failed[p.id] = str(exc)
-                descs.append(None)
-        return descs
-
     with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="describing", unit="pair") as bar:
-        for s in range(0, len(todo), args.batch_size):
-            batch = todo[s:s + args.batch_size]
-            for p, d in zip(batch, describe(batch)):
-                if d is not None:
-                    run.captions[p.id] = d.caption
-                    run.images[p.id] = _pair_digest(p)
-                    if args.maps:
-                        run.maps[p.id], attributed = _pair_evidence(captioner, p, d, args.attribution)
-                        if not attributed:
-                            unexplained.append(p.id)
-            run.save(out, order)
-            bar.update(len(batch))
-    if want_sanity:
-        run.sanity = _maps_sanity(captioner, [p for p in pairs[: args.sanity_pairs] if p.id not in failed])
-        run.save(out, order)
-    if unexplained:
-        print(f"warning: {len(unexplained)} caption(s) could not be attributed (no words, or they tokenize "
-              f"differently after the prompt; first {unexplained[0]!r}): those pairs have no saliency_caption map",
-              file=sys.stderr)
+        outcome = predict_pairs(captioner, run, pairs, options, progress=bar.update)
+    if run.sanity is not None and options.sanity_pairs:
+        for name, verdict in run.sanity.verdicts.items():
+            print(f"  maps sanity check, {name}: {verdict}", file=sys.stderr)
+    if outcome.unexplained:
+        print(f"warning: {len(outcome.unexplained)} caption(s) could not be attributed (no words, or they tokenize "
+              f"differently after the prompt; first {outcome.unexplained[0]!r}): those pairs have no saliency_caption "
+              "map", file=sys.stderr)
     print(f"wrote {len(run.captions)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
-    if failed:
-        first = next(iter(failed))
-        raise CLIError(f"{len(failed)} pair(s) skipped because an image could not be read (id {first!r}: "
-                       f"{failed[first]}); the other predictions are in {out}: fix or remove those images and "
+    if outcome.failed:
+        first = next(iter(outcome.failed))
+        raise CLIError(f"{len(outcome.failed)} pair(s) skipped because an image could not be read (id {first!r}: "
+                       f"{outcome.failed[first]}); the other predictions are in {out}: fix or remove those images and "
                        "run the same command again to finish")
     return 0
 
 
-def _check_predict_args(args, CLIError) -> None:
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.attribution and not args.maps:
-        raise CLIError("--attribution adds a map to --maps; pass both")
-    if args.sanity_pairs < 0:
-        raise CLIError(f"--sanity-pairs must be 0 or more, got {args.sanity_pairs}")
-    p = args.min_end_probability
-    if p is not None and not 0.0 < p <= 1.0:
-        raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
+def _read_pairs(args, CLIError, allow_outside: bool = False) -> list:
+    from m3diff.data.readers import read_dataset  # lazy: the CLI imports only argparse at start
+
+    try:
+        dataset = read_dataset(args.data, format=args.format, split=args.split, images="require",
+                               allow_outside=allow_outside)
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    for note in dataset.notes():
+        print(f"warning: {note}", file=sys.stderr)
+    return dataset.pairs
 
 
-def _pair_evidence(captioner, pair, description, attribution: bool) -> tuple[dict, bool]:
-    """One described pair's maps in the predictions file's form, and whether its caption could be
-    attributed (True when no attribution was asked for)."""
-    from analysis.localization import description_maps, encode_maps
+def _load_captioner(model: str | None, CLIError):
+    from m3diff.pipeline import DiffCaptioner, ModelLoadError  # lazy: torch
 
-    named = description_maps(description.trace, description.feature_difference)
-    attributed = True
-    if attribution:
-        from analysis.attribution import explain_caption
-
-        try:
-            named["saliency_caption"] = explain_caption(captioner, pair.before, pair.after, description.caption).patches
-        except ValueError:  # no words, or a caption that re-tokenizes differently after the prompt
-            attributed = False
-    return encode_maps(named), attributed
-
-
-def _maps_sanity(captioner, pairs) -> dict:
-    """The maps' sanity check (weights re-initialised) on ``pairs``, its verdicts printed."""
-    from analysis.localization import model_map_fn, sanity_check
-    from m3diff.images import load_image
-
-    images = [(load_image(p.before), load_image(p.after)) for p in pairs]
-    print(f"sanity check of the maps on {len(images)} pairs (weights re-initialised) ...", file=sys.stderr)
-    sanity = sanity_check(captioner.model, images, model_map_fn(captioner.processor))
-    for name, verdict in sanity.verdicts.items():
-        print(f"  {name}: {verdict}", file=sys.stderr)
-    return sanity
+    try:
+        return DiffCaptioner.from_pretrained(model)
+    except ModelLoadError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def run_probe(args) -> int:
@@ -349,26 +281,16 @@ def run_probe(args) -> int:
     specs = [_split_model(m) for m in (args.model or ["embedded"])]
     if len({n for n, _ in specs}) != len(specs):
         raise CLIError("two --model entries share a name; name them NAME=MODEL")
-    try:
-        from m3diff.data.readers import read_dataset
-
-        pairs = read_dataset(args.data, format=args.format, split=args.split, images="require").pairs[: args.pairs]
-    except (ValueError, OSError) as exc:
-        raise CLIError(str(exc)) from None
+    pairs = _read_pairs(args, CLIError)[: args.pairs]
     if len(pairs) < 2:
         raise CLIError(f"{args.data}: split {args.split!r} has {len(pairs)} pair(s); the checks need at least 2")
 
     facts = _generated_facts(Path(args.data), pairs)
     from tqdm.auto import tqdm
 
-    from m3diff.pipeline import DiffCaptioner, ModelLoadError
-
     results = {}
     for name, model in specs:
-        try:
-            captioner = DiffCaptioner.from_pretrained(model)
-        except ModelLoadError as exc:
-            raise CLIError(str(exc)) from None
+        captioner = _load_captioner(model, CLIError)
         total = 4 * len(pairs) + min(args.identical, len(pairs))
         with tqdm(total=total, desc=f"probing {name}", unit="pair") as bar:
             checks = check_grounding(captioner, pairs, model_name=name, identical=args.identical,
@@ -423,35 +345,3 @@ def _split_model(spec: str) -> tuple[str, str]:
         name, model = spec.split("=", 1)
         return name, model
     return (Path(spec).name or spec), spec
-
-
-def _pair_digest(pair) -> str:
-    """What a prediction was made from: the bytes of both images (a regenerated set keeps ids and paths)."""
-    h = hashlib.sha1()
-    for path in (pair.before, pair.after):
-        h.update(Path(path).read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _check_resumable(earlier, now, pairs, CLIError) -> None:
-    """One line saying why resuming ``earlier`` (the file on disk) with this run would mix two runs."""
-    out = earlier.path
-    again = "pass the same --{key} to resume it, --restart to replace it, or pick another --out"
-    for key in ("model", "split"):
-        was, want = getattr(earlier, key), getattr(now, key)
-        if was and was != want:
-            raise CLIError(f"{out} holds predictions of {key} {was!r}, not {want!r}; " + again.format(key=key))
-    if earlier.min_end_probability != now.min_end_probability:
-        was, want = earlier.min_end_probability, now.min_end_probability
-        raise CLIError(f"{out} holds captions decoded with min_end_probability {was}, not {want}; pass "
-                       + ("no --min-end-probability" if was is None else f"--min-end-probability {was}")
-                       + " to resume it, --restart to replace it, or pick another --out")
-    if earlier.data and Path(earlier.data).resolve() != Path(now.data).resolve():
-        raise CLIError(f"{out} holds predictions of data {earlier.data!r}, not {now.data!r}; " + again.format(key="data"))
-    changed = [p.id for p in pairs if p.id in earlier.captions and p.id in earlier.images
-               and earlier.images[p.id] != _pair_digest(p)]
-    if changed:
-        shown = ", ".join(repr(i) for i in changed[:5]) + (f", ... (+{len(changed) - 5} more)" if len(changed) > 5 else "")
-        raise CLIError(f"{out}: the images of {len(changed)} pair(s) changed since they were predicted ({shown}); "
-                       "pass --restart to predict everything again, or pick another --out")

@@ -337,3 +337,31 @@ def test_eval_writes_localization_and_sanity_for_runs_with_maps(predictions_with
     assert all(0 <= v <= 1 for row in loc.pairs.values() for v in row.values() if v is not None)
 
 
+
+
+def test_the_library_predicts_a_split_in_pieces_without_the_cli(data, model_dir, predictions, workdir):
+    """analysis.predict is what `m3diff predict` calls: a library user resumes a file batch by batch and
+    gets the same captions as the command wrote."""
+    from analysis.predict import PredictOptions, ResumeError, pending, predict_pairs, start_run
+    from m3diff.data.readers import read_dataset
+    from m3diff.describing import GenerationSettings
+
+    pairs = read_dataset(data, split="test", images="require").pairs
+    captioner = DiffCaptioner.from_pretrained(model_dir)
+    options = PredictOptions(batch_size=4, settings=GenerationSettings(max_new_tokens=8))
+    out = workdir / "library_pred.json"
+    run = start_run(out, pairs, model=str(model_dir), data=str(data), split="test", min_end_probability=None)
+    seen = []
+    first = predict_pairs(captioner, run, pairs[:5], options, progress=seen.append)
+    assert first.predicted == 5 and seen == [4, 1] and not first.failed
+
+    resumed = start_run(out, pairs, model=str(model_dir), data=str(data), split="test", min_end_probability=None)
+    assert [p.id for p in pending(resumed, pairs, options)] == [p.id for p in pairs[5:]]
+    assert predict_pairs(captioner, resumed, pairs, options).predicted == len(pairs) - 5
+    by_cli = {r["id"]: r["caption"] for r in json.loads(predictions.read_text())["predictions"]}
+    assert resumed.captions == by_cli
+
+    with pytest.raises(ResumeError, match="split"):
+        start_run(out, pairs, model=str(model_dir), data=str(data), split="val", min_end_probability=None)
+    with pytest.raises(ValueError, match="--attribution"):
+        PredictOptions(attribution=True)
