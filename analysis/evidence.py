@@ -216,7 +216,7 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
         if loaded.images.get(pair_id):
             why = "its images are outside the folders this app may read"
         elif report.meta.references and loaded.references_dir is None:  # named, but not read: never say where
-            why = "the references the report names are not in a folder this app may read"
+            why = "the references the report names were not found in the folders this app may read"
         else:
             why = "the report does not say where this pair's images are"
         return ErrorView(None, None, None, "", text + f"\n\n_({why})_")

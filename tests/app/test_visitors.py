@@ -150,3 +150,40 @@ def test_the_model_card_names_models_by_source_not_server_path(served_from_folde
         v.close()
     assert "my-model" in page and "twin" in page  # named...
     assert str(folder) not in page  # ...by the folder's name only
+
+
+@pytest.fixture
+def small_store_server(services):
+    """The app with an upload budget of about two small reports, so the test sees the store let go."""
+    import app
+    from tests.app.conftest import free_port
+    from webapp.reports import ReportStore, UploadLimits
+
+    config = app.AppConfig(port=free_port(), max_new_tokens=8)
+    store = ReportStore({}, UploadLimits(per_session=2, total_bytes=40_000))
+    demo = app.build_app(app.Services(services.captioner, services.twin, store, "", config))
+    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{config.port}/", store
+    finally:
+        demo.close()
+
+
+def test_uploads_are_bounded_per_session_and_in_total_and_a_dropped_one_is_said(small_store_server, tmp_path,
+                                                                              good_report):
+    url, store = small_store_server
+    first, second = Visitor(url), Visitor(url)
+    try:
+        assert not _dashboard_upload(first, tmp_path, good_report, "mine.json").warnings
+        for k in range(3):  # one more than a session may hold: its oldest goes
+            assert not _dashboard_upload(second, tmp_path, good_report, f"other{k}.json").warnings
+        assert store.held_bytes() <= store.limits.total_bytes
+        metric = first.event(first.component(label="metric"), "change")["fn_index"]
+        back = first.call(metric, [None, "CIDEr-D"])
+        assert back.error is None and "let go of mine" in back.outputs[0]  # said, when the visitor comes back
+        again = second.call(second.event(second.component(label="metric"), "change")["fn_index"], [None, "CIDEr-D"])
+        shown = json.dumps(again.outputs)
+        assert "other2" in shown and "other0" not in shown  # two per session, the newest kept
+    finally:
+        first.close()
+        second.close()
