@@ -642,3 +642,7 @@ def run(config: AppConfig) -> int:
         return 2
     launch(demo, config)
     return 0
+
+
+if __name__ == "__main__":  # `python app.py` and `make app`
+    sys.exit(main())
