@@ -42,7 +42,7 @@ from m3diff.overlay import common_size
 from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
                            parse_args)
-from webapp.guards import log_line, refuse_server_files, toast
+from webapp.guards import log_line, refusal, refuse_server_files, toast
 from webapp.middleware import OptionalAPIArguments
 from webapp.services import Services, load_error, load_services, source_name
 
@@ -65,11 +65,11 @@ def load_pair(before, after):
     """Both images through ``m3diff.images.load_image``; any problem becomes one ``gr.Error`` for a person."""
     if before is None or after is None:
         missing = " and ".join(n for n, v in (("before", before), ("after", after)) if v is None)
-        raise gr.Error(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
+        raise refusal(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
     try:
         return load_image(before, name="before image"), load_image(after, name="after image")
     except ImageError as exc:
-        raise gr.Error(toast(_strip_tmp(str(exc))), title="Unusable image") from None
+        raise refusal(_strip_tmp(str(exc)), title="Unusable image") from None
 
 
 def _strip_tmp(message: str) -> str:
@@ -215,7 +215,7 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     try:
         mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
-        raise gr.Error(str(exc), title="Cannot explain this word") from None
+        raise refusal(str(exc), title="Cannot explain this word") from None
     hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
     return hb, ha, note + "\n\n" + scale_note(scale, "attribution")
 
@@ -238,7 +238,7 @@ def error_pair(traced: Callable, report, pair_id: str | None):
     try:
         view = error_view(report, pair_id, traced)
     except ImageError as exc:
-        raise gr.Error(str(exc), title="Unusable image") from None
+        raise refusal(str(exc), title="Unusable image") from None
     return view.pair, view.map_before, view.map_after, view.legend, view.text
 
 

@@ -69,14 +69,16 @@ def hostile_reports(folder: Path) -> dict[str, Path]:
     the field its refusal must name ("" for one shown)."""
     good = _base_report()
     good["pairs"] = good["pairs"][:40]
+    good["meta"]["generator"] = "DEEP"  # where the deep case nests (the shipped report's own settings go)
     cases: dict[str, object] = {}
+    cases["deep-nesting"] = json.dumps(good).replace('"DEEP"', "[" * 5000 + "]" * 5000)
+    good["meta"]["generator"] = None
     r = copy.deepcopy(good)
     r["meta"] = []
     cases["list-for-object"] = r
     r = copy.deepcopy(good)
     r["pairs"][3]["CIDEr-D"] = "12.5"
     cases["string-for-score"] = r
-    cases["deep-nesting"] = json.dumps(good).replace('"generator": null', '"generator": ' + "[" * 5000 + "]" * 5000)
     r = copy.deepcopy(good)
     r["meta"]["references"] = 7
     cases["int-for-path"] = r

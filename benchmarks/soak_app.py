@@ -80,11 +80,15 @@ class Soak:
         self.outcomes: Counter = Counter()
         self.server_errors = 0
         self.leaks: list[str] = []
+        self.unexpected: list[str] = []
         self.lock = threading.Lock()
 
-    def count(self, kind: str, ok: bool, problems: list[str] = (), status: int | None = None) -> None:
+    def count(self, kind: str, ok: bool, problems: list[str] = (), status: int | None = None,
+              detail: str | None = None) -> None:
         with self.lock:
             self.outcomes[kind if ok else f"UNEXPECTED {kind}"] += 1
+            if not ok and len(self.unexpected) < 10:
+                self.unexpected.append(f"{kind}: {detail or '(see the outcome)'}"[:300])
             if status is not None and status >= 500:
                 self.server_errors += 1
             self.leaks += [f"{kind}: {p}" for p in problems][:5]
@@ -125,7 +129,8 @@ class Soak:
             ok = reply.error is None and not reply.warnings
         else:
             ok = reply.error is None and len(reply.warnings) == 1 and field in reply.warnings[0]
-        self.count(f"report {name}: {'shown' if field is None else 'refused'}", ok, reply.problems())
+        self.count(f"report {name}: {'shown' if field is None else 'refused'}", ok, reply.problems(),
+                   detail=reply.error or "; ".join(reply.warnings) or "shown")
         if field is None and ok:
             self.errors_tab(visitor, path.stem)
 
@@ -134,6 +139,9 @@ class Soak:
         run = visitor.component(label="run")
         picker = next(d.get("id", i) for i, d in enumerate(deps) if d["outputs"] == [run])
         replies = [visitor.call(picker, [None, None])]
+        # the name the session shows it under: a name uploaded again is primed ("largest'")
+        choices = (replies[0].outputs or [{}])[0].get("choices") or [[name]]
+        name = choices[-1][0]
         rows = visitor.event(visitor.component(label="sort by"), "change")["fn_index"]
         replies.append(visitor.call(rows, [None, name, "all", "all", "CIDEr-D", True]))
         table = replies[-1].outputs[0] if replies[-1].outputs else None
@@ -141,7 +149,9 @@ class Soak:
             select = visitor.event(visitor.component(elem_id="errors-table"), "select")["fn_index"]
             replies.append(visitor.call(select, [None, name, table], event_data={"index": [0, 0], "value": ""}))
         ok = all(r.error is None for r in replies) and len(replies) == 3
-        self.count("errors tab of a shown report", ok, [p for r in replies for p in r.problems()])
+        why = next((r.error for r in replies if r.error), None) or f"{len(replies)} of 3 events answered"
+        self.count("errors tab of a shown report", ok, [p for r in replies for p in r.problems()],
+                   detail=None if ok else why)
 
 
 class Memory(threading.Thread):
@@ -204,7 +214,7 @@ def main(argv=None) -> int:
         end_mem = rss_mb(proc.pid)
         out = {"clients": args.clients, "seconds": args.seconds, "actions": actions,
                "outcomes": dict(sorted(soak.outcomes.items())), "server_5xx": soak.server_errors,
-               "replies_leaking": len(soak.leaks), "leaks": soak.leaks[:10],
+               "replies_leaking": len(soak.leaks), "leaks": soak.leaks[:10], "unexpected": soak.unexpected,
                "web_process_mb": {"start": start_mem, "peak": max(memory.peak, end_mem or 0), "end": end_mem},
                "server_tracebacks": log.read_text().count("Traceback") if log.is_file() else None}
         print(json.dumps(out, indent=1))

@@ -30,6 +30,13 @@ def toast(message: str, limit: int = TOAST_CHARS) -> str:
     return html.escape(line, quote=False)
 
 
+def refusal(message, title: str = "Error") -> gr.Error:
+    """The app's answer to something it will not do: one escaped line in the visitor's toast, one line in
+    the server's log (Gradio would print a traceback for every refusal otherwise)."""
+    print(f"m3diff app: refused: {log_line(message)}", file=sys.stderr)
+    return gr.Error(toast(message), title=title, print_exception=False)
+
+
 def log_line(message: str, limit: int = 2000) -> str:
     """A refusal as one line of the server's log (a visitor's newlines cannot forge more lines)."""
     line = " ".join(str(message).split())
@@ -43,7 +50,7 @@ def foreign_file(value, allow_urls: bool = False) -> str | None:
     def check(v) -> str | None:
         if isinstance(v, dict):
             path = v.get("path")
-            if isinstance(path, str) and isinstance(v.get("meta"), dict):
+            if isinstance(path, str):  # a file reference, marked as one or not: Gradio may read either
                 if is_http_url_like(path):
                     return None if allow_urls else "url"
                 try:
@@ -75,8 +82,7 @@ def refuse_server_files(demo: gr.Blocks, allow_urls: bool = False) -> gr.Blocks:
             kind = foreign_file(value, allow_urls)
             if kind:
                 label = getattr(block, "label", None) or "a file input"
-                print(f"m3diff app: refused a {kind} in place of an upload ({log_line(label)})", file=sys.stderr)
-                raise gr.Error(toast(f"{label}: " + NOT_AN_UPLOAD.format(urls=urls)), title="Not an upload")
+                raise refusal(f"{label}: " + NOT_AN_UPLOAD.format(urls=urls), title="Not an upload")
         return await preprocess(block_fn, inputs, state, explicit_call)
 
     demo.preprocess_data = preprocess_data

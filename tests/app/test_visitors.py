@@ -102,7 +102,7 @@ def test_visitor_text_in_a_report_is_shown_as_text(server, visitor, tmp_path, go
 
 
 @pytest.mark.parametrize("where", ["relative", "absolute", "file:", "url"])
-def test_describe_never_opens_or_fetches_a_server_path(server, visitor, pair_files, where):
+def test_describe_never_opens_or_fetches_a_server_path(server, visitor, pair_files, where, capfd):
     """A page (or a script) may name any path in place of an upload: it gets the app's line, and the
     server neither fetches the URL nor names its own folders."""
     from gradio_client import Client, handle_file
@@ -115,6 +115,8 @@ def test_describe_never_opens_or_fetches_a_server_path(server, visitor, pair_fil
     reply = visitor.call(describe, [file_data(path), good, 8])
     assert reply.error and reply.error.startswith("Before:") and "upload" in reply.error, reply.error
     assert not _problems(reply, laid_out=False), _problems(reply, laid_out=False)
+    log = capfd.readouterr().err
+    assert log.count("refused") == 1 and "Traceback" not in log, log[-2000:]  # one line per refusal
     if where == "url":  # the documented client sends a URL as it is
         client = Client(server, verbose=False)
         with pytest.raises(Exception) as err:
