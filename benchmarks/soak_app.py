@@ -120,7 +120,7 @@ class Soak:
         fn = next(d.get("id", i) for i, d in enumerate(visitor.config["dependencies"]) if d.get("api_name") == "describe")
         reply = visitor.call(fn, [file_data(SERVER_PATHS[where]), good, 8])
         ok = bool(reply.error) and reply.error.startswith("Before:") and "upload" in reply.error
-        self.count(f"describe with a {where} path: refused", ok, reply.problems(laid_out=False))
+        self.count(f"describe with a server path ({where}): refused", ok, reply.problems(laid_out=False))
 
     def report(self, visitor: Visitor, name: str, path: Path) -> None:
         reply = upload_report(visitor, path)
@@ -216,7 +216,8 @@ def main(argv=None) -> int:
                "outcomes": dict(sorted(soak.outcomes.items())), "server_5xx": soak.server_errors,
                "replies_leaking": len(soak.leaks), "leaks": soak.leaks[:10], "unexpected": soak.unexpected,
                "web_process_mb": {"start": start_mem, "peak": max(memory.peak, end_mem or 0), "end": end_mem},
-               "server_tracebacks": log.read_text().count("Traceback") if log.is_file() else None}
+               "server_tracebacks": log.read_text().count("Traceback") if log.is_file() else None,
+               "server_refusal_lines": log.read_text().count("m3diff app: refused") if log.is_file() else None}
         print(json.dumps(out, indent=1))
         ok = (soak.server_errors == 0 and not soak.leaks and not out["server_tracebacks"]
               and not any(k.startswith("UNEXPECTED") for k in soak.outcomes))
