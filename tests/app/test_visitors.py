@@ -189,3 +189,15 @@ def test_uploads_are_bounded_per_session_and_in_total_and_a_dropped_one_is_said(
     finally:
         first.close()
         second.close()
+
+
+def test_the_reports_the_app_ships_name_no_path_of_a_machine():
+    """The example report once carried the SPICE hint with the maker's site-packages path: the Dashboard
+    showed it to every visitor."""
+    import app
+    from webapp.visitor import server_paths
+
+    shipped = [app.EXAMPLES_DIR / "report.json", *sorted((app.HERE / "m3diff" / "weights" / "reports").glob("*.json"))]
+    for path in shipped:
+        text = path.read_text(encoding="utf-8")
+        assert "site-packages" not in text and not [p for p in server_paths() if p in text], path.name
