@@ -132,7 +132,8 @@ def model_statement(services: Services) -> str:
     if not info.trained:
         return "⚠️ " + UNTRAINED_NOTE
     if info.source != "embedded":
-        return f"**Model** `{source_name(info.source)}` — its measured quality is on the Dashboard when its report is loaded."
+        return (f"**Model** `{source_name(info.source)}` — its measured quality is on the Dashboard when its "
+                "report is loaded.")
     shipped = services.reports.shared.get("m3diff")
     measured = quality_line(shipped.report) if shipped else ""
     return ("**Embedded demo model** — trained from scratch on generated scenes only (3D renders and shapes on "

@@ -117,7 +117,8 @@ class Soak:
 
     # ---------------------------------------------------------------- as a page
     def describe_path(self, visitor: Visitor, where: str, good: dict) -> None:
-        fn = next(d.get("id", i) for i, d in enumerate(visitor.config["dependencies"]) if d.get("api_name") == "describe")
+        deps = visitor.config["dependencies"]
+        fn = next(d.get("id", i) for i, d in enumerate(deps) if d.get("api_name") == "describe")
         reply = visitor.call(fn, [file_data(SERVER_PATHS[where]), good, 8])
         ok = bool(reply.error) and reply.error.startswith("Before:") and "upload" in reply.error
         self.count(f"describe with a server path ({where}): refused", ok, reply.problems(laid_out=False))

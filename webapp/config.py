@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from(a: argparse.Namespace) -> AppConfig:
     model = None if a.model in (None, "", "embedded") else a.model
     return AppConfig(model=model, twin=a.twin, host=a.host, port=a.port, concurrency=a.concurrency,
-                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process, allow_image_urls=a.allow_image_urls)
+                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process,
+                     allow_image_urls=a.allow_image_urls)
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:

@@ -135,7 +135,8 @@ class Visitor:
     def component(self, label: str | None = None, elem_id: str | None = None) -> int:
         for c in self.config["components"]:
             props = c.get("props", {})
-            if (label is not None and props.get("label") == label) or (elem_id is not None and props.get("elem_id") == elem_id):
+            if ((label is not None and props.get("label") == label)
+                    or (elem_id is not None and props.get("elem_id") == elem_id)):
                 return c["id"]
         raise KeyError(f"the page has no component {label or elem_id!r}")
 
