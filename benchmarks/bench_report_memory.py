@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
         for v in visitors:
             v.close()
         stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)  # the 19 MB report
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import struct
 import sys
 import tempfile
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
     finally:
         memory.done.set()
         stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)  # ~20 MB of reports per run
 
 
 if __name__ == "__main__":
