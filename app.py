@@ -33,7 +33,7 @@ from analysis.paper import paper_breakdowns
 from analysis.render import (SLICES, changes_table, delta_table, export, grounding_table, localization_notes,
                              localization_table, md, pairs_frame, paper_table, protocol_note, protocol_table,
                              quality_line, report_choices, slice_table)
-from analysis.report import ReportError, read_report
+from analysis.report import ReportError
 from m3diff.data.layout import read_split
 from m3diff.describing import EMBEDDED_DIR, GenerationSettings, ModelLoadError
 from m3diff.describing import caption_words as split_words
@@ -42,8 +42,9 @@ from m3diff.overlay import common_size
 from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
                            parse_args)
+from webapp.guards import log_line, refusal, refuse_server_files, toast
 from webapp.middleware import OptionalAPIArguments
-from webapp.services import Services, load_error, load_services
+from webapp.services import Services, load_error, load_services, source_name
 
 FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
 
@@ -64,11 +65,11 @@ def load_pair(before, after):
     """Both images through ``m3diff.images.load_image``; any problem becomes one ``gr.Error`` for a person."""
     if before is None or after is None:
         missing = " and ".join(n for n, v in (("before", before), ("after", after)) if v is None)
-        raise gr.Error(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
+        raise refusal(f"Add the {missing} image (upload one or pick an example below).", title="Missing image")
     try:
         return load_image(before, name="before image"), load_image(after, name="after image")
     except ImageError as exc:
-        raise gr.Error(_strip_tmp(str(exc)), title="Unusable image") from None
+        raise refusal(_strip_tmp(str(exc)), title="Unusable image") from None
 
 
 def _strip_tmp(message: str) -> str:
@@ -105,7 +106,7 @@ def model_card(captioner, twin=None) -> str:
     """A short model card of what is loaded: source, size, MDP layers, training data, limits."""
     info = captioner.info
     counts = info.parameters
-    lines = [f"### Model: `{info.source}`", ""]
+    lines = [f"### Model: `{source_name(info.source)}`", ""]
     if not info.trained:
         lines += ["> ⚠️ " + UNTRAINED_NOTE, ""]
     lines += [
@@ -115,7 +116,7 @@ def model_card(captioner, twin=None) -> str:
                           else "off (baseline)"),
         f"- **Images**: {info.image_size}px, {info.num_image_tokens} tokens each; "
         f"device `{info.device}`, dtype `{info.dtype}`",
-        "- **No-MDP twin**: " + (f"`{twin.source}` loaded" if twin is not None else "not loaded"),
+        "- **No-MDP twin**: " + (f"`{source_name(twin.source)}` loaded" if twin is not None else "not loaded"),
     ]
     card = _read_card(info.source)
     if info.source in ("embedded", "untrained-tiny"):
@@ -131,7 +132,8 @@ def model_statement(services: Services) -> str:
     if not info.trained:
         return "⚠️ " + UNTRAINED_NOTE
     if info.source != "embedded":
-        return f"**Model** `{info.source}` — its measured quality is on the Dashboard when its report is loaded."
+        return (f"**Model** `{source_name(info.source)}` — its measured quality is on the Dashboard when its "
+                "report is loaded.")
     shipped = services.reports.shared.get("m3diff")
     measured = quality_line(shipped.report) if shipped else ""
     return ("**Embedded demo model** — trained from scratch on generated scenes only (3D renders and shapes on "
@@ -214,7 +216,7 @@ def explain_word(services: Services, shown: Shown | None, word: str | None):
     try:
         mb, ma, note = call_on(services.captioner, explain_maps, shown.before, shown.after, shown.caption, index)
     except ValueError as exc:
-        raise gr.Error(str(exc), title="Cannot explain this word") from None
+        raise refusal(str(exc), title="Cannot explain this word") from None
     hb, ha, scale = map_overlays(shown.before, shown.after, mb, ma)
     return hb, ha, note + "\n\n" + scale_note(scale, "attribution")
 
@@ -237,7 +239,7 @@ def error_pair(traced: Callable, report, pair_id: str | None):
     try:
         view = error_view(report, pair_id, traced)
     except ImageError as exc:
-        raise gr.Error(str(exc), title="Unusable image") from None
+        raise refusal(str(exc), title="Unusable image") from None
     return view.pair, view.map_before, view.map_after, view.legend, view.text
 
 
@@ -525,10 +527,10 @@ def add_report(store, state, path, metric: str, allowed: tuple[Path, ...] = ()):
     if path is None:
         return (state, *dashboard_view(store, state, metric))
     try:
-        loaded = read_report(path, search=(HERE,), allowed=allowed, limits=store.limits.report)
+        loaded = store.read(path, search=(HERE,), allowed=allowed)
     except ReportError as exc:  # a warning: the Dashboard keeps showing what it had
-        print(f"m3diff app: refused a report upload: {exc}", file=sys.stderr)
-        gr.Warning(str(exc), title="Not a report")
+        print(f"m3diff app: refused a report upload: {log_line(exc)}", file=sys.stderr)
+        gr.Warning(toast(exc), title="Not a report")
         return (state, *dashboard_view(store, state, metric))
     state, _ = store.add(state, loaded, Path(path).stat().st_size)
     return (state, *dashboard_view(store, state, metric))
@@ -604,12 +606,16 @@ def launch(demo, config: AppConfig, **kwargs):
 
 
     demo.queue(max_size=64, default_concurrency_limit=None)
+    refuse_server_files(demo, allow_urls=config.allow_image_urls)  # files only as uploads, before Gradio moves one
     optional = {"describe": (2, [config.max_new_tokens])}
     kwargs.setdefault("app_kwargs", {"middleware": [Middleware(OptionalAPIArguments, optional=optional)]})
     return demo.launch(
         server_name=config.host, server_port=config.port, max_file_size=MAX_FILE_SIZE,
         allowed_paths=[str(EXAMPLES_DIR), str(EMBEDDED_DIR / "reports")], footer_links=["api"],
-        theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, show_error=True,
+        theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
+        # an exception the app did not turn into its own line (gr.Error) shows as a bare "Error", never
+        # its text, which may name the server's files; the server's log keeps the traceback
+        show_error=False,
         # every API call without a session is a session of its own; Gradio keeps 10,000 of them in
         # memory by default, which grew the server by ~700 MB in a 2-minute soak
         state_session_capacity=SESSION_CAPACITY, **kwargs,
@@ -637,3 +643,7 @@ def run(config: AppConfig) -> int:
         return 2
     launch(demo, config)
     return 0
+
+
+if __name__ == "__main__":  # `python app.py` and `make app`
+    sys.exit(main())

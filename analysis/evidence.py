@@ -213,8 +213,12 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
         text += "\n\n" + changes
     pics = pair_pictures(loaded, pair_id)
     if pics is None:
-        why = ("its images are outside the folders this app may read" if loaded.images.get(pair_id) else
-               "the report does not say where this pair's images are")
+        if loaded.images.get(pair_id):
+            why = "its images are outside the folders this app may read"
+        elif report.meta.references and loaded.references_dir is None:  # named, but not read: never say where
+            why = "the references the report names were not found in the folders this app may read"
+        else:
+            why = "the report does not say where this pair's images are"
         return ErrorView(None, None, None, "", text + f"\n\n_({why})_")
     boxes_b, boxes_a = true_boxes(pics.regions)
     b, a = common_size(at_least(pics.before), at_least(pics.after))

@@ -5,6 +5,7 @@ and returns a ``plotly.graph_objects.Figure``; nothing here computes a metric.
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 
 import numpy as np
@@ -12,6 +13,12 @@ import plotly.graph_objects as go
 
 from analysis.breakdown import Breakdown
 from m3diff.change_types import TYPE_IDS
+
+def text(s) -> str:
+    """A report's string as plotly text: plotly acts on <a href>, <b>, <i> and %{…} in labels and hovers,
+    and a run name or a slice name may come from a visitor's upload."""
+    return html.escape(str(s), quote=False).replace("%{", "%&#123;")
+
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -37,9 +44,9 @@ def slice_bars(runs: Mapping[str, Breakdown], metric: str = "CIDEr-D", table: st
             hi.append(None if v is None or ci is None else ci[1] - v)
             n.append(0 if r is None else r.n)
         fig.add_bar(
-            name=run, x=names, y=y, marker_color=_COLORS[k % len(_COLORS)], customdata=n,
+            name=text(run), x=[text(s) for s in names], y=y, marker_color=_COLORS[k % len(_COLORS)], customdata=n,
             error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, visible=any(v is not None for v in hi)),
-            hovertemplate=f"{run}<br>%{{x}}: %{{y:.1f}}<br>n = %{{customdata}}<extra></extra>",
+            hovertemplate=f"{text(run)}<br>%{{x}}: %{{y:.1f}}<br>n = %{{customdata}}<extra></extra>",
         )
     label = {"per_type": "change type", "per_domain": "domain", "per_source": "source dataset"}.get(table, table)
     fig.update_layout(barmode="group", title=title or f"{metric} by {label} (x100, 95% bootstrap interval)",

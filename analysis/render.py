@@ -367,9 +367,13 @@ def export(reports: Reports, fmt: str) -> str:
     return str(path)
 
 
+SHOWN_PAIRS = 1000  # rows of the Errors table: a report of 40,000 pairs sent whole weighed ~15 MB per page
+
+
 def pairs_frame(report: Report, change_type: str = "all", domain: str = "all", sort_by: str = "CIDEr-D",
-                ascending: bool = True):
-    """A report's test pairs, filtered by change type and domain, sorted by a per-pair score (worst first)."""
+                ascending: bool = True, limit: int | None = SHOWN_PAIRS):
+    """A report's test pairs, filtered by change type and domain, sorted by a per-pair score (worst
+    first), the first ``limit`` of them (None: all)."""
     rows = []
     for rec in report.pairs:
         p = rec.score
@@ -384,7 +388,7 @@ def pairs_frame(report: Report, change_type: str = "all", domain: str = "all", s
     df = pd.DataFrame(rows, columns=["id", "types", "domain", *SHOWN_METRICS, "prediction"])
     if sort_by in df.columns and len(df):
         df = df.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable")
-    return df.reset_index(drop=True)
+    return (df if limit is None else df.head(limit)).reset_index(drop=True)
 
 
 def report_choices(report: Report) -> tuple[list[str], list[str]]:

@@ -9,6 +9,7 @@ heavy imports inside their handlers, so `m3diff --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-grained image difference captioning with M3Diff: describe what changed "
         "between two images, with the evidence (per-layer MDP Score weights, difference-attention maps).",
     )
+    parser.add_argument("--library-progress", action="store_true",
+                        help="show the libraries' own progress bars (transformers' 'Loading weights', hub "
+                             "downloads); m3diff's own bars for long work show either way")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     found = entry_points(group=COMMAND_GROUP)
     if not found:
@@ -47,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if not args.library_progress:
+        # read by huggingface_hub, and through it by transformers, when a handler first imports them: a
+        # bar for loading 13 MB of weights on every command is noise. An explicit setting wins.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.handler(args) or 0)
     except CLIError as exc:

@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 def _describe(args: argparse.Namespace) -> int:
     from m3diff.cli import CLIError
-    from m3diff.images import ImageError
+    from m3diff.images import ImageError, load_image
     from m3diff.pipeline import DiffCaptioner, GenerationSettings, ModelLoadError
 
     if args.max_new_tokens < 1:
@@ -50,9 +50,12 @@ def _describe(args: argparse.Namespace) -> int:
         raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p)
     try:
+        # the images first: a missing or unreadable file is said at once, not after seconds of loading a model
+        before = load_image(args.before, name="before image")
+        after = load_image(args.after, name="after image")
         captioner = DiffCaptioner.from_pretrained(args.model)
         captioner.use_recommended_threads()  # this command owns its process
-        d = captioner.describe(args.before, args.after, instruction=args.instruction, settings=settings)
+        d = captioner.describe(before, after, instruction=args.instruction, settings=settings)
     except (ImageError, ModelLoadError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:

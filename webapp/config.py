@@ -29,6 +29,8 @@ class AppConfig:
     # the model in a process of its own (m3diff.remote): the CPU default of `python app.py`; a ZeroGPU
     # Space needs it in the server's process, where spaces.GPU can reach it
     separate_process: bool = False
+    # an image given as a URL in place of an upload is fetched by the server only when the operator says so
+    allow_image_urls: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,13 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--same-process", action="store_true",
                    help="run the model in the web server's process (default: a process of its own, which "
                         "starts in parallel and decodes without stalling the server)")
+    p.add_argument("--allow-image-urls", action="store_true",
+                   help="let API callers give an image as an http(s) URL, which the server then fetches "
+                        "(default: uploads only)")
     return p
 
 
 def config_from(a: argparse.Namespace) -> AppConfig:
     model = None if a.model in (None, "", "embedded") else a.model
     return AppConfig(model=model, twin=a.twin, host=a.host, port=a.port, concurrency=a.concurrency,
-                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process)
+                     api_batch=a.api_batch, reports=tuple(a.report), separate_process=not a.same_process,
+                     allow_image_urls=a.allow_image_urls)
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:

@@ -13,7 +13,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from analysis.report import LoadedReport, ReportLimits
+from pathlib import Path
+
+from analysis.report import LoadedReport, ReportLimits, read_report
 
 # (name, key) per report a session shows; key None: an operator's report, shared by every session
 Shown = tuple[tuple[str, str | None], ...]
@@ -26,7 +28,16 @@ class UploadLimits:
     report: ReportLimits = ReportLimits(max_pairs=40_000)
     per_session: int = 4  # reports one session can add; a fifth replaces its oldest
     total_bytes: int = 400_000_000  # estimated memory of all uploads together
-    memory_per_byte: float = 3.0  # a parsed report takes about this many bytes per byte of its file
+    # a parsed report's memory, measured (benchmarks/bench_report_memory.py, tracemalloc): ~2.5 bytes per
+    # byte of its file for long captions, plus ~800 bytes per pair of objects for many short ones (a
+    # 9 MB file of 40,000 one-word pairs holds 41 MB); a byte-only estimate undercounted those by 1.5x
+    memory_per_byte: float = 2.5
+    memory_per_pair: int = 800
+    reading_at_once: int = 2  # uploads parsed together: a parse of the largest report peaks at ~80 MB
+
+    def cost(self, file_bytes: int, pairs: int) -> int:
+        """The estimated memory of a held report of ``file_bytes`` with ``pairs`` pairs."""
+        return int(file_bytes * self.memory_per_byte + pairs * self.memory_per_pair)
 
 
 class ReportStore:
@@ -36,6 +47,7 @@ class ReportStore:
         self._uploads: OrderedDict[str, tuple[LoadedReport, int]] = OrderedDict()
         self._dropped: set[str] = set()
         self._lock = threading.Lock()  # callbacks run in several threads
+        self._reading = threading.BoundedSemaphore(limits.reading_at_once)
 
     @property
     def shared(self) -> dict[str, LoadedReport]:
@@ -45,10 +57,17 @@ class ReportStore:
         """What a new session shows: the operator's reports."""
         return tuple((name, None) for name in self._shared)
 
+    def read(self, path, search: tuple[Path, ...] = (), allowed: tuple[Path, ...] = ()) -> LoadedReport:
+        """A visitor's uploaded report, read and checked (``analysis.report.read_report`` with the upload
+        limits; ReportError otherwise), at most ``reading_at_once`` at a time: the others wait, so
+        concurrent uploads cannot add their parsing peaks together."""
+        with self._reading:
+            return read_report(path, search=search, allowed=allowed, limits=self.limits.report)
+
     def add(self, shown: Shown, loaded: LoadedReport, file_bytes: int) -> tuple[Shown, str]:
         """A session's reports with ``loaded`` added (under its name, primed if taken), and its name.
         The session's oldest upload makes room past ``per_session``; the oldest of all past ``total_bytes``."""
-        cost = int(file_bytes * self.limits.memory_per_byte)
+        cost = self.limits.cost(file_bytes, len(loaded.report.pairs))
         key = secrets.token_hex(8)
         names = {n for n, _ in shown}
         name = loaded.name

@@ -50,6 +50,25 @@ class Services:
         return tuple(folders)
 
 
+def source_name(source: str) -> str:
+    """How the app names a model to visitors: ``embedded``, a hub id, or a folder's name — never a path
+    of the server (``--model DIR`` and the embedded twin load from the server's folders)."""
+    if not source or source in ("embedded", "untrained-tiny"):
+        return source
+    path = Path(source)
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return path.name
+    if resolved == EMBEDDED_DIR.resolve():
+        return "embedded"
+    if resolved == EMBEDDED_TWIN_DIR.resolve():
+        return "embedded no-MDP twin"
+    if path.is_absolute() or path.exists() or source.startswith((".", "~")):
+        return path.name or source
+    return source  # a hub id ("org/name")
+
+
 def default_report_paths() -> list[Path]:
     folder = EMBEDDED_DIR / "reports"
     return [p for p in (folder / "m3diff.json", folder / "no_mdp.json") if p.is_file()]

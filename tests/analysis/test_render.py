@@ -161,6 +161,7 @@ def test_pairs_frame_filters_and_sorts(report_file):
     assert list(render.pairs_frame(rep, "all", "render", "BLEU-4", ascending=True)["id"]) == ["p3", "p1"]
     assert list(render.pairs_frame(rep, "all", "all", "CIDEr-D", ascending=False)["id"]) == ["p3", "p2", "p1", "p0"]
     assert render.pairs_frame(rep, "pose").empty
+    assert list(render.pairs_frame(rep, ascending=False, limit=2)["id"]) == ["p3", "p2"]  # the first of the sort
     assert render.report_choices(rep) == (["addition", "color", "ocr", "counting"], ["photo", "render"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 import zlib
 
@@ -92,3 +93,26 @@ def exif_rotated(tmp_path):
     p = tmp_path / "rotated.jpg"
     im.save(p, exif=exif.tobytes())
     return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(services):
+    """The app served on 127.0.0.1 over the tiny models, as `python app.py` serves it; its root URL."""
+    import app
+
+    config = app.AppConfig(port=free_port(), max_new_tokens=8)
+    services = app.Services(services.captioner, services.twin, {}, "", config)
+    demo = app.build_app(services)
+    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{config.port}/"
+    finally:
+        demo.close()
+
+

@@ -287,3 +287,13 @@ def test_the_twin_is_decoded_as_the_model_was(services, pair_files):
         hook.remove()
 
 
+
+
+def test_python_app_py_starts_the_app():
+    """`python app.py` (and `make app`) parsed nothing and exited at once: the module had lost its main."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(app.HERE / "app.py"), "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=app.HERE)
+    assert out.returncode == 0 and "usage: app.py" in out.stdout, out.stderr[-1000:]

@@ -114,7 +114,7 @@ def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_the
     path = generated_file.with_name("bad.json")
     path.write_text(json.dumps(bad))
     *_, text = app.error_pair(lambda b, a: None, read_report(path), loaded.report.pairs[2].id)
-    assert "does not say where" in text
+    assert "references the report names were not found" in text  # it named them: not "does not say where"
 
 
 def _shown(before, after, maps, feature_difference=None):

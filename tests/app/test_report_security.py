@@ -79,7 +79,10 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
     uploaded = store.resolve(state)[0]["report"]
     calls = []
     image, hb, ha, legend, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
-    assert image is None and not calls and "does not say where" in text
+    # it names its references, outside the operator's folders: said so (not "does not say where"),
+    # without naming them
+    assert image is None and not calls and "were not found in the folders this app may read" in text
+    assert str(tmp_path) not in text
 
 
 def test_a_bad_report_upload_keeps_the_dashboard_as_it_was(tmp_path):

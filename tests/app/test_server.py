@@ -1,7 +1,6 @@
 """The app served on 127.0.0.1: /describe through gradio_client, and only the app's own folders served."""
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 
@@ -10,24 +9,6 @@ import pytest
 import app
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(services):
-    config = app.AppConfig(port=free_port(), max_new_tokens=8)
-    services = app.Services(services.captioner, services.twin, {}, "", config)
-    demo = app.build_app(services)
-    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{config.port}/"
-    finally:
-        demo.close()
 
 
 def _status(url: str) -> int:

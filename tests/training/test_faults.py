@@ -138,7 +138,8 @@ def test_describe_json_never_prints_nan(monkeypatch, capsys):
             return Description("", {2: float("nan"), 4: 0.5}, None, 0.1)
 
     monkeypatch.setattr(DiffCaptioner, "from_pretrained", classmethod(lambda cls, *a, **k: Fake()))
-    assert main(["describe", "a.png", "b.png", "--json"]) == 0
+    images = Path(__file__).resolve().parents[2] / "examples" / "images"  # the images are read before the model
+    assert main(["describe", str(images / "color_before.png"), str(images / "color_after.png"), "--json"]) == 0
     out = capsys.readouterr().out
     data = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert data["layer_scores"] == {"2": None, "4": 0.5}
