@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from m3diff.describing import PairTrace
+from m3diff.describing import MDPKnockout, PairTrace
 
 
 class MLP(nn.Sequential):
@@ -154,26 +154,6 @@ class MDPScale(nn.Module):
         for layer in self.layers:
             F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace, eager=eager, delta_keep=delta_keep)
         return F1, F2, self.score(F1, F2, dF), dF, maps
-
-
-@dataclass(frozen=True)
-class MDPKnockout:
-    """An ablation of one forward pass: ``scales``, vision layer ids whose Score is set to zero in eq. (8)
-    (the others renormalised); ``zero_delta``: ΔF = 0 in eq. (3). The default changes nothing."""
-
-    scales: tuple[int, ...] = ()
-    zero_delta: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "scales", tuple(sorted({int(s) for s in self.scales})))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.scales) or self.zero_delta
-
-    def label(self) -> str:
-        parts = [f"layer {s} knocked out" for s in self.scales] + (["ΔF = 0"] if self.zero_delta else [])
-        return ", ".join(parts) or "none"
 
 
 def _knockout_masks(knockout, batch: int, layer_ids: tuple[int, ...], device):

@@ -128,3 +128,23 @@ def make_pair(request: PairRequest) -> MadePair:
 
 
 __all__ = ["PairRequest", "MadePair", "ImpossiblePair", "make_pair", "MAX_TYPES", "NO_CHANGE"]
+
+
+def dataset_references(cfg: SynthConfig, indices) -> list[list[str]]:
+    """The references of pairs ``indices`` of the data set ``cfg`` generates, without drawing a picture (the
+    drawing consumes no random numbers, so they are the data set's own); no-change pairs are left out (their
+    references are drawn after their picture's perturbation). What a made pair's CIDEr-D takes its document
+    frequencies from."""
+    from m3diff.data.synth.captions import write_captions  # lazy: only this helper phrases without drawing
+    from m3diff.data.synth.generator import describe
+
+    worker, out = Worker(cfg, None), []
+    for index in indices:
+        plan = worker._plan(index)
+        if plan.no_change:
+            continue
+        changes = describe(plan.before, plan.after, plan.changes)
+        semantic = [c for c in changes if c.type not in DISTRACTORS]
+        out.append(write_captions(semantic or changes, plan.domain, plan.rng, cfg.references,
+                                  backdrop=plan.before.floor if plan.domain == "render" else plan.before.photo))
+    return out
