@@ -33,8 +33,13 @@ from analysis.paper import paper_breakdowns
 from analysis.render import (SLICES, changes_table, delta_table, export, grounding_table, localization_notes,
                              localization_table, md, pairs_frame, paper_table, protocol_note, protocol_table,
                              quality_line, report_choices, slice_table)
+from analysis.madepair import request_from_query
+from analysis.render import best_localizing_map
 from analysis.report import ReportError, read_report
+from m3diff.change_types import TYPE_IDS
 from m3diff.data.layout import read_split
+from m3diff.data.synth.chosen import MAX_TYPES, NO_CHANGE, ImpossiblePair
+from m3diff.data.synth.generator import DOMAINS
 from m3diff.describing import EMBEDDED_DIR, GenerationSettings, ModelLoadError
 from m3diff.describing import caption_words as split_words
 from m3diff.images import ImageError, load_image
@@ -43,6 +48,8 @@ from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
                            parse_args)
 from webapp.middleware import OptionalAPIArguments
+from webapp.experiments import (ExperimentError, knockout_view, load_knockout, make_pair_view, probe_note, probe_view,
+                                 run_probe)
 from webapp.services import Services, load_error, load_services
 
 FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
@@ -252,6 +259,130 @@ def load_examples() -> list:
     return read_split(path) if path.is_file() else []
 
 
+REAL_PHOTO_LABEL = "real photo: outside what the embedded model was trained on"
+
+
+def example_label(services: Services, example) -> str:
+    """An example's label; a real photo is marked as outside the embedded model's training (its card says why)."""
+    generated = example.domain in DOMAINS
+    if not generated and services.captioner.info.source in ("embedded", "untrained-tiny"):
+        return f"{example.id} ({REAL_PHOTO_LABEL})"
+    return f"{example.id} ({example.domain})"
+
+
+def default_map(services: Services) -> tuple[str, str | None]:
+    """(map kind, "L<layer>") shown first: the loaded model's best-localizing map by its report's pointing
+    (``analysis.render.best_localizing_map``); without a report of it, |ΔF| at the deepest MDP layer."""
+    info = services.captioner.info
+    layers = list(info.mdp_layers) if info.use_mdp else []
+    shipped = services.reports.shared.get("m3diff") if info.source == "embedded" else None
+    best = best_localizing_map(shipped.report.run.localization) if shipped is not None else None
+    if best is None or (best[1] is not None and best[1] not in layers):
+        best = ("delta_norm", layers[-1]) if layers else ("feature_difference", None)
+    kind, layer = best
+    return kind, f"L{layer}" if layer is not None else (f"L{layers[-1]}" if layers else None)
+
+
+# ============================================================================ experiments (webapp.experiments)
+def make_pair_event(services: Services, types, domain: str, seed, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    """Make a pair: (before + boxes, after + boxes, references, caption, score line, per-change table, seed,
+    share link, before, after for the Describe inputs)."""
+    try:
+        v = make_pair_view(services, types, domain, seed, max_new_tokens)
+    except ExperimentError as exc:
+        raise gr.Error(str(exc), title="Cannot make that pair") from None
+    return (v.before, v.after, v.references, v.caption, v.score_line, v.changes, str(v.seed), v.link,
+            v.plain_before, v.plain_after)
+
+
+def probe_event(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                progress=gr.Progress()):
+    """Probe this pair: (the rows side by side, a note)."""
+    b, a = load_pair(before, after)
+    probe = run_probe(services, b, a, max_new_tokens, progress=lambda f, what: progress(f, desc=what))
+    return probe_view(probe)
+
+
+def link_settings(request: gr.Request | None):
+    """A shared link's pair settings (?types=color,ocr&domain=photo&seed=7) into the Make-a-pair panel."""
+    query = dict(request.query_params) if request is not None else {}
+    if "seed" not in query:
+        return gr.update(), gr.update(), gr.update()
+    try:
+        r = request_from_query(query)
+    except ImpossiblePair as exc:
+        gr.Warning(str(exc), title="Link not understood")
+        return gr.update(), gr.update(), gr.update()
+    return list(r.types) or [NO_CHANGE], r.domain, str(r.seed)
+
+
+def experiment_panels(services: Services, gpu, ui, demo) -> None:
+    """The Describe tab's "Make a pair" and "Probe this pair" panels (each a named API endpoint too)."""
+    model_calls = _model_calls(services)
+    with gr.Accordion("Make a pair: the same generator, the change types you choose", open=False,
+                      elem_id="make-pair-panel"):
+        with gr.Row():
+            types = gr.CheckboxGroup([NO_CHANGE, *TYPE_IDS], value=["color"], elem_id="make-types",
+                                     label=f"change types (one to {MAX_TYPES}, or '{NO_CHANGE}')")
+        with gr.Row():
+            domain = gr.Radio(list(DOMAINS), value="render", label="domain", elem_id="make-domain")
+            seed = gr.Textbox("", label="seed (blank: a new random one)", elem_id="make-seed")
+            make = gr.Button("Make and describe", variant="primary", elem_id="make-btn")
+        with gr.Row():
+            made_b = gr.Image(label="Before (true changes: cyan)", interactive=False, height=240, elem_id="made-before")
+            made_a = gr.Image(label="After (true changes: green)", interactive=False, height=240, elem_id="made-after")
+            refs = gr.Markdown(elem_id="made-refs")
+        made_caption = gr.Textbox(label="The model's caption", interactive=False, elem_id="made-caption")
+        made_score = gr.Markdown(elem_id="made-score")
+        made_changes = gr.Dataframe(interactive=False, wrap=True, elem_id="made-changes")
+        link = gr.Textbox(label="link to this pair (append to the app's address)", interactive=False,
+                          elem_id="made-link")
+    make.click(gpu(lambda t, d, s, n: make_pair_event(services, t, d, s, n)), [types, domain, seed, ui.max_tokens],
+               [made_b, made_a, refs, made_caption, made_score, made_changes, seed, link, ui.before, ui.after],
+               api_name="make_pair", **model_calls)
+    demo.load(link_settings, None, [types, domain, seed], api_visibility="private", **CPU_ONLY)
+    with gr.Accordion("Probe this pair: swapped, before twice, re-encoded, each MDP scale knocked out, ΔF = 0",
+                      open=False, elem_id="probe-panel"):
+        gr.Markdown(probe_note(services), elem_id="probe-plan")
+        probe = gr.Button("Probe the pair above", elem_id="probe-btn")
+        probe_summary = gr.Markdown(elem_id="probe-note")
+        probe_rows = gr.Dataframe(interactive=False, wrap=True, elem_id="probe-table")
+    probe.click(gpu(lambda b, a, n, progress=gr.Progress(): probe_event(services, b, a, n, progress)),
+                [ui.before, ui.after, ui.max_tokens], [probe_rows, probe_summary], api_name="probe_pair", **model_calls)
+
+
+KNOCKOUT_INTRO = (
+    "### Which vision layers does each change type depend on?\n"
+    "Each MDP scale knocked out in turn (its Score set to 0 in eq. 8, the other scales renormalised), over a "
+    "data set's pairs (`m3diff probe --knockout`): the change in CIDEr-D and in change recall per change type.")
+
+
+def knockout_panel(demo) -> None:
+    """The Dashboard's knockout panel: the shipped study of the embedded model, or an uploaded one."""
+    with gr.Column(elem_id="knockout-panel"):
+        gr.Markdown(KNOCKOUT_INTRO)
+        with gr.Row():
+            measure = gr.Radio(["CIDEr-D", "change recall"], value="CIDEr-D", label="measure",
+                               elem_id="knockout-measure")
+            upload = gr.File(label="a knockout study (m3diff probe --knockout --out FILE.json)", file_types=[".json"],
+                             type="filepath")
+        note = gr.Markdown(elem_id="knockout-note")
+        table = gr.Dataframe(interactive=False, wrap=True, elem_id="knockout-table", max_height=2000)
+    study = gr.State(None)
+
+    def show(path, m):
+        try:
+            return knockout_view(load_knockout(path), m)
+        except ExperimentError as exc:
+            gr.Warning(str(exc), title="Not a knockout study")
+            return knockout_view(load_knockout(None), m)
+
+    for trigger in (demo.load, measure.change):
+        trigger(show, [study, measure], [table, note], api_visibility="private", **CPU_ONLY)
+    upload.upload(lambda path: path, upload, study, api_visibility="private", **CPU_ONLY).then(
+        show, [study, measure], [table, note], api_visibility="private", **CPU_ONLY)
+
+
 # ============================================================================ layout
 CSS = """
 #caption textarea {font-size: 1.1rem; line-height: 1.5;}
@@ -271,9 +402,10 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
             gr.Markdown("⚠️ " + UNTRAINED_NOTE, elem_classes="note")
         with gr.Tabs():
             with gr.Tab("Describe", id="describe"):
-                describe_tab(services, gpu)
+                experiment_panels(services, gpu, describe_tab(services, gpu), demo)
             with gr.Tab("Dashboard", id="dashboard"):
                 reports_state = dashboard_tab(services, demo)
+                knockout_panel(demo)
             with gr.Tab("Errors", id="errors"):
                 errors_tab(services, gpu, reports_state, demo)
     return demo
@@ -309,6 +441,7 @@ def describe_tab(services: Services, gpu) -> None:
     """Describe: a pair in; the caption streamed out with the Score chart, maps, explain, twin and card."""
     ui = SimpleNamespace(**_describe_inputs(services), **_describe_outputs(services))
     _wire_describe(services, gpu, ui)
+    return ui
 
 
 def _describe_inputs(services: Services) -> dict:
@@ -327,7 +460,7 @@ def _describe_inputs(services: Services) -> dict:
                                  elem_id="finish")
             if examples:
                 gr.Examples([[str(e.before), str(e.after)] for e in examples], [before, after],
-                            example_labels=[f"{e.id} ({e.domain})" for e in examples],
+                            example_labels=[example_label(services, e) for e in examples],
                             examples_per_page=len(examples),
                             label="Examples: one generated pair per change type, and a real photo pair")
         with gr.Column(scale=1):
@@ -340,9 +473,10 @@ def _describe_inputs(services: Services) -> dict:
 
 def _describe_outputs(services: Services) -> dict:
     layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
+    first_kind, first_layer = default_map(services)
     with gr.Row():
-        layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
-        kind = gr.Radio(map_choices(False), value="attn_eq5", label="map", elem_id="map-kind")
+        layer = gr.Dropdown(layers, value=first_layer, label="MDP layer", elem_id="layer")
+        kind = gr.Radio(map_choices(True), value=first_kind, label="map", elem_id="map-kind")
     with gr.Row():
         heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
         heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
