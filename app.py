@@ -367,7 +367,7 @@ def knockout_panel(demo) -> None:
             upload = gr.File(label="a knockout study (m3diff probe --knockout --out FILE.json)", file_types=[".json"],
                              type="filepath")
         note = gr.Markdown(elem_id="knockout-note")
-        table = gr.Dataframe(interactive=False, wrap=True, elem_id="knockout-table", max_height=2000)
+        table = gr.Dataframe(interactive=False, wrap=True, elem_id="knockout-table", **WIDE_TABLE)
     study = gr.State(None)
 
     def show(path, m):
@@ -384,8 +384,16 @@ def knockout_panel(demo) -> None:
 
 
 # ============================================================================ layout
+# The Dashboard's tables hold two runs side by side with intervals: tall enough never to scroll inside
+# themselves, and in a smaller type with wrapping headers so that 13 columns fit 1400 px
+WIDE_TABLE = MappingProxyType({"max_height": 4000, "elem_classes": "wide-table"})
 CSS = """
 #caption textarea {font-size: 1.1rem; line-height: 1.5;}
+.wide-table {font-size: .78rem;}
+.wide-table table {width: 100% !important; table-layout: auto !important;}
+.wide-table th, .wide-table td {width: auto !important; min-width: 0 !important; max-width: none !important;
+                                padding: 2px 4px !important;}
+.wide-table .cell-wrap, .wide-table .header-content {white-space: normal !important; overflow-wrap: normal;}
 .note {border-left: 4px solid #f59e0b; padding-left: .6rem;}
 """
 CPU_ONLY = MappingProxyType({"concurrency_limit": None})  # the dashboard never waits behind the model
@@ -565,7 +573,7 @@ def dashboard_tab(services: Services, demo):
                   "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
                   "scored together)"):
         gr.Markdown(title)
-        shown.append(gr.Dataframe(interactive=False, wrap=True))
+        shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
     for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
                   "how much the answer loss rises with the images of a random pair / of another pair of the same "
                   "scene (the honest blind gap); what it says for two identical images",
@@ -573,11 +581,11 @@ def dashboard_tab(services: Services, demo):
                   "what the change made of it (the sign's new word, the new colour, heading, pose or count, grew "
                   "or shrank), generated references"):
         gr.Markdown(title)
-        shown.append(gr.Dataframe(interactive=False, wrap=True))
+        shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
     gr.Markdown("**How each report was scored** (its protocol card: scorer, tokeniser, CIDEr-D, references, "
                 "empty references, SPICE, how ids were matched, what was left out)")
     shown.append(gr.Markdown(elem_id="protocol-note"))
-    shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table"))
+    shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table", **WIDE_TABLE))
     localization_panel(store, reports_state, demo)
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
@@ -618,7 +626,7 @@ def localization_panel(store, reports_state, demo) -> None:
         for title, elem in (("**Pointing** (%)", "localization-pointing"),
                             ("**Energy inside the boxes** (%)", "localization-energy")):
             gr.Markdown(title)
-            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
+            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem, **WIDE_TABLE))
         outputs.append(gr.Markdown(elem_id="localization-notes"))
     for trigger in (demo.load, by.change, reports_state.change):
         trigger(lambda state, b: localization_view(store, state, b), [reports_state, by], outputs,

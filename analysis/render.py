@@ -919,11 +919,14 @@ def knockout_table(study, measure: str = "CIDEr-D") -> pd.DataFrame:
 
 def best_localizing_map(localization) -> tuple[str, int | None] | None:
     """(map kind, MDP layer or None) of the model map that pointed at the true change most often in a run's
-    ``localization`` (``LocalizationRun``), among the maps the Describe tab draws; None when it scored none."""
+    ``localization`` (``LocalizationRun``), among the maps the Describe tab draws; None when it scored none.
+    Pointing on single-change pairs, as the headline's "best map" (one change: one place to point at);
+    over all pairs where the report has no single-change slice."""
     if localization is None:
         return None
     scored = {}
-    for name, s in localization.summary.overall.items():
+    by_map = localization.summary.per_setting.get("single") or localization.summary.overall
+    for name, s in by_map.items():
         kind, _, layer = name.partition("@")
         if name == "feature_difference" or (kind in MAP_KINDS and layer.isdigit()):
             scored[name] = s.pointing

@@ -56,10 +56,10 @@ def test_a_shared_link_fills_the_panel(services):
 
 def test_the_default_map_is_the_best_localizing_one_of_the_models_report():
     loaded = read_report(EMBEDDED_DIR / "reports" / "m3diff.json")
-    overall = loaded.report.run.localization.summary.overall
+    single = loaded.report.run.localization.summary.per_setting["single"]
     kind, layer = best_localizing_map(loaded.report.run.localization)
-    chosen = overall[kind if layer is None else f"{kind}@{layer}"].pointing
-    assert chosen == max(s.pointing for m, s in overall.items()
+    chosen = single[kind if layer is None else f"{kind}@{layer}"].pointing
+    assert chosen == max(s.pointing for m, s in single.items()
                          if m == "feature_difference" or m.split("@")[0] in ("attn_eq5", "attn_eq6", "delta_norm"))
     assert kind != "attn_eq5"  # the weakest map is no longer what a visitor sees first
 
