@@ -126,3 +126,28 @@ def test_a_knockout_study_measures_each_scale_with_paired_intervals(captioner, t
     assert again.to_json() == study.to_json()
     with pytest.raises(ValueError, match="knockout"):
         KnockoutStudy.from_json({"kind": "something else"})
+
+
+def test_the_shipped_models_logits_read_the_difference_branch():
+    """A trained model, not a random one: ΔF = 0 changes its answer loss of a true reference; a knockout of a
+    scale whose weights it learnt to use changes it too, and neither stays behind."""
+    from m3diff.describing import EMBEDDED_DIR
+    from m3diff.pipeline import DiffCaptioner
+
+    if not (EMBEDDED_DIR / "config.json").is_file():
+        pytest.skip("no embedded model in m3diff/weights")
+    captioner = DiffCaptioner.from_pretrained(device="cpu")
+    made = make_pair(PairRequest(("color",), "render", seed=2, size=captioner.info.image_size))
+    pair, caption = (made.before, made.after), made.references[0]
+    plain = caption_losses(captioner, [pair], [caption])[0][0]
+    for knockout in (MDPKnockout(zero_delta=True), MDPKnockout(scales=(captioner.info.mdp_layers[-1],))):
+        assert abs(caption_losses(captioner, [pair], [caption], knockout)[0][0] - plain) > 1e-2 * plain
+    assert caption_losses(captioner, [pair], [caption])[0][0] == pytest.approx(plain, rel=1e-6)
+
+
+def test_identical_images_give_a_dark_feature_difference_map(captioner):
+    """The map a visitor sees first on the shipped model (its best by pointing) is exactly 0 on an identical
+    pair: the MDP treats both images alike, so P(F′1) = P(F′2)."""
+    image, _ = pair_images(seed=5)
+    d = captioner.describe(image, image, settings=SETTINGS)
+    assert float(np.abs(d.feature_difference).max()) < 1e-5

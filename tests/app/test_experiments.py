@@ -95,3 +95,14 @@ def test_make_a_pair_and_probe_through_gradio_client(server, pair_files):  # noq
     assert [r[0] for r in rows["data"]][:4] == ["original", "swapped", "before twice", "after re-encoded"]
     with pytest.raises(Exception, match="at most 4"):
         client.predict(["color", "size", "ocr", "pose", "counting"], "render", "1", 8, api_name="/make_pair")
+
+
+def test_the_shipped_knockout_study_is_what_the_panel_shows_first():
+    from webapp.experiments import KNOCKOUT_STUDY, load_knockout
+
+    if not KNOCKOUT_STUDY.is_file():
+        pytest.skip("no shipped knockout study")
+    study = load_knockout(None)
+    table, note = knockout_view(study, "change recall")
+    assert study.layers and set(study.cider) == set(study.layers) and f"{study.n_pairs} pairs" in note
+    assert [f"L{layer} off: Δchange recall" for layer in study.layers] == [c for c in table.columns if "off" in c]
