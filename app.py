@@ -334,7 +334,7 @@ def experiment_panels(services: Services, gpu, ui, demo) -> None:
             refs = gr.Markdown(elem_id="made-refs")
         made_caption = gr.Textbox(label="The model's caption", interactive=False, elem_id="made-caption")
         made_score = gr.Markdown(elem_id="made-score")
-        made_changes = gr.Dataframe(interactive=False, wrap=True, elem_id="made-changes")
+        made_changes = gr.Dataframe(interactive=False, wrap=True, elem_id="made-changes", **WIDE_TABLE)
         link = gr.Textbox(label="link to this pair (append to the app's address)", interactive=False,
                           elem_id="made-link")
     make.click(gpu(lambda t, d, s, n: make_pair_event(services, t, d, s, n)), [types, domain, seed, ui.max_tokens],
@@ -346,7 +346,7 @@ def experiment_panels(services: Services, gpu, ui, demo) -> None:
         gr.Markdown(probe_note(services), elem_id="probe-plan")
         probe = gr.Button("Probe the pair above", elem_id="probe-btn")
         probe_summary = gr.Markdown(elem_id="probe-note")
-        probe_rows = gr.Dataframe(interactive=False, wrap=True, elem_id="probe-table")
+        probe_rows = gr.Dataframe(interactive=False, wrap=True, elem_id="probe-table", **WIDE_TABLE)
     probe.click(gpu(lambda b, a, n, progress=gr.Progress(): probe_event(services, b, a, n, progress)),
                 [ui.before, ui.after, ui.max_tokens], [probe_rows, probe_summary], api_name="probe_pair", **model_calls)
 

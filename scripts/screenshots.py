@@ -151,6 +151,16 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
     return dict(zip(TABS, (describe_png, dashboard_png, errors_png, localization_png)))
 
 
+def _scrolling_tables(page) -> list[str]:
+    """The visible wide tables with a scroll container whose content is larger than its box."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.wide-table *')).filter(e => {
+        const s = getComputedStyle(e);
+        const scrolls = ['auto', 'scroll'].includes(s.overflowX) || ['auto', 'scroll'].includes(s.overflowY);
+        return e.offsetParent !== null && scrolls
+            && (e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1);
+    }).map(e => e.closest('.wide-table').id || e.className)""")
+
+
 def explore(url: str, shots: Path, profile: Path, types=TYPE_IDS) -> dict[str, Path]:
     """Make a pair of each change type and see its boxes, references and scores; probe the last one and see
     every row; the Dashboard's tables at 1400 px with nothing scrolling inside itself and its knockout panel."""
@@ -197,6 +207,7 @@ def explore(url: str, shots: Path, profile: Path, types=TYPE_IDS) -> dict[str, P
         for row in rows:
             assert row in table, f"probe row {row!r} missing"
         page.locator("#probe-note").get_by_text("rows in").first.wait_for(timeout=30_000)
+        assert not _scrolling_tables(page), "the probe's table scrolls inside itself"
         page.wait_for_timeout(1000)
         page.locator("#probe-panel").screenshot(path=str(probe_png))
 
@@ -204,11 +215,7 @@ def explore(url: str, shots: Path, profile: Path, types=TYPE_IDS) -> dict[str, P
         page.locator("text=same-scene swap >> visible=true").first.wait_for(timeout=20_000)
         page.locator("#knockout-note").wait_for(timeout=20_000)
         page.wait_for_timeout(1500)
-        scrolling = page.evaluate("""() => Array.from(document.querySelectorAll('.wide-table *')).filter(e => {
-            const s = getComputedStyle(e);
-            const scrolls = ['auto', 'scroll'].includes(s.overflowX) || ['auto', 'scroll'].includes(s.overflowY);
-            return scrolls && (e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1);
-        }).map(e => e.closest('.wide-table').id || e.className)""")
+        scrolling = _scrolling_tables(page)
         assert not scrolling, f"Dashboard tables scrolling inside themselves at 1400 px: {scrolling}"
         browser.close()
     return dict(zip(EXPERIMENTS, (make_png, probe_png)))
