@@ -259,7 +259,7 @@ def load_examples() -> list:
     return read_split(path) if path.is_file() else []
 
 
-REAL_PHOTO_LABEL = "real photo: outside what the embedded model was trained on"
+REAL_PHOTO_LABEL = "real photo, outside its training"  # short: an example button shows ~45 characters
 
 
 def example_label(services: Services, example) -> str:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from analysis.changes import score_caption
 from analysis.grounding import says_no_change
+from analysis.metrics import CaptionScorer, ScorerConfig
 from m3diff.describing import GenerationSettings, MDPKnockout, caption_words
 
 JPEG_QUALITY = 80  # a common web re-encoding: visible to no person, different bytes to the model
@@ -257,8 +258,6 @@ def knockout_study(captioner, pairs, *, model_name: str = "", batch_size: int = 
     """Caption ``pairs`` (DiffPairs with references) with the full model and with each MDP scale knocked
     out, and measure the change. ``scorer``: an ``analysis.metrics.CaptionScorer`` (made here without
     METEOR when None); CIDEr-D per slice is re-scored as its own corpus with the slice's resamples."""
-    from analysis.metrics import CaptionScorer, ScorerConfig  # lazy: starts Java only when a study runs
-
     if not captioner.uses_mdp or len(captioner.info.mdp_layers) < 2:
         raise ValueError("a knockout study needs a model with at least two MDP scales (this one has "
                          f"{len(captioner.info.mdp_layers) if captioner.uses_mdp else 0}); pass an M3Diff model")

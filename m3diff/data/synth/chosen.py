@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image
 
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.data.synth.captions import write_captions
 from m3diff.data.synth.changes import apply_changes, base_scene, populate
-from m3diff.data.synth.generator import DOMAINS, SynthConfig, Worker, _Plan
+from m3diff.data.synth.generator import DOMAINS, SynthConfig, Worker, _Plan, describe
 
 NO_CHANGE = "no change"  # what a person picks for a pair whose two images show the same scene
 CHOSEN_STREAM = 4_000_037  # a stream id no data set uses (generator.py: [seed, index], [seed, 1_000_003, …])
@@ -135,9 +136,6 @@ def dataset_references(cfg: SynthConfig, indices) -> list[list[str]]:
     drawing consumes no random numbers, so they are the data set's own); no-change pairs are left out (their
     references are drawn after their picture's perturbation). What a made pair's CIDEr-D takes its document
     frequencies from."""
-    from m3diff.data.synth.captions import write_captions  # lazy: only this helper phrases without drawing
-    from m3diff.data.synth.generator import describe
-
     worker, out = Worker(cfg, None), []
     for index in indices:
         plan = worker._plan(index)
