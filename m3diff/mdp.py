@@ -92,7 +92,7 @@ class MDPLayer(nn.Module):
         N = F1.shape[1]
         dF = self.delta(F1, F2)  # [B, N, d]
         if delta_keep is not None:
-            dF = dF * delta_keep
+            dF = dF * delta_keep.to(dF.dtype)  # a bf16 model stays bf16
         x = self.norm_sa(dF)
         dF_sa = dF + self.SA(x, x, eager=eager)[0]  # eq. (4)
         kv = self.norm_ca_kv(torch.cat([F1, F2, dF_sa], 1))  # [B, 3N, d]

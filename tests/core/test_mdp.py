@@ -182,3 +182,12 @@ def test_impossible_knockouts_say_what_to_choose(mdp, feats, knockout, message):
 
     with pytest.raises(ValueError, match=message):
         mdp(*feats, knockout=MDPKnockout(**knockout))
+
+
+def test_a_knockout_keeps_a_bf16_mdp_in_bf16(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    half = mdp.to(torch.bfloat16)
+    h1, h2 = [f.to(torch.bfloat16) for f in feats[0]], [f.to(torch.bfloat16) for f in feats[1]]
+    out1, _, _ = half(h1, h2, knockout=[MDPKnockout(zero_delta=True), MDPKnockout(scales=(3,))])
+    assert out1.dtype == torch.bfloat16 and torch.isfinite(out1.float()).all()
