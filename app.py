@@ -28,13 +28,12 @@ from starlette.middleware import Middleware
 from analysis.attribution import explain_maps
 from analysis.evidence import colour_legend, error_view, map_choices, map_overlays, scale_note, shown_maps
 from analysis.figures import mdp_scores, metrics_by_domain, metrics_by_type
+from analysis.madepair import request_from_query
 from analysis.metrics import SHOWN_METRICS
 from analysis.paper import paper_breakdowns
-from analysis.render import (SLICES, changes_table, delta_table, export, grounding_table, localization_notes,
-                             localization_table, md, pairs_frame, paper_table, protocol_note, protocol_table,
-                             quality_line, report_choices, slice_table)
-from analysis.madepair import request_from_query
-from analysis.render import best_localizing_map
+from analysis.render import (SLICES, best_localizing_map, changes_table, delta_table, export, grounding_table,
+                             localization_notes, localization_table, md, pairs_frame, paper_table, protocol_note,
+                             protocol_table, quality_line, report_choices, slice_table)
 from analysis.report import ReportError, read_report
 from m3diff.change_types import TYPE_IDS
 from m3diff.data.layout import read_split
@@ -47,9 +46,9 @@ from m3diff.overlay import common_size
 from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
                            parse_args)
-from webapp.middleware import OptionalAPIArguments
 from webapp.experiments import (ExperimentError, knockout_view, load_knockout, make_pair_view, probe_note, probe_view,
                                  run_probe)
+from webapp.middleware import OptionalAPIArguments
 from webapp.services import Services, load_error, load_services
 
 FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
