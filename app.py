@@ -28,13 +28,17 @@ from starlette.middleware import Middleware
 from analysis.attribution import explain_maps
 from analysis.evidence import colour_legend, error_view, map_choices, map_overlays, scale_note, shown_maps
 from analysis.figures import mdp_scores, metrics_by_domain, metrics_by_type
+from analysis.madepair import request_from_query
 from analysis.metrics import SHOWN_METRICS
 from analysis.paper import paper_breakdowns
-from analysis.render import (SLICES, changes_table, delta_table, export, grounding_table, localization_notes,
-                             localization_table, md, pairs_frame, paper_table, protocol_note, protocol_table,
-                             quality_line, report_choices, slice_table)
-from analysis.report import ReportError
+from analysis.render import (SLICES, best_localizing_map, changes_table, delta_table, export, grounding_table,
+                             localization_notes, localization_table, md, pairs_frame, paper_table, protocol_note,
+                             protocol_table, quality_line, report_choices, slice_table)
+from analysis.report import ReportError, read_report
+from m3diff.change_types import TYPE_IDS
 from m3diff.data.layout import read_split
+from m3diff.data.synth.chosen import MAX_TYPES, NO_CHANGE, ImpossiblePair
+from m3diff.data.synth.generator import DOMAINS
 from m3diff.describing import EMBEDDED_DIR, GenerationSettings, ModelLoadError
 from m3diff.describing import caption_words as split_words
 from m3diff.images import ImageError, load_image
@@ -42,6 +46,8 @@ from m3diff.overlay import common_size
 from m3diff.remote import RemoteError, call_on
 from webapp.config import (DEFAULT_MAX_NEW_TOKENS, EXAMPLES_DIR, HERE, MAX_FILE_SIZE, SESSION_CAPACITY, AppConfig,
                            parse_args)
+from webapp.experiments import (ExperimentError, knockout_view, load_knockout, make_pair_view, probe_note, probe_view,
+                                 run_probe)
 from webapp.guards import log_line, refusal, refuse_server_files, toast
 from webapp.middleware import OptionalAPIArguments
 from webapp.services import Services, load_error, load_services, source_name
@@ -254,9 +260,141 @@ def load_examples() -> list:
     return read_split(path) if path.is_file() else []
 
 
+REAL_PHOTO_LABEL = "real photo, outside its training"  # short: an example button shows ~45 characters
+
+
+def example_label(services: Services, example) -> str:
+    """An example's label; a real photo is marked as outside the embedded model's training (its card says why)."""
+    generated = example.domain in DOMAINS
+    if not generated and services.captioner.info.source in ("embedded", "untrained-tiny"):
+        return f"{example.id} ({REAL_PHOTO_LABEL})"
+    return f"{example.id} ({example.domain})"
+
+
+def default_map(services: Services) -> tuple[str, str | None]:
+    """(map kind, "L<layer>") shown first: the loaded model's best-localizing map by its report's pointing
+    (``analysis.render.best_localizing_map``); without a report of it, |ΔF| at the deepest MDP layer."""
+    info = services.captioner.info
+    layers = list(info.mdp_layers) if info.use_mdp else []
+    shipped = services.reports.shared.get("m3diff") if info.source == "embedded" else None
+    best = best_localizing_map(shipped.report.run.localization) if shipped is not None else None
+    if best is None or (best[1] is not None and best[1] not in layers):
+        best = ("delta_norm", layers[-1]) if layers else ("feature_difference", None)
+    kind, layer = best
+    return kind, f"L{layer}" if layer is not None else (f"L{layers[-1]}" if layers else None)
+
+
+# ============================================================================ experiments (webapp.experiments)
+def make_pair_event(services: Services, types, domain: str, seed, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    """Make a pair: (before + boxes, after + boxes, references, caption, score line, per-change table, seed,
+    share link, before, after for the Describe inputs)."""
+    try:
+        v = make_pair_view(services, types, domain, seed, max_new_tokens)
+    except ExperimentError as exc:
+        raise refusal(str(exc), title="Cannot make that pair") from None
+    return (v.before, v.after, v.references, v.caption, v.score_line, v.changes, str(v.seed), v.link,
+            v.plain_before, v.plain_after)
+
+
+def probe_event(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                progress=gr.Progress()):
+    """Probe this pair: (the rows side by side, a note)."""
+    b, a = load_pair(before, after)
+    probe = run_probe(services, b, a, max_new_tokens, progress=lambda f, what: progress(f, desc=what))
+    return probe_view(probe)
+
+
+def link_settings(request: gr.Request | None):
+    """A shared link's pair settings (?types=color,ocr&domain=photo&seed=7) into the Make-a-pair panel."""
+    query = dict(request.query_params) if request is not None else {}
+    if "seed" not in query:
+        return gr.update(), gr.update(), gr.update()
+    try:
+        r = request_from_query(query)
+    except ImpossiblePair as exc:
+        gr.Warning(toast(exc), title="Link not understood")
+        return gr.update(), gr.update(), gr.update()
+    return list(r.types) or [NO_CHANGE], r.domain, str(r.seed)
+
+
+def experiment_panels(services: Services, gpu, ui, demo) -> None:
+    """The Describe tab's "Make a pair" and "Probe this pair" panels (each a named API endpoint too)."""
+    model_calls = _model_calls(services)
+    with gr.Accordion("Make a pair: the same generator, the change types you choose", open=False,
+                      elem_id="make-pair-panel"):
+        with gr.Row():
+            types = gr.CheckboxGroup([NO_CHANGE, *TYPE_IDS], value=["color"], elem_id="make-types",
+                                     label=f"change types (one to {MAX_TYPES}, or '{NO_CHANGE}')")
+        with gr.Row():
+            domain = gr.Radio(list(DOMAINS), value="render", label="domain", elem_id="make-domain")
+            seed = gr.Textbox("", label="seed (blank: a new random one)", elem_id="make-seed")
+            make = gr.Button("Make and describe", variant="primary", elem_id="make-btn")
+        with gr.Row():
+            made_b = gr.Image(label="Before (true changes: cyan)", interactive=False, height=240, elem_id="made-before")
+            made_a = gr.Image(label="After (true changes: green)", interactive=False, height=240, elem_id="made-after")
+            refs = gr.Markdown(elem_id="made-refs")
+        made_caption = gr.Textbox(label="The model's caption", interactive=False, elem_id="made-caption")
+        made_score = gr.Markdown(elem_id="made-score")
+        made_changes = gr.Dataframe(interactive=False, wrap=True, elem_id="made-changes", **WIDE_TABLE)
+        link = gr.Textbox(label="link to this pair (append to the app's address)", interactive=False,
+                          elem_id="made-link")
+    make.click(gpu(lambda t, d, s, n: make_pair_event(services, t, d, s, n)), [types, domain, seed, ui.max_tokens],
+               [made_b, made_a, refs, made_caption, made_score, made_changes, seed, link, ui.before, ui.after],
+               api_name="make_pair", **model_calls)
+    demo.load(link_settings, None, [types, domain, seed], api_visibility="private", **CPU_ONLY)
+    with gr.Accordion("Probe this pair: swapped, before twice, re-encoded, each MDP scale knocked out, ΔF = 0",
+                      open=False, elem_id="probe-panel"):
+        gr.Markdown(probe_note(services), elem_id="probe-plan")
+        probe = gr.Button("Probe the pair above", elem_id="probe-btn")
+        probe_summary = gr.Markdown(elem_id="probe-note")
+        probe_rows = gr.Dataframe(interactive=False, wrap=True, elem_id="probe-table", **WIDE_TABLE)
+    probe.click(gpu(lambda b, a, n, progress=gr.Progress(): probe_event(services, b, a, n, progress)),
+                [ui.before, ui.after, ui.max_tokens], [probe_rows, probe_summary], api_name="probe_pair", **model_calls)
+
+
+KNOCKOUT_INTRO = (
+    "### Which vision layers does each change type depend on?\n"
+    "Each MDP scale knocked out in turn (its Score set to 0 in eq. 8, the other scales renormalised), over a "
+    "data set's pairs (`m3diff probe --knockout`): the change in CIDEr-D and in change recall per change type.")
+
+
+def knockout_panel(demo) -> None:
+    """The Dashboard's knockout panel: the shipped study of the embedded model, or an uploaded one."""
+    with gr.Column(elem_id="knockout-panel"):
+        gr.Markdown(KNOCKOUT_INTRO)
+        with gr.Row():
+            measure = gr.Radio(["CIDEr-D", "change recall"], value="CIDEr-D", label="measure",
+                               elem_id="knockout-measure")
+            upload = gr.File(label="a knockout study (m3diff probe --knockout --out FILE.json)", file_types=[".json"],
+                             type="filepath")
+        note = gr.Markdown(elem_id="knockout-note")
+        table = gr.Dataframe(interactive=False, wrap=True, elem_id="knockout-table", **WIDE_TABLE)
+    study = gr.State(None)
+
+    def show(path, m):
+        try:
+            return knockout_view(load_knockout(path), m)
+        except ExperimentError as exc:
+            gr.Warning(toast(exc), title="Not a knockout study")
+            return knockout_view(load_knockout(None), m)
+
+    for trigger in (demo.load, measure.change):
+        trigger(show, [study, measure], [table, note], api_visibility="private", **CPU_ONLY)
+    upload.upload(lambda path: path, upload, study, api_visibility="private", **CPU_ONLY).then(
+        show, [study, measure], [table, note], api_visibility="private", **CPU_ONLY)
+
+
 # ============================================================================ layout
+# The Dashboard's tables hold two runs side by side with intervals: tall enough never to scroll inside
+# themselves, and in a smaller type with wrapping headers so that 13 columns fit 1400 px
+WIDE_TABLE = MappingProxyType({"max_height": 4000, "elem_classes": "wide-table"})
 CSS = """
 #caption textarea {font-size: 1.1rem; line-height: 1.5;}
+.wide-table {font-size: .78rem;}
+.wide-table table {width: 100% !important; table-layout: auto !important;}
+.wide-table th, .wide-table td {width: auto !important; min-width: 0 !important; max-width: none !important;
+                                padding: 2px 4px !important;}
+.wide-table .cell-wrap, .wide-table .header-content {white-space: normal !important; overflow-wrap: normal;}
 .note {border-left: 4px solid #f59e0b; padding-left: .6rem;}
 """
 CPU_ONLY = MappingProxyType({"concurrency_limit": None})  # the dashboard never waits behind the model
@@ -273,9 +411,10 @@ def build_app(services: Services, gpu: Callable[[Callable], Callable] = lambda f
             gr.Markdown("⚠️ " + UNTRAINED_NOTE, elem_classes="note")
         with gr.Tabs():
             with gr.Tab("Describe", id="describe"):
-                describe_tab(services, gpu)
+                experiment_panels(services, gpu, describe_tab(services, gpu), demo)
             with gr.Tab("Dashboard", id="dashboard"):
                 reports_state = dashboard_tab(services, demo)
+                knockout_panel(demo)
             with gr.Tab("Errors", id="errors"):
                 errors_tab(services, gpu, reports_state, demo)
     return demo
@@ -311,6 +450,7 @@ def describe_tab(services: Services, gpu) -> None:
     """Describe: a pair in; the caption streamed out with the Score chart, maps, explain, twin and card."""
     ui = SimpleNamespace(**_describe_inputs(services), **_describe_outputs(services))
     _wire_describe(services, gpu, ui)
+    return ui
 
 
 def _describe_inputs(services: Services) -> dict:
@@ -329,7 +469,7 @@ def _describe_inputs(services: Services) -> dict:
                                  elem_id="finish")
             if examples:
                 gr.Examples([[str(e.before), str(e.after)] for e in examples], [before, after],
-                            example_labels=[f"{e.id} ({e.domain})" for e in examples],
+                            example_labels=[example_label(services, e) for e in examples],
                             examples_per_page=len(examples),
                             label="Examples: one generated pair per change type, and a real photo pair")
         with gr.Column(scale=1):
@@ -342,9 +482,10 @@ def _describe_inputs(services: Services) -> dict:
 
 def _describe_outputs(services: Services) -> dict:
     layers = [f"L{k}" for k in services.captioner.info.mdp_layers]
+    first_kind, first_layer = default_map(services)
     with gr.Row():
-        layer = gr.Dropdown(layers, value=layers[-1] if layers else None, label="MDP layer", elem_id="layer")
-        kind = gr.Radio(map_choices(False), value="attn_eq5", label="map", elem_id="map-kind")
+        layer = gr.Dropdown(layers, value=first_layer, label="MDP layer", elem_id="layer")
+        kind = gr.Radio(map_choices(True), value=first_kind, label="map", elem_id="map-kind")
     with gr.Row():
         heat_b = gr.Image(label="Before + map", elem_id="heat-before", interactive=False, height=280)
         heat_a = gr.Image(label="After + map", elem_id="heat-after", interactive=False, height=280)
@@ -433,7 +574,7 @@ def dashboard_tab(services: Services, demo):
                   "**Run vs run** (each run minus the first; [95% paired bootstrap CI] where the runs were "
                   "scored together)"):
         gr.Markdown(title)
-        shown.append(gr.Dataframe(interactive=False, wrap=True))
+        shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
     for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
                   "how much the answer loss rises with the images of a random pair / of another pair of the same "
                   "scene (the honest blind gap); what it says for two identical images",
@@ -441,11 +582,11 @@ def dashboard_tab(services: Services, demo):
                   "what the change made of it (the sign's new word, the new colour, heading, pose or count, grew "
                   "or shrank), generated references"):
         gr.Markdown(title)
-        shown.append(gr.Dataframe(interactive=False, wrap=True))
+        shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
     gr.Markdown("**How each report was scored** (its protocol card: scorer, tokeniser, CIDEr-D, references, "
                 "empty references, SPICE, how ids were matched, what was left out)")
     shown.append(gr.Markdown(elem_id="protocol-note"))
-    shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table"))
+    shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id="protocol-table", **WIDE_TABLE))
     localization_panel(store, reports_state, demo)
     gr.Markdown("**The paper's reference numbers** (OmniDiff Table 3, x100)")
     gr.Dataframe(paper_table(), interactive=False)
@@ -486,7 +627,7 @@ def localization_panel(store, reports_state, demo) -> None:
         for title, elem in (("**Pointing** (%)", "localization-pointing"),
                             ("**Energy inside the boxes** (%)", "localization-energy")):
             gr.Markdown(title)
-            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem))
+            outputs.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem, **WIDE_TABLE))
         outputs.append(gr.Markdown(elem_id="localization-notes"))
     for trigger in (demo.load, by.change, reports_state.change):
         trigger(lambda state, b: localization_view(store, state, b), [reports_state, by], outputs,

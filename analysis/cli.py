@@ -89,8 +89,9 @@ def register(subparsers) -> None:
                     "with the images of another pair of the same scene (the honest blind gap); and what the model "
                     "says for identical before/after images. Writes grounding.json; `m3diff eval --grounding` "
                     "adds it to report.json.",
-        epilog="example:\n  m3diff probe --model m3diff=runs/m/model --model no_mdp=runs/t/model --data data/synth "
-               "--split test --pairs 300 --out runs/grounding.json",
+        epilog="examples:\n  m3diff probe --model m3diff=runs/m/model --model no_mdp=runs/t/model --data data/synth "
+               "--split test --pairs 300 --out runs/grounding.json\n"
+               "  m3diff probe --knockout --data data/synth --split test --pairs 200 --out runs/knockout.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None, metavar="[NAME=]MODEL",
                    help="a model directory, hub id or 'embedded' (default: embedded); repeat for several")
@@ -104,6 +105,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the random swaps")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the checks here")
+    p.add_argument("--knockout", action="store_true",
+                   help="instead of the grounding checks: per MDP scale, the change in CIDEr-D (overall and per change "
+                        "type) and in change recall per type when that scale's Score is set to 0 (the others "
+                        "renormalised), with paired bootstrap intervals; --out writes the study for the Dashboard")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="with --knockout: resamples (default 1000)")
     p.set_defaults(handler=run_probe)
 
     p = subparsers.add_parser("doctor", help="say which metrics can run here (Java, METEOR, SPICE)",
@@ -269,7 +275,42 @@ def _load_captioner(model: str | None, CLIError):
         raise CLIError(str(exc)) from None
 
 
+def run_knockout(args) -> int:
+    from analysis.probe import knockout_study
+    from analysis.render import knockout_table
+    from analysis.report import atomic_write
+    from m3diff.cli import CLIError
+    from m3diff.describing import GenerationSettings
+
+    specs = [_split_model(m) for m in (args.model or ["embedded"])]
+    if len(specs) != 1:
+        raise CLIError("--knockout studies one model; give one --model")
+    if args.bootstrap < 0 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise CLIError("--bootstrap must be >= 0, --batch-size and --max-new-tokens >= 1")
+    pairs = _read_pairs(args, CLIError)[: args.pairs]
+    if len(pairs) < 2:
+        raise CLIError(f"{args.data}: split {args.split!r} has {len(pairs)} pair(s); the study needs at least 2")
+    name, model = specs[0]
+    captioner = _load_captioner(model, CLIError)
+    if not captioner.uses_mdp or len(captioner.info.mdp_layers) < 2:
+        raise CLIError(f"{model}: --knockout needs an M3Diff model with at least two MDP scales")
+    from tqdm.auto import tqdm
+
+    runs = 1 + len(captioner.info.mdp_layers)
+    with tqdm(total=runs * len(pairs), desc=f"knockout {name}", unit="pair") as bar:
+        study = knockout_study(captioner, pairs, model_name=name, batch_size=args.batch_size,
+                               settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
+                               bootstrap=args.bootstrap, seed=args.seed, progress=bar.update)
+    print(knockout_table(study).to_string(index=False))
+    if args.out:
+        atomic_write(Path(args.out), json.dumps(study.to_json(), indent=1))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def run_probe(args) -> int:
+    if getattr(args, "knockout", False):
+        return run_knockout(args)
     from analysis.grounding import check_grounding
     from analysis.report import GroundingSection, atomic_write, grounding_json
     from m3diff.cli import CLIError

@@ -13,9 +13,11 @@ per-pair statistics computed once and aggregated per subset by the jar's own ``E
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -409,3 +411,48 @@ class _quiet_stderr:
         os.dup2(self._saved, 2)
         os.close(self._saved)
         os.close(self._null)
+
+
+# -- CIDEr-D of one caption, at once (no Java) -------------------------------------------------------------
+# PTB tokenisation (what pycocoevalcap's tokenizer does to a caption) without starting a JVM: lower-case,
+# clitics split off ("did n't", "sign 's"), punctuation dropped, hyphenated words kept whole. It agrees with
+# the PTB tokenizer on the generator's references (tests/analysis/test_madepair.py); the app's "Make a
+# pair" scores one caption in well under the ~0.4 s a PTB call costs.
+_PTB_LIKE = re.compile(r"[^\W_]+?(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|[^\W_]+(?:-[^\W_]+)*")
+
+
+def ptb_like(text: str) -> str:
+    """``text`` tokenised as pycocoevalcap's PTB tokenizer does it, in Python (see above)."""
+    return " ".join(_PTB_LIKE.findall((text or "").lower()))
+
+
+class CiderBackground:
+    """CIDEr-D of single captions with the document frequencies of a background corpus of references.
+
+    CIDEr-D of one pair scored alone is 0 whatever the caption (every n-gram of its references has a
+    document frequency of 1 in a corpus of one); scored among the references of a data set's pairs it is
+    what that pair would get in an evaluation of that set. An explicit object: build it once, score many."""
+
+    def __init__(self, references: list[list[str]]):
+        if not references:
+            raise ValueError("CIDEr-D needs a background corpus of at least one pair's references")
+        self._crefs = [cider_cook_refs([ptb_like(r) for r in refs]) for refs in references]
+        self._df: dict = {}
+        for refs in self._crefs:  # in how many pairs' references each n-gram occurs (pycocoevalcap's rule)
+            for ngram in {g for ref in refs for g in ref}:
+                self._df[ngram] = self._df.get(ngram, 0.0) + 1
+        self.size = len(references)
+
+    def score(self, caption: str, references: list[str]) -> float:
+        """CIDEr-D x100 of ``caption`` against ``references``, with the background's document frequencies
+        (the pair itself included, as one more document): pycocoevalcap's own formula, computed for this
+        one pair only (its ``compute_cider`` zips tests with references, so one test scores one pair)."""
+        item = cider_cook_refs([ptb_like(r) for r in references])
+        df = defaultdict(float, self._df)
+        for ngram in {g for ref in item for g in ref}:
+            df[ngram] += 1
+        cs = CiderScorer(n=4, sigma=6.0)
+        cs.crefs = [item] + self._crefs  # ref_len = log(number of documents) counts them all
+        cs.ctest = [cider_cook_test(ptb_like(caption))]
+        cs.document_frequency = df
+        return 100.0 * float(cs.compute_cider()[0])

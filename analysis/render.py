@@ -27,6 +27,7 @@ from analysis.paper import OMNIDIFF_TABLE3
 from analysis.protocol import Protocol
 from analysis.report import PairRecord, Report, atomic_write
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
+from m3diff.describing import MAP_KINDS
 
 Reports = Mapping[str, Report]  # name -> report, as the app and the card hold them
 
@@ -858,3 +859,83 @@ def headline_md(reports: Reports) -> str:
         table += (f"\n\nCIDEr-D, {names[0]} minus {names[1]} on the same pairs: {delta[0]:+.1f} "
                   f"[{delta[1][0]:+.1f}, {delta[1][1]:+.1f}] (paired bootstrap, 95%).")
     return table
+
+
+# ---------------------------------------------------------------------------- controlled experiments (issue #32)
+def probe_table(probe) -> pd.DataFrame:
+    """An ``analysis.probe.PairProbe`` side by side: one row per input or ablation."""
+    rows = []
+    for r in probe.rows:
+        rows.append({
+            "row": r.name, "caption": r.caption, "vs original": r.diff,
+            "Δ answer loss": "—" if r.loss_change is None else f"{r.loss_change:+.1%}",
+            "answer loss": "—" if r.loss is None else f"{r.loss:.3f}",
+            "says unchanged": "yes" if r.says_no_change else "",
+            "Score per layer": " · ".join(f"L{k} {v:.2f}" for k, v in r.layer_scores.items()) or "—",
+        })
+    return pd.DataFrame(rows)
+
+
+def made_pair_table(score) -> pd.DataFrame:
+    """Per true change of a made pair (``analysis.madepair.MadePairScore``): named? kind said? new value said?"""
+    rows = []
+    for h in score.changes.truth:
+        value = "—" if h.value_right is None else (f"{h.old} → {h.new}: said "
+                                                   f"{', '.join(h.stated) or 'nothing'} {'✓' if h.value_right else '✗'}")
+        rows.append({"change": h.type, "object": h.object, "object named": "yes" if h.named else "no",
+                     "change named": "yes" if h.recalled else "no", "new value": value})
+    if not rows:
+        rows.append({"change": "no change", "object": "—", "object named": "—",
+                     "change named": "says unchanged ✓" if score.says_no_change else "describes a change ✗",
+                     "new value": "—"})
+    return pd.DataFrame(rows)
+
+
+def made_pair_line(score) -> str:
+    """One line above the per-change table: CIDEr-D and how many true changes the caption named."""
+    hits = score.changes.truth
+    named = f"{sum(h.recalled for h in hits)} of {len(hits)} true changes named" if hits else \
+        ("no change, and the caption says so" if score.says_no_change else "no change, but the caption describes one")
+    return f"**CIDEr-D {score.cider:.1f}** against the generator's references · {named}"
+
+
+def _delta_cell(d) -> str:
+    if d is None:
+        return "—"
+    ci = "" if d.low is None else f" [{d.low:+.1f}, {d.high:+.1f}]"
+    return f"{d.delta:+.1f}{ci}"
+
+
+def knockout_table(study, measure: str = "CIDEr-D") -> pd.DataFrame:
+    """An ``analysis.probe.KnockoutStudy``: one row per slice (all pairs, then each change type), one column per
+    knocked-out layer; ``measure`` "CIDEr-D" (×100) or "change recall" (percentage points)."""
+    table = study.cider if measure == "CIDEr-D" else study.recall
+    slices = list(dict.fromkeys(s for layer in study.layers for s in table.get(layer, {})))
+    slices = [s for s in ["all", *TYPE_IDS] if s in slices]
+    rows = []
+    for s in slices:
+        row = {"slice": s, "n": next((table[layer][s].n for layer in study.layers if s in table[layer]), 0)}
+        for layer in study.layers:
+            row[f"L{layer} off: Δ{measure}"] = _delta_cell(table[layer].get(s))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_localizing_map(localization) -> tuple[str, int | None] | None:
+    """(map kind, MDP layer or None) of the model map that pointed at the true change most often in a run's
+    ``localization`` (``LocalizationRun``), among the maps the Describe tab draws; None when it scored none.
+    Pointing on single-change pairs, as the headline's "best map" (one change: one place to point at);
+    over all pairs where the report has no single-change slice."""
+    if localization is None:
+        return None
+    scored = {}
+    by_map = localization.summary.per_setting.get("single") or localization.summary.overall
+    for name, s in by_map.items():
+        kind, _, layer = name.partition("@")
+        if name == "feature_difference" or (kind in MAP_KINDS and layer.isdigit()):
+            scored[name] = s.pointing
+    if not scored:
+        return None
+    best = max(scored, key=lambda m: (scored[m], m == "feature_difference"))
+    kind, _, layer = best.partition("@")
+    return kind, int(layer) if layer else None

@@ -90,6 +90,27 @@ class Description:
 
 
 @dataclass(frozen=True)
+class MDPKnockout:
+    """An ablation of one forward pass of the MDP (``m3diff.mdp``): ``scales``, vision layer ids whose Score
+    is set to zero in eq. (8) (the others renormalised); ``zero_delta``: ΔF = 0 in eq. (3). The default
+    changes nothing. Plain data here, not in mdp.py, so that it crosses to a model's own process."""
+
+    scales: tuple[int, ...] = ()
+    zero_delta: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(sorted({int(s) for s in self.scales})))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.scales) or self.zero_delta
+
+    def label(self) -> str:
+        parts = [f"layer {s} knocked out" for s in self.scales] + (["ΔF = 0"] if self.zero_delta else [])
+        return ", ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 96
     num_beams: int = 1

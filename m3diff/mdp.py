@@ -19,17 +19,23 @@ Decisions where the paper is silent (see shared/PAPER.md §3):
   (5) is residual around the cross-attention's output.
 - Score's last bias starts at logit(1/L) so that at initialisation eq. (8) is the mean over the L
   scales: a freshly added MDP hands the projector features of the usual magnitude.
+
+Ablations (``MDPKnockout``, one per call or one per pair, never stored on the module so concurrent
+calls cannot see each other's): a scale knocked out gets Score 0 in eq. (8) and the remaining scales are
+renormalised channel-wise so the total weight Σ_i Score_i stays what the model computed; ``zero_delta``
+replaces ΔF of eq. (3) by zeros in every layer of every scale (eqs. 4–7 then read no difference).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import initialization as init
 
-from m3diff.describing import PairTrace
+from m3diff.describing import MDPKnockout, PairTrace
 
 
 class MLP(nn.Sequential):
@@ -81,9 +87,12 @@ class MDPLayer(nn.Module):
         H1, H2 = F1 * l1, F2 * l2  # eq. (2)
         return self.W_p(torch.cat([H1, H2, H1 - H2], -1))  # eq. (3)
 
-    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False, delta_keep=None):
+        """``delta_keep``: [B, 1, 1], 0 where a pair's ΔF is zeroed (an ablation; None: none is)."""
         N = F1.shape[1]
         dF = self.delta(F1, F2)  # [B, N, d]
+        if delta_keep is not None:
+            dF = dF * delta_keep.to(dF.dtype)  # a bf16 model stays bf16
         x = self.norm_sa(dF)
         dF_sa = dF + self.SA(x, x, eager=eager)[0]  # eq. (4)
         kv = self.norm_ca_kv(torch.cat([F1, F2, dF_sa], 1))  # [B, 3N, d]
@@ -141,17 +150,38 @@ class MDPScale(nn.Module):
         self.layers = nn.ModuleList(MDPLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.score = Score(dim, num_scales)
 
-    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False):
+    def forward(self, F1, F2, with_trace: bool = False, eager: bool = False, delta_keep=None):
         for layer in self.layers:
-            F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace, eager=eager)
+            F1, F2, dF, maps = layer(F1, F2, with_trace=with_trace, eager=eager, delta_keep=delta_keep)
         return F1, F2, self.score(F1, F2, dF), dF, maps
+
+
+def _knockout_masks(knockout, batch: int, layer_ids: tuple[int, ...], device):
+    """(keep [B, L] 1/0 per pair and scale, delta_keep [B, 1, 1]) or (None, None) when nothing is ablated."""
+    per_pair = [knockout] * batch if knockout is None or isinstance(knockout, MDPKnockout) else list(knockout)
+    if len(per_pair) != batch:
+        raise ValueError(f"{len(per_pair)} knockouts for a batch of {batch} pairs; give one, or one per pair")
+    per_pair = [k or MDPKnockout() for k in per_pair]
+    if not any(k.active for k in per_pair):
+        return None, None
+    for k in per_pair:
+        unknown = [s for s in k.scales if s not in layer_ids]
+        if unknown:
+            raise ValueError(f"cannot knock out layer(s) {unknown}: the MDP scales are layers {list(layer_ids)}")
+        if len(k.scales) == len(layer_ids):
+            raise ValueError(f"knocking out every MDP scale ({list(layer_ids)}) leaves eq. (8) nothing to weigh; "
+                             "keep at least one")
+    keep = torch.tensor([[0.0 if l in k.scales else 1.0 for l in layer_ids] for k in per_pair], device=device)
+    delta_keep = torch.tensor([0.0 if k.zero_delta else 1.0 for k in per_pair], device=device)[:, None, None]
+    return keep, (delta_keep if any(k.zero_delta for k in per_pair) else None)
 
 
 @dataclass
 class MDPTrace:
     """What the MDP saw, batched and detached on the CPU. ``g`` is the patch-grid side (N = g²).
 
-    scores:      [B, L, d]    eq. (7) per scale (L = number of MDP scales)
+    scores:      [B, L, d]    eq. (7) per scale (L = number of MDP scales): the weights eq. (8) applied,
+                              so 0 for a knocked-out scale and the others renormalised
     delta_norm:  [B, L, g, g] per-patch L2 norm of ΔF, eq. (3), of each scale's last layer
     attn_eq5:    [B, L, 2, g, g] attention of the difference queries onto image 1 / image 2 patches
     attn_eq6:    [B, L, 2, g, g] attention of each image's patches onto the difference tokens
@@ -187,21 +217,32 @@ class MultiScaleDifferentialPerception(nn.Module):
         L = len(self.layer_ids)
         self.scales = nn.ModuleList(MDPScale(dim, num_heads, mlp_ratio, depth, L) for _ in range(L))
 
-    def forward(self, hidden_1, hidden_2, with_trace: bool = False, eager: bool = False):
+    def forward(self, hidden_1, hidden_2, with_trace: bool = False, eager: bool = False,
+                knockout: MDPKnockout | Sequence[MDPKnockout | None] | None = None):
         """``hidden_k``: one [B, N, d] tensor per scale for image k. Returns F'1, F'2 [B, N, d] and a trace.
-        ``eager``: explicit attention instead of fused SDPA (the model's ``attn_implementation``)."""
-        fused_1 = fused_2 = 0
-        scores, norms, eq5, eq6 = [], [], [], []
+        ``eager``: explicit attention instead of fused SDPA (the model's ``attn_implementation``).
+        ``knockout``: an ablation for every pair, or one per pair (see ``MDPKnockout``)."""
+        keep, delta_keep = _knockout_masks(knockout, hidden_1[0].shape[0], self.layer_ids, hidden_1[0].device)
+        outs, scores, norms, eq5, eq6 = [], [], [], [], []
         for scale, F1, F2 in zip(self.scales, hidden_1, hidden_2, strict=True):
-            F1t, F2t, score, dF, maps = scale(F1, F2, with_trace=with_trace, eager=eager)
-            w = score.unsqueeze(1)  # [B, 1, d]
-            fused_1 = fused_1 + w * F1t  # eq. (8)
-            fused_2 = fused_2 + w * F2t
+            F1t, F2t, score, dF, maps = scale(F1, F2, with_trace=with_trace, eager=eager, delta_keep=delta_keep)
+            outs.append((F1t, F2t))
+            scores.append(score)  # [B, d]
             if with_trace:
-                scores.append(score)
                 norms.append(dF.norm(dim=-1))
                 eq5.append(maps[0])
                 eq6.append(maps[1])
+        if keep is not None:
+            raw = torch.stack(scores, 1)  # [B, L, d]
+            kept = raw * keep[:, :, None].to(raw.dtype)
+            # renormalised so each channel's total weight is the model's own (eq. 8 has no softmax to do it)
+            kept = kept * (raw.sum(1, keepdim=True) / kept.sum(1, keepdim=True).clamp_min(1e-12))
+            scores = list(kept.unbind(1))
+        fused_1 = fused_2 = 0
+        for (F1t, F2t), score in zip(outs, scores):
+            w = score.unsqueeze(1)  # [B, 1, d]
+            fused_1 = fused_1 + w * F1t  # eq. (8)
+            fused_2 = fused_2 + w * F2t
         mdp_trace = None
         if with_trace:
             B, N = hidden_1[0].shape[:2]
@@ -217,4 +258,4 @@ class MultiScaleDifferentialPerception(nn.Module):
         return fused_1, fused_2, mdp_trace
 
 
-__all__ = ["MultiScaleDifferentialPerception", "MDPLayer", "MDPScale", "Score", "MDPTrace"]
+__all__ = ["MultiScaleDifferentialPerception", "MDPLayer", "MDPScale", "Score", "MDPTrace", "MDPKnockout"]

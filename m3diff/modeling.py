@@ -32,7 +32,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 )
 
 from m3diff.config import M3DiffConfig
-from m3diff.mdp import MDPTrace, MultiScaleDifferentialPerception, Score
+from m3diff.mdp import MDPKnockout, MDPTrace, MultiScaleDifferentialPerception, Score
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,15 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
         vision_aspect_ratio: str | None = None,
         batch_num_images: torch.LongTensor | None = None,
         output_mdp_trace: bool = False,
+        mdp_knockout: MDPKnockout | list[MDPKnockout | None] | None = None,
         **kwargs,
     ) -> M3DiffImageFeatures:
+        """``mdp_knockout``: an ablation of this call only (``m3diff.mdp.MDPKnockout``; one, or one per pair)."""
         kwargs.pop("return_dict", None)
         if self.mdp is None:
+            if mdp_knockout is not None and any(k is not None and k.active for k in (
+                    [mdp_knockout] if isinstance(mdp_knockout, MDPKnockout) else mdp_knockout)):
+                raise ValueError("this model has no MDP (use_mdp=False): there is no scale or ΔF to knock out")
             out = M3DiffImageFeatures(**super().get_image_features(
                 pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
@@ -111,7 +116,8 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
                 return_dict=True, **kwargs,
             ))
         else:
-            out = self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs)
+            out = self._mdp_image_features(pixel_values, image_sizes, batch_num_images, output_mdp_trace,
+                                           mdp_knockout, **kwargs)
         return out
 
     @staticmethod
@@ -123,7 +129,8 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
                 "Use m3diff.PairProcessor to build the inputs."
             )
 
-    def _mdp_image_features(self, pixel_values, image_sizes, batch_num_images, output_mdp_trace, **kwargs):
+    def _mdp_image_features(self, pixel_values, image_sizes, batch_num_images, output_mdp_trace, mdp_knockout=None,
+                            **kwargs):
         self._check_pairs(batch_num_images, "with use_mdp=True")
         if pixel_values.dim() == 5:  # [2B, patches, 3, H, W]: multi-image inputs carry one crop each
             pixel_values = pixel_values[:, 0]
@@ -132,7 +139,8 @@ class M3DiffModel(M3DiffPreTrainedModel, LlavaOnevisionModel):
         before = [h[0::2] for h in hidden]  # L × [B, N, d]
         after = [h[1::2] for h in hidden]
         fused_1, fused_2, mdp_trace = self.mdp(before, after, with_trace=output_mdp_trace,
-                                                eager=self.config._attn_implementation == "eager")  # [B, N, d] each
+                                                eager=self.config._attn_implementation == "eager",
+                                                knockout=mdp_knockout)  # [B, N, d] each
         B, N, d = fused_1.shape
         fused = torch.stack([fused_1, fused_2], 1).reshape(2 * B, N, d)  # back to image order
         projected = self.multi_modal_projector(fused)  # [2B, N, D]

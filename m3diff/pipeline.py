@@ -179,13 +179,13 @@ class DiffCaptioner:
             dtype=str(self.model.dtype).replace("torch.", ""),
         )
 
-    def _prepare(self, pairs, instruction, with_trace: bool):
+    def _prepare(self, pairs, instruction, with_trace: bool, knockout=None):
         batch = self.processor.encode_pairs(pairs, instruction=instruction).to(self.model.device)
         pixel_values = batch["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             features = self.model.model.get_image_features(
                 pixel_values, batch["image_sizes"], batch_num_images=batch["batch_num_images"],
-                output_mdp_trace=with_trace and self.uses_mdp,
+                output_mdp_trace=with_trace and self.uses_mdp, mdp_knockout=knockout,
             )
         # Pass the features to generate so the vision tower and MDP run once, here, with the trace.
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -209,10 +209,11 @@ class DiffCaptioner:
             )
 
     def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, with_trace: bool = True,
-                       settings: GenerationSettings = GenerationSettings()) -> list[Description]:
-        """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL)."""
+                       settings: GenerationSettings = GenerationSettings(), knockout=None) -> list[Description]:
+        """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL).
+        ``knockout``: an ``m3diff.mdp.MDPKnockout`` for this call (one, or one per pair); the model is untouched."""
         start = time.perf_counter()
-        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace)
+        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace, knockout)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
@@ -225,9 +226,9 @@ class DiffCaptioner:
         return results
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
-                 settings: GenerationSettings = GenerationSettings()) -> Description:
+                 settings: GenerationSettings = GenerationSettings(), knockout=None) -> Description:
         return self.describe_batch([(before, after)], instruction=instruction, with_trace=with_trace,
-                                   settings=settings)[0]
+                                   settings=settings, knockout=knockout)[0]
 
     def describe_stream(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                         settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:

@@ -245,14 +245,16 @@ class RemoteCaptioner:
         return RemoteCaptioner(self._link, "twin") if self._which == "model" and "twin" in self._link.names else None
 
     def describe_batch(self, pairs: Sequence[tuple], *, instruction: str | None = None, with_trace: bool = True,
-                       settings: GenerationSettings = GenerationSettings()) -> list[Description]:
+                       settings: GenerationSettings = GenerationSettings(), knockout=None) -> list[Description]:
         return self._link.request(self._which, "describe_batch", (list(pairs),),
-                                  dict(instruction=instruction, with_trace=with_trace, settings=settings))
+                                  dict(instruction=instruction, with_trace=with_trace, settings=settings,
+                                       knockout=knockout))
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
-                 settings: GenerationSettings = GenerationSettings()) -> Description:
+                 settings: GenerationSettings = GenerationSettings(), knockout=None) -> Description:
         return self._link.request(self._which, "describe", (before, after),
-                                  dict(instruction=instruction, with_trace=with_trace, settings=settings))
+                                  dict(instruction=instruction, with_trace=with_trace, settings=settings,
+                                       knockout=knockout))
 
     def describe_stream(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
                         settings: GenerationSettings = GenerationSettings()) -> Iterator[Description]:

@@ -17,7 +17,10 @@ import tempfile
 from pathlib import Path
 
 import app
+from analysis.evidence import UNITS
+from analysis.probe import probe_plan
 from analysis.report import Report
+from m3diff.change_types import TYPE_IDS
 from webapp.services import default_report_paths
 
 HERE = Path(__file__).resolve().parents[1]
@@ -25,6 +28,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TABS = ("describe", "dashboard", "errors", "localization")
+EXPERIMENTS = ("make_pair", "probe")  # the Describe tab's panels (issue #32), shot by ``explore``
 
 
 def free_port() -> int:
@@ -98,7 +102,8 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
         legend = page.locator("#heat-legend .colour-legend")
         legend.wait_for(timeout=30_000)
         assert legend.get_attribute("data-vmin") == "0" and float(legend.get_attribute("data-vmax")) > 0
-        assert "attention weight" in legend.inner_text()
+        # the map shown first is the shipped model's best-pointing one by its report: ‖P(F′1) − P(F′2)‖
+        assert UNITS["feature_difference"] in legend.inner_text()
         page.wait_for_timeout(1500)  # the stream's last tokens and the twin's box
         caption = page.locator("#caption textarea").input_value()
         assert "red" in caption.lower(), caption  # the new colour, named
@@ -146,6 +151,76 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
     return dict(zip(TABS, (describe_png, dashboard_png, errors_png, localization_png)))
 
 
+def _scrolling_tables(page) -> list[str]:
+    """The visible wide tables with a scroll container whose content is larger than its box."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.wide-table *')).filter(e => {
+        const s = getComputedStyle(e);
+        const scrolls = ['auto', 'scroll'].includes(s.overflowX) || ['auto', 'scroll'].includes(s.overflowY);
+        return e.offsetParent !== null && scrolls
+            && (e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1);
+    }).map(e => e.closest('.wide-table').id || e.className)""")
+
+
+def explore(url: str, shots: Path, profile: Path, types=TYPE_IDS) -> dict[str, Path]:
+    """Make a pair of each change type and see its boxes, references and scores; probe the last one and see
+    every row; the Dashboard's tables at 1400 px with nothing scrolling inside itself and its knockout panel."""
+    from playwright.sync_api import sync_playwright
+
+    shots.mkdir(parents=True, exist_ok=True)
+    make_png, probe_png = (shots / f"app_{name}.png" for name in EXPERIMENTS)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
+                                                        viewport={"width": 1400, "height": 1000})
+        page = browser.new_page()
+        page.goto(url, wait_until="load")
+        page.locator("#describe-btn").wait_for(timeout=30_000)
+        page.locator("#make-pair-panel").get_by_text("Make a pair").first.click()
+        boxes = page.locator("#make-types")
+        boxes.wait_for(timeout=20_000)
+        page.locator("#make-seed textarea, #make-seed input").first.fill("3")
+        chosen = ["color"]
+        for t in types:
+            for old in chosen:
+                boxes.get_by_label(old, exact=True).uncheck()
+            boxes.get_by_label(t, exact=True).check()
+            chosen = [t]
+            page.locator("#make-btn").click()
+            # the per-change table names the type; the score line, references and boxed images are there
+            page.wait_for_function("t => { const e = document.querySelector('#made-changes');"
+                                   " return e && e.textContent.includes(t) && !e.textContent.includes('no change'); }",
+                                   arg=t, timeout=60_000)
+            page.locator("#made-score").get_by_text("CIDEr-D").first.wait_for(timeout=30_000)
+            assert page.locator("#made-refs").inner_text().count("\n") >= 2
+            assert page.locator("#made-before img").first.get_attribute("src")
+            assert "seed=3" in page.locator("#made-link textarea, #made-link input").first.input_value()
+        page.wait_for_timeout(1000)
+        page.locator("#make-pair-panel").screenshot(path=str(make_png))
+
+        page.locator("#probe-panel").get_by_text("Probe this pair").first.click()
+        plan = page.locator("#probe-plan").inner_text()
+        page.locator("#probe-btn").click()
+        page.wait_for_function("() => { const e = document.querySelector('#probe-table');"
+                               " return e && e.textContent.includes('ΔF = 0'); }", timeout=90_000)
+        table = page.locator("#probe-table").inner_text()
+        rows = plan[plan.rindex("(") + 1:plan.rindex(")")].split(", ")  # the rows the panel announced
+        assert rows[:4] == probe_plan(())[:4] and "ΔF = 0" in rows and "no-MDP twin" in rows
+        for row in rows:
+            assert row in table, f"probe row {row!r} missing"
+        page.locator("#probe-note").get_by_text("rows in").first.wait_for(timeout=30_000)
+        assert not _scrolling_tables(page), "the probe's table scrolls inside itself"
+        page.wait_for_timeout(1000)
+        page.locator("#probe-panel").screenshot(path=str(probe_png))
+
+        page.get_by_role("tab", name="Dashboard").click()
+        page.locator("text=same-scene swap >> visible=true").first.wait_for(timeout=20_000)
+        page.locator("#knockout-note").wait_for(timeout=20_000)
+        page.wait_for_timeout(1500)
+        scrolling = _scrolling_tables(page)
+        assert not scrolling, f"Dashboard tables scrolling inside themselves at 1400 px: {scrolling}"
+        browser.close()
+    return dict(zip(EXPERIMENTS, (make_png, probe_png)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Make the app's screenshots by walking the served app in "
                                              "headless Chromium (Debian's chromium, driven by Playwright).")
@@ -155,6 +230,8 @@ def main(argv=None) -> int:
         with served_as_fresh_clone(Path(tmp)) as (url, scored):
             for tab, path in tour(url, scored, args.out, Path(tmp) / "profile").items():
                 print(f"{tab}: {path}")
+            for panel, path in explore(url, args.out, Path(tmp) / "profile2").items():
+                print(f"{panel}: {path}")
     return 0
 
 

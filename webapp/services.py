@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.madepair import MadePairScorer
 from analysis.report import LoadedReport, read_report
 from m3diff.batching import PairBatcher
 from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, ModelLoadError
@@ -35,6 +36,7 @@ class Services:
     report_note: str = ""
     config: AppConfig = AppConfig()
     batcher: object | None = None  # m3diff.batching.PairBatcher of concurrent /describe calls
+    made_pairs: MadePairScorer = field(default_factory=MadePairScorer)  # "Make a pair": its CIDEr-D background
 
     def __post_init__(self):
         if isinstance(self.reports, dict):  # a plain {name: LoadedReport}, as tests build them

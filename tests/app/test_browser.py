@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.screenshots import CHROMIUM, TABS, served_as_fresh_clone, tour
+from scripts.screenshots import CHROMIUM, EXPERIMENTS, TABS, explore, served_as_fresh_clone, tour
 
 pytestmark = pytest.mark.slow
 
@@ -20,3 +20,12 @@ def test_describe_in_a_browser_and_screenshot_every_tab(tmp_path):
     assert set(shots) == set(TABS)
     for path in shots.values():
         assert path.parent == tmp_path / "shots" and path.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_make_a_pair_of_each_type_probe_it_and_read_the_dashboard_at_1400px(tmp_path):
+    with served_as_fresh_clone(tmp_path) as (url, _):
+        shots = explore(url, tmp_path / "shots", tmp_path / "profile")
+    assert set(shots) == set(EXPERIMENTS)
+    for path in shots.values():
+        assert path.stat().st_size > 10_000

@@ -126,3 +126,68 @@ def test_eager_attention_computes_what_fused_attention_does():
         eager = model.get_image_features(pixels, sizes, batch_num_images=torch.tensor([2, 2])).pooler_output
     for a, b in zip(fused, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- ablations: scale knockout and ΔF = 0
+def test_knocking_out_a_scale_whose_score_is_zero_changes_nothing(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    with torch.no_grad():
+        mdp.scales[1].score.bias.fill_(-1e4)  # sigmoid → exactly 0: this scale already weighs nothing
+    out1, out2, trace = mdp(*feats, with_trace=True)
+    assert torch.all(trace.scores[:, 1] == 0)
+    ko1, ko2, _ = mdp(*feats, knockout=MDPKnockout(scales=(3,)))
+    torch.testing.assert_close(ko1, out1)
+    torch.testing.assert_close(ko2, out2)
+
+
+def test_knocking_out_all_but_one_scale_gives_that_scale_the_whole_weight(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    _, _, trace = mdp(*feats, with_trace=True)
+    total = trace.scores.sum(1)  # [B, d]: eq. (8)'s total weight per channel, kept by the renormalisation
+    for i, layer in enumerate(mdp.layer_ids):
+        others = tuple(l for l in mdp.layer_ids if l != layer)
+        out1, out2, ko_trace = mdp(*feats, with_trace=True, knockout=MDPKnockout(scales=others))
+        F1t, F2t, _, _, _ = mdp.scales[i](feats[0][i], feats[1][i])  # that scale alone
+        torch.testing.assert_close(out1, total[:, None] * F1t)
+        torch.testing.assert_close(out2, total[:, None] * F2t)
+        assert torch.all(ko_trace.scores[:, [j for j in range(L) if j != i]] == 0)
+
+
+def test_a_knockout_is_per_call_and_per_pair(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    plain1, _, _ = mdp(*feats)
+    ko1, _, _ = mdp(*feats, knockout=[None, MDPKnockout(scales=(2,))])
+    torch.testing.assert_close(ko1[0], plain1[0])  # the first pair of the batch was not ablated
+    assert not torch.allclose(ko1[1], plain1[1])
+    again1, _, _ = mdp(*feats)  # nothing stayed behind on the module
+    torch.testing.assert_close(again1, plain1)
+
+
+def test_zero_delta_removes_the_difference_and_changes_the_output(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    plain1, _, _ = mdp(*feats)
+    out1, _, trace = mdp(*feats, with_trace=True, knockout=MDPKnockout(zero_delta=True))
+    assert torch.all(trace.delta_norm == 0)  # eq. (3)'s ΔF, as every later equation read it
+    assert not torch.allclose(out1, plain1)
+
+
+@pytest.mark.parametrize("knockout, message", [({"scales": (7,)}, "MDP scales are layers"),
+                                               ({"scales": (2, 3, 4)}, "keep at least one")])
+def test_impossible_knockouts_say_what_to_choose(mdp, feats, knockout, message):
+    from m3diff.mdp import MDPKnockout
+
+    with pytest.raises(ValueError, match=message):
+        mdp(*feats, knockout=MDPKnockout(**knockout))
+
+
+def test_a_knockout_keeps_a_bf16_mdp_in_bf16(mdp, feats):
+    from m3diff.mdp import MDPKnockout
+
+    half = mdp.to(torch.bfloat16)
+    h1, h2 = [f.to(torch.bfloat16) for f in feats[0]], [f.to(torch.bfloat16) for f in feats[1]]
+    out1, _, _ = half(h1, h2, knockout=[MDPKnockout(zero_delta=True), MDPKnockout(scales=(3,))])
+    assert out1.dtype == torch.bfloat16 and torch.isfinite(out1.float()).all()

@@ -65,6 +65,20 @@ def test_remote_describes_as_the_in_process_captioner_does(remote, saved, pair):
         *pair, with_trace=False, settings=SHORT).caption
 
 
+def test_a_knockout_crosses_to_the_model_process_and_stays_with_its_call(remote, saved, pair):
+    from m3diff.describing import MDPKnockout
+    from m3diff.pipeline import DiffCaptioner
+
+    local = DiffCaptioner.from_pretrained(saved / "model", device="cpu")
+    layer = local.info.mdp_layers[0]
+    knockout = MDPKnockout(scales=(layer,))
+    got = remote.describe(*pair, settings=SHORT, knockout=knockout)
+    assert got.layer_scores == pytest.approx(local.describe(*pair, settings=SHORT, knockout=knockout).layer_scores,
+                                             abs=1e-6)
+    assert got.layer_scores[layer] == 0
+    assert remote.describe(*pair, settings=SHORT).layer_scores[layer] > 0  # the next call is the full model
+
+
 def test_a_stream_left_early_does_not_disturb_the_next_request(remote, pair):
     first = remote.describe(*pair, settings=SHORT).caption
     stream = remote.describe_stream(*pair, settings=SHORT)
