@@ -31,6 +31,17 @@ TABS = ("describe", "dashboard", "errors", "localization")
 EXPERIMENTS = ("make_pair", "probe")  # the Describe tab's panels (issue #32), shot by ``explore``
 
 
+def open_app(pw, profile: Path, url: str):
+    """(browser, page) with the app loaded at 1400 px, in a fresh profile (launch_persistent_context is
+    Playwright's way to pass --user-data-dir)."""
+    browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
+                                                    viewport={"width": 1400, "height": 1000})
+    page = browser.new_page()
+    page.goto(url, wait_until="load")
+    page.locator("#describe-btn").wait_for(timeout=30_000)
+    return browser, page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,12 +83,7 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
     shots.mkdir(parents=True, exist_ok=True)
     describe_png, dashboard_png, errors_png, localization_png = (shots / f"app_{tab}.png" for tab in TABS)
     with sync_playwright() as pw:
-        # a fresh profile per run: launch_persistent_context is Playwright's way to pass --user-data-dir
-        browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
-                                                        viewport={"width": 1400, "height": 1000})
-        page = browser.new_page()
-        page.goto(url, wait_until="load")
-        page.locator("#describe-btn").wait_for(timeout=30_000)
+        browser, page = open_app(pw, profile, url)
         # what the loaded model knows and how good it measured, above the caption
         statement = page.locator("#model-statement").inner_text()
         assert "generated scenes only" in statement and "measured CIDEr-D" in statement
@@ -169,11 +175,7 @@ def explore(url: str, shots: Path, profile: Path, types=TYPE_IDS) -> dict[str, P
     shots.mkdir(parents=True, exist_ok=True)
     make_png, probe_png = (shots / f"app_{name}.png" for name in EXPERIMENTS)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=FLAGS,
-                                                        viewport={"width": 1400, "height": 1000})
-        page = browser.new_page()
-        page.goto(url, wait_until="load")
-        page.locator("#describe-btn").wait_for(timeout=30_000)
+        browser, page = open_app(pw, profile, url)
         page.locator("#make-pair-panel").get_by_text("Make a pair").first.click()
         boxes = page.locator("#make-types")
         boxes.wait_for(timeout=20_000)
