@@ -34,6 +34,9 @@ class M3DiffConfig(LlavaOnevisionConfig):
         Attention heads of the MDP's self- and cross-attention.
     mdp_mlp_ratio (`float`, defaults to 4.0):
         Hidden width of the MDP's MLPs relative to the vision hidden size.
+    change_reader (`dict`, *optional*):
+        Fields of an `m3diff.reader.ReaderConfig`: the model reads each change of a pair as facts and its
+        language model is given them as text (ours; the paper's model has none).
     """
 
     model_type = "m3diff"
@@ -43,6 +46,7 @@ class M3DiffConfig(LlavaOnevisionConfig):
     mdp_depth: int = 2
     mdp_num_heads: int = 16
     mdp_mlp_ratio: float = 4.0
+    change_reader: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from m3diff.facts import ChangeReading
+
 EMBEDDED_DIR = Path(__file__).parent / "weights"
 EMBEDDED_TWIN_DIR = EMBEDDED_DIR / "twin"  # the embedded model's no-MDP twin (same data, recipe and steps)
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
@@ -75,6 +77,9 @@ class Description:
     # [g, g] where the image tokens the LLM reads differ (m3diff.modeling.feature_difference); any
     # model has it, with or without MDP; None when no trace was asked for
     feature_difference: np.ndarray | None = None
+    # what the model's change reader read (m3diff.reader), the facts its caption was written from;
+    # None for a model without a reader (the paper's)
+    changes: ChangeReading | None = None
 
     def to_json(self, with_maps: bool = False) -> dict:
         out = {
@@ -82,6 +87,8 @@ class Description:
             "layer_scores": {str(k): round(v, 6) for k, v in self.layer_scores.items()},
             "seconds": round(self.seconds, 4),
         }
+        if self.changes is not None:
+            out["changes"] = self.changes.to_json()
         if with_maps and self.trace is not None:
             out["trace"] = self.trace.to_json()
         if with_maps and self.feature_difference is not None:

@@ -33,6 +33,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 
 from m3diff.config import M3DiffConfig
 from m3diff.mdp import MDPKnockout, MDPTrace, MultiScaleDifferentialPerception, Score
+from m3diff.reader import ChangeReader, ReaderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
         M3DiffPreTrainedModel.__init__(self, config)
         self.model = M3DiffModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.change_reader = ChangeReader(ReaderConfig.from_dict(config.change_reader)) if config.change_reader else None
         self.post_init()
 
     def get_image_features(self, pixel_values, image_sizes, output_mdp_trace: bool = False, **kwargs):
@@ -200,6 +202,7 @@ class M3DiffForConditionalGeneration(M3DiffPreTrainedModel, LlavaOnevisionForCon
             "projector": count(inner.multi_modal_projector) + inner.image_newline.numel(),
             "language_model": count(inner.language_model) + count(self.lm_head),
             "mdp": count(inner.mdp),
+            "change_reader": count(self.change_reader),
         }
         parts["total"] = sum(parts.values())
         return parts

@@ -31,8 +31,10 @@ from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is w
     ModelInfo,
     ModelLoadError,
 )
+from m3diff.facts import ChangeReading
+from m3diff.images import load_image
 from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
-from m3diff.processing import PairProcessor
+from m3diff.processing import PairProcessor, facts_instruction
 from m3diff.stopping import EndThreshold
 from m3diff.tokenizer import train_tokenizer
 
@@ -179,8 +181,35 @@ class DiffCaptioner:
             dtype=str(self.model.dtype).replace("torch.", ""),
         )
 
+    @property
+    def reads_changes(self) -> bool:
+        """Whether the model has a change reader (m3diff.reader): describe() then lists what it read."""
+        return self.model.change_reader is not None
+
+    def read_changes(self, pairs: Sequence[tuple], threshold: float = 0.5) -> list[ChangeReading]:
+        """What the model's change reader reads in each (before, after) pair, without a caption."""
+        images = [(load_image(b, name="before image"), load_image(a, name="after image")) for b, a in pairs]
+        batch = self.processor.encode_pairs(images).to(self.model.device)
+        return self._read(images, batch, threshold)
+
+    def _read(self, images, batch, threshold: float = 0.5) -> list[ChangeReading]:
+        reader = self.model.change_reader
+        base = batch["pixel_values"][:, 0].to(self.model.dtype)  # each image's base view, before/after alternating
+        sizes = [b.size for b, _ in images]
+        with torch.inference_mode():
+            facts = reader.read(base[0::2], base[1::2], sizes, threshold=threshold)
+        return [ChangeReading(tuple(f), size, threshold) for f, size in zip(facts, sizes)]
+
     def _prepare(self, pairs, instruction, with_trace: bool, knockout=None):
-        batch = self.processor.encode_pairs(pairs, instruction=instruction).to(self.model.device)
+        images = [(load_image(b, name="before image"), load_image(a, name="after image")) for b, a in pairs]
+        batch = self.processor.encode_pairs(images, instruction=instruction).to(self.model.device)
+        readings = None
+        if self.reads_changes:
+            readings = self._read(images, batch)
+            asked = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(pairs)
+            batch = self.processor.encode_pairs(
+                images, instruction=[facts_instruction(i, r.changes) for i, r in zip(asked, readings)],
+            ).to(self.model.device)
         pixel_values = batch["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             features = self.model.model.get_image_features(
@@ -191,7 +220,7 @@ class DiffCaptioner:
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       mm_encoder_outputs={"image": features})
         diff = feature_difference(features.pooler_output, self.model.config.patch_grid).numpy() if with_trace else None
-        return inputs, features.mdp_trace, diff
+        return inputs, features.mdp_trace, diff, readings
 
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
@@ -213,7 +242,7 @@ class DiffCaptioner:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL).
         ``knockout``: an ``m3diff.mdp.MDPKnockout`` for this call (one, or one per pair); the model is untouched."""
         start = time.perf_counter()
-        inputs, mdp_trace, diff = self._prepare(pairs, instruction, with_trace, knockout)
+        inputs, mdp_trace, diff, readings = self._prepare(pairs, instruction, with_trace, knockout)
         out = self._generate(inputs, settings)
         captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
         seconds = (time.perf_counter() - start) / len(pairs)
@@ -222,7 +251,8 @@ class DiffCaptioner:
             pair_trace = mdp_trace.pair(b) if mdp_trace is not None else None
             scores = pair_trace.score_mean if pair_trace else {}
             results.append(Description(caption, scores, pair_trace, seconds,
-                                       feature_difference=diff[b] if diff is not None else None))
+                                       feature_difference=diff[b] if diff is not None else None,
+                                       changes=readings[b] if readings is not None else None))
         return results
 
     def describe(self, before, after, *, instruction: str | None = None, with_trace: bool = True,
@@ -236,7 +266,8 @@ class DiffCaptioner:
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace, diff = self._prepare([(before, after)], instruction, with_trace)
+        inputs, mdp_trace, diff, readings = self._prepare([(before, after)], instruction, with_trace)
+        reading = readings[0] if readings is not None else None
         pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
         fd = diff[0] if diff is not None else None
         scores = pair_trace.score_mean if pair_trace else {}
@@ -256,12 +287,12 @@ class DiffCaptioner:
         for piece in streamer:
             text += piece
             yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False,
-                              feature_difference=fd)
+                              feature_difference=fd, changes=reading)
         worker.join()
         if errors:
             raise errors[0]
         yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True,
-                          feature_difference=fd)
+                          feature_difference=fd, changes=reading)
 
 
 def _non_finite(model) -> list[str]:

@@ -23,6 +23,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.processing_utils import ProcessorMixin
 
 from m3diff.config import IMAGE_TOKEN, VIDEO_TOKEN, M3DiffConfig
+from m3diff.facts import ChangeFact, facts_prompt
 from m3diff.images import load_image
 
 DEFAULT_PROMPT = (
@@ -30,6 +31,12 @@ DEFAULT_PROMPT = (
     "which object, where it is, and how it changed."
 )
 IGNORE_INDEX = -100  # label value the loss skips
+
+
+def facts_instruction(instruction: str | None, changes: Sequence[ChangeFact]) -> str:
+    """The instruction followed by the changes a change reader read (or the generator recorded), as
+    the text the language model copies them from (``m3diff.facts.facts_prompt``)."""
+    return f"{instruction or DEFAULT_PROMPT}\n{facts_prompt(changes)}"
 
 
 def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

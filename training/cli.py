@@ -32,6 +32,66 @@ def register(subparsers) -> None:
                         "have at times started to grow by ~50 MB a step and stalled at the machine's limit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
+    _register_reader(subparsers)
+
+
+def _register_reader(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reader", help="train a change reader and put it into a model",
+        description="The change reader reads each change of a pair (type, object before and after, new value, "
+        "boxes) from the pixels; a model that has one gives its language model those facts as text and lists "
+        "them beside the caption (m3diff/reader.py). `train` fits one on a generated data set's true changes; "
+        "`attach` puts it into a model trained with `data.facts: true`.")
+    sub = p.add_subparsers(dest="reader_command", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a change reader on generated pairs (their records' true changes)")
+    t.add_argument("--data", required=True, metavar="DIR", help="a folder written by `m3diff synth` (its train split)")
+    t.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoint.pt, log.jsonl, reader.safetensors")
+    t.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000: ~1 CPU-hour at batch 32)")
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a run beside another)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    t.add_argument("--stop-at", type=int, default=None, metavar="N", help="stop after step N (checkpointed)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(handler=_reader_train)
+    a = sub.add_parser("attach", help="put a trained reader into a captioning model")
+    a.add_argument("--model", required=True, metavar="M", help="a model folder, or embedded / embedded-twin")
+    a.add_argument("--reader", required=True, metavar="DIR", help="the --out folder of `m3diff reader train`")
+    a.add_argument("--out", required=True, metavar="DIR", help="where the model with its reader is saved")
+    a.set_defaults(handler=_reader_attach)
+
+
+def _reader_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from m3diff.cli import CLIError
+    from training.reader import ReaderTraining, train_reader
+
+    data = Path(args.data)
+    if not (data / "train.json").is_file():
+        raise CLIError(f"{data} holds no train.json: give a folder written by `m3diff synth`")
+    try:
+        out = train_reader(data, Path(args.out), ReaderTraining(steps=args.steps, batch=args.batch, lr=args.lr,
+                                                                threads=args.threads),
+                           resume=args.resume, stop_at=args.stop_at, progress=not args.quiet)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"reader in {out}")
+    return 0
+
+
+def _reader_attach(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from m3diff.cli import CLIError
+    from training.reader import attach_reader
+
+    reader = Path(args.reader)
+    if not (reader / "reader.safetensors").is_file():
+        raise CLIError(f"{reader} holds no reader.safetensors: train one with `m3diff reader train`")
+    out = attach_reader(args.model, reader, Path(args.out))
+    print(f"model with its change reader in {out}")
+    return 0
 
 
 def resume_argv(args: argparse.Namespace) -> list[str]:

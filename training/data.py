@@ -21,6 +21,8 @@ from m3diff.data.mixture import build_mixture, parse_source
 from m3diff.data.readers import read_dataset
 from m3diff.data.record import DiffPair
 from m3diff.data.synth.captions import NOUNS
+from m3diff.facts import ChangeFact
+from m3diff.processing import facts_instruction
 from training.auxiliary import collate_targets, pair_targets
 
 
@@ -34,6 +36,7 @@ class Sample:
     change_types: tuple[str, ...] = ()
     regions: tuple = ()  # the generator's ground truth (training/auxiliary.py); empty for real data
     objects: dict | None = None
+    changes: tuple | None = None  # the generator's true changes (m3diff.facts); None for real data
 
 
 def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sample]:
@@ -60,7 +63,8 @@ def load_samples(sources: list[str], every_caption: bool, seed: int) -> list[Sam
             raise ValueError(f"sample {r.get('id')!r} has no images or no answer; rebuild the mixture with images")
         samples.append(Sample(str(r["id"]), r["before"], r["after"], r["answer"],
                               change_types=tuple(r.get("change_types") or ()),
-                              regions=tuple(r.get("regions") or ()), objects=r.get("objects")))
+                              regions=tuple(r.get("regions") or ()), objects=r.get("objects"),
+                              changes=tuple(r["changes"]) if r.get("changes") is not None else None))
     if not samples:
         raise ValueError(f"no training samples in {', '.join(sources)}")
     return samples
@@ -113,15 +117,23 @@ class Collator:
     """Samples → model inputs with ``labels`` on the answer tokens only (PairProcessor.encode_pairs);
     with ``geometry`` also the grounding targets (``batch["targets"]``) of samples that have them."""
 
-    def __init__(self, processor, instruction: str | None = None, geometry=None):
+    def __init__(self, processor, instruction: str | None = None, geometry=None, facts: bool = False):
         self.processor = processor
         self.instruction = instruction
         self.geometry = geometry
+        self.facts = facts
+
+    def instruction_of(self, s: Sample) -> str | None:
+        if s.instruction:
+            return s.instruction
+        if self.facts and s.changes is not None:
+            return facts_instruction(self.instruction, [ChangeFact.from_json(c) for c in s.changes])
+        return self.instruction
 
     def __call__(self, samples: list[Sample]):
         batch = self.processor.encode_pairs(
             [(s.before, s.after) for s in samples], answers=[s.answer for s in samples],
-            instruction=[s.instruction or self.instruction for s in samples],
+            instruction=[self.instruction_of(s) for s in samples],
         )
         if self.geometry is not None:
             targets = []

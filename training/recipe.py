@@ -113,6 +113,9 @@ class DataRecipe:
     val: str | None = None  # a dataset folder whose val split is evaluated; None: the first source folder
     val_pairs: Count = 256  # pairs of the val split scored at each evaluation
     instruction: str | None = None  # None: m3diff.processing.DEFAULT_PROMPT
+    # the record's true changes follow the instruction as text (m3diff.facts.facts_prompt), as the
+    # change reader's will at inference: the language model learns to copy them (generated data only)
+    facts: bool = False
 
 
 @dataclass

@@ -272,7 +272,7 @@ def train(recipe: Recipe, sources: list[str], out, *, resume: bool = False, max_
         model = GroundedCaptioner(model, vision.hidden_size)
     if recipe.gradient_checkpointing:
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    collate = Collator(processor, recipe.data.instruction, geometry)
+    collate = Collator(processor, recipe.data.instruction, geometry, facts=recipe.data.facts)
 
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(recipe, model), betas=tuple(o.betas), eps=o.eps)

@@ -18,7 +18,7 @@ from m3diff.data.layout import Dataset
 from m3diff.data.readers import format_name
 
 EVERY_CAPTION_SOURCES = frozenset({"clevr_change", "clevr_dc"})
-GROUND_TRUTH_KEYS = ("regions", "objects")
+GROUND_TRUTH_KEYS = ("regions", "objects", "changes")
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ class Worker:
                 "captions": write_no_change_captions(plan.unchanged, cfg.references), "change_types": [],
                 "domain": domain, "scene": scene_id, "regions": [], "no_change": perturbation,
                 "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(before, boxes_b)},
+                "changes": [],
             }
             return split, record, img_b, img_a
         img_a, boxes_a = self.draw(after)
@@ -217,6 +218,7 @@ class Worker:
             "change_types": [t for t in TYPE_IDS if any(c.type == t for c in changes)],
             "domain": domain, "scene": scene_id, "regions": regions,
             "objects": {"before": object_boxes(before, boxes_b), "after": object_boxes(after, boxes_a)},
+            "changes": [change_record(c, boxes_b, boxes_a) for c in changes],
         }
         return split, record, img_b, img_a
 
@@ -264,6 +266,27 @@ def object_boxes(scene: Scene, boxes) -> list[dict]:
         rec.update({k: v for k, v in (("text", o.text), ("direction", o.direction), ("pose", o.pose)) if v})
         out.append(rec)
     return out
+
+
+def change_record(c: Change, boxes_b, boxes_a) -> dict:
+    """One change as the facts a caption is written from (``m3diff.facts.ChangeFact.from_json`` reads
+    it): the object as it was and as it is, counts, a camera or light change's detail, and a box in
+    each image (the changed instances, else the object referred to)."""
+    def ref(r):
+        if r is None:
+            return None
+        out = {"kind": r.kind, "color": r.color, "size": r.size, "h": r.h, "v": r.v}
+        out.update({k: v for k, v in (("text", r.text), ("direction", r.direction), ("pose", r.pose)) if v})
+        return out
+
+    rec = {"type": c.type, "before": ref(c.ref_before), "after": ref(c.ref_after),
+           "box_before": _union(boxes_b, c.before_uids or (c.subject,)) if c.ref_before is not None else None,
+           "box_after": _union(boxes_a, c.after_uids or (c.result,)) if c.ref_after is not None else None}
+    if c.type == "counting":
+        rec.update(n_before=c.n_before, n_after=c.n_after)
+    if c.detail:
+        rec["detail"] = dict(c.detail)
+    return rec
 
 
 def perturb(img, rng: np.random.Generator):
