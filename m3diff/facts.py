@@ -109,6 +109,12 @@ class ChangeFact:
 
     def to_json(self) -> dict:
         out = asdict(self)
+        for side in ("before", "after"):
+            if out[side] is not None:
+                out[side] = {k: v for k, v in out[side].items() if v}
+        for box in ("box_before", "box_after"):
+            if out[box] is not None:
+                out[box] = [round(float(x), 1) for x in out[box]]
         return {k: v for k, v in out.items() if v not in (None, "", 0) or k in ("type", "confidence")}
 
     @classmethod

@@ -35,10 +35,14 @@ from m3diff.facts import ChangeReading
 from m3diff.images import load_image
 from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
 from m3diff.processing import PairProcessor, facts_instruction
+from m3diff.reader import ReaderConfig
 from m3diff.stopping import EndThreshold
 from m3diff.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
+
+# A change reader as small as the tiny preset: 32-px images, a 4×4 token grid.
+TINY_READER = ReaderConfig(image_size=32, width=32, heads=2, decoder_layers=1, crop_height=8, crop_width=16)
 
 # Models this large are refused on a CPU: a 7B model needs ~30 GB and minutes per caption there.
 CPU_PARAMETER_LIMIT = 2_000_000_000
@@ -141,8 +145,9 @@ class DiffCaptioner:
         return cls(model.to(device), processor, source=source, trained=True)
 
     @classmethod
-    def untrained(cls, device: str = "cpu", seed: int = 0) -> "DiffCaptioner":
-        """A tiny random model: what runs until trained weights exist. Its captions are noise."""
+    def untrained(cls, device: str = "cpu", seed: int = 0, change_reader: bool = False) -> "DiffCaptioner":
+        """A tiny random model: what runs until trained weights exist. Its captions are noise.
+        ``change_reader``: with a tiny random change reader (m3diff.reader), as tests of its paths need."""
         warnings.warn(
             "m3diff: no trained weights in m3diff/weights/ — using a tiny RANDOM model; its captions are noise. "
             "Pass --model DIR (or M3DIFF_MODEL) to use a trained model.",
@@ -150,7 +155,8 @@ class DiffCaptioner:
         )
         corpus = [f"the {t.id} change: {t.definition}." for t in CHANGE_TYPES]
         tokenizer = train_tokenizer(corpus * 4, vocab_size=400)
-        config = preset("tiny", vocab_size=len(tokenizer))
+        reader = TINY_READER.to_dict() if change_reader else None
+        config = preset("tiny", vocab_size=len(tokenizer), change_reader=reader)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)  # reproducible noise, without leaving the global RNG changed
         model = M3DiffForConditionalGeneration(config)
