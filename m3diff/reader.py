@@ -9,10 +9,12 @@ word; given the changes as words it names them and copies their values (docs/tra
   channels, through a small convolutional stack down to a 16×16 grid of tokens: four times the
   vision transformer's 8×8 patch grid, enough to tell a thin arrow's heading or count a group.
 - **One slot per change type**: the generator never makes two changes of one type in a pair, so
-  slot *t* is the change of type *t* and needs no set matching. Twelve learned queries attend over
-  the tokens (a two-layer transformer decoder); each says whether its change is there, the object
-  as it was and as it is (kind, colour, size, image cell, heading, pose), the counts, a camera or
-  light change's detail, and a box in each image.
+  slot *t* is the change of type *t* and needs no set matching. A transformer layer gives the tokens
+  context; a linear map per type and image says where that type's change is (trained on the true
+  boxes, so every token is supervised: a decoder's learned queries over the tokens sat at chance for
+  the first 300 steps); slot *t* pools the tokens its two maps point at and says whether its change
+  is there, the object as it was and as it is (kind, colour, size, image cell, heading, pose), the
+  counts, a camera or light change's detail, and a box in each image.
 - **A sign's word** is read by a second convolutional reader from a crop of the sign's box at
   twice the pixels (``grid_sample``), which reads letters that no 16×16 grid holds.
 """
@@ -102,25 +104,31 @@ class ChangeReader(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ReaderConfig()
         w = cfg.width
+        n = len(TYPE_IDS)
         self.stem = nn.Sequential(_conv(11, 32, 2), _conv(32, 64, 2), _conv(64, 64, 1), _conv(64, w, 2), _conv(w, w, 1))
         grid = cfg.image_size // 8
         self.pos = nn.Parameter(torch.randn(1, grid * grid, w) * 0.02)
-        self.queries = nn.Parameter(torch.randn(len(TYPE_IDS), w) * 0.02)
-        layer = nn.TransformerDecoderLayer(w, cfg.heads, 2 * w, dropout=0.0, batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers)
+        layer = nn.TransformerEncoderLayer(w, cfg.heads, 2 * w, dropout=0.0, batch_first=True, norm_first=True)
+        self.context = nn.TransformerEncoder(layer, cfg.decoder_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(w)
+        # where each type's change is, in each image: trained on the true boxes; each slot reads its
+        # change's object from the tokens its own map points at, so no slot has to learn to search
+        self.maps = nn.Linear(w, n * 2)
+        self.type_embedding = nn.Parameter(torch.randn(n, w) * 0.02)
+        self.slot = nn.Sequential(nn.Linear(3 * w, w), nn.GELU(), nn.Linear(w, w))
+        self.side = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.Linear(w, w))
         self.present = nn.Linear(w, 1)
-        self.objects = nn.ModuleDict({f"{side}_{name}": nn.Linear(w, n) for side in ("before", "after")
-                                      for name, n in OBJECT_HEADS.items()})
+        self.objects = nn.ModuleDict({f"{side}_{name}": nn.Linear(w, k) for side in ("before", "after")
+                                      for name, k in OBJECT_HEADS.items()})
         self.counts = nn.ModuleDict({side: nn.Linear(w, MAX_COUNT + 1) for side in ("before", "after")})
         self.detail = nn.Linear(w, len(DETAILS))
         self.domain = nn.Linear(w, len(DOMAINS))  # names the vertical cell: back/front or top/bottom
-        self.boxes = nn.Linear(w, 8)
+        self.boxes = nn.Linear(w, 4)
         self.words = WordReader(cfg)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> dict[str, torch.Tensor]:
         """``before``/``after`` [B, 3, S, S] as the processor normalises them → per-slot logits
-        ([B, 12, …]) and boxes ([B, 12, 2, 4], x0 y0 x1 y1 in 0..1)."""
+        ([B, 12, …]), boxes ([B, 12, 2, 4], x0 y0 x1 y1 in 0..1) and the maps' logits ([B, N, 12, 2])."""
         b, _, s, _ = before.shape
         if s != self.cfg.image_size:
             before, after = (F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear", align_corners=False)
@@ -129,13 +137,19 @@ class ChangeReader(nn.Module):
         coords = torch.linspace(-1, 1, s, device=before.device, dtype=before.dtype)
         yy, xx = torch.meshgrid(coords, coords, indexing="ij")
         x = torch.cat([before, after, after - before, xx.expand(b, 1, s, s), yy.expand(b, 1, s, s)], 1)
-        tokens = self.stem(x).flatten(2).transpose(1, 2) + self.pos
-        slots = self.norm(self.decoder(self.queries.expand(b, -1, -1), tokens))
-        out = {"present": self.present(slots).squeeze(-1), "detail": self.detail(slots),
-               "domain": self.domain(tokens.mean(1)),
-               "boxes": self.boxes(slots).view(b, -1, 2, 4).sigmoid()}
-        out.update({k: head(slots) for k, head in self.objects.items()})
-        out.update({f"{k}_count": head(slots) for k, head in self.counts.items()})
+        tokens = self.norm(self.context(self.stem(x).flatten(2).transpose(1, 2) + self.pos))  # [B, N, w]
+        n = len(TYPE_IDS)
+        maps = self.maps(tokens).view(b, -1, n, 2)
+        pooled = torch.einsum("bnts,bnw->btsw", maps.float().softmax(1).to(tokens.dtype), tokens)  # [B, 12, 2, w]
+        glob = tokens.mean(1)
+        slot = self.slot(torch.cat([pooled[:, :, 0], pooled[:, :, 1], glob[:, None].expand(-1, n, -1)], -1))
+        slot = slot + self.type_embedding
+        sides = self.side(torch.cat([pooled, slot[:, :, None].expand(-1, -1, 2, -1)], -1)) + pooled  # [B, 12, 2, w]
+        out = {"present": self.present(slot).squeeze(-1), "detail": self.detail(slot), "domain": self.domain(glob),
+               "boxes": self.boxes(sides).sigmoid(), "maps": maps}
+        for k, (side, name) in enumerate((s_, nm) for s_ in ("before", "after") for nm in OBJECT_HEADS):
+            out[f"{side}_{name}"] = self.objects[f"{side}_{name}"](sides[:, :, 0 if side == "before" else 1])
+        out.update({f"{k}_count": head(sides[:, :, i]) for i, (k, head) in enumerate(self.counts.items())})
         return out
 
     @torch.no_grad()

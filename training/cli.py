@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -62,7 +63,6 @@ def _register_reader(subparsers) -> None:
 
 
 def _reader_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from m3diff.cli import CLIError
     from training.reader import ReaderTraining, train_reader
@@ -81,7 +81,6 @@ def _reader_train(args: argparse.Namespace) -> int:
 
 
 def _reader_attach(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from m3diff.cli import CLIError
     from training.reader import attach_reader

@@ -4,8 +4,9 @@ Each generated record says what changed (``changes``: ``m3diff.facts.ChangeFact`
 *t* of the reader is the change of type *t*, so every target is a plain classification or box
 regression on its slot: whether the change is there (all twelve slots, every pair), and, for the
 slots whose change is there, the object as it was and as it is, counts, the camera or light
-detail and the boxes. The word reader is trained on crops of every sign a change touches, cut from
-the true box jittered by about a tenth of its size, as the predicted box will be at inference.
+detail and the boxes, and a map per type and image of where the change is. The word reader is
+trained on crops of every sign in either image, cut from the true box jittered by about a tenth of
+its size, as the predicted box will be at inference.
 
 It trains alone (no language model: a step costs a fifth of a captioning step) and is then put into
 a captioning model (``m3diff reader attach``): the language model learns to copy the facts in its own
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from m3diff.change_types import TYPE_IDS
 from m3diff.facts import COLORS, DETAILS, HEADINGS, HORIZONTAL, KINDS, POSES, VERTICAL, WORDS, facts_of_record
+from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner
 from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig
 
 IGNORE = -100
@@ -63,14 +65,17 @@ def record_targets(record: dict, width: int, height: int) -> dict:
     for side in ("before", "after"):
         for name in OBJECT_HEADS:
             t[f"{side}_{name}"] = torch.full((n,), IGNORE, dtype=torch.long)
+    grid = 16  # the reader's token grid at its 128 px (ReaderConfig.image_size // 8)
+    t["maps"] = torch.zeros(grid * grid, n, 2)
     t["domain"] = torch.tensor(DOMAINS.index(record["domain"]) if record.get("domain") in DOMAINS else IGNORE)
-    words = []  # (slot, side index, word index)
+    words = []  # (side index, box 0..1, word index)
     scale = np.array([width, height, width, height], np.float32)
     for fact in facts_of_record(record) or []:
         slot = TYPE_IDS.index(fact.type)
         t["present"][slot] = 1.0
         if fact.type in ("viewpoint", "illumination"):
             t["detail"][slot] = DETAILS.index(fact.detail)
+            t["maps"][:, slot, :] = 1.0  # the whole picture changed
         if fact.type == "counting":
             t["before_count"][slot] = min(fact.n_before, len(range(7)) - 1)
             t["after_count"][slot] = min(fact.n_after, 6)
@@ -86,9 +91,16 @@ def record_targets(record: dict, width: int, height: int) -> dict:
                     t[f"{side}_{name}"][slot] = _VOCAB[name].index(value)
             if box is not None:
                 t["boxes"][slot, k] = torch.from_numpy(np.asarray(box, np.float32) / scale)
+                x0, y0, x1, y1 = (np.asarray(box, np.float32) / scale * grid).tolist()
+                cells = torch.zeros(grid, grid)
+                cells[int(y0):max(int(y0) + 1, math.ceil(y1)), int(x0):max(int(x0) + 1, math.ceil(x1))] = 1.0
+                t["maps"][:, slot, k] = torch.maximum(t["maps"][:, slot, k], cells.flatten())
                 t["box_mask"][slot, k] = 1.0
-                if obj.kind == "sign" and obj.text:
-                    words.append((slot, k, WORDS.index(obj.text)))
+    # every sign drawn in either image teaches the word reader, changed or not: twice the crops
+    for k, side in enumerate(("before", "after")):
+        for o in (record.get("objects") or {}).get(side, []):
+            if o.get("kind") == "sign" and o.get("text") in WORDS:
+                words.append((k, (np.asarray(o["box"], np.float32) / scale).tolist(), WORDS.index(o["text"])))
     t["words"] = words
     return t
 
@@ -114,7 +126,7 @@ def collate(folder: Path, records: list[dict]) -> dict:
         afters.append(a)
         targets.append(record_targets(r, w, h))
     batch = {k: torch.stack([t[k] for t in targets]) for k in targets[0] if k != "words"}
-    batch["words"] = [(i, slot, k, word) for i, t in enumerate(targets) for slot, k, word in t["words"]]
+    batch["words"] = [(i, k, box, word) for i, t in enumerate(targets) for k, box, word in t["words"]]
     batch["before"], batch["after"] = torch.stack(befores), torch.stack(afters)
     return batch
 
@@ -130,6 +142,8 @@ def jitter(boxes: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Te
 def reader_loss(reader: ChangeReader, batch: dict, out: dict, gen: torch.Generator | None = None,
                 box_jitter: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     parts = {"present": F.binary_cross_entropy_with_logits(out["present"], batch["present"]),
+             # changed cells are a few in a hundred: weighted up so that a map of zeros is not a good answer
+             "maps": F.binary_cross_entropy_with_logits(out["maps"], batch["maps"], pos_weight=torch.tensor(4.0)) * 4,
              "domain": F.cross_entropy(out["domain"], batch["domain"], ignore_index=IGNORE)}
     for key in (*(f"{s}_{n}" for s in ("before", "after") for n in OBJECT_HEADS), "before_count", "after_count", "detail"):
         target = batch[key]
@@ -140,14 +154,14 @@ def reader_loss(reader: ChangeReader, batch: dict, out: dict, gen: torch.Generat
         l1 = (out["boxes"] - batch["boxes"]).abs().sum(-1)
         parts["boxes"] = (l1 * mask).sum() / mask.sum()
     if batch["words"]:
-        idx = torch.tensor(batch["words"])
-        images = torch.where(idx[:, 2, None, None, None] == 0, batch["before"][idx[:, 0]], batch["after"][idx[:, 0]])
-        boxes = batch["boxes"][idx[:, 0], idx[:, 1], idx[:, 2]]
+        idx = torch.tensor([(i, k, word) for i, k, _, word in batch["words"]])
+        images = torch.where(idx[:, 1, None, None, None] == 0, batch["before"][idx[:, 0]], batch["after"][idx[:, 0]])
+        boxes = torch.tensor([box for _, _, box, _ in batch["words"]])
         if gen is not None and box_jitter:
             boxes = jitter(boxes, box_jitter, gen)
         logits = reader.words(images, boxes)
-        parts["word"] = F.cross_entropy(logits, idx[:, 3])
-        parts["word_acc"] = (logits.argmax(-1) == idx[:, 3]).float().mean()
+        parts["word"] = F.cross_entropy(logits, idx[:, 2])
+        parts["word_acc"] = (logits.argmax(-1) == idx[:, 2]).float().mean()
     loss = sum(v for k, v in parts.items() if not k.endswith("_acc"))
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -237,8 +251,6 @@ def attach_reader(model_dir: str | Path, reader_dir: Path, out: Path, dtype: str
     """A captioning model (``model_dir``: a folder, or "embedded" / "embedded-twin") with the trained
     reader of ``reader_dir`` put into it, saved to ``out`` in ``dtype`` (float16: as the embedded
     models ship)."""
-    from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner
-
     named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
     captioner = DiffCaptioner.from_pretrained(str(named.get(str(model_dir), model_dir)), dtype=getattr(torch, dtype))
     reader = load_reader(reader_dir)
