@@ -244,7 +244,9 @@ def run_predict(args) -> int:
         print(f"warning: {len(outcome.unexplained)} caption(s) could not be attributed (no words, or they tokenize "
               f"differently after the prompt; first {outcome.unexplained[0]!r}): those pairs have no saliency_caption "
               "map", file=sys.stderr)
-    print(f"wrote {len(run.captions)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
+    with_ = [w for w, on in (("maps", args.maps), ("the changes its reader read", bool(run.changes))) if on]
+    print(f"wrote {len(run.captions)} predictions to {out}" + (" with " + " and ".join(with_) if with_ else ""),
+          file=sys.stderr)
     if outcome.failed:
         first = next(iter(outcome.failed))
         raise CLIError(f"{len(outcome.failed)} pair(s) skipped because an image could not be read (id {first!r}: "
