@@ -245,7 +245,8 @@ def _fact(data, where: str) -> ChangeFact:
         raise ValueError(f"{where}.type: {data.get('type')!r} is not one of the change types")
     for side in ("before", "after"):
         obj = data.get(side)
-        if obj is not None and not (isinstance(obj, dict) and all(isinstance(obj.get(k, ""), str) for k in _OBJECT_FIELDS)):
+        if obj is not None and not (isinstance(obj, dict)
+                                    and all(isinstance(obj.get(k, ""), str) for k in _OBJECT_FIELDS)):
             raise ValueError(f"{where}.{side}: expected an object of strings ({', '.join(_OBJECT_FIELDS)})")
     for key in ("n_before", "n_after"):
         if not _whole(data.get(key, 0)):
