@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                     "SPICE when its jars are present), x100 like the papers. Every change type, domain and source "
                     "dataset is re-scored as its own corpus, with n and bootstrap 95% intervals. On generated "
                     "references (m3diff synth) also: which true changes each caption names and whether it says "
-                    "their new value (per type and per pair), and where predict --maps' maps point. Writes "
+                    "their new value (per type and per pair), where predict --maps' maps point, and, for a model "
+                    "with a change reader, which true changes it read (detection recall / precision per type). Writes "
                     "report.json, scores.csv, table.tex (the paper's Table 3 layout) and report.html to --out.",
         epilog="examples:\n  m3diff eval --pred runs/pred.json --refs data/synth --split test --out runs/eval\n"
                "  m3diff eval --pred base=a.json --pred mdp=b.json --refs data/synth --split test   (deltas vs base)\n"
@@ -129,7 +130,7 @@ def run_eval(args) -> int:
     from analysis.breakdown import BreakdownConfig
     from analysis.evaluate import Policies, evaluate
     from analysis.inputs import InputError
-    from analysis.render import evidence_lines, text_table, write_files
+    from analysis.render import detection_lines, evidence_lines, text_table, write_files
     from analysis.report import ReportError, read_grounding
     from m3diff.cli import CLIError
 
@@ -161,7 +162,7 @@ def run_eval(args) -> int:
         print(json.dumps(report.headline_json(), indent=1))
     else:
         print(text_table(report))
-        for line in evidence_lines(report):
+        for line in evidence_lines(report) + detection_lines(report):
             print(line)
         for m, why in report.meta.unavailable.items():
             print(f"{m}: n/a — {why}" if m == "SPICE" else f"{m}: n/a", file=sys.stderr)
@@ -244,7 +245,9 @@ def run_predict(args) -> int:
         print(f"warning: {len(outcome.unexplained)} caption(s) could not be attributed (no words, or they tokenize "
               f"differently after the prompt; first {outcome.unexplained[0]!r}): those pairs have no saliency_caption "
               "map", file=sys.stderr)
-    print(f"wrote {len(run.captions)} predictions to {out}" + (" with maps" if args.maps else ""), file=sys.stderr)
+    with_ = [w for w, on in (("maps", args.maps), ("the changes its reader read", bool(run.changes))) if on]
+    print(f"wrote {len(run.captions)} predictions to {out}" + (" with " + " and ".join(with_) if with_ else ""),
+          file=sys.stderr)
     if outcome.failed:
         first = next(iter(outcome.failed))
         raise CLIError(f"{len(outcome.failed)} pair(s) skipped because an image could not be read (id {first!r}: "

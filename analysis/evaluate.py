@@ -5,8 +5,10 @@
 
 Every run is aligned with the references (``analysis.inputs``: ids, duplicates, empty predictions, each
 under its policy), scored per slice with intervals (``analysis.breakdown``), given its protocol card,
-and — on generated references — scored change by change (``analysis.changes``) and, where the
-predictions carry maps (``m3diff predict --maps``), for where its maps point (``analysis.localization``).
+and — on generated references — scored change by change (``analysis.changes``), where the predictions
+carry maps (``m3diff predict --maps``) for where its maps point (``analysis.localization``), and where
+they carry the changes a model's change reader read, for whether it read the true ones
+(``analysis.detection``).
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from pathlib import Path
 
 from analysis.breakdown import BreakdownConfig, analyse, compare
 from analysis.changes import evaluate_changes
+from analysis.detection import evaluate_detection, read_reading
 from analysis.inputs import InputError, Predictions, align, load_predictions, load_references
 from analysis.localization import decode_maps, evaluate_localization
 from analysis.metrics import METRICS, CaptionScorer, MetricAvailability, ScorerConfig, check_metrics
 from analysis.protocol import Protocol
-from analysis.report import ChangesRun, GroundingSection, PairRecord, Region, Report, ReportMeta, RunReport
+from analysis.report import ChangesRun, DetectionRun, GroundingSection, PairRecord, Region, Report, ReportMeta, RunReport
 from m3diff.data.record import DiffPair
 from m3diff.data.synth.generator import SynthConfig
 
@@ -89,6 +92,8 @@ def evaluate(predictions: Mapping[str, Predictions | str | Path], references: li
                      f"{len(maps)}")
             run.localization = evaluate_localization(maps, al.pairs)
             run.sanity = preds.sanity
+        if preds.changes and any("changes" in p.extra for p in al.pairs):
+            run.detection = _detection(name, preds, al.pairs, refs_label, warn)
         runs[name] = run
     base = next(iter(aligned))
     by_id = {p.id: p for p in pairs}
@@ -101,6 +106,28 @@ def evaluate(predictions: Mapping[str, Predictions | str | Path], references: li
                       unavailable=_unavailable(availability, scores[base].overall.scores),
                       generator=_generator_settings(references, warn) if generated else None)
     return Report(meta, runs, records, compare(scores, base) if len(scores) > 1 else None, grounding)
+
+
+def _detection(name: str, preds: Predictions, pairs: list[DiffPair], references: str, warn) -> DetectionRun:
+    """The run's change reader against the generator's changes, on the pairs that have both."""
+    readings = {}
+    for p in pairs:
+        if p.id in preds.changes:
+            try:  # a file's readings were checked as it loaded; a Predictions built in code was not
+                readings[p.id] = read_reading(preds.changes[p.id])
+            except ValueError as exc:
+                raise InputError(f"{preds.path or name}: the changes read in pair {p.id!r} are not a reading "
+                                 f"({exc})") from None
+    known = [p for p in pairs if "changes" in p.extra]
+    unread = [p.id for p in known if p.id not in readings]
+    if unread:
+        warn(f"{name}: {len(unread)} pair(s) have no changes read (predicted before the model had a change "
+             f"reader?); detection scores the other {len(known) - len(unread)}")
+    try:
+        summary, hits = evaluate_detection(readings, known)
+    except ValueError as exc:  # two true changes of one type (readings were checked): matching by type fails
+        raise InputError(f"{references}: {exc}") from None
+    return DetectionRun(summary, hits)
 
 
 def _score(scorer, aligned, config, progress):

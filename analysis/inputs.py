@@ -3,7 +3,9 @@
 Predictions: a JSON list of ``{"id", "caption"}``, the COCO results format ``[{"image_id", "caption"}]``,
 or an object ``{id: caption}``. References: any dataset layout ``m3diff.data.read_dataset`` knows, or a
 COCO caption ground-truth file ``{"images", "annotations": [{"image_id", "caption"}]}``.
-Ids are compared as strings (COCO's integer image ids become "42").
+Ids are compared as strings (COCO's integer image ids become "42"). `m3diff predict`'s file also holds,
+beside the captions, each pair's image digest, its maps (``--maps``) and, for a model with a change
+reader, the changes it read (``ChangeReading.to_json``), each checked as it is read.
 
 Nothing is dropped silently: ids that do not match, duplicates and empty captions raise an
 ``InputError`` listing them, unless the caller chose a policy; whatever a policy did is recorded in
@@ -16,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from analysis.detection import read_reading
 from analysis.localization import SanityCheck
 from analysis.report import ReportError, atomic_write, read_sanity
 from m3diff.data.layout import DatasetError
@@ -59,6 +62,8 @@ class Predictions:
     split: str | None = None
     min_end_probability: float | None = None  # the decoding's end threshold (None: plain greedy)
     images: dict[str, str] = field(default_factory=dict)  # id -> digest of both images, as predicted
+    # a model with a change reader: id -> what it read (m3diff.facts.ChangeReading.to_json), checked on load
+    changes: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self, order: list[str] | None = None) -> dict:
         """`m3diff predict`'s file: rows in ``order`` (then any others), and what it was made from."""
@@ -71,6 +76,8 @@ class Predictions:
             data["min_end_probability"] = self.min_end_probability
         if self.maps:
             data["maps"] = {i: self.maps[i] for i in ids if i in self.maps}
+        if self.changes:
+            data["changes"] = {i: self.changes[i] for i in ids if i in self.changes}
         if self.sanity is not None:
             data["sanity"] = self.sanity.to_dict()
         return data
@@ -139,12 +146,19 @@ def _wrapper_fields(out: Predictions, data: dict, where: str) -> None:
     if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float))):
         raise InputError(f"{where}: 'min_end_probability' must be a number")
     out.min_end_probability = None if end is None else float(end)
-    for key in ("images", "maps"):
+    for key in ("images", "maps", "changes"):
         v = data.get(key, {})
         if not isinstance(v, dict):
             raise InputError(f"{where}: '{key}' must be an object keyed by pair id")
     out.images = {str(k): str(v) for k, v in data.get("images", {}).items()}
     out.maps = dict(data.get("maps", {}))
+    for rid, reading in data.get("changes", {}).items():
+        try:
+            read_reading(reading)  # checked here, so that eval and the app trust what they get
+        except ValueError as exc:
+            raise InputError(f"{where}: the changes read in pair {rid!r} are not a reading ({exc}); predict that "
+                             "pair again (--restart) or remove its entry") from None
+    out.changes = dict(data.get("changes", {}))
     if data.get("sanity") is not None:
         try:
             out.sanity = read_sanity(data["sanity"], f"{where} sanity")

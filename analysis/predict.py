@@ -68,6 +68,7 @@ def start_run(out: Path, pairs, *, model: str, data: str, split: str | None,
             from None
     check_resumable(earlier, run, pairs)
     run.captions, run.images, run.maps, run.sanity = earlier.captions, earlier.images, earlier.maps, earlier.sanity
+    run.changes = earlier.changes
     return run
 
 
@@ -118,6 +119,8 @@ def predict_pairs(captioner, run: Predictions, pairs, options: PredictOptions,
                 continue
             run.captions[p.id] = d.caption
             run.images[p.id] = pair_digest(p)
+            if d.changes is not None:  # a model with a change reader: what it read, scored by `m3diff eval`
+                run.changes[p.id] = d.changes.to_json()
             outcome.predicted += 1
             if options.maps:
                 run.maps[p.id], attributed = pair_evidence(captioner, p, d, options.attribution)

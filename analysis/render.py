@@ -12,7 +12,7 @@ import io
 import math
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -240,6 +240,14 @@ def html_report(report: Report) -> str:
     if report.run.protocol is not None:
         parts.append("<h2>Protocol</h2><table>" + "".join(
             f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.run.protocol.lines()) + "</table>")
+    detection = _detection_runs({report.base: report})
+    if detection:
+        heads = "".join(f"<th>{e(f'{run}: {h}' if len(detection) > 1 else h)}</th>" for run in detection
+                        for h in DETECTION_COLUMNS)
+        body = "".join(f"<tr><td>{e(name)}</td>" + "".join(f"<td>{e(v)}</td>" for vs in cells.values() for v in vs)
+                       + "</tr>" for name, cells in _detection_rows(detection))
+        parts.append("<h2>Change reader: the true changes it read</h2>"
+                     f"<table><tr><th>slice</th>{heads}</tr>{body}</table>")
     runs = {name: r.scores for name, r in report.runs.items()}
     figs = [figures.metrics_by_type(runs, "CIDEr-D"), figures.metrics_by_type(runs, "BLEU-4")]
     if bd.per_domain:
@@ -472,6 +480,73 @@ def changes_table(reports: Reports):
         if any(v != "—" for k, v in row.items() if k != "slice"):
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _detection_runs(reports: Reports) -> dict:
+    runs = {}
+    for rep in reports.values():
+        for name, run in rep.runs.items():
+            if run.detection is not None:
+                runs.setdefault(name, run.detection.summary)
+    return runs
+
+
+# the detection table's columns: header -> how a DetectionScore shows in it
+DETECTION_COLUMNS: Mapping[str, Callable] = MappingProxyType({
+    "true": lambda c: str(c.n_true), "detected": lambda c: str(c.n_detected),
+    "recall %": lambda c: _pct(c.recall), "precision %": lambda c: _pct(c.precision),
+    "value right %": lambda c: _pct(c.value_accuracy), "object right %": lambda c: _pct(c.object_accuracy),
+    "pointing %": lambda c: _pct(c.pointing),
+})
+
+
+def _detection_rows(runs: Mapping) -> list[tuple[str, dict[str, list[str]]]]:
+    """(slice, {run: cells in DETECTION_COLUMNS order}) for overall and each type some run saw."""
+    rows = []
+    for name in ["overall", *TYPE_IDS]:
+        cells = {}
+        for run, s in runs.items():
+            c = s.overall if name == "overall" else s.per_type.get(name)
+            cells[run] = ["—"] * len(DETECTION_COLUMNS) if c is None else [f(c) for f in DETECTION_COLUMNS.values()]
+        if name == "overall" or any(v != ["—"] * len(DETECTION_COLUMNS) for v in cells.values()):
+            rows.append((name, cells))
+    return rows
+
+
+def detection_table(reports: Reports):
+    """Does the change reader read each true change? Per change type and run: true and detected changes,
+    detection recall and precision, the new value and the object read right on matched changes, and how
+    often the detected box's centre lies in the true box."""
+    runs = _detection_runs(reports)
+    if not runs:
+        return pd.DataFrame([{"change detection": "not in the loaded reports (a model with a change reader, "
+                                                  "evaluated on generated references)"}])
+    out = []
+    for name, cells in _detection_rows(runs):
+        row = {"slice": name}
+        for run, values in cells.items():
+            prefix = f"{run}: " if len(runs) > 1 else ""
+            row.update({prefix + head: v for head, v in zip(DETECTION_COLUMNS, values)})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def detection_lines(report: Report) -> list[str]:
+    """One line per run with a change reader: its detection recall and precision (``m3diff eval``'s summary)."""
+    lines = []
+    for name, run in report.runs.items():
+        if run.detection is None:
+            continue
+        s = run.detection.summary
+        o = s.overall
+        line = (f"{name}: change reader ({o.n_pairs} pairs): detection recall {_pct(o.recall)}% "
+                f"({o.n_matched} of {o.n_true} true changes), precision {_pct(o.precision)}% "
+                f"({o.n_matched} of {o.n_detected} detected); new value right {_pct(o.value_accuracy)}%, "
+                f"box pointing {_pct(o.pointing)}%")
+        if s.false_change_rate is not None:
+            line += f"; a change detected in {_pct(s.false_change_rate)}% of {s.no_change_pairs} no-change pairs"
+        lines.append(line)
+    return lines
 
 
 def quality_line(report: Report) -> str:
@@ -803,6 +878,17 @@ def change_naming_md(reports: Reports) -> str:
         if any(v != "—" for v in cells):
             rows.append([name, *cells])
     return markdown_table(head, rows)
+
+
+def change_detection_md(reports: Reports) -> str:
+    """Per change type and model: what its change reader read (``detection_table``'s columns); "" when no
+    report has a detection section."""
+    runs = {label: rep.run.detection.summary for label, rep in reports.items() if rep.run.detection is not None}
+    if not runs:
+        return ""
+    head = ["slice"] + [f"{label}: {c}" if len(runs) > 1 else c for label in runs for c in DETECTION_COLUMNS]
+    return markdown_table(head, [[name, *[v for values in cells.values() for v in values]]
+                                 for name, cells in _detection_rows(runs)])
 
 
 def paired_delta(rep: Report, metric: str = "CIDEr-D") -> tuple[float, tuple[float, float] | None] | None:

@@ -2,7 +2,8 @@
 
 ``Report`` holds everything ``m3diff eval`` measured — per run its scores per slice (an
 ``analysis.breakdown.Breakdown``), its protocol card, its input notes, and where the references are
-generated its change-level scores, its maps' localization and their sanity check — plus the test pairs,
+generated its change-level scores, its change reader's detections, its maps' localization and their
+sanity check — plus the test pairs,
 the run-vs-run comparison and the grounding checks. ``Report.to_json`` writes it (schema
 ``m3diff.eval/2``); ``Report.from_json`` reads it back and refuses, with one line naming the field, a
 document that is not one: wrong types, strings or lists past their limits, another schema. A report
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from analysis.breakdown import Breakdown, BreakdownConfig, Comparison, Delta, PairScore, SliceDelta, SliceResult
 from analysis.changes import ChangeHit, ChangeScore, ChangeSummary
+from analysis.detection import DetectionHit, DetectionScore, DetectionSummary
 from analysis.grounding import GroundingChecks, GroundingTargets
 from analysis.localization import (
     LocalizationRun,
@@ -35,6 +37,7 @@ from analysis.localization import (
 )
 from analysis.metrics import METRICS
 from analysis.protocol import Protocol
+from m3diff.facts import ChangeFact, ObjectFact
 
 SCHEMA = "m3diff.eval/2"
 CONVENTIONS = {
@@ -96,6 +99,15 @@ class ChangesRun:
 
 
 @dataclass
+class DetectionRun:
+    """Does the model's change reader read each true change (``analysis.detection``): the summary and each
+    pair's hits (one per change type true or detected in it)."""
+
+    summary: DetectionSummary
+    pairs: dict[str, list[DetectionHit]] = field(default_factory=dict)
+
+
+@dataclass
 class RunReport:
     scores: Breakdown
     protocol: Protocol | None = None
@@ -104,6 +116,7 @@ class RunReport:
     changes: ChangesRun | None = None
     localization: LocalizationRun | None = None
     sanity: SanityCheck | None = None
+    detection: DetectionRun | None = None  # a model with a change reader, on generated references
 
 
 @dataclass
@@ -181,6 +194,9 @@ class Report:
             if r.changes is not None:
                 entry["changes"] = {**r.changes.summary.to_dict(),
                                     "pairs": {k: [h.to_dict() for h in v] for k, v in r.changes.pairs.items()}}
+            if r.detection is not None:
+                entry["detection"] = {**r.detection.summary.to_dict(),
+                                      "pairs": {k: [h.to_dict() for h in v] for k, v in r.detection.pairs.items()}}
             if r.localization is not None:
                 entry["localization"] = r.localization.to_dict()
             if r.sanity is not None:
@@ -426,6 +442,57 @@ def _changes(node: _Node) -> ChangesRun:
     return ChangesRun(summary, node["pairs"].map(lambda n: [hit(h) for h in n.list()]))
 
 
+def _detection_score(node: _Node) -> DetectionScore:
+    return DetectionScore(node["n_pairs"].int(), node["n_true"].int(), node["n_detected"].int(),
+                          node["n_matched"].int(), node["recall"].num(), node["precision"].num(),
+                          node["n_valued"].int(), node["value_accuracy"].num(), node["n_objects"].int(),
+                          node["object_accuracy"].num(), node["n_boxed"].int(), node["pointing"].num())
+
+
+def _object_fact(node: _Node) -> ObjectFact | None:
+    if node.value is None:
+        return None
+    node.obj()
+    return ObjectFact(**{k: node[k].str(optional=True) or "" for k in ObjectFact.__dataclass_fields__})
+
+
+def _change_fact(node: _Node) -> ChangeFact | None:
+    """A fact as ``ChangeFact.to_json`` wrote it (empty fields left out)."""
+    if node.value is None:
+        return None
+    count = lambda n: n.int() if n.value is not None else 0  # noqa: E731
+    try:
+        return ChangeFact(node["type"].str(), _object_fact(node["before"]), _object_fact(node["after"]),
+                          count(node["n_before"]), count(node["n_after"]), node["detail"].str(optional=True) or "",
+                          node["box_before"].box(), node["box_after"].box(),
+                          node["confidence"].num(False) if node.has("confidence") else 1.0)
+    except ReportError:
+        raise
+    except ValueError as exc:  # an unknown change type
+        raise ReportError(f"{node.path}: {exc}") from None
+
+
+def _detection(node: _Node) -> DetectionRun:
+    summary = DetectionSummary(_detection_score(node["overall"]), node["per_type"].map(_detection_score),
+                               node["no_change_pairs"].int(), node["false_change_rate"].num())
+
+    def hit(n: _Node) -> DetectionHit:
+        try:
+            out = DetectionHit(n["type"].str(), _change_fact(n["truth"]), _change_fact(n["detected"]),
+                               n["value_right"].bool(optional=True), n["object_right"].bool(optional=True),
+                               n["pointed"].bool(optional=True))
+        except ReportError:
+            raise
+        except ValueError as exc:  # a hit whose facts do not fit it (DetectionHit's checks)
+            raise ReportError(f"{n.path}: {exc}") from None
+        if n["matched"].bool() != out.matched:  # written for people reading the file; it must agree
+            raise ReportError(f"{n.path}.matched: {n['matched'].value} but the hit has "
+                              + ("both" if out.matched else "not both") + " a true and a detected change")
+        return out
+
+    return DetectionRun(summary, node["pairs"].map(lambda n: [hit(h) for h in n.list()]))
+
+
 def _loc_score(node: _Node) -> LocalizationScore:
     return LocalizationScore(node["n_pairs"].int(), node["n_images"].int(), node["pointing"].num(False),
                              node["pointing_overlap"].num(False), node["energy"].num(False), node["area"].num(False),
@@ -524,7 +591,8 @@ def _read_report(root: _Node) -> Report:
             node["notes"].strs(), node["dropped"].map(lambda n: n.strs()),
             _changes(node["changes"]) if node.has("changes") else None,
             _localization(node["localization"]) if node.has("localization") else None,
-            _sanity(node["sanity"]) if node.has("sanity") else None)
+            _sanity(node["sanity"]) if node.has("sanity") else None,
+            _detection(node["detection"]) if node.has("detection") else None)
     if not runs:
         raise ReportError("runs: a report holds at least one run")
     comparison = None

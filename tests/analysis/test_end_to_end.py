@@ -64,6 +64,8 @@ def test_predict_writes_one_caption_per_test_pair(predictions, data, model_dir):
     assert len(ids) >= 4 and [r["id"] for r in rows] == ids  # one per pair, in the split's order
     assert all(set(r) == {"id", "caption"} and isinstance(r["caption"], str) for r in rows)
     assert any(r["caption"] for r in rows)
+    assert "changes" not in doc  # a model without a change reader has none to store
+
 
 
 def test_predict_resumes_only_missing_ids(predictions, data, model_dir, workdir, monkeypatch, capsys):
