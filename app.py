@@ -3,10 +3,11 @@
     python app.py [--model DIR|HUB_ID] [--twin DIR] [--host 127.0.0.1] [--port 7860]
     m3diff app    (the same)
 
-Three tabs — Describe (a pair → caption streamed token by token, per-layer MDP Score, difference-attention
-heatmaps, "explain a word", the no-MDP twin, the model card), Dashboard (an evaluation report per change
-type and domain, run against run, CSV/LaTeX export) and Errors (a report's test pairs, filterable and
-sortable; a row shows the pair, references, prediction and trace).
+Three tabs — Describe (a pair → caption streamed token by token, what the model's change reader read (a
+list and boxes on the pair), per-layer MDP Score, difference-attention heatmaps, "explain a word", the
+no-MDP twin, the model card), Dashboard (an evaluation report per change type and domain, run against
+run, CSV/LaTeX export) and Errors (a report's test pairs, filterable and sortable; a row shows the pair,
+references, prediction and trace).
 
 The app is thin: it lays out what ``m3diff`` and ``analysis`` compute. Nothing here is module-level
 mutable state: ``load_services`` builds the models (once, at start; on a ZeroGPU Space that is at import
@@ -50,6 +51,7 @@ from webapp.experiments import (ExperimentError, knockout_view, load_knockout, m
                                  run_probe)
 from webapp.guards import log_line, refusal, refuse_server_files, toast
 from webapp.middleware import OptionalAPIArguments
+from webapp.reading import panel_intro, reading_view
 from webapp.services import Services, load_error, load_services, source_name
 
 FINISH_END_PROBABILITY = 0.5  # "Finish every change": the end wins only with even odds (docs/analysis.md)
@@ -122,6 +124,8 @@ def model_card(captioner, twin=None) -> str:
                           else "off (baseline)"),
         f"- **Images**: {info.image_size}px, {info.num_image_tokens} tokens each; "
         f"device `{info.device}`, dtype `{info.dtype}`",
+        "- **Change reader**: " + ("yes: each change read as facts, which the caption is written from"
+                                   if info.reads_changes else "none (the paper's design)"),
         "- **No-MDP twin**: " + (f"`{source_name(twin.source)}` loaded" if twin is not None else "not loaded"),
     ]
     card = _read_card(info.source)
@@ -166,6 +170,7 @@ class Shown:
     trace: object = None  # m3diff.describing.PairTrace, or None
     caption: str = ""
     feature_difference: object = None  # [g, g] ‖P(F′1) − P(F′2)‖ when the Description carries it
+    changes: object = None  # m3diff.facts.ChangeReading the caption was written from; None: no change reader
 
 
 def caption_words(caption: str) -> list[str]:
@@ -183,18 +188,30 @@ def generation_settings(max_new_tokens, finish_every_change: bool = False):
 
 def describe_events(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     finish_every_change: bool = False) -> Iterator[tuple]:
-    """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token."""
+    """The pair through the captioner, streamed: (caption so far, layer scores, Shown) per token; what
+    the change reader read is in every Shown, the first included (it is read before the first token)."""
     b, a = load_pair(before, after)
     settings = generation_settings(max_new_tokens, finish_every_change)
     for d in services.captioner.describe_stream(b, a, settings=settings):
-        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference)
+        yield d.caption, d.layer_scores, Shown(b, a, d.trace, d.caption, d.feature_difference, d.changes)
 
 
 def describe_api(services: Services, before, after, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """The ``/describe`` endpoint: (caption, {layer: mean Score}) for two image files."""
+    """The ``/describe`` endpoint: (caption, {layer: mean Score}, changes) for two image files; changes
+    is what the change reader read (``ChangeReading.to_json``: {"changes": [...], "size": [w, h],
+    "threshold"}), or None for a model without a reader, so that "read nothing" and "cannot read" differ."""
     b, a = load_pair(before, after)
     d = services.batcher.describe(b, a, GenerationSettings(max_new_tokens=int(max_new_tokens)))
-    return d.caption, {str(k): round(float(v), 6) for k, v in d.layer_scores.items()}
+    changes = d.changes.to_json() if d.changes is not None else None
+    return d.caption, {str(k): round(float(v), 6) for k, v in d.layer_scores.items()}, changes
+
+
+def read_changes_view(shown: Shown | None):
+    """The "What the model read" panel of a described pair (``webapp.reading``): the list, and the read
+    boxes on the before and the after image."""
+    if shown is None:
+        return reading_view(None, None, None)
+    return reading_view(shown.changes, shown.before, shown.after)
 
 
 def heatmaps(shown: Shown | None, layer, kind: str):
@@ -475,9 +492,23 @@ def _describe_inputs(services: Services) -> dict:
         with gr.Column(scale=1):
             gr.Markdown(model_statement(services), elem_id="model-statement")
             caption = gr.Textbox(label="Caption", lines=4, elem_id="caption", interactive=False)
+            read = read_changes_panel(services)
             scores = gr.Plot(label="MDP Score per layer", elem_id="score-plot")
     return dict(before=before, after=after, go=go, max_tokens=max_tokens, finish=finish, caption=caption,
-                scores=scores)
+                scores=scores, **read)
+
+
+def read_changes_panel(services: Services) -> dict:
+    """What the model read (its change reader's facts, which the caption is written from), beside the
+    caption; a model without a reader gets the one line saying why, and no empty pictures."""
+    reads = services.captioner.reads_changes
+    with gr.Column(elem_id="read-panel"):
+        gr.Markdown("**What the model read**")
+        read_list = gr.HTML(panel_intro(reads), elem_id="read-changes")
+        with gr.Row(visible=reads):
+            read_b = gr.Image(label="Before: the changes read", interactive=False, height=220, elem_id="read-before")
+            read_a = gr.Image(label="After: the changes read", interactive=False, height=220, elem_id="read-after")
+    return dict(read_list=read_list, read_b=read_b, read_a=read_a)
 
 
 def _describe_outputs(services: Services) -> dict:
@@ -511,7 +542,8 @@ def _wire_describe(services: Services, gpu, ui) -> None:
     model_calls = _model_calls(services)
     ui.go.click(
         _describe_stream(services, gpu, ui), [ui.before, ui.after, ui.layer, ui.kind, ui.max_tokens, ui.finish],
-        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.legend, ui.slider, ui.shown, ui.word, ui.kind],
+        [ui.caption, ui.scores, ui.heat_b, ui.heat_a, ui.legend, ui.slider, ui.shown, ui.word, ui.kind,
+         ui.read_list, ui.read_b, ui.read_a],
         api_name="describe_stream", api_visibility="undocumented", **model_calls,
     ).then(gpu(lambda shown, n, finish: twin_caption(services, shown, n, finish)), [ui.shown, ui.max_tokens, ui.finish],
            ui.twin, api_visibility="private", **model_calls)
@@ -520,14 +552,15 @@ def _wire_describe(services: Services, gpu, ui) -> None:
                 **CPU_ONLY)
     ui.explain.click(gpu(lambda shown, word: explain_word(services, shown, word)), [ui.shown, ui.word],
                      [ui.attr_b, ui.attr_a, ui.attr_note], api_visibility="private", **model_calls)
-    # The API endpoint: two image files in, (caption, per-layer scores) out. Its calls are batched
-    # together (m3diff.batching.PairBatcher), so up to api_batch of them may wait at once.
+    # The API endpoint: two image files in, (caption, per-layer scores, changes read) out. Its calls are
+    # batched together (m3diff.batching.PairBatcher), so up to api_batch of them may wait at once.
     # labelled: the API page names the outputs by their labels (else "value_41", "value_42")
     api_caption = gr.Textbox(visible=False, label="caption")
     api_scores, api_btn = gr.JSON(visible=False, label="layer_scores"), gr.Button(visible=False)
+    api_changes = gr.JSON(visible=False, label="changes")
     api_btn.click(gpu(lambda before, after, max_new_tokens=DEFAULT_MAX_NEW_TOKENS:
                       describe_api(services, before, after, max_new_tokens)),
-                  [ui.before, ui.after, ui.max_tokens], [api_caption, api_scores], api_name="describe",
+                  [ui.before, ui.after, ui.max_tokens], [api_caption, api_scores, api_changes], api_name="describe",
                   concurrency_id="model-api", concurrency_limit=max(1, services.config.api_batch))
 
 
@@ -543,7 +576,8 @@ def _describe_stream(services: Services, gpu, ui):
         for caption, scores, now in stream(before, after, max_new_tokens, finish):
             if shown is None:
                 hb, ha, legend = heatmaps(now, layer, kind)
-                yield {ui.caption: caption,
+                read = read_changes_view(now)
+                yield {ui.caption: caption, ui.read_list: read.html, ui.read_b: read.before, ui.read_a: read.after,
                        ui.scores: score_figure(now.trace, scores) if scores else None,
                        ui.heat_b: hb, ui.heat_a: ha, ui.legend: legend, ui.slider: common_size(now.before, now.after),
                        ui.shown: now}

@@ -211,6 +211,10 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
     text = pair_markdown(record) + "\n\n" + hit_line(report, record)
     if changes := change_lines(report, record):
         text += "\n\n" + changes
+    # Issue #28, still to do: the report's `detection` section (what the change reader detected beside
+    # the true changes, per pair) plugs in here: its lines after change_lines (a render.py view of the
+    # section), and the detected boxes drawn with m3diff.overlay.draw_changes (the Describe tab's colours
+    # per type) on the pair below, beside the true boxes in cyan / green.
     pics = pair_pictures(loaded, pair_id)
     if pics is None:
         if loaded.images.get(pair_id):

@@ -534,7 +534,7 @@ def _served_describe(app_module, services, app_config, before: str, after: str, 
         up_s = time.perf_counter() - start
         client = Client(f"http://127.0.0.1:{app_config.port}/", verbose=False)
         t0 = time.perf_counter()
-        caption, scores = client.predict(handle_file(before), handle_file(after), tokens, api_name="/describe")
+        caption, scores, _ = client.predict(handle_file(before), handle_file(after), tokens, api_name="/describe")
         describe_s = time.perf_counter() - t0
     finally:
         demo.close()

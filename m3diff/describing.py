@@ -146,3 +146,6 @@ class ModelInfo:
     parameters: dict[str, int]  # m3diff info's parts: vision, projector, language_model, mdp, total
     device: str
     dtype: str
+    # whether the model has a change reader (m3diff.reader); here too so that a caller in another
+    # process (the app's web server) can lay out what the model read without asking the model
+    reads_changes: bool = False

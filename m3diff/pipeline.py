@@ -184,7 +184,7 @@ class DiffCaptioner:
             mdp_layers=tuple(c.mdp_layers) if self.uses_mdp else (), mdp_depth=c.mdp_depth,
             image_size=c.vision_config.image_size, num_image_tokens=c.num_image_tokens,
             parameters=self.model.num_parameters_by_part(), device=str(self.model.device),
-            dtype=str(self.model.dtype).replace("torch.", ""),
+            dtype=str(self.model.dtype).replace("torch.", ""), reads_changes=self.reads_changes,
         )
 
     @property

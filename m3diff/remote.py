@@ -240,6 +240,10 @@ class RemoteCaptioner:
         return self.info.use_mdp
 
     @property
+    def reads_changes(self) -> bool:
+        return self.info.reads_changes
+
+    @property
     def twin(self) -> "RemoteCaptioner | None":
         """The no-MDP twin loaded beside the model, if one was asked for."""
         return RemoteCaptioner(self._link, "twin") if self._which == "model" and "twin" in self._link.names else None

@@ -2,6 +2,7 @@
 every kind a person might upload, and a report.json in `m3diff eval`'s shape."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -23,6 +24,26 @@ def services(make_model, processor):
     captioner = DiffCaptioner(make_model(seed=1), processor, source="test-tiny", trained=True)
     twin = DiffCaptioner(make_model(seed=2, use_mdp=False), processor, source="test-twin", trained=True)
     return app.Services(captioner, twin, {}, "", app.AppConfig(max_new_tokens=8))
+
+
+@pytest.fixture(scope="session")
+def reader_captioner():
+    """DiffCaptioner.untrained(change_reader=True): a tiny random model with a change reader. Session-wide
+    (it takes seconds to build and describing leaves it unchanged)."""
+    import warnings
+
+    from m3diff.pipeline import DiffCaptioner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no trained weights": meant
+        return DiffCaptioner.untrained(change_reader=True)
+
+
+@pytest.fixture
+def reader_services(reader_captioner):
+    import app
+
+    return app.Services(reader_captioner, None, {}, "", app.AppConfig(max_new_tokens=4))
 
 
 @pytest.fixture
@@ -101,18 +122,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(services):
-    """The app served on 127.0.0.1 over the tiny models, as `python app.py` serves it; its root URL."""
+@contextlib.contextmanager
+def serve(captioner, twin=None):
+    """The app served on 127.0.0.1 over ``captioner``, as `python app.py` serves it; yields its root URL."""
     import app
 
     config = app.AppConfig(port=free_port(), max_new_tokens=8)
-    services = app.Services(services.captioner, services.twin, {}, "", config)
-    demo = app.build_app(services)
+    demo = app.build_app(app.Services(captioner, twin, {}, "", config))
     app.launch(demo, config, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{config.port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture
+def server(services):
+    """The app over the tiny models (no change reader); its root URL."""
+    with serve(services.captioner, services.twin) as url:
+        yield url
+
+
+@pytest.fixture
+def reader_server(reader_captioner):
+    """The app over a tiny model with a change reader; its root URL."""
+    with serve(reader_captioner) as url:
+        yield url
 
 

@@ -1,14 +1,16 @@
 """End to end in headless Chromium (Debian's chromium driven by Playwright): upload a pair, Describe, see
 the caption, the Score chart and a heatmap with its colour scale; the Dashboard's protocol card and
-localization panel; a test pair of the Errors tab, regenerated, with its true boxes and hit or miss.
-The walk is scripts/screenshots.py's; here its screenshots go to a temporary folder."""
+localization panel; a test pair of the Errors tab, regenerated, with its true boxes and hit or miss;
+what a model with a change reader read, beside its caption. The walk is scripts/screenshots.py's; here
+its screenshots go to a temporary folder."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from scripts.screenshots import CHROMIUM, EXPERIMENTS, TABS, explore, served_as_fresh_clone, tour
+from m3diff.describing import GenerationSettings
+from scripts.screenshots import CHROMIUM, EXPERIMENTS, TABS, explore, open_app, served_as_fresh_clone, tour
 
 pytestmark = pytest.mark.slow
 
@@ -29,3 +31,33 @@ def test_make_a_pair_of_each_type_probe_it_and_read_the_dashboard_at_1400px(tmp_
     assert set(shots) == set(EXPERIMENTS)
     for path in shots.values():
         assert path.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_described_pair_shows_what_the_model_read(reader_captioner, pair_files, tmp_path):
+    """A model with a change reader: beside the caption, one line per change read (its type's colour
+    swatch), and its boxes drawn on the before and the after image."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.conftest import serve
+
+    reading = reader_captioner.describe(*pair_files, settings=GenerationSettings(max_new_tokens=8)).changes
+    assert reading.changes, "the tiny random reader reads changes at threshold 0.5"
+    with serve(reader_captioner) as url, sync_playwright() as pw:
+        browser, page = open_app(pw, tmp_path / "profile", url)
+        panel = page.locator("#read-panel")
+        assert "What the model read" in panel.inner_text()
+        page.locator("#before input[type=file]").set_input_files(pair_files[0])
+        page.locator("#after input[type=file]").set_input_files(pair_files[1])
+        page.locator("#before img").first.wait_for(timeout=20_000)
+        page.locator("#after img").first.wait_for(timeout=20_000)
+        page.locator("#describe-btn").click()
+        lines = page.locator("#read-changes li")
+        lines.first.wait_for(timeout=60_000)
+        assert [lines.nth(i).get_attribute("data-type") for i in range(lines.count())] == \
+            [c.type for c in reading.changes]
+        assert reading.changes[0].type in lines.first.inner_text()
+        for side in ("before", "after"):
+            page.locator(f"#read-{side} img").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "read.png"), full_page=True)
+        browser.close()

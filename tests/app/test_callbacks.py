@@ -22,7 +22,7 @@ def test_describe_streams_a_growing_caption_with_scores_and_trace(services, pair
 
 
 def test_describe_api_returns_caption_and_json_scores(services, pair_files, tiny_config):
-    caption, scores = app.describe_api(services, *pair_files, max_new_tokens=8)
+    caption, scores, _ = app.describe_api(services, *pair_files, max_new_tokens=8)
     assert isinstance(caption, str)
     assert sorted(scores) == sorted(str(k) for k in tiny_config.mdp_layers)
     assert all(isinstance(v, float) and 0 < v < 1 for v in scores.values())

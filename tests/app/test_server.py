@@ -22,9 +22,11 @@ def test_describe_endpoint_through_gradio_client(server, pair_files, bad_files, 
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False)
-    caption, scores = client.predict(handle_file(pair_files[0]), handle_file(pair_files[1]), 8, api_name="/describe")
+    caption, scores, changes = client.predict(handle_file(pair_files[0]), handle_file(pair_files[1]), 8,
+                                              api_name="/describe")
     assert isinstance(caption, str)
     assert sorted(scores) == sorted(str(k) for k in tiny_config.mdp_layers)
+    assert changes is None  # this model has no change reader: not an empty reading
     # a bad upload comes back as the app's message, not a traceback
     with pytest.raises(Exception, match="1×1"):
         client.predict(handle_file(str(bad_files["1x1"])), handle_file(pair_files[1]), 8, api_name="/describe")
@@ -70,7 +72,7 @@ def test_a_16_bit_png_reaches_the_model_as_the_library_reads_it(server, services
     deep = tmp_path / "deep.png"
     Image.fromarray(ramp, mode="I;16").save(deep)
     client = Client(server, verbose=False)
-    _, scores = client.predict(handle_file(str(deep)), handle_file(pair_files[1]), 8, api_name="/describe")
+    _, scores, _ = client.predict(handle_file(str(deep)), handle_file(pair_files[1]), 8, api_name="/describe")
     expected = services.captioner.describe(deep, pair_files[1], with_trace=True).layer_scores
     assert scores == {str(k): round(float(v), 6) for k, v in expected.items()}
 
@@ -80,7 +82,7 @@ def test_the_api_page_names_the_describe_outputs(server):
 
     info = json.loads(urllib.request.urlopen(server + "gradio_api/info", timeout=10).read())
     returns = info["named_endpoints"]["/describe"]["returns"]
-    assert [r["label"] for r in returns] == ["caption", "layer_scores"]
+    assert [r["label"] for r in returns] == ["caption", "layer_scores", "changes"]
 
 
 def test_plain_http_describe_without_the_optional_max_new_tokens(server, pair_files):
@@ -97,8 +99,8 @@ def test_plain_http_describe_without_the_optional_max_new_tokens(server, pair_fi
         event = http.post(f"{api}/call/describe", json={"data": data}).raise_for_status().json()
         text = http.get(f"{api}/call/describe/{event['event_id']}").text
     assert "event: complete" in text, text[-500:]
-    caption, scores = json.loads(text.split("event: complete", 1)[1].split("data:", 1)[1].splitlines()[0])
-    assert isinstance(caption, str) and scores
+    caption, scores, changes = json.loads(text.split("event: complete", 1)[1].split("data:", 1)[1].splitlines()[0])
+    assert isinstance(caption, str) and scores and changes is None
 
 
 def test_finish_every_change_reaches_the_model_through_the_served_app(server, services, pair_files):
@@ -124,3 +126,21 @@ def test_finish_every_change_reaches_the_model_through_the_served_app(server, se
         for h in hooks:
             h.remove()
     assert captions == {False: "", True: " ".join(["the"] * 8)}
+
+
+def test_describe_endpoint_carries_what_the_change_reader_read(reader_server, reader_captioner, pair_files):
+    """/describe's third output: the reading as JSON (ChangeReading.to_json), which rebuilds the facts."""
+    from gradio_client import Client, handle_file
+
+    from m3diff.describing import GenerationSettings
+    from m3diff.facts import ChangeFact
+
+    client = Client(reader_server, verbose=False)
+    caption, _, changes = client.predict(handle_file(pair_files[0]), handle_file(pair_files[1]), 8,
+                                         api_name="/describe")
+    want = reader_captioner.describe(*pair_files, settings=GenerationSettings(max_new_tokens=8))
+    assert caption == want.caption
+    assert set(changes) == {"changes", "size", "threshold"} and changes["size"] == [64, 48]
+    assert [ChangeFact.from_json(c).type for c in changes["changes"]] == [c.type for c in want.changes.changes]
+    assert all(c["box_after"] == [round(x, 1) for x in f.box_after]
+               for c, f in zip(changes["changes"], want.changes.changes) if f.box_after is not None)

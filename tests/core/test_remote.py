@@ -174,7 +174,7 @@ import app
 services = app.load_services(app.AppConfig(model={str(saved / 'model')!r}, twin={str(saved / 'twin')!r},
                                            separate_process=True, max_new_tokens=6))
 app.build_app(services)
-caption, scores = app.describe_api(services, {str(REPO / 'examples/images/color_before.png')!r},
+caption, scores, _ = app.describe_api(services, {str(REPO / 'examples/images/color_before.png')!r},
                                    {str(REPO / 'examples/images/color_after.png')!r}, 6)
 assert caption and set(scores) == {{'2', '3', '4'}}, (caption, scores)
 *_, (streamed, _, shown) = app.describe_events(services, {str(REPO / 'examples/images/color_before.png')!r},
