@@ -151,7 +151,8 @@ def _explain(captioner, before, after, caption, words, index, config, target, in
     answer = caption
     model, processor = captioner.model, captioner.processor
     tokenizer = processor.tokenizer
-    batch = processor.encode_pairs([(before, after)], answers=[answer], instruction=instruction)
+    batch, _ = captioner.encode_pairs([(before, after)], answers=[answer], instruction=instruction)
+    batch = batch.to("cpu")
     input_ids = batch["input_ids"][0]  # [T]
     answer_at = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0])  # the answer's first token
     enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)

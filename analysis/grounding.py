@@ -133,10 +133,10 @@ def answer_losses(captioner, images: list[tuple], answers: list[str], batch_size
 
     from m3diff.processing import answer_cross_entropy  # lazy: it imports torch
 
-    model, processor = captioner.model, captioner.processor
+    model = captioner.model
     out = []
     for s in range(0, len(images), batch_size):
-        batch = processor.encode_pairs(images[s:s + batch_size], answers=answers[s:s + batch_size]).to(model.device)
+        batch, _ = captioner.encode_pairs(images[s:s + batch_size], answers=answers[s:s + batch_size])
         with torch.inference_mode():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            pixel_values=batch["pixel_values"].to(model.dtype), image_sizes=batch["image_sizes"],

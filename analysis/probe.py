@@ -117,8 +117,8 @@ def caption_losses(captioner, pairs, answers, knockout=None) -> list[tuple[float
 
     from m3diff.processing import answer_cross_entropy  # lazy: it imports torch
 
-    model, processor = captioner.model, captioner.processor
-    batch = processor.encode_pairs(list(pairs), answers=list(answers)).to(model.device)
+    model = captioner.model
+    batch, _ = captioner.encode_pairs(list(pairs), answers=list(answers))
     with torch.inference_mode():
         features = model.model.get_image_features(
             batch["pixel_values"].to(model.dtype), batch["image_sizes"], batch_num_images=batch["batch_num_images"],

@@ -206,16 +206,25 @@ class DiffCaptioner:
             facts = reader.read(base[0::2], base[1::2], sizes, threshold=threshold)
         return [ChangeReading(tuple(f), size, threshold) for f, size in zip(facts, sizes)]
 
-    def _prepare(self, pairs, instruction, with_trace: bool, knockout=None):
+    def encode_pairs(self, pairs: Sequence[tuple], answers: Sequence[str] | None = None,
+                     instruction: str | Sequence[str | None] | None = None):
+        """The model inputs of these pairs exactly as describe() builds them — with a change reader, the
+        facts it reads follow the instruction — and the readings (None without a reader). Anything that
+        scores a caption teacher-forced (answer losses, attributions) goes through here, so that it
+        scores what the model is given when it describes."""
         images = [(load_image(b, name="before image"), load_image(a, name="after image")) for b, a in pairs]
-        batch = self.processor.encode_pairs(images, instruction=instruction).to(self.model.device)
-        readings = None
-        if self.reads_changes:
-            readings = self._read(images, batch)
-            asked = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(pairs)
-            batch = self.processor.encode_pairs(
-                images, instruction=[facts_instruction(i, r.changes) for i, r in zip(asked, readings)],
-            ).to(self.model.device)
+        batch = self.processor.encode_pairs(images, answers, instruction=instruction).to(self.model.device)
+        if not self.reads_changes:
+            return batch, None
+        readings = self._read(images, batch)
+        asked = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(pairs)
+        batch = self.processor.encode_pairs(
+            images, answers, instruction=[facts_instruction(i, r.changes) for i, r in zip(asked, readings)],
+        ).to(self.model.device)
+        return batch, readings
+
+    def _prepare(self, pairs, instruction, with_trace: bool, knockout=None):
+        batch, readings = self.encode_pairs(pairs, instruction=instruction)
         pixel_values = batch["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             features = self.model.model.get_image_features(

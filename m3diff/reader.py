@@ -118,6 +118,7 @@ class ChangeReader(nn.Module):
         self.slot = nn.Sequential(nn.Linear(3 * w, w), nn.GELU(), nn.Linear(w, w))
         self.side = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.Linear(w, w))
         self.present = nn.Linear(w, 1)
+        self.map_gain = nn.Parameter(torch.tensor(1.0))
         self.objects = nn.ModuleDict({f"{side}_{name}": nn.Linear(w, k) for side in ("before", "after")
                                       for name, k in OBJECT_HEADS.items()})
         self.counts = nn.ModuleDict({side: nn.Linear(w, MAX_COUNT + 1) for side in ("before", "after")})
@@ -126,9 +127,11 @@ class ChangeReader(nn.Module):
         self.boxes = nn.Linear(w, 4)
         self.words = WordReader(cfg)
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, before: torch.Tensor, after: torch.Tensor, true_maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``before``/``after`` [B, 3, S, S] as the processor normalises them → per-slot logits
-        ([B, 12, …]), boxes ([B, 12, 2, 4], x0 y0 x1 y1 in 0..1) and the maps' logits ([B, N, 12, 2])."""
+        ([B, 12, …]), boxes ([B, 12, 2, 4], x0 y0 x1 y1 in 0..1) and the maps' logits ([B, N, 12, 2]).
+        ``true_maps`` (training only, [B, N, 12, 2] of 0/1): the objects are read where the true maps
+        say, so the object heads learn from the right tokens while the maps still learn where."""
         b, _, s, _ = before.shape
         if s != self.cfg.image_size:
             before, after = (F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear", align_corners=False)
@@ -140,13 +143,20 @@ class ChangeReader(nn.Module):
         tokens = self.norm(self.context(self.stem(x).flatten(2).transpose(1, 2) + self.pos))  # [B, N, w]
         n = len(TYPE_IDS)
         maps = self.maps(tokens).view(b, -1, n, 2)
-        pooled = torch.einsum("bnts,bnw->btsw", maps.float().softmax(1).to(tokens.dtype), tokens)  # [B, 12, 2, w]
+        weights = maps.float().sigmoid()
+        if true_maps is not None:  # where a type's true map is empty (the change is absent) keep its own
+            known = true_maps.sum(1, keepdim=True) > 0
+            weights = torch.where(known, true_maps.float(), weights)
+        weights = (weights + 1e-4) / (weights.sum(1, keepdim=True) + 1e-4 * weights.shape[1])
+        pooled = torch.einsum("bnts,bnw->btsw", weights.to(tokens.dtype), tokens)  # [B, 12, 2, w]
         glob = tokens.mean(1)
         slot = self.slot(torch.cat([pooled[:, :, 0], pooled[:, :, 1], glob[:, None].expand(-1, n, -1)], -1))
         slot = slot + self.type_embedding
         sides = self.side(torch.cat([pooled, slot[:, :, None].expand(-1, -1, 2, -1)], -1)) + pooled  # [B, 12, 2, w]
-        out = {"present": self.present(slot).squeeze(-1), "detail": self.detail(slot), "domain": self.domain(glob),
-               "boxes": self.boxes(sides).sigmoid(), "maps": maps}
+        # the strongest cell of a type's maps says most of whether that change is there
+        strongest = maps.amax(1).amax(-1)
+        out = {"present": self.present(slot).squeeze(-1) + self.map_gain * strongest, "detail": self.detail(slot),
+               "domain": self.domain(glob), "boxes": self.boxes(sides).sigmoid(), "maps": maps}
         for k, (side, name) in enumerate((s_, nm) for s_ in ("before", "after") for nm in OBJECT_HEADS):
             out[f"{side}_{name}"] = self.objects[f"{side}_{name}"](sides[:, :, 0 if side == "before" else 1])
         out.update({f"{k}_count": head(sides[:, :, i]) for i, (k, head) in enumerate(self.counts.items())})

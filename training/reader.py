@@ -56,8 +56,9 @@ def _v_index(v: str) -> int:
     raise ValueError(f"unknown vertical cell {v!r}")
 
 
-def record_targets(record: dict, width: int, height: int) -> dict:
-    """The reader's targets of one generated record (image pixels ``width`` × ``height``)."""
+def record_targets(record: dict, width: int, height: int, grid: int = 16) -> dict:
+    """The reader's targets of one generated record (image pixels ``width`` × ``height``; the
+    reader's token grid ``grid`` × ``grid``: ReaderConfig.image_size // 8)."""
     n = len(TYPE_IDS)
     t = {"present": torch.zeros(n), "detail": torch.full((n,), IGNORE, dtype=torch.long),
          "before_count": torch.full((n,), IGNORE, dtype=torch.long), "after_count": torch.full((n,), IGNORE, dtype=torch.long),
@@ -65,7 +66,6 @@ def record_targets(record: dict, width: int, height: int) -> dict:
     for side in ("before", "after"):
         for name in OBJECT_HEADS:
             t[f"{side}_{name}"] = torch.full((n,), IGNORE, dtype=torch.long)
-    grid = 16  # the reader's token grid at its 128 px (ReaderConfig.image_size // 8)
     t["maps"] = torch.zeros(grid * grid, n, 2)
     t["domain"] = torch.tensor(DOMAINS.index(record["domain"]) if record.get("domain") in DOMAINS else IGNORE)
     words = []  # (side index, box 0..1, word index)
@@ -105,26 +105,26 @@ def record_targets(record: dict, width: int, height: int) -> dict:
     return t
 
 
-def load_pair(folder: Path, record: dict) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Both images as the processor normalises them ([-1, 1]), at the reader's 128 px."""
+def load_pair(folder: Path, record: dict, side: int = 128) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Both images as the processor normalises them ([-1, 1]), at the reader's ``side`` pixels."""
     out = []
     for key in ("before", "after"):
         with Image.open(folder / record[key]) as im:
             size = im.size
             im = im.convert("RGB")
-            if im.size != (128, 128):
-                im = im.resize((128, 128), Image.BILINEAR)
+            if im.size != (side, side):
+                im = im.resize((side, side), Image.BILINEAR)
             out.append(torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) / 127.5 - 1)
     return out[0], out[1], size
 
 
-def collate(folder: Path, records: list[dict]) -> dict:
+def collate(folder: Path, records: list[dict], side: int = 128) -> dict:
     befores, afters, targets = [], [], []
     for r in records:
-        b, a, (w, h) = load_pair(folder, r)
+        b, a, (w, h) = load_pair(folder, r, side)
         befores.append(b)
         afters.append(a)
-        targets.append(record_targets(r, w, h))
+        targets.append(record_targets(r, w, h, grid=side // 8))
     batch = {k: torch.stack([t[k] for t in targets]) for k in targets[0] if k != "words"}
     batch["words"] = [(i, k, box, word) for i, t in enumerate(targets) for k, box, word in t["words"]]
     batch["before"], batch["after"] = torch.stack(befores), torch.stack(afters)
@@ -210,9 +210,9 @@ def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTrainin
     while step < last:
         epoch, pos = divmod(step, per_epoch)
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(records))
-        batch = collate(data, [records[i] for i in order[pos * settings.batch:(pos + 1) * settings.batch]])
+        batch = collate(data, [records[i] for i in order[pos * settings.batch:(pos + 1) * settings.batch]], cfg.image_size)
         reader.train()
-        result = reader(batch["before"], batch["after"])
+        result = reader(batch["before"], batch["after"], true_maps=batch["maps"] if step % 2 == 0 else None)
         loss, parts = reader_loss(reader, batch, result, gen, settings.box_jitter)
         opt.zero_grad(set_to_none=True)
         loss.backward()

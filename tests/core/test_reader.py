@@ -100,31 +100,31 @@ def test_word_reader_crops_the_box_it_is_given():
 
 
 def test_reader_learns_its_pairs(synth, tmp_path):
-    """A few dozen steps on 16 pairs: the losses fall well below where they start."""
+    """A few dozen steps on 16 pairs (the tiny reader at 32 px): the losses fall well below where they start."""
     records = read_split(synth, "train")[:16]
     torch.manual_seed(0)
-    reader = ChangeReader(ReaderConfig(width=64))
-    opt = torch.optim.AdamW(reader.parameters(), lr=2e-3)
-    batch = collate(synth, records)
+    reader = ChangeReader(TINY_READER)
+    opt = torch.optim.AdamW(reader.parameters(), lr=3e-3)
+    batch = collate(synth, records, TINY_READER.image_size)
     first = None
-    for _ in range(40):
+    for _ in range(60):
         loss, parts = reader_loss(reader, batch, reader(batch["before"], batch["after"]))
         first = first or parts
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert parts["present"] < 0.5 * first["present"]
+    assert parts["present"] < 0.6 * first["present"]
     assert parts["maps"] < 0.6 * first["maps"]
     reader.eval()
     read = reader.read(batch["before"], batch["after"], [(64, 64)] * len(records))
     right = sum({f.type for f in facts} == set(r["change_types"]) for facts, r in zip(read, records))
-    assert right >= 10  # of 16: the training pairs' types, read back
+    assert right >= 8  # of 16: the training pairs' types, read back
 
 
 def test_reader_training_resumes_and_attaches(synth, tmp_path):
     out = tmp_path / "reader"
     settings = ReaderTraining(steps=4, batch=4, checkpoint_every=2)
-    cfg = ReaderConfig(width=32, decoder_layers=1)
+    cfg = TINY_READER
     train_reader(synth, out, settings, cfg, stop_at=2, progress=False)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
     train_reader(synth, out, settings, cfg, resume=True, progress=False)
@@ -133,7 +133,7 @@ def test_reader_training_resumes_and_attaches(synth, tmp_path):
     DiffCaptioner.untrained().save_pretrained(model_dir)
     attach_reader(model_dir, out, tmp_path / "with-reader")
     captioner = DiffCaptioner.from_pretrained(tmp_path / "with-reader")
-    assert captioner.reads_changes and captioner.model.config.change_reader["width"] == 32
+    assert captioner.reads_changes and ReaderConfig.from_dict(captioner.model.config.change_reader) == TINY_READER
     r = _records(synth, "test")[0]
     d = captioner.describe(synth / r["before"], synth / r["after"], with_trace=False)
     assert d.changes is not None and d.changes.size == (64, 64)
