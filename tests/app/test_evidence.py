@@ -14,13 +14,6 @@ from analysis.evidence import BOX_COLOURS, map_choices, map_overlays, pair_pictu
 from analysis.report import read_report
 
 
-@pytest.fixture(scope="module")
-def generated_file(tmp_path_factory):
-    from tests.analysis.generated_reports import make_generated_report
-
-    return make_generated_report(tmp_path_factory.mktemp("gen"))
-
-
 def _has_colour(image: Image.Image, colour, tol: int = 40) -> int:
     a = np.asarray(image.convert("RGB")).astype(int)
     return int((np.abs(a - np.array(colour)).sum(-1) < tol).sum())
@@ -108,51 +101,6 @@ def _table_rows(text: str) -> dict[str, list[str]]:
     start = text.index("| type | true change |")
     rows = [line for line in text[start:].splitlines() if line.startswith("| ")][1:]
     return {c[0]: c[1:] for c in ([x.strip() for x in re.split(r"(?<!\\)\|", r)[1:-1]] for r in rows)}
-
-
-def _away_from(box, size: int = 64):
-    """A 4-px box in a corner of a ``size``-px image whose centre lies outside ``box``."""
-    for x, y in ((0, 0), (size - 4, 0), (0, size - 4), (size - 4, size - 4)):
-        if not (box[0] <= x + 2 <= box[2] and box[1] <= y + 2 <= box[3]):
-            return (float(x), float(y), x + 4.0, y + 4.0)
-    raise AssertionError(f"no corner outside {box}")
-
-
-@pytest.fixture(scope="module")
-def read_report_file(generated_file):
-    """The generated report with a detection section for one pair, made through analysis.detection's own
-    scoring: one true change read exactly, one read on the wrong object and boxed in a corner, the others
-    missed, and one type read that did not happen. Returns (path, pair id, {role: type})."""
-    from dataclasses import replace
-
-    from analysis.detection import new_value, score_pair, summarize_detection
-    from analysis.evidence import generator_settings
-    from analysis.report import DetectionRun
-    from m3diff.data.synth.generator import regenerate
-    from m3diff.facts import ChangeFact, ObjectFact, facts_of_record
-
-    loaded = read_report(generated_file)
-    cfg = generator_settings(loaded)
-    for record in loaded.report.pairs:
-        truth = facts_of_record(regenerate(cfg, record.id)[0])
-        boxed = [f for f in truth if f.box_before and f.box_after and f.before and new_value(f) is not None]
-        if len(truth) >= 3 and len(boxed) >= 2:
-            break
-    else:
-        raise AssertionError("no generated test pair with three changes, two of them boxed in both images")
-    right, wrong = boxed[:2]
-    other_kind = "cube" if wrong.before.kind != "cube" else "cone"
-    misread = replace(wrong, before=replace(wrong.before, kind=other_kind), box_before=_away_from(wrong.box_before),
-                      box_after=_away_from(wrong.box_after))
-    invented = next(t for t in ("size", "color", "orientation", "pose") if t not in {f.type for f in truth})
-    made_up = ChangeFact(invented, ObjectFact("ball", "red"), ObjectFact("ball", "blue"), box_before=(2.0, 2.0, 22.0, 22.0),
-                         box_after=(2.0, 2.0, 22.0, 22.0), confidence=0.6)
-    hits = {record.id: score_pair(truth, [right, misread, made_up])}
-    report = loaded.report
-    report.run.detection = DetectionRun(summarize_detection(hits), hits)
-    missed = [f.type for f in truth if f not in (right, wrong)]  # a camera or light change among them too
-    path = report.save(generated_file.with_name("with_reader.json"))
-    return path, record.id, {"right": right, "wrong": wrong, "invented": invented, "missed": missed}
 
 
 def test_the_errors_tab_shows_what_the_change_reader_read_beside_the_truth(read_report_file):
