@@ -6,8 +6,9 @@
 Three tabs — Describe (a pair → caption streamed token by token, what the model's change reader read (a
 list and boxes on the pair), per-layer MDP Score, difference-attention heatmaps, "explain a word", the
 no-MDP twin, the model card), Dashboard (an evaluation report per change type and domain, run against
-run, CSV/LaTeX export) and Errors (a report's test pairs, filterable and sortable; a row shows the pair,
-references, prediction and trace).
+run, what a change reader reads, CSV/LaTeX export) and Errors (a report's test pairs, filterable and sortable;
+a row shows the pair, references, prediction and trace, and what the run's change reader read beside the true
+changes).
 
 The app is thin: it lays out what ``m3diff`` and ``analysis`` compute. Nothing here is module-level
 mutable state: ``load_services`` builds the models (once, at start; on a ZeroGPU Space that is at import
@@ -32,9 +33,9 @@ from analysis.figures import mdp_scores, metrics_by_domain, metrics_by_type
 from analysis.madepair import request_from_query
 from analysis.metrics import SHOWN_METRICS
 from analysis.paper import paper_breakdowns
-from analysis.render import (SLICES, best_localizing_map, changes_table, delta_table, export, grounding_table,
-                             localization_notes, localization_table, md, pairs_frame, paper_table, protocol_note,
-                             protocol_table, quality_line, report_choices, slice_table)
+from analysis.render import (SLICES, best_localizing_map, changes_table, delta_table, detection_table, export,
+                             grounding_table, localization_notes, localization_table, md, pairs_frame, paper_table,
+                             protocol_note, protocol_table, quality_line, report_choices, slice_table)
 from analysis.report import ReportError, read_report
 from m3diff.change_types import TYPE_IDS
 from m3diff.data.layout import read_split
@@ -258,12 +259,13 @@ def twin_caption(services: Services, shown: Shown | None, max_new_tokens: int = 
 def error_pair(traced: Callable, report, pair_id: str | None):
     """The Errors tab's view of one test pair (``analysis.evidence.error_view``): the pair with its true
     boxes for a slider, the loaded model's map over each image on one scale (``traced(before, after)``),
-    the colour legend, and the report's text with the pair's hit or miss."""
+    the colour legend, each image with the boxes the run's change reader read (None without a detection
+    section), and the report's text with the pair's hit or miss and what the reader read."""
     try:
         view = error_view(report, pair_id, traced)
     except ImageError as exc:
         raise refusal(str(exc), title="Unusable image") from None
-    return view.pair, view.map_before, view.map_after, view.legend, view.text
+    return view.pair, view.map_before, view.map_after, view.legend, view.read_before, view.read_after, view.text
 
 
 def _traced(captioner, before, after):
@@ -592,6 +594,20 @@ def _describe_stream(services: Services, gpu, ui):
     return on_describe
 
 
+# The Dashboard's tables of what a model gets right beyond its caption scores: (title, elem_id)
+CHECK_TABLES = (
+    ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; how much the answer "
+     "loss rises with the images of a random pair / of another pair of the same scene (the honest blind gap); what "
+     "it says for two identical images", None),
+    ("**Does the caption name the change?** Change recall and precision (%), and how often it says what the change "
+     "made of it (the sign's new word, the new colour, heading, pose or count, grew or shrank), generated references",
+     None),
+    ("**Does the change reader read each change?** For a model with a change reader: the true changes it read "
+     "(recall), the changes it read that are true (precision), the new value and the object read right, and how "
+     "often its box's centre lies in the true box (%), generated references", "detection-table"),
+)
+
+
 def dashboard_tab(services: Services, demo):
     """Dashboard: the loaded reports per change type and domain, run against run, the paper, exports.
     Returns the session's report list (the Errors tab browses the same reports)."""
@@ -609,14 +625,9 @@ def dashboard_tab(services: Services, demo):
                   "scored together)"):
         gr.Markdown(title)
         shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
-    for title in ("**Does the model read its images?** Grounding checks (`m3diff probe`): distinct captions; "
-                  "how much the answer loss rises with the images of a random pair / of another pair of the same "
-                  "scene (the honest blind gap); what it says for two identical images",
-                  "**Does the caption name the change?** Change recall and precision (%), and how often it says "
-                  "what the change made of it (the sign's new word, the new colour, heading, pose or count, grew "
-                  "or shrank), generated references"):
+    for title, elem in CHECK_TABLES:
         gr.Markdown(title)
-        shown.append(gr.Dataframe(interactive=False, wrap=True, **WIDE_TABLE))
+        shown.append(gr.Dataframe(interactive=False, wrap=True, elem_id=elem, **WIDE_TABLE))
     gr.Markdown("**How each report was scored** (its protocol card: scorer, tokeniser, CIDEr-D, references, "
                 "empty references, SPICE, how ids were matched, what was left out)")
     shown.append(gr.Markdown(elem_id="protocol-note"))
@@ -691,8 +702,8 @@ def dashboard_view(store, state, metric: str):
     reports, note = _reports(store, state)
     return (note, dashboard_figure(reports, metric), slice_table(reports, "per_type"),
             slice_table(reports, ("per_domain", "per_changes")),
-            delta_table(reports), grounding_table(reports), changes_table(reports), protocol_note(reports),
-            protocol_table(reports))
+            delta_table(reports), grounding_table(reports), changes_table(reports), detection_table(reports),
+            protocol_note(reports), protocol_table(reports))
 
 
 def add_report(store, state, path, metric: str, allowed: tuple[Path, ...] = ()):
@@ -731,6 +742,12 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
                 gr.Image(label="Before + the model's map", interactive=False, height=260, elem_id="errors-map-before"),
                 gr.Image(label="After + the model's map", interactive=False, height=260, elem_id="errors-map-after")]
     pair.append(gr.HTML(elem_id="errors-legend"))
+    with gr.Row():
+        # shown only for a run with a detection section: every other pair would get two empty frames
+        pair += [gr.Image(label="Before: the change reader's boxes (true boxes dashed)", interactive=False,
+                          height=260, visible=False, elem_id="errors-read-before"),
+                 gr.Image(label="After: the change reader's boxes (true boxes dashed)", interactive=False,
+                          height=260, visible=False, elem_id="errors-read-after")]
     text = gr.Markdown(elem_id="errors-text")
     traced = gpu(lambda before, after: _traced(services.captioner, before, after))
 
@@ -738,7 +755,9 @@ def errors_tab(services: Services, gpu, reports_state, demo) -> None:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         loaded = store.resolve(state)[0].get(name)
         ok = loaded is not None and df is not None and row is not None
-        return error_pair(traced, loaded if ok else None, df.iloc[row]["id"] if ok else None)
+        *maps, read_b, read_a, text = error_pair(traced, loaded if ok else None, df.iloc[row]["id"] if ok else None)
+        read = [gr.update(value=im, visible=im is not None) for im in (read_b, read_a)]
+        return *maps, *read, text
 
     filters = [reports_state, run, ftype, fdomain, sort_by, asc]
     choices = lambda state, name: run_filters(store, state, name)  # noqa: E731

@@ -1,6 +1,7 @@
 """Evidence as the app shows it: maps over their images on one absolute colour scale with a legend,
 a test pair's images (its files, or regenerated from the generator settings its report records), its
-true change boxes, and whether each map pointed at the change (report.json's ``localization``).
+true change boxes, whether each map pointed at the change (report.json's ``localization``) and what the
+run's change reader read beside the true changes (its ``detection``).
 
 Everything here is plain numpy / PIL / text, so the app only lays it out and tests need no browser.
 """
@@ -13,13 +14,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from analysis.localization import ColourScale, shared_scale
-from analysis.render import change_lines, hit_line, map_label, pair_markdown
+from analysis.render import change_lines, detection_pair_md, hit_line, map_label, pair_markdown
 from analysis.report import LoadedReport, Region
 from m3diff.change_types import DISTRACTORS
 from m3diff.data.synth.generator import SynthConfig, regenerate
 from m3diff.describing import MAP_KINDS
 from m3diff.images import load_image
-from m3diff.overlay import common_size, overlay
+from m3diff.overlay import common_size, draw_changes, overlay
 
 CMAP = "inferno"
 # the map kinds' units, for the colour legend: a scale means nothing without them
@@ -93,6 +94,32 @@ def draw_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which:
     width = max(1, round(min(out.size) / 100))
     for x0, y0, x1, y1 in boxes:
         draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=BOX_COLOURS[which], width=width)
+    return out
+
+
+def draw_dashed_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which: str) -> Image.Image:
+    """``draw_boxes``, dashed: drawn over another box (the change reader's, in its type's colour) it
+    leaves that box showing between its dashes. Boxes are clipped to the image first (a report may come
+    from anyone, and a box a million pixels wide would be a million dashes)."""
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return image
+    out = image.convert("RGB").copy()
+    sx, sy = out.width / original_size[0], out.height / original_size[1]
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 100))
+    dash = 2 * width + 2  # short enough that a small box still shows the read box between its dashes
+    for box in boxes:
+        x0, x1 = sorted(min(max(v * sx, 0.0), out.width - 1.0) for v in (box[0], box[2]))
+        y0, y1 = sorted(min(max(v * sy, 0.0), out.height - 1.0) for v in (box[1], box[3]))
+        for (a0, b0), (a1, b1) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)),
+                                   ((x0, y1), (x0, y0))):
+            length = max(abs(a1 - a0), abs(b1 - b0))
+            steps = max(1, int(length // dash))
+            for i in range(0, steps, 2):  # every other stretch: a dash, then a gap
+                t0, t1 = i / steps, min(1.0, (i + 1) / steps)
+                draw.line([(a0 + (a1 - a0) * t0, b0 + (b1 - b0) * t0), (a0 + (a1 - a0) * t1, b0 + (b1 - b0) * t1)],
+                          fill=BOX_COLOURS[which], width=width)
     return out
 
 
@@ -175,6 +202,24 @@ class ErrorView:
     map_after: Image.Image | None
     legend: str  # HTML colour bar of the maps ("" without maps)
     text: str  # markdown
+    read_before: Image.Image | None = None  # the change reader's boxes beside the true ones (report's detection)
+    read_after: Image.Image | None = None
+
+
+def detection_pictures(pics: PairPictures, hits) -> tuple[Image.Image, Image.Image] | None:
+    """Each image of the pair with the boxes its run's change reader read (``DetectionHit.detected``,
+    outlined and labelled in its type's colour, as the Describe tab draws them) and the true boxes the
+    reading was scored against (``DetectionHit.truth``), dashed in cyan / green over them; None without
+    hits. Both kinds of box are in the pair's image pixels, as `m3diff eval` compared them."""
+    if not hits:
+        return None
+    read = [h.detected for h in hits if h.detected is not None]
+    truth = [h.truth for h in hits if h.truth is not None]
+    out = []
+    for side, image in (("before", pics.before), ("after", pics.after)):
+        drawn = draw_changes(image, read, side, image.size)
+        out.append(draw_dashed_boxes(drawn, [getattr(t, f"box_{side}") for t in truth], image.size, side))
+    return out[0], out[1]
 
 
 def at_least(image: Image.Image, side: int = 384) -> Image.Image:
@@ -202,8 +247,10 @@ def model_map(description) -> tuple[str, np.ndarray, np.ndarray] | None:
 
 def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> ErrorView:
     """A report's test pair with its true boxes, the loaded model's map over each image (one absolute
-    scale, boxes drawn on it), the report's text and the pair's hit or miss. ``describe(before,
-    after)`` runs the loaded model (a Description, or None)."""
+    scale, boxes drawn on it), the report's text and the pair's hit or miss, and, when the report's run
+    has a ``detection`` section, what its change reader read beside the true changes (a row per hit, and
+    both images with the read boxes). ``describe(before, after)`` runs the loaded model (a Description,
+    or None)."""
     if loaded is None or pair_id is None:
         return ErrorView(None, None, None, "", "")
     report = loaded.report
@@ -211,10 +258,8 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
     text = pair_markdown(record) + "\n\n" + hit_line(report, record)
     if changes := change_lines(report, record):
         text += "\n\n" + changes
-    # Issue #28, still to do: the report's `detection` section (what the change reader detected beside
-    # the true changes, per pair) plugs in here: its lines after change_lines (a render.py view of the
-    # section), and the detected boxes drawn with m3diff.overlay.draw_changes (the Describe tab's colours
-    # per type) on the pair below, beside the true boxes in cyan / green.
+    text += "\n\n" + detection_pair_md(report, record)
+    hits = None if report.run.detection is None else report.run.detection.pairs.get(pair_id)
     pics = pair_pictures(loaded, pair_id)
     if pics is None:
         if loaded.images.get(pair_id):
@@ -228,14 +273,18 @@ def error_view(loaded: LoadedReport | None, pair_id: str | None, describe) -> Er
     b, a = common_size(at_least(pics.before), at_least(pics.after))
     pair = (draw_boxes(b, boxes_b, pics.before.size, "before"), draw_boxes(a, boxes_a, pics.after.size, "after"))
     text += f"\n\n_Images: {pics.source}; true boxes: before in cyan, after in green._"
+    read = detection_pictures(pics, hits) or (None, None)
+    if read[0] is not None:
+        text += ("\n\n_What the change reader read: its boxes in each type's colour, labelled, under the true boxes "
+                 "dashed in cyan (before) and green (after)._")
     d = describe(pics.before, pics.after)
     if d is not None and d.layer_scores:
         text += "\n\n**MDP Score**: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items())
     found = model_map(d)
     if found is None:
-        return ErrorView(pair, None, None, "", text)
+        return ErrorView(pair, None, None, "", text, *read)
     name, mb, ma = found
     hb, ha, scale = map_overlays(at_least(pics.before), at_least(pics.after), mb, ma, boxes_b, boxes_a,
                                  sizes=(pics.before.size, pics.after.size))
     text += f"\n\n**Map shown**: {map_label(name)} of the model now loaded."
-    return ErrorView(pair, hb, ha, colour_legend(scale, name), text)
+    return ErrorView(pair, hb, ha, colour_legend(scale, name), text, *read)

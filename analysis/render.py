@@ -778,6 +778,59 @@ def change_lines(report: Report, record: PairRecord) -> str:
     return "\n".join(lines)
 
 
+NO_READINGS = ("this run's predictions hold no change readings: its model has no change reader, or it was "
+               "predicted before readers existed")
+DETECTION_PAIR_COLUMNS = ("type", "true change", "what the model read", "object right", "new value right",
+                          "box pointed")
+
+
+def _mark(verdict: bool | None) -> str:
+    """A hit's verdict as a table cell: ✓ right, ✗ wrong, – not scored (unmatched, or nothing to compare)."""
+    return "–" if verdict is None else ("✓" if verdict else "✗")
+
+
+def fact_text(fact) -> str:
+    """A ``ChangeFact`` in a table cell: its ``line()`` without the type (the row says it), arrows as a
+    person writes them."""
+    text = fact.line().split(":", 1)[1].strip().replace(" -> ", " → ")
+    return text or "(no detail)"
+
+
+def _cell_md(text: str) -> str:
+    # one table row per hit: a newline in a report's value would end the row, so whitespace is collapsed
+    return md(" ".join(str(text).split()))
+
+
+def detection_pair_md(report: Report, record: PairRecord) -> str:
+    """Markdown: what the run's change reader read in this pair beside the generator's true changes, one
+    row per hit (``DETECTION_PAIR_COLUMNS``; ✓ / ✗ / – where a verdict does not apply), or one line saying
+    why there is nothing to show. Every value from the report is escaped (``md``)."""
+    detection = report.run.detection
+    if detection is None:
+        return f"**Change reader**: _{NO_READINGS}._"
+    hits = detection.pairs.get(record.id)
+    if hits is None:
+        return ("**Change reader**: _the report's detection did not score this pair (its references record no "
+                "true changes, or the predictions hold no reading of it)._")
+    if not hits:
+        return "**Change reader**: no true change, and it read none ✓"
+    n_true = sum(h.truth is not None for h in hits)
+    n_read = sum(h.detected is not None for h in hits)
+    n_matched = sum(h.matched for h in hits)
+    lines = [f"**Change reader**: read {n_matched} of {n_true} true change{'s' if n_true != 1 else ''}"
+             + (f", and {n_read - n_matched} that did not happen" if n_read > n_matched else "")
+             + ":", "",
+             "| " + " | ".join(DETECTION_PAIR_COLUMNS) + " |", "|---|---|---|:---:|:---:|:---:|"]
+    for h in hits:
+        truth = "— (did not happen)" if h.truth is None else fact_text(h.truth)
+        read = ("— (missed)" if h.detected is None
+                else f"{fact_text(h.detected)} (confidence {h.detected.confidence:.0%})")
+        cells = [_cell_md(h.type), _cell_md(truth), _cell_md(read), _mark(h.object_right), _mark(h.value_right),
+                 _mark(h.pointed)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------ Markdown for model cards
 def markdown_table(head: list[str], rows: list[list[str]], left_last: bool = False) -> str:
     """A Markdown table: the first column left-aligned, the others right (the last one left too when
@@ -908,7 +961,8 @@ def paired_delta(rep: Report, metric: str = "CIDEr-D") -> tuple[float, tuple[flo
 def headline_md(reports: Reports) -> str:
     """The few numbers that say how good a model is, one column per model: caption metrics overall with
     their intervals, whether the captions name the true changes and their new values, whether the model
-    reads its images, and how often its best map points at a single change."""
+    reads its images, how often its best map points at a single change, and, when a report has a
+    ``detection`` section, which true changes its change reader read."""
     names = list(reports)
 
     def scores(rep, metric):
@@ -932,6 +986,11 @@ def headline_md(reports: Reports) -> str:
         s = None if m is None else loc.summary.per_setting.get("single", {}).get(m)
         return "–" if s is None or s.pointing is None else f"{100 * s.pointing:.0f}% ({map_label(m)})"
 
+    def detection(rep):
+        o = None if rep.run.detection is None else rep.run.detection.summary.overall
+        share = lambda v: "–" if v is None else f"{_pct(v)}%"  # noqa: E731  (nothing true, or nothing read)
+        return "–" if o is None else f"{share(o.recall)} / {share(o.precision)}"
+
     n = reports[names[0]].run.scores.overall.n
     rows = [[f"{m} ({n} test pairs) [95% CI]", *[scores(reports[k], m) for k in names]] for m in ("CIDEr-D", "BLEU-4", "METEOR")]
     rows += [["true changes named: recall / precision", *[changes(reports[k], "named") for k in names]],
@@ -939,6 +998,8 @@ def headline_md(reports: Reports) -> str:
              ["same-scene swap: answer loss up by", *[grounding(reports[k], "swap") for k in names]],
              ["identical pairs called unchanged", *[grounding(reports[k], "same") for k in names]],
              ["best map's peak on a single change", *[pointing(reports[k]) for k in names]]]
+    if any(reports[k].run.detection is not None for k in names):  # a model with a change reader
+        rows.append(["true changes its change reader read: recall / precision", *[detection(reports[k]) for k in names]])
     table = markdown_table(["", *names], rows)
     delta = paired_delta(reports[names[0]])
     if delta is not None and delta[1] is not None and len(names) > 1:

@@ -4,6 +4,7 @@ model that has a reader."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -336,3 +337,64 @@ def test_predict_stores_what_the_reader_read_and_eval_scores_it(reader_run, cli_
                  "--bootstrap", "0", "--no-meteor"]) == 0
     assert Report.loads((work / "e2" / "report.json").read_text()).run.detection is None
     assert "detection recall" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------- one pair, for the Errors tab
+def _rows(text: str) -> dict[str, list[str]]:
+    """The per-hit table of ``detection_pair_md``: type -> its cells (the header and rule left out)."""
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+    return {c[0]: c[1:] for c in cells}
+
+
+def test_a_pair_view_lists_each_hit_with_its_verdicts(with_detection):
+    report = read_report(with_detection).report
+    rows = _rows(render.detection_pair_md(report, report.pair("p0")))
+    assert list(rows) == ["size", "color", "ocr"]  # TYPE_IDS order, one row per type true or read
+    truth, read, obj, value, pointed = rows["color"]
+    # read green where it turned blue: the object (the red cube) right, the new value wrong; its before box is
+    # the true box and its after box's centre lies inside the true one: pointed
+    assert (obj, value, pointed) == ("✓", "✗", "✓")
+    assert "blue cube" in truth and "green cube" in read and "green cube" not in truth
+    assert read.endswith("\\(confidence 100%\\)")  # the reader's confidence
+    assert rows["ocr"][1] == "— \\(missed\\)" and rows["ocr"][2:] == ["–", "–", "–"]
+    assert "reading OPEN" in rows["ocr"][0]
+    assert rows["size"][0] == "— \\(did not happen\\)" and rows["size"][2:] == ["–", "–", "–"]
+    assert "large green ball" in rows["size"][1] and "\\(confidence 75%\\)" in rows["size"][1]
+    # a count read right whose after box's centre lies outside the true box: value ✓, pointing ✗
+    assert _rows(render.detection_pair_md(report, report.pair("p1")))["counting"][2:] == ["✓", "✓", "✗"]
+    head = render.detection_pair_md(report, report.pair("p0")).splitlines()[0]
+    assert "read 1 of 2 true changes, and 1 that did not happen" in head
+    assert "it read none" in render.detection_pair_md(report, report.pair("p2"))
+    assert "did not score this pair" in render.detection_pair_md(report, report.pair("p3"))
+
+
+def test_a_pair_view_of_a_run_without_readings_says_why_in_one_line(tmp_path):
+    report = read_report(make_report(tmp_path)).report
+    text = render.detection_pair_md(report, report.pair("p0"))
+    assert "\n" not in text and render.NO_READINGS in text and "|" not in text
+
+
+def test_a_hostile_report_value_stays_text_in_the_pair_view(with_detection):
+    data = json.loads(with_detection.read_text())
+    colour = _colour_hit(data["runs"]["m3diff"]["detection"])
+    colour["detected"]["after"]["kind"] = "<img src=x onerror=alert(1)> | [link](http://evil)\n| forged | row |"
+    colour["truth"]["detail"] = "*bold* `code`"
+    with_detection.write_text(json.dumps(data))
+    report = read_report(with_detection).report
+    text = render.detection_pair_md(report, report.pair("p0"))
+    assert "<img" not in text and "&lt;img" in text and "](http" not in text
+    rows = _rows(text)
+    assert list(rows) == ["size", "color", "ocr"]  # the newline and the pipes did not make a row or a column
+    assert all(len(cells) == 5 for cells in rows.values())
+    assert "\\*bold\\* \\`code\\`" in rows["color"][0]
+
+
+def test_the_headline_gains_the_readers_recall_and_precision_only_with_a_detection_section(with_detection, tmp_path):
+    report = read_report(with_detection).report
+    plain = read_report(make_report(tmp_path / "plain")).report
+    s = report.run.detection.summary.overall
+    lines = render.headline_md({"reader": report, "plain": plain}).splitlines()
+    row, = [line for line in lines if "change reader read" in line]
+    assert row.split(" | ")[1:] == [f"{100 * s.recall:.1f}% / {100 * s.precision:.1f}%", "– |"]
+    assert "change reader" not in render.headline_md({"plain": plain})

@@ -1,5 +1,6 @@
 """Fixtures for the app tests: app Services over tiny random models (seconds on a CPU), image files of
-every kind a person might upload, and a report.json in `m3diff eval`'s shape."""
+every kind a person might upload, and report.json files in `m3diff eval`'s shape (one over generated pairs,
+and the same with a change reader's detection section)."""
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +45,60 @@ def reader_services(reader_captioner):
     import app
 
     return app.Services(reader_captioner, None, {}, "", app.AppConfig(max_new_tokens=4))
+
+
+@pytest.fixture(scope="module")
+def generated_file(tmp_path_factory):
+    """A report.json over generated pairs whose images do not ship (regenerated from its settings)."""
+    from tests.analysis.generated_reports import make_generated_report
+
+    return make_generated_report(tmp_path_factory.mktemp("gen"))
+
+
+def _away_from(box, size: int = 64):
+    """A 4-px box in a corner of a ``size``-px image whose centre lies outside ``box``."""
+    for x, y in ((0, 0), (size - 4, 0), (0, size - 4), (size - 4, size - 4)):
+        if not (box[0] <= x + 2 <= box[2] and box[1] <= y + 2 <= box[3]):
+            return (float(x), float(y), x + 4.0, y + 4.0)
+    raise AssertionError(f"no corner outside {box}")
+
+
+@pytest.fixture(scope="module")
+def read_report_file(generated_file):
+    """The generated report with a detection section for one pair, made through analysis.detection's own
+    scoring: one true change read exactly, one read on the wrong object and boxed in a corner, the others
+    missed, and one type read that did not happen. Returns (path, pair id, {"right" / "wrong": the true fact,
+    "invented": its type, "missed": their types})."""
+    from dataclasses import replace
+
+    from analysis.detection import new_value, score_pair, summarize_detection
+    from analysis.evidence import generator_settings
+    from analysis.report import DetectionRun, read_report
+    from m3diff.data.synth.generator import regenerate
+    from m3diff.facts import ChangeFact, ObjectFact, facts_of_record
+
+    loaded = read_report(generated_file)
+    cfg = generator_settings(loaded)
+    for record in loaded.report.pairs:
+        truth = facts_of_record(regenerate(cfg, record.id)[0])
+        boxed = [f for f in truth if f.box_before and f.box_after and f.before and new_value(f) is not None]
+        if len(truth) >= 3 and len(boxed) >= 2:
+            break
+    else:
+        raise AssertionError("no generated test pair with three changes, two of them boxed in both images")
+    right, wrong = boxed[:2]
+    other_kind = "cube" if wrong.before.kind != "cube" else "cone"
+    misread = replace(wrong, before=replace(wrong.before, kind=other_kind), box_before=_away_from(wrong.box_before),
+                      box_after=_away_from(wrong.box_after))
+    invented = next(t for t in ("size", "color", "orientation", "pose") if t not in {f.type for f in truth})
+    made_up = ChangeFact(invented, ObjectFact("ball", "red"), ObjectFact("ball", "blue"), box_before=(2.0, 2.0, 22.0, 22.0),
+                         box_after=(2.0, 2.0, 22.0, 22.0), confidence=0.6)
+    hits = {record.id: score_pair(truth, [right, misread, made_up])}
+    report = loaded.report
+    report.run.detection = DetectionRun(summarize_detection(hits), hits)
+    missed = [f.type for f in truth if f not in (right, wrong)]  # a camera or light change among them too
+    path = report.save(generated_file.with_name("with_reader.json"))
+    return path, record.id, {"right": right, "wrong": wrong, "invented": invented, "missed": missed}
 
 
 @pytest.fixture

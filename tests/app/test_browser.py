@@ -61,3 +61,43 @@ def test_a_described_pair_shows_what_the_model_read(reader_captioner, pair_files
             page.locator(f"#read-{side} img").first.wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "read.png"), full_page=True)
         browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_errors_tab_shows_what_the_change_reader_read_in_a_pair(services, read_report_file, tmp_path):
+    """A report whose run has a detection section: the Dashboard's per-type table, and in the Errors tab the
+    picked pair's row per change (true vs read, ✓/✗) with both images of the read boxes."""
+    from playwright.sync_api import sync_playwright
+
+    import app
+    from analysis.report import read_report
+    from tests.app.conftest import free_port
+
+    path, pid, role = read_report_file
+    config = app.AppConfig(port=free_port(), max_new_tokens=4)
+    demo = app.build_app(app.Services(services.captioner, None, {"reader": read_report(path)}, "", config))
+    app.launch(demo, config, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser, page = open_app(pw, tmp_path / "profile", f"http://127.0.0.1:{config.port}/")
+            page.get_by_role("tab", name="Dashboard").click()
+            page.wait_for_function("() => ['recall %', 'pointing %', 'overall'].every("
+                                   "w => document.querySelector('#detection-table').textContent.includes(w))",
+                                   timeout=20_000)
+            assert not page.locator("#errors-read-before").is_visible()
+            page.get_by_role("tab", name="Errors").click()
+            table = page.locator("#errors-table")
+            table.get_by_text(pid, exact=True).first.click()
+            rows = page.locator("#errors-text table tr")
+            rows.first.wait_for(timeout=60_000)
+            texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+            assert "box pointed" in texts[0]
+            right = next(t for t in texts[1:] if t.split()[0] == role["right"].type)
+            wrong = next(t for t in texts[1:] if t.split()[0] == role["wrong"].type)
+            assert right.count("✓") == 3 and wrong.count("✗") == 2 and "✓" in wrong
+            for side in ("before", "after"):
+                page.locator(f"#errors-read-{side} img").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "errors.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

@@ -14,13 +14,6 @@ from analysis.evidence import BOX_COLOURS, map_choices, map_overlays, pair_pictu
 from analysis.report import read_report
 
 
-@pytest.fixture(scope="module")
-def generated_file(tmp_path_factory):
-    from tests.analysis.generated_reports import make_generated_report
-
-    return make_generated_report(tmp_path_factory.mktemp("gen"))
-
-
 def _has_colour(image: Image.Image, colour, tol: int = 40) -> int:
     a = np.asarray(image.convert("RGB")).astype(int)
     return int((np.abs(a - np.array(colour)).sum(-1) < tol).sum())
@@ -34,10 +27,16 @@ def test_errors_tab_regenerates_a_pair_and_draws_its_true_boxes_and_hit(generate
     # are scored, not typed): the view must say both, each for its own map
     pid = next(p for p, s in loc.items() if s["pixel_difference"] == 1.0 and s["feature_difference"] < 1.0)
     traced = []
-    pair, hb, ha, legend, text = app.error_pair(lambda b, a: traced.append(b) or app._traced(services.captioner, b, a),
+    pair, hb, ha, legend, read_b, read_a, text = app.error_pair(lambda b, a: traced.append(b) or app._traced(services.captioner, b, a),
                                                 loaded, pid)
     assert [b.size for b in traced] == [(64, 64)]  # the loaded model ran on the regenerated pair, as generated
     assert "regenerated" in text and "seed 7" in text
+    # its predictions hold no change readings: said in one line, and no drawing of what was read
+    from analysis.render import NO_READINGS
+
+    assert read_b is None and read_a is None
+    reason = [line for line in text.splitlines() if NO_READINGS in line]
+    assert len(reason) == 1 and reason[0].startswith("**Change reader**")
     assert "pixel difference **hit**" in text and "‖P(F′1) − P(F′2)‖ **" in text
     assert "‖P(F′1) − P(F′2)‖ **hit**" not in text
     record = report.pair(pid)
@@ -93,6 +92,82 @@ def test_the_errors_text_says_what_the_caption_said_of_each_change(tmp_path):
     assert "none to name" in change_lines(report, report.pair("p2"))
     report.run.changes = None
     assert change_lines(report, report.pair("p1")) == ""  # real data: no truth to compare with
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """The change reader's per-hit table in the Errors text: type -> its other cells."""
+    import re
+
+    start = text.index("| type | true change |")
+    rows = [line for line in text[start:].splitlines() if line.startswith("| ")][1:]
+    return {c[0]: c[1:] for c in ([x.strip() for x in re.split(r"(?<!\\)\|", r)[1:-1]] for r in rows)}
+
+
+def test_the_errors_tab_shows_what_the_change_reader_read_beside_the_truth(read_report_file):
+    from analysis.evidence import at_least, pair_pictures
+    from m3diff.overlay import TYPE_COLOURS
+
+    path, pid, role = read_report_file
+    loaded = read_report(path)
+    pair, hb, ha, legend, read_b, read_a, text = app.error_pair(lambda b, a: None, loaded, pid)
+    rows = _table_rows(text)
+    right, wrong, invented = role["right"].type, role["wrong"].type, role["invented"]
+    # columns: true change | what the model read | object right | new value right | box pointed
+    assert rows[right][2:] == ["✓", "✓", "✓"]
+    assert rows[wrong][2:] == ["✗", "✓", "✗"]  # the object misread, its new value right, its boxes elsewhere
+    assert rows[invented][0] == "— \\(did not happen\\)" and rows[invented][2:] == ["–", "–", "–"]
+    assert "confidence 60%" in rows[invented][1]
+    for t in role["missed"]:
+        assert rows[t][1] == "— \\(missed\\)" and rows[t][2:] == ["–", "–", "–"]
+    assert set(rows) == {right, wrong, invented, *role["missed"]}
+    assert "read 2 of " in text and "1 that did not happen" in text
+    # the drawings: each read box in its type's colour, the true boxes dashed over them
+    pics = pair_pictures(loaded, pid)
+    plain_b, plain_a = at_least(pics.before), at_least(pics.after)
+    assert read_b.size == plain_b.size and read_a.size == plain_a.size
+    for drawn, plain in ((read_b, plain_b), (read_a, plain_a)):
+        for t in (right, wrong, invented):
+            assert _has_colour(drawn, TYPE_COLOURS[t]) > _has_colour(plain, TYPE_COLOURS[t]) + 20, t
+    k = read_b.width / pics.before.width
+    x0, y0, x1, _ = role["right"].box_before
+    edge = np.asarray(read_b.convert("RGB")).astype(int)[round(y0 * k), round(x0 * k) + 6:round(x1 * k) - 6]
+    near = lambda c: (np.abs(edge - np.array(c)).sum(-1) < 40).sum()  # noqa: E731
+    # where the true box and the read box coincide, both show: the dashes, and the read box between them
+    assert near(BOX_COLOURS["before"]) > 0 and near(TYPE_COLOURS[right]) > 0
+    assert "What the change reader read" in text and "dashed" in text
+    # another pair of the same run: not scored by the detection, no drawing
+    other = next(p.id for p in loaded.report.pairs if p.id != pid)
+    *_, no_b, no_a, other_text = app.error_pair(lambda b, a: None, loaded, other)
+    assert no_b is None and no_a is None and "did not score this pair" in other_text
+
+
+def test_a_hostile_value_in_an_uploaded_reports_detection_stays_text(read_report_file, tmp_path):
+    path, pid, role = read_report_file
+    data = json.loads(path.read_text())
+    hit = next(h for h in data["runs"]["m3diff"]["detection"]["pairs"][pid] if h["type"] == role["invented"])
+    hit["detected"]["after"]["kind"] = "<script>alert(1)</script>\n| x | y |"
+    up = tmp_path / "upload.json"
+    up.write_text(json.dumps(data))
+    *_, read_b, _, text = app.error_pair(lambda b, a: None, read_report(up, allowed=()), pid)
+    assert "<script" not in text and "&lt;script&gt;" in text
+    assert len(_table_rows(text)[role["invented"]]) == 5  # the newline and the pipes made no row or column
+
+
+def test_the_dashboard_shows_the_change_readers_table(read_report_file, tmp_path):
+    from tests.analysis.conftest import make_report
+    from webapp.reports import ReportStore
+
+    path, _, role = read_report_file
+    loaded = read_report(path)
+    store = ReportStore({"reader": loaded})
+    table = app.dashboard_view(store, store.initial(), "CIDEr-D")[7]
+    s = loaded.report.run.detection.summary
+    overall = table.set_index("slice").loc["overall"]
+    assert overall["recall %"] == f"{100 * s.overall.recall:.1f}"
+    assert overall["precision %"] == f"{100 * s.overall.precision:.1f}"
+    assert table.set_index("slice").loc[role["invented"], "true"] == "0"
+    plain = ReportStore({"plain": read_report(make_report(tmp_path))})
+    assert "not in the loaded reports" in app.dashboard_view(plain, plain.initial(), "CIDEr-D")[7].iloc[0, 0]
 
 
 def test_a_pair_without_a_change_says_so_and_other_reports_still_cannot_show_their_pairs(generated_file, services):

@@ -78,7 +78,7 @@ def test_the_errors_tab_of_an_uploaded_report_says_it_cannot_show_the_pair(tmp_p
     state, *_ = app.add_report(store, store.initial(), str(_upload(tmp_path, report)), "CIDEr-D", allowed)
     uploaded = store.resolve(state)[0]["report"]
     calls = []
-    image, hb, ha, legend, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
+    image, hb, ha, legend, *_, text = app.error_pair(lambda b, a: calls.append((b, a)), uploaded, "p0")
     # it names its references, outside the operator's folders: said so (not "does not say where"),
     # without naming them
     assert image is None and not calls and "were not found in the folders this app may read" in text
