@@ -66,6 +66,10 @@ def _describe(args: argparse.Namespace) -> int:
     print(d.caption)
     if d.layer_scores:
         print("MDP Score per vision layer: " + "  ".join(f"L{k} {v:.3f}" for k, v in d.layer_scores.items()))
+    if d.changes is not None:
+        print(f"Changes read ({len(d.changes.changes)}, confidence >= {d.changes.threshold:.0%}):")
+        for c in d.changes.changes:
+            print(f"  {c.line()}  [{c.confidence:.0%}]")
     return 0
 
 

@@ -108,6 +108,16 @@ def bar_lines(rep: Report, twin: Report | None) -> list[str]:
     return lines
 
 
+def reader_line(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    if not config.get("change_reader"):
+        return "none: the caption is written from the image tokens alone, as in the paper"
+    return ("ours (`m3diff/reader.py`): reads each change from the pixels as facts — type, the object before "
+            "and after, the new value, a box in each image — trained alone on the generator's true changes "
+            "(`m3diff reader train`); the facts follow the instruction as text, which the LLM learned to copy "
+            "(`data.facts` in the recipe)")
+
+
 def grounding_line(recipe: Recipe) -> str:
     g = recipe.grounding
     if g is None:
@@ -147,9 +157,10 @@ not real photographs.
 | tokenizer | byte-level BPE, vocabulary {m.tokenizer_vocab_size}, trained on the training captions |
 | weights | {size_mb:.1f} MB safetensors ({r.save_dtype}) |
 | training data | {run.samples:,} samples ({'every reference caption of' if r.data.every_caption else 'one caption per'} the train split of {', '.join(run.sources)}) |
-| recipe | `training/recipes/embedded.yaml`: {steps:,} steps × global batch {r.batch.global_batch}, AdamW lr {r.optim.lr} (vision encoder {r.optim.lr_vision}), cosine with {r.optim.warmup_steps} warm-up steps, {run.world_size} process{part} |
+| recipe | `{r.name}`: {steps:,} steps × global batch {r.batch.global_batch}, AdamW lr {r.optim.lr} (vision encoder {r.optim.lr_vision}), cosine with {r.optim.warmup_steps} warm-up steps, {run.world_size} process{part} |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
 | grounded training | {grounding_line(r)} |
+| change reader | {reader_line(dest)} |
 | training time | {f'{cpu:.0f} CPU-minutes (one thread)' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
 | describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 
@@ -189,6 +200,14 @@ undone. Sanity check (maps of the same model with the MDP, then also the vision 
 and how peaked the maps are on pairs where nothing changed:
 
 {marked('map-notes', blocks)}
+
+### What did its change reader read? (`m3diff eval`'s detection section)
+
+{marked('detection', blocks)}
+
+Per change type: the true changes, the changes the reader read, recall (true changes of a type it read
+as there), precision (read changes that are true), the new value and the object read right on the
+matched changes, and how often the read box's centre lies in the true box (per image).
 
 ### Does it name the change, and say what it became? (`m3diff eval`'s changes section)
 
@@ -241,6 +260,7 @@ def result_blocks(rep: Report, twin_rep: Report | None) -> dict[str, str]:
         "maps": render.map_pointing_md(reports) or "(the reports have no localization section: predict with `--maps`)",
         "map-notes": render.localization_notes(reports),
         "changes": render.change_naming_md(reports) or "(the reports have no changes section: evaluate on generated references)",
+        "detection": render.change_detection_md(reports) or "(the reports have no detection section: the models have no change reader)",
         "bar": "\n".join(bar_lines(rep, twin_rep)),
         "scores-m3diff": render.score_tables_md(rep),
     }

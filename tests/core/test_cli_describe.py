@@ -38,3 +38,19 @@ def test_describe_prints_no_library_progress_bar_unless_asked():
     assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr[-2000:]
     asked = run("--library-progress")
     assert asked.returncode == 0 and "Loading weights" in asked.stderr
+
+
+def test_describe_lists_what_the_change_reader_read(tmp_path, capsys):
+    model = tmp_path / "reader-model"
+    DiffCaptioner.untrained(change_reader=True).save_pretrained(model)
+    assert main(["describe", str(EXAMPLE), str(EXAMPLE.with_name("color_after.png")), "--model", str(model),
+                 "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("Changes read ("))
+    n = int(out[head].split("(")[1].split(",")[0])
+    listed = out[head + 1:head + 1 + n]
+    assert len(listed) == n and all(line.startswith("  ") and "[" in line for line in listed)
+    plain = tmp_path / "plain-model"
+    DiffCaptioner.untrained().save_pretrained(plain)
+    assert main(["describe", str(EXAMPLE), str(EXAMPLE), "--model", str(plain), "--max-new-tokens", "4"]) == 0
+    assert "Changes read" not in capsys.readouterr().out

@@ -107,8 +107,9 @@ def test_reader_learns_its_pairs(synth, tmp_path):
     opt = torch.optim.AdamW(reader.parameters(), lr=3e-3)
     batch = collate(synth, records, TINY_READER.image_size)
     first = None
-    for _ in range(60):
-        loss, parts = reader_loss(reader, batch, reader(batch["before"], batch["after"]))
+    for step in range(100):  # as train_reader does: every other step the objects are read where the true maps say
+        out = reader(batch["before"], batch["after"], true_maps=batch["maps"] if step % 2 == 0 else None)
+        loss, parts = reader_loss(reader, batch, out)
         first = first or parts
         opt.zero_grad()
         loss.backward()
@@ -116,9 +117,9 @@ def test_reader_learns_its_pairs(synth, tmp_path):
     assert parts["present"] < 0.6 * first["present"]
     assert parts["maps"] < 0.6 * first["maps"]
     reader.eval()
-    read = reader.read(batch["before"], batch["after"], [(64, 64)] * len(records))
-    right = sum({f.type for f in facts} == set(r["change_types"]) for facts, r in zip(read, records))
-    assert right >= 8  # of 16: the training pairs' types, read back
+    said_present = reader(batch["before"], batch["after"])["present"].sigmoid() > 0.5
+    # each slot's "is my change there" of the training pairs, read back (all absent would be ~82%)
+    assert (said_present == batch["present"].bool()).float().mean() > 0.9
 
 
 def test_reader_training_resumes_and_attaches(synth, tmp_path):
