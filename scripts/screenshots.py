@@ -19,7 +19,9 @@ from pathlib import Path
 import app
 from analysis.evidence import UNITS
 from analysis.probe import probe_plan
-from analysis.report import Report
+from analysis.render import best_localizing_map
+from analysis.report import Report, read_report
+from m3diff.describing import EMBEDDED_DIR
 from m3diff.change_types import TYPE_IDS
 from webapp.services import default_report_paths
 
@@ -108,8 +110,9 @@ def tour(url: str, scored: set[str], shots: Path, profile: Path) -> dict[str, Pa
         legend = page.locator("#heat-legend .colour-legend")
         legend.wait_for(timeout=30_000)
         assert legend.get_attribute("data-vmin") == "0" and float(legend.get_attribute("data-vmax")) > 0
-        # the map shown first is the shipped model's best-pointing one by its report: ‖P(F′1) − P(F′2)‖
-        assert UNITS["feature_difference"] in legend.inner_text()
+        # the map shown first is the shipped model's best-pointing one by its report
+        best, _ = best_localizing_map(read_report(EMBEDDED_DIR / "reports" / "m3diff.json").report.run.localization)
+        assert UNITS[best] in legend.inner_text()
         page.wait_for_timeout(1500)  # the stream's last tokens and the twin's box
         caption = page.locator("#caption textarea").input_value()
         assert "red" in caption.lower(), caption  # the new colour, named
