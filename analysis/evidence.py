@@ -82,9 +82,11 @@ def _num(v: float) -> str:
     return "0" if v == 0 else f"{v:.3g}"
 
 
-def draw_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which: str) -> Image.Image:
+def draw_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which: str, dashed: bool = False) -> Image.Image:
     """``boxes`` ((x0, y0, x1, y1) in the original image's pixels, ends exclusive) outlined on ``image``
-    (the original or a resized copy of it)."""
+    (the original or a resized copy of it). ``dashed``: drawn over another box (the change reader's, in
+    its type's colour) it leaves that box showing between its dashes; such boxes are clipped to the
+    image first (a report may come from anyone, and a box a million pixels wide would be a million dashes)."""
     boxes = [b for b in boxes if b is not None]
     if not boxes:
         return image
@@ -92,22 +94,10 @@ def draw_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which:
     sx, sy = out.width / original_size[0], out.height / original_size[1]
     draw = ImageDraw.Draw(out)
     width = max(1, round(min(out.size) / 100))
-    for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=BOX_COLOURS[which], width=width)
-    return out
-
-
-def draw_dashed_boxes(image: Image.Image, boxes, original_size: tuple[int, int], which: str) -> Image.Image:
-    """``draw_boxes``, dashed: drawn over another box (the change reader's, in its type's colour) it
-    leaves that box showing between its dashes. Boxes are clipped to the image first (a report may come
-    from anyone, and a box a million pixels wide would be a million dashes)."""
-    boxes = [b for b in boxes if b is not None]
-    if not boxes:
-        return image
-    out = image.convert("RGB").copy()
-    sx, sy = out.width / original_size[0], out.height / original_size[1]
-    draw = ImageDraw.Draw(out)
-    width = max(1, round(min(out.size) / 100))
+    if not dashed:
+        for x0, y0, x1, y1 in boxes:
+            draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=BOX_COLOURS[which], width=width)
+        return out
     dash = 2 * width + 2  # short enough that a small box still shows the read box between its dashes
     for box in boxes:
         x0, x1 = sorted(min(max(v * sx, 0.0), out.width - 1.0) for v in (box[0], box[2]))
@@ -218,7 +208,7 @@ def detection_pictures(pics: PairPictures, hits) -> tuple[Image.Image, Image.Ima
     out = []
     for side, image in (("before", pics.before), ("after", pics.after)):
         drawn = draw_changes(image, read, side, image.size)
-        out.append(draw_dashed_boxes(drawn, [getattr(t, f"box_{side}") for t in truth], image.size, side))
+        out.append(draw_boxes(drawn, [getattr(t, f"box_{side}") for t in truth], image.size, side, dashed=True))
     return out[0], out[1]
 
 

@@ -57,7 +57,7 @@ class ReaderConfig:
     image_size: int = 128
     width: int = 128
     heads: int = 4
-    decoder_layers: int = 2
+    decoder_layers: int = 2  # transformer layers that give the tokens context (the name is the first design's)
     crop_height: int = 24
     crop_width: int = 64
 
