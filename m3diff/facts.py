@@ -12,10 +12,10 @@ light change only when it is the pair's only change, so the prompt does the same
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
-from m3diff.data.synth.scene import COLOR_NAMES, DIRECTIONS, PHOTO_SHAPES, POSE_NAMES, RENDER_SHAPES, SIGN_WORDS, SIZES
+from m3diff.data.synth.scene import COLOR_NAMES, DIRECTIONS, PHOTO_SHAPES, POSE_NAMES, RENDER_SHAPES, SIGN_WORDS
 
 KINDS: tuple[str, ...] = (*RENDER_SHAPES, *PHOTO_SHAPES, "figure", "sign", "arrow")
 COLORS: tuple[str, ...] = COLOR_NAMES
@@ -140,7 +140,6 @@ class ChangeReading:
     changes: tuple[ChangeFact, ...] = ()
     size: tuple[int, int] = (0, 0)  # (width, height) of the images the boxes are in
     threshold: float = 0.5
-    notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict:
         return {"changes": [c.to_json() for c in self.changes], "size": list(self.size), "threshold": self.threshold}
