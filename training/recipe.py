@@ -40,6 +40,8 @@ _STRICT_KEYS = pydantic.ConfigDict(extra="forbid")
 Positive = Annotated[float, Gt(0)]
 Count = Annotated[int, Ge(0)]
 Fraction = Annotated[float, Interval(ge=0, lt=1)]
+# the parts of M3DiffModel a recipe may freeze (model.frozen)
+FrozenPart = Literal["vision_tower", "mdp", "multi_modal_projector", "image_newline"]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -65,6 +67,9 @@ class ModelRecipe:
     # attention of the vision tower, MDP and LLM while training: transformers' "sdpa" (fused) or
     # "eager" (matmuls and a softmax: faster for the embedded model's short sequences on a CPU)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # parts that keep the weights they start with: a stage that teaches the LLM alone (the embedded
+    # copy stage) skips their backward pass and optimizer state, about half a CPU step
+    frozen: list[FrozenPart] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +174,9 @@ class Recipe:
             fail("model.tokenizer", "a model started from a checkpoint keeps its tokenizer: set tokenizer to that "
                                     "checkpoint (or leave init_from empty to train from scratch)")
 
+        if self.model.frozen and self.grounding is not None:
+            fail("model.frozen", "grounding trains the vision features: set grounding: null in a stage that "
+                                 f"freezes {', '.join(self.model.frozen)}")
         check_model_config(self.model.config, where)
         if self.model.preset not in PRESETS:
             fail("model.preset", f"unknown preset {self.model.preset!r}; known: {', '.join(sorted(PRESETS))}")

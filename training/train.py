@@ -109,7 +109,21 @@ def run_precision(precision: str, cuda: bool) -> str:
 
 
 def apply_lora(recipe: Recipe, model):
-    """LoRA on the LLM's projections; vision encoder, projector, image_newline and MDP fully trained."""
+    """LoRA on the LLM's projections; vision encoder, projector, image_newline and MDP fully trained,
+    except the parts the recipe freezes (model.frozen)."""
+    return freeze(recipe, _apply_lora(recipe, model))
+
+
+def freeze(recipe: Recipe, model):
+    inner = base_model(model).model
+    for name in recipe.model.frozen:
+        part = getattr(inner, name, None)
+        if part is not None:  # e.g. the no-MDP twin has no mdp to freeze
+            part.requires_grad_(False)
+    return model
+
+
+def _apply_lora(recipe: Recipe, model):
     if recipe.lora is None:  # from-scratch small models: the whole LLM trains
         for p in model.parameters():
             p.requires_grad_(True)

@@ -120,6 +120,25 @@ def test_exactly_the_intended_parameters_get_gradients(synth_data, tmp_path):
         p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def test_a_frozen_image_path_keeps_its_weights_while_the_llm_trains(synth_data, tmp_path):
+    """model.frozen (the embedded copy stage): vision tower, MDP, projector and image_newline come out
+    bit-equal, the LLM moves; a frozen stage with grounding is refused before any work."""
+    frozen = "model.frozen=[vision_tower, mdp, multi_modal_projector, image_newline]"
+    recipe = load_recipe(TINY, ["lora=null", frozen, "max_steps=2", "checkpoint_every=1", "data.val_pairs=0",
+                                "optim.lr=1e-2"])
+    _train(recipe, synth_data, tmp_path / "run", stop_at_step=2)
+    first = load_file(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model.safetensors"))
+    last = _weights(tmp_path / "run")
+    parts = (".vision_tower.", ".mdp.", ".multi_modal_projector.", "image_newline")
+    image_path = [k for k in last if any(part in f".{k}" for part in parts)]
+    assert image_path and any(".mdp." in f".{k}" for k in image_path)
+    assert all(torch.equal(first[k], last[k]) for k in image_path)
+    llm = [k for k in last if "language_model" in k]
+    assert sum(not torch.equal(first[k], last[k]) for k in llm) > len(llm) // 2
+    with pytest.raises(RecipeError, match="model.frozen"):
+        load_recipe(TINY, [frozen, "grounding={weight: 1.0}"])
+
+
 def test_kill_and_resume_reaches_the_same_weights(synth_data, tmp_path):
     recipe = load_recipe(TINY, LORA + ["max_steps=4", "checkpoint_every=2", "data.val_pairs=0"])
     _train(recipe, synth_data, tmp_path / "straight")
