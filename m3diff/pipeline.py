@@ -192,14 +192,16 @@ class DiffCaptioner:
         """Whether the model has a change reader (m3diff.reader): describe() then lists what it read."""
         return self.model.change_reader is not None
 
-    def read_changes(self, pairs: Sequence[tuple], threshold: float = 0.5) -> list[ChangeReading]:
-        """What the model's change reader reads in each (before, after) pair, without a caption."""
+    def read_changes(self, pairs: Sequence[tuple], threshold: float | None = None) -> list[ChangeReading]:
+        """What the model's change reader reads in each (before, after) pair, without a caption;
+        ``threshold``: the presence probability from which a change is read (None: the reader's calibrated one)."""
         images = [(load_image(b, name="before image"), load_image(a, name="after image")) for b, a in pairs]
         batch = self.processor.encode_pairs(images).to(self.model.device)
         return self._read(images, batch, threshold)
 
-    def _read(self, images, batch, threshold: float = 0.5) -> list[ChangeReading]:
+    def _read(self, images, batch, threshold: float | None = None) -> list[ChangeReading]:
         reader = self.model.change_reader
+        threshold = reader.cfg.threshold if threshold is None else threshold
         base = batch["pixel_values"][:, 0].to(self.model.dtype)  # each image's base view, before/after alternating
         sizes = [b.size for b, _ in images]
         with torch.inference_mode():

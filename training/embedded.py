@@ -24,7 +24,8 @@ from training.card import write_embedded_card
 from training.recipe import RunRecord
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "special_tokens_map.json")
+               "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "special_tokens_map.json",
+               "reader_calibration.json")
 
 
 def copy_model(src: Path, dest: Path) -> int:

@@ -14,8 +14,10 @@ training run, reading the true facts (``training/train.py`` with ``facts: true``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from analysis.detection import changed_object
 from m3diff.change_types import TYPE_IDS
-from m3diff.facts import COLORS, DETAILS, HEADINGS, HORIZONTAL, KINDS, POSES, VERTICAL, WORDS, facts_of_record
+from m3diff.facts import (
+    COLORS, DETAILS, HEADINGS, HORIZONTAL, KINDS, POSES, VERTICAL, WORDS, ChangeFact, facts_of_record, said,
+)
 from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner
-from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig
+from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig, ordered_boxes
 
 IGNORE = -100
 _VOCAB = {"kind": KINDS, "color": COLORS, "size": SIZE_NAMES, "h": HORIZONTAL, "direction": HEADINGS, "pose": POSES}
@@ -102,6 +107,7 @@ def record_targets(record: dict, width: int, height: int, grid: int = 16) -> dic
             if o.get("kind") == "sign" and o.get("text") in WORDS:
                 words.append((k, (np.asarray(o["box"], np.float32) / scale).tolist(), WORDS.index(o["text"])))
     t["words"] = words
+    t["size"] = torch.tensor([width, height])
     return t
 
 
@@ -125,9 +131,10 @@ def collate(folder: Path, records: list[dict], side: int = 128) -> dict:
         befores.append(b)
         afters.append(a)
         targets.append(record_targets(r, w, h, grid=side // 8))
-    batch = {k: torch.stack([t[k] for t in targets]) for k in targets[0] if k != "words"}
+    batch = {k: torch.stack([t[k] for t in targets]) for k in targets[0] if k not in ("words", "size")}
     batch["words"] = [(i, k, box, word) for i, t in enumerate(targets) for k, box, word in t["words"]]
     batch["before"], batch["after"] = torch.stack(befores), torch.stack(afters)
+    batch["sizes"] = [(int(t["size"][0]), int(t["size"][1])) for t in targets]
     return batch
 
 
@@ -235,15 +242,186 @@ def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTrainin
     return out
 
 
+# -- the shape reader: an object's kind, heading and pose from a crop of its box ----------------------
+def shape_targets(record: dict, width: int, height: int) -> list[tuple[int, list[float], int, int, int]]:
+    """(side index, box 0..1, kind, heading, pose) of every object drawn in either image, changed or
+    not; the heading and pose are IGNORE where the object has none."""
+    scale = np.array([width, height, width, height], np.float32)
+    out = []
+    for k, side in enumerate(("before", "after")):
+        for o in (record.get("objects") or {}).get(side, []):
+            if o.get("kind") not in KINDS or not o.get("box"):
+                continue
+            out.append((k, (np.asarray(o["box"], np.float32) / scale).tolist(), KINDS.index(o["kind"]),
+                        HEADINGS.index(o["direction"]) if o.get("direction") in HEADINGS else IGNORE,
+                        POSES.index(o["pose"]) if o.get("pose") in POSES else IGNORE))
+    return out
+
+
+def shape_batch(batch: dict, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images [N, 3, S, S] (each object's own image), true boxes [N, 4] and targets [N, 3] of every
+    object in the records' pairs (``batch``: their ``collate``)."""
+    images, boxes, targets = [], [], []
+    for i, r in enumerate(records):
+        w, h = batch["sizes"][i]
+        for k, box, *target in shape_targets(r, w, h):
+            images.append(batch["before" if k == 0 else "after"][i])
+            boxes.append(box)
+            targets.append(target)
+    return torch.stack(images), torch.tensor(boxes), torch.tensor(targets)
+
+
+def slot_boxes(reader: ChangeReader, batch: dict) -> torch.Tensor:
+    """The boxes the reader's slots predict ([B, 12, 2, 4], 0..1): what the shape and word readers are
+    handed at inference, where a box's centre misses the object's true box about a third of the time."""
+    with torch.no_grad():
+        return ordered_boxes(reader(batch["before"], batch["after"])["boxes"].float())
+
+
+def predicted_crops(batch: dict, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The changed objects once more, at their slots' predicted ``boxes``: images, boxes, targets."""
+    images, crops, targets = [], [], []
+    for k, side in enumerate(("before", "after")):
+        kinds = batch[f"{side}_kind"]
+        for i, t in ((batch["box_mask"][:, :, k] > 0) & (kinds != IGNORE)).nonzero().tolist():
+            images.append(batch[side][i])
+            crops.append(boxes[i, t, k])
+            targets.append([int(kinds[i, t]), int(batch[f"{side}_direction"][i, t]), int(batch[f"{side}_pose"][i, t])])
+    if not images:
+        return torch.zeros(0, 3, *batch["before"].shape[2:]), torch.zeros(0, 4), torch.zeros(0, 3, dtype=torch.long)
+    return torch.stack(images), torch.stack(crops), torch.tensor(targets)
+
+
+def word_crops(batch: dict, records: list[dict], boxes: torch.Tensor | None, gen: torch.Generator,
+               box_jitter: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every sign in either image at its jittered true box and, with ``boxes`` (the slots' predicted
+    ones), each changed sign at its slot's box: images, boxes and word indices for the word reader."""
+    images, crops, words = [], [], []
+    for i, k, box, word in batch["words"]:
+        images.append(batch["before" if k == 0 else "after"][i])
+        crops.append(torch.tensor(box))
+        words.append(word)
+    if crops:
+        crops = list(jitter(torch.stack(crops), box_jitter, gen))
+    if boxes is not None:
+        for i, r in enumerate(records):
+            for fact in facts_of_record(r) or []:
+                for k, obj in enumerate((fact.before, fact.after)):
+                    if obj is not None and obj.kind == "sign" and obj.text in WORDS and SIDES[fact.type][k]:
+                        images.append(batch["before" if k == 0 else "after"][i])
+                        crops.append(boxes[i, TYPE_IDS.index(fact.type), k])
+                        words.append(WORDS.index(obj.text))
+    if not images:
+        return torch.zeros(0, 3, *batch["before"].shape[2:]), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    return torch.stack(images), torch.stack(crops), torch.tensor(words)
+
+
+def train_shapes(data: Path, reader_dir: Path, out: Path, steps: int = 1500, batch: int = 16, lr: float = 2e-3,
+                 crop: int = 32, box_jitter: float = 0.12, seed: int = 0, threads: int = 1,
+                 checkpoint_every: int = 200, resume: bool = False, predicted: bool = False,
+                 words: bool = False, progress: bool = True) -> Path:
+    """Add a shape reader (``m3diff.reader.ShapeReader``, ``crop`` px) to the trained reader of
+    ``reader_dir`` and train it alone, the rest of the reader unchanged, on every object of ``data``'s
+    train split, its true box jittered as a predicted box will be; saved as a whole reader in ``out``.
+    ``predicted``: each changed object is also cropped at the box its slot predicts, as at inference;
+    ``words``: the word reader trains on too, on every sign's jittered box (and, with ``predicted``, at
+    the changed signs' predicted boxes). Kill-safe as ``train_reader``."""
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_reader(reader_dir)
+    if base.shapes is not None:  # a reader that has one: its shape reader trains on
+        reader = base
+    else:
+        torch.manual_seed(seed)  # the shape reader's first weights
+        reader = ChangeReader(dataclasses.replace(base.cfg, shape_crop=crop))
+        missing, unexpected = reader.load_state_dict(base.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("shapes.") for k in missing), (missing, unexpected)
+    records = read_split(data, "train")
+    trained = [*reader.shapes.parameters(), *(reader.words.parameters() if words else ())]
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (i + 1) / warmup if i < warmup else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))))
+    step = 0
+    ckpt = out / "shapes-checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        reader.shapes.load_state_dict(state["shapes"])
+        reader.words.load_state_dict(state["words"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = state["step"]
+    per_epoch = len(records) // batch
+    log = open(out / "shapes-log.jsonl", "a", encoding="utf-8")
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc="shapes", unit="step")
+    cpu_start = time.process_time()  # CPU seconds of this sitting, for comparing designs at equal CPU time
+    reader.eval()
+    reader.shapes.train()
+    if words:
+        reader.words.train()
+    while step < steps:
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(records))
+        chunk = [records[i] for i in order[pos * batch:(pos + 1) * batch]]
+        pairs = collate(data, chunk, reader.cfg.image_size)
+        images, boxes, targets = shape_batch(pairs, chunk)
+        gen = torch.Generator().manual_seed(seed * 100003 + step)
+        boxes = jitter(boxes, box_jitter, gen)
+        predicted_boxes = slot_boxes(reader, pairs) if predicted else None
+        if predicted:
+            more = predicted_crops(pairs, predicted_boxes)
+            images, boxes, targets = (torch.cat([a, b]) for a, b in zip((images, boxes, targets), more))
+        logits = reader.shapes(images, boxes)
+        parts = {name: F.cross_entropy(logits[name], targets[:, j], ignore_index=IGNORE)
+                 for j, name in enumerate(("kind", "direction", "pose")) if (targets[:, j] != IGNORE).any()}
+        if words:
+            w_images, w_boxes, w_targets = word_crops(pairs, chunk, predicted_boxes, gen, box_jitter)
+            if len(w_targets):
+                parts["word"] = F.cross_entropy(reader.words(w_images, w_boxes), w_targets)
+        loss = sum(parts.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            kind_acc = float((logits["kind"].argmax(-1) == targets[:, 0]).float().mean())
+            log.write(json.dumps({"step": step, "cpu_s": round(time.process_time() - cpu_start, 1),
+                                  "loss": round(float(loss.detach()), 4), "kind_acc": round(kind_acc, 4),
+                                  **{k: round(float(v.detach()), 4) for k, v in parts.items()}}) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", kind=f"{kind_acc:.2f}")
+        if step % checkpoint_every == 0 or step == steps:
+            torch.save({"shapes": reader.shapes.state_dict(), "words": reader.words.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step}, out / "shapes-checkpoint.tmp")
+            (out / "shapes-checkpoint.tmp").replace(ckpt)
+    bar.close()
+    save_reader(reader, out)
+    return out
+
+
 def save_reader(reader: ChangeReader, folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, folder / "reader.safetensors")
     (folder / "reader.json").write_text(json.dumps(reader.cfg.to_dict(), indent=1) + "\n", encoding="utf-8")
 
 
-def load_reader(folder: Path) -> ChangeReader:
-    cfg = ReaderConfig.from_dict(json.loads((folder / "reader.json").read_text(encoding="utf-8")))
-    reader = ChangeReader(cfg)
-    reader.load_state_dict(load_file(folder / "reader.safetensors"))
+def load_reader(folder: str | Path) -> ChangeReader:
+    """A reader from the ``--out`` folder of ``m3diff reader train``, or the one inside a captioning
+    model's folder ("embedded" / "embedded-twin" name the shipped ones), in float32."""
+    folder = Path({"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}.get(str(folder), folder))
+    if (folder / "reader.json").is_file():
+        reader = ChangeReader(ReaderConfig.from_dict(json.loads((folder / "reader.json").read_text(encoding="utf-8"))))
+        reader.load_state_dict(load_file(folder / "reader.safetensors"))
+        return reader.eval()
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    if not config.get("change_reader"):
+        raise ValueError(f"{folder} holds no change reader (neither reader.json nor a model with one)")
+    reader = ChangeReader(ReaderConfig.from_dict(config["change_reader"]))
+    weights = load_file(folder / "model.safetensors")
+    reader.load_state_dict({k.removeprefix("change_reader."): v.float() for k, v in weights.items()
+                            if k.startswith("change_reader.")})
     return reader.eval()
 
 
@@ -259,3 +437,82 @@ def attach_reader(model_dir: str | Path, reader_dir: Path, out: Path, dtype: str
     model.change_reader = reader.to(dtype=model.dtype, device=model.device)
     captioner.save_pretrained(out)
     return out
+
+
+# -- the threshold from which a change counts as read ------------------------------------------------
+@dataclass(frozen=True)
+class ThresholdPoint:
+    threshold: float
+    recall: float
+    precision: float
+
+    @property
+    def f1(self) -> float:
+        total = self.recall + self.precision
+        return 2 * self.recall * self.precision / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibrated threshold and the curve it was chosen from (on ``pairs`` pairs of ``data``)."""
+
+    threshold: float
+    curve: tuple[ThresholdPoint, ...]
+    data: str
+    pairs: int
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "data": self.data, "pairs": self.pairs,
+                "curve": [{"threshold": p.threshold, "recall": round(p.recall, 4), "precision": round(p.precision, 4),
+                           "f1": round(p.f1, 4)} for p in self.curve]}
+
+
+def threshold_curve(truths: list[list[ChangeFact]], readings: list[list[ChangeFact]],
+                    thresholds: tuple[float, ...]) -> tuple[ThresholdPoint, ...]:
+    """Recall and precision, at each threshold, of the changes a caption says (``said``: the camera or
+    light change only when nothing else changed), a read change counting as right when a true change
+    has its type (``analysis.detection`` matches by type) and the object it touched is named right
+    (kind and colour, ``changed_object``): what the caption's change recall asks of a named change.
+    ``readings``: every slot's change, read at threshold 0."""
+    points = []
+    for th in thresholds:
+        right = true_n = read_n = 0
+        for truth, reading in zip(truths, readings):
+            said_true = {c.type: c for c in said(truth)}
+            said_read = said([c for c in reading if c.confidence >= th])
+            right += sum(c.type in said_true and changed_object(c) == changed_object(said_true[c.type]) for c in said_read)
+            true_n += len(said_true)
+            read_n += len(said_read)
+        points.append(ThresholdPoint(th, right / true_n if true_n else 0.0, right / read_n if read_n else 0.0))
+    return tuple(points)
+
+
+def calibrate_threshold(model_dir: str | Path, data: Path, split: str = "val", pairs: int | None = None,
+                        out: Path | None = None, batch: int = 32, progress: bool = True) -> Calibration:
+    """Choose the reader's threshold on ``data``'s ``split`` (generated pairs with their true changes,
+    none of them trained on) as the one with the best F1 of the changes a caption says, their objects
+    named right (``threshold_curve``), and write it into
+    the model's config (in ``out``, a copy of the model folder; in place when ``out`` is None or the same)."""
+    named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
+    model_dir = Path(named.get(str(model_dir), model_dir))
+    captioner = DiffCaptioner.from_pretrained(str(model_dir))
+    if not captioner.reads_changes:
+        raise ValueError(f"{model_dir} has no change reader: put one in with `m3diff reader attach`")
+    records = read_split(data, split)[:pairs]
+    truths, readings = [], []
+    for i in tqdm(range(0, len(records), batch), disable=not progress, desc="calibrate", unit="batch"):
+        chunk = records[i:i + batch]
+        read = captioner.read_changes([(data / r["before"], data / r["after"]) for r in chunk], threshold=0.0)
+        truths += [facts_of_record(r) for r in chunk]
+        readings += [list(reading.changes) for reading in read]
+    curve = threshold_curve(truths, readings, tuple(round(0.05 * k, 2) for k in range(1, 20)))
+    best = max(curve, key=lambda p: (round(p.f1, 6), p.threshold))  # a tie keeps the higher threshold
+    calibration = Calibration(best.threshold, curve, str(data), len(records))
+    out = model_dir if out is None else Path(out)
+    if out.resolve() != model_dir.resolve():
+        shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["change_reader"]["threshold"] = best.threshold
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "reader_calibration.json").write_text(json.dumps(calibration.to_json(), indent=1) + "\n", encoding="utf-8")
+    return calibration

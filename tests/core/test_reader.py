@@ -15,7 +15,7 @@ from m3diff.data.synth.generator import SynthConfig, generate
 from m3diff.facts import DETAILS, ChangeFact, ObjectFact, facts_of_record, facts_prompt, said
 from m3diff.pipeline import TINY_READER, DiffCaptioner
 from m3diff.processing import DEFAULT_PROMPT, facts_instruction
-from m3diff.reader import ChangeReader, ReaderConfig, WordReader
+from m3diff.reader import SHAPE_HEADS, ChangeReader, ReaderConfig, WordReader
 from training.data import Collator, Sample
 from training.reader import ReaderTraining, attach_reader, collate, read_split, reader_loss, record_targets, train_reader
 
@@ -192,3 +192,145 @@ def test_reader_cli_refuses_a_folder_without_generated_records(tmp_path):
     out = subprocess.run([sys.executable, "-m", "m3diff.cli", "reader", "train", "--data", str(tmp_path), "--out",
                           str(tmp_path / "r")], capture_output=True, text=True)
     assert out.returncode == 2 and "m3diff synth" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_threshold_curve_scores_the_changes_a_caption_says_with_their_object():
+    from training.reader import threshold_curve
+
+    cube, ball = ObjectFact("cube", "red"), ObjectFact("ball", "blue")
+
+    def fact(t, p=1.0, obj=None):
+        return ChangeFact(t, before=obj, after=obj, confidence=p)
+
+    truths = [[fact("color", obj=cube), fact("viewpoint")], [fact("illumination")], [fact("size", obj=cube)]]
+    readings = [
+        [fact("color", 0.9, cube), fact("viewpoint", 0.95)],  # colour right; the camera left out of the caption
+        [fact("illumination", 0.3)],  # only the light, faintly
+        [fact("size", 0.2, ball), fact("color", 0.8, cube)],  # the size change on the wrong object, a false colour
+    ]
+    low, mid, high = threshold_curve(truths, readings, (0.1, 0.25, 0.85))
+    assert (low.recall, low.precision) == (2 / 3, 2 / 4)  # said: color | illumination | size (wrong object), color
+    assert (mid.recall, mid.precision) == (2 / 3, 2 / 3)  # the wrong size drops out
+    # at 0.85 only colour is read in pair 0; pair 2's false colour drops, pair 1 reads nothing
+    assert (high.recall, high.precision) == (1 / 3, 1.0)
+    assert mid.f1 == pytest.approx(2 / 3)
+
+
+def test_calibrate_writes_the_best_threshold_into_a_copy(synth, tmp_path):
+    from training.reader import calibrate_threshold
+
+    model = tmp_path / "model"
+    DiffCaptioner.untrained(change_reader=True).save_pretrained(model)
+    cal = calibrate_threshold(model, synth, "train", pairs=12, out=tmp_path / "calibrated", batch=8, progress=False)
+    assert cal.pairs == 12 and len(cal.curve) == 19
+    assert cal.threshold == max(cal.curve, key=lambda p: (round(p.f1, 6), p.threshold)).threshold
+    loaded = DiffCaptioner.from_pretrained(tmp_path / "calibrated")
+    assert loaded.model.change_reader.cfg.threshold == cal.threshold
+    assert json.loads((model / "config.json").read_text())["change_reader"].get("threshold", 0.5) == 0.5  # untouched
+    r = _records(synth, "test")[0]
+    reading = loaded.read_changes([(synth / r["before"], synth / r["after"])])[0]
+    assert reading.threshold == cal.threshold
+    assert all(c.confidence >= cal.threshold for c in reading.changes)
+    written = json.loads((tmp_path / "calibrated" / "reader_calibration.json").read_text())
+    assert written["threshold"] == cal.threshold and len(written["curve"]) == 19
+
+
+def test_square_boxes_keep_the_centre_and_the_proportions():
+    from m3diff.reader import square_boxes
+
+    tall = torch.tensor([[0.4, 0.2, 0.5, 0.6]])  # 0.1 wide, 0.4 high
+    sq = square_boxes(tall, margin=1.25)[0]
+    assert torch.allclose((sq[:2] + sq[2:]) / 2, torch.tensor([0.45, 0.4]))
+    assert torch.allclose(sq[2:] - sq[:2], torch.tensor([0.5, 0.5]))
+
+
+def test_shape_targets_list_every_object_with_its_kind_heading_and_pose(synth):
+    from m3diff.facts import HEADINGS, KINDS, POSES
+    from training.reader import IGNORE, shape_targets
+
+    records = _records(synth)
+    rows = [(r, t) for r in records for t in shape_targets(r, 64, 64)]
+    drawn = sum(len(r["objects"][s]) for r in records for s in ("before", "after"))
+    assert len(rows) == drawn
+    arrows = [t for _, t in rows if KINDS[t[2]] == "arrow"]
+    figures = [t for _, t in rows if KINDS[t[2]] == "figure"]
+    assert arrows and all(t[3] != IGNORE and t[4] == IGNORE for t in arrows)
+    assert figures and all(t[4] != IGNORE and t[3] == IGNORE for t in figures)
+    r, (k, box, kind, heading, pose) = next((r, t) for r, t in rows if t[3] != IGNORE)
+    side = ("before", "after")[k]
+    obj = next(o for o in r["objects"][side] if [c / 64 for c in o["box"]] == box)
+    assert (KINDS[kind], HEADINGS[heading]) == (obj["kind"], obj["direction"])
+    assert all(0 <= c <= 1 for _, t in rows for c in t[1])
+
+
+def test_shape_reader_learns_the_kinds_of_its_crops(synth):
+    """80 steps on the objects of 8 pairs (the pairs' own 64 px, 16-px crops): kinds read back."""
+    import dataclasses
+
+    from m3diff.reader import ShapeReader
+    from training.reader import shape_batch
+
+    records = read_split(synth, "train")[:8]
+    images, boxes, targets = shape_batch(collate(synth, records, 64), records)
+    torch.manual_seed(0)
+    shapes = ShapeReader(dataclasses.replace(TINY_READER, image_size=64, shape_crop=16))
+    opt = torch.optim.AdamW(shapes.parameters(), lr=3e-3)
+    for _ in range(80):
+        loss = torch.nn.functional.cross_entropy(shapes(images, boxes)["kind"], targets[:, 0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    shapes.eval()
+    right = (shapes(images, boxes)["kind"].argmax(-1) == targets[:, 0]).float().mean()
+    assert len(targets) > 40 and right > 0.9
+    assert torch.bincount(targets[:, 0]).max() < 0.5 * len(targets)  # the commonest kind alone is far below
+
+
+def test_shapes_train_alone_and_the_reader_names_their_kind(synth, tmp_path):
+    import dataclasses
+
+    from training.reader import load_reader, save_reader, train_shapes
+
+    model = tmp_path / "reader"  # the generated pairs' own 64 px: at the tiny model's 32 an object is ~4 px
+    model.mkdir()
+    save_reader(ChangeReader(dataclasses.replace(TINY_READER, image_size=64)), model)
+    out = train_shapes(synth, model, tmp_path / "shapes", steps=10, batch=4, crop=16, checkpoint_every=5,
+                       progress=False)
+    assert len((out / "shapes-log.jsonl").read_text().splitlines()) == 1
+    assert torch.load(out / "shapes-checkpoint.pt", weights_only=False)["step"] == 10
+    reader = load_reader(out)
+    assert reader.cfg.shape_crop == 16 and reader.shapes is not None
+    untouched = load_reader(model).state_dict()  # only the shape reader trained
+    assert all(torch.equal(v, untouched[k]) for k, v in reader.state_dict().items() if not k.startswith("shapes."))
+    # going on from it at the slots' predicted boxes, the word reader too: those two move, nothing else
+    more = load_reader(train_shapes(synth, out, tmp_path / "more", steps=3, batch=8, predicted=True, words=True,
+                                    progress=False)).state_dict()
+    before = reader.state_dict()
+    moved = {k.split(".")[0] for k, v in more.items() if not torch.equal(v, before[k])}
+    assert moved == {"shapes", "words"}
+
+    # read() multiplies the shape reader's probabilities with the slot's: a sure shape reader decides,
+    # an unsure (uniform) one leaves the slot's own kind
+    from m3diff.facts import KINDS
+    from training.reader import load_pair
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, sure):
+            super().__init__()
+            self.sure = sure
+
+        def forward(self, images, boxes):
+            logits = {name: torch.zeros(images.shape[0], n) for name, n in SHAPE_HEADS.items()}
+            logits["kind"][:, 3] = 100.0 if self.sure else 0.0
+            return logits
+
+    r = _records(synth, "test")[0]
+    b, a, size = load_pair(synth, r, reader.cfg.image_size)
+
+    def kinds(shapes):
+        reader.shapes = shapes
+        facts = reader.read(b[None], a[None], [size], threshold=0.0)[0]
+        return [o.kind for f in facts for o in (f.before, f.after) if o is not None]
+
+    assert kinds(Fixed(True)) and set(kinds(Fixed(True))) == {KINDS[3]}
+    assert kinds(Fixed(False)) == kinds(None)
