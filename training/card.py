@@ -112,14 +112,20 @@ def reader_line(model_dir: Path) -> str:
     config = json.loads((model_dir / "config.json").read_text())
     if not config.get("change_reader"):
         return "none: the caption is written from the image tokens alone, as in the paper"
+    reader = config["change_reader"]
+    shapes = (f"; a crop reader of each object's kind, heading and pose ({reader['shape_crop']}-px crops, "
+              "`m3diff reader shapes`)") if reader.get("shape_crop") else ""
     return ("ours (`m3diff/reader.py`): reads each change from the pixels as facts — type, the object before "
             "and after, the new value, a box in each image — trained alone on the generator's true changes "
-            "(`m3diff reader train`); the facts follow the instruction as text, which the LLM learned to copy "
-            "(`data.facts` in the recipe)")
+            f"(`m3diff reader train`){shapes}; a change counts as read from confidence {reader.get('threshold', 0.5)}"
+            f"{' (calibrated: `m3diff reader calibrate`, reader_calibration.json)' if (model_dir / 'reader_calibration.json').is_file() else ''}; "
+            "the facts follow the instruction as text, which the LLM learned to copy (`data.facts` in the recipe)")
 
 
 def grounding_line(recipe: Recipe) -> str:
     g = recipe.grounding
+    if g is None and recipe.model.init_from:
+        return "none in this stage (caption loss only); the model it started from: see the notes below"
     if g is None:
         return "none: caption loss only"
     return (f"ours, not the paper's: auxiliary losses on the features the projector reads (per patch: object kind "
@@ -157,11 +163,11 @@ not real photographs.
 | tokenizer | byte-level BPE, vocabulary {m.tokenizer_vocab_size}, trained on the training captions |
 | weights | {size_mb:.1f} MB safetensors ({r.save_dtype}) |
 | training data | {run.samples:,} samples ({'every reference caption of' if r.data.every_caption else 'one caption per'} the train split of {', '.join(run.sources)}) |
-| recipe | `{r.name}`: {steps:,} steps × global batch {r.batch.global_batch}, AdamW lr {r.optim.lr} (vision encoder {r.optim.lr_vision}), cosine with {r.optim.warmup_steps} warm-up steps, {run.world_size} process{part} |
+| recipe | `{r.name}`: {steps:,} steps × global batch {r.batch.global_batch}, AdamW lr {r.optim.lr} ({f"frozen: {', '.join(m.frozen)}" if m.frozen else f"vision encoder {r.optim.lr_vision}"}), cosine with {r.optim.warmup_steps} warm-up steps, {run.world_size} process{part} |
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
 | grounded training | {grounding_line(r)} |
 | change reader | {reader_line(dest)} |
-| training time | {f'{cpu:.0f} CPU-minutes (one thread)' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
+| training time | {f'{cpu:.0f} CPU-minutes (one thread){" for this stage; every stage: the notes below" if m.init_from else ""}' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
 | describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 
 ## Reproduce
