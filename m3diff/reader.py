@@ -61,7 +61,7 @@ class ReaderConfig:
     crop_height: int = 24
     crop_width: int = 64
     # the presence probability from which a change counts as read; `m3diff reader calibrate` sets it
-    # on pairs the reader never trained on (the F1 of the changes a caption says)
+    # on pairs the reader never trained on (the F1 of the changes a caption says, objects named right)
     threshold: float = 0.5
     # side in pixels of the square crop the shape reader reads an object's kind, heading and pose
     # from (0: no shape reader; those then come from the 16×16 grid alone)
@@ -110,7 +110,10 @@ class ShapeReader(nn.Module):
     The 16×16 grid the slots read from has 8-px cells: a 20-px cube and cylinder differ there by a
     few pixels of outline, and the slots named the kind of 67% of the changed objects, a heading 57%
     and a pose 43% (1,200 seed-777 pairs, shipped reader at 0.5). Colour, size and place, which the
-    grid reads well (89-94%), stay with the slots."""
+    grid reads well (89-94%), stay with the slots. ``read`` multiplies its probabilities with the slot's:
+    the slots' predicted boxes miss a third of the time (mean IoU 0.33), where the crop alone is lost
+    (on true boxes it names 95% of kinds, at predicted ones alone 52%, with the slot's guess 80%, once
+    trained at predicted boxes too: ``m3diff reader shapes --from-predicted``)."""
 
     def __init__(self, cfg: ReaderConfig):
         super().__init__()
