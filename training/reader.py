@@ -36,6 +36,7 @@ from m3diff.facts import (
 )
 from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner
 from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig, ordered_boxes
+from training.schedule import lr_lambda
 
 IGNORE = -100
 _VOCAB = {"kind": KINDS, "color": COLORS, "size": SIZE_NAMES, "h": HORIZONTAL, "direction": HEADINGS, "pose": POSES}
@@ -193,13 +194,7 @@ def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTrainin
     reader = ChangeReader(cfg)
     opt = torch.optim.AdamW(reader.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
-    def lr_at(step):
-        if step < settings.warmup:
-            return (step + 1) / settings.warmup
-        p = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings.steps, settings.warmup, 0.05))
     step = 0
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -339,9 +334,7 @@ def train_shapes(data: Path, reader_dir: Path, out: Path, steps: int = 1500, bat
     records = read_split(data, "train")
     trained = [*reader.shapes.parameters(), *(reader.words.parameters() if words else ())]
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: (i + 1) / warmup if i < warmup else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, steps - warmup)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, max(1, steps // 20), 0.05))
     step = 0
     ckpt = out / "shapes-checkpoint.pt"
     if resume and ckpt.exists():

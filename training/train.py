@@ -47,6 +47,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.recipe import Recipe, RunRecord
+from training.schedule import lr_lambda
 
 
 @dataclass
@@ -169,15 +170,6 @@ def param_groups(recipe: Recipe, model) -> list[dict]:
          "name": f"{'vision' if vision else 'rest'}{'' if decay else '-no-decay'}"}
         for (vision, decay), ps in groups.items() if ps
     ]
-
-
-def lr_lambda(total: int, warmup: int, min_ratio: float):
-    def f(step: int) -> float:  # linear warm-up, then cosine from 1 to min_ratio
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return f
 
 
 def answer_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
