@@ -14,6 +14,13 @@ from m3diff.facts import ChangeReading
 
 EMBEDDED_DIR = Path(__file__).parent / "weights"
 EMBEDDED_TWIN_DIR = EMBEDDED_DIR / "twin"  # the embedded model's no-MDP twin (same data, recipe and steps)
+# the shipped models by name, for the commands that take a model folder (so they run from any directory)
+SHIPPED_MODELS = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
+
+
+def shipped_or_path(model: str | Path) -> Path:
+    """``model`` as a folder: "embedded" / "embedded-twin" name the shipped models."""
+    return Path(SHIPPED_MODELS.get(str(model), model))
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 
 

@@ -31,10 +31,11 @@ from tqdm import tqdm
 
 from analysis.detection import changed_object
 from m3diff.change_types import TYPE_IDS
+from m3diff.describing import shipped_or_path
 from m3diff.facts import (
     COLORS, DETAILS, HEADINGS, HORIZONTAL, KINDS, POSES, VERTICAL, WORDS, ChangeFact, facts_of_record, said,
 )
-from m3diff.pipeline import EMBEDDED_DIR, EMBEDDED_TWIN_DIR, DiffCaptioner
+from m3diff.pipeline import DiffCaptioner
 from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig, ordered_boxes
 from training.schedule import lr_lambda
 
@@ -403,7 +404,7 @@ def save_reader(reader: ChangeReader, folder: Path) -> None:
 def load_reader(folder: str | Path) -> ChangeReader:
     """A reader from the ``--out`` folder of ``m3diff reader train``, or the one inside a captioning
     model's folder ("embedded" / "embedded-twin" name the shipped ones), in float32."""
-    folder = Path({"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}.get(str(folder), folder))
+    folder = shipped_or_path(folder)
     if (folder / "reader.json").is_file():
         reader = ChangeReader(ReaderConfig.from_dict(json.loads((folder / "reader.json").read_text(encoding="utf-8"))))
         reader.load_state_dict(load_file(folder / "reader.safetensors"))
@@ -422,8 +423,7 @@ def attach_reader(model_dir: str | Path, reader_dir: Path, out: Path, dtype: str
     """A captioning model (``model_dir``: a folder, or "embedded" / "embedded-twin") with the trained
     reader of ``reader_dir`` put into it, saved to ``out`` in ``dtype`` (float16: as the embedded
     models ship)."""
-    named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
-    captioner = DiffCaptioner.from_pretrained(str(named.get(str(model_dir), model_dir)), dtype=getattr(torch, dtype))
+    captioner = DiffCaptioner.from_pretrained(str(shipped_or_path(model_dir)), dtype=getattr(torch, dtype))
     reader = load_reader(reader_dir)
     model = captioner.model
     model.config.change_reader = reader.cfg.to_dict()
@@ -486,8 +486,7 @@ def calibrate_threshold(model_dir: str | Path, data: Path, split: str = "val", p
     none of them trained on) as the one with the best F1 of the changes a caption says, their objects
     named right (``threshold_curve``), and write it into
     the model's config (in ``out``, a copy of the model folder; in place when ``out`` is None or the same)."""
-    named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
-    model_dir = Path(named.get(str(model_dir), model_dir))
+    model_dir = shipped_or_path(model_dir)
     captioner = DiffCaptioner.from_pretrained(str(model_dir))
     if not captioner.reads_changes:
         raise ValueError(f"{model_dir} has no change reader: put one in with `m3diff reader attach`")

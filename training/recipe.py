@@ -33,7 +33,7 @@ from annotated_types import Ge, Gt, Interval, Len
 
 from m3diff.config import PRESETS, M3DiffConfig, preset
 from m3diff.data.mixture import parse_source
-from m3diff.describing import EMBEDDED_DIR, EMBEDDED_TWIN_DIR
+from m3diff.describing import SHIPPED_MODELS
 
 # every section refuses keys it does not know
 _STRICT_KEYS = pydantic.ConfigDict(extra="forbid")
@@ -339,8 +339,7 @@ def load_recipe(path, overrides: list[str] = ()) -> Recipe:
     recipe = Recipe.from_dict(raw, str(path))
 
     # the shipped models by name, so a recipe that continues them runs from any directory
-    named = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
     for key in ("init_from", "tokenizer"):
-        if getattr(recipe.model, key) in named:
-            setattr(recipe.model, key, str(named[getattr(recipe.model, key)]))
+        if getattr(recipe.model, key) in SHIPPED_MODELS:
+            setattr(recipe.model, key, str(SHIPPED_MODELS[getattr(recipe.model, key)]))
     return recipe.validate(str(path))

@@ -334,3 +334,17 @@ def test_shapes_train_alone_and_the_reader_names_their_kind(synth, tmp_path):
 
     assert kinds(Fixed(True)) and set(kinds(Fixed(True))) == {KINDS[3]}
     assert kinds(Fixed(False)) == kinds(None)
+
+
+def test_load_reader_takes_the_reader_out_of_a_model_folder(tmp_path):
+    from training.reader import load_reader
+
+    captioner = DiffCaptioner.untrained(change_reader=True)
+    captioner.save_pretrained(tmp_path / "model")
+    reader = load_reader(tmp_path / "model")
+    assert reader.cfg == TINY_READER
+    own = captioner.model.change_reader.state_dict()
+    assert all(torch.equal(v, own[k].float()) for k, v in reader.state_dict().items())
+    DiffCaptioner.untrained().save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="no change reader"):
+        load_reader(tmp_path / "plain")
