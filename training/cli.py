@@ -53,6 +53,9 @@ def _register_reader(subparsers) -> None:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a run beside another)")
+    t.add_argument("--from", dest="start", metavar="R", default=None,
+                   help="go on training this reader (a `reader train` / `reader shapes` folder, or a model with a "
+                        "reader; embedded: the shipped one) on a schedule of its own; its shape reader stays as it is")
     t.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     t.add_argument("--stop-at", type=int, default=None, metavar="N", help="stop after step N (checkpointed)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,8 +112,8 @@ def _reader_train(args: argparse.Namespace) -> int:
     try:
         out = train_reader(data, Path(args.out), ReaderTraining(steps=args.steps, batch=args.batch, lr=args.lr,
                                                                 threads=args.threads),
-                           resume=args.resume, stop_at=args.stop_at, progress=not args.quiet)
-    except ValueError as exc:
+                           resume=args.resume, stop_at=args.stop_at, progress=not args.quiet, start=args.start)
+    except (ValueError, OSError) as exc:
         raise CLIError(str(exc)) from None
     print(f"reader in {out}")
     return 0

@@ -185,15 +185,23 @@ def read_split(folder: Path, split: str) -> list[dict]:
 
 
 def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTraining(), cfg: ReaderConfig = ReaderConfig(),
-                 resume: bool = False, stop_at: int | None = None, progress: bool = True) -> Path:
+                 resume: bool = False, stop_at: int | None = None, progress: bool = True,
+                 start: str | Path | None = None) -> Path:
     """Train a reader on ``data``'s train split into ``out`` (``reader.safetensors`` + ``reader.json``);
-    kill-safe: a checkpoint every ``checkpoint_every`` steps, ``resume`` goes on from the latest."""
+    kill-safe: a checkpoint every ``checkpoint_every`` steps, ``resume`` goes on from the latest.
+    ``start``: go on training a trained reader (a ``load_reader`` folder; its config replaces ``cfg``)
+    on a schedule of its own; its shape reader, which this loss does not train, is kept as it is."""
     torch.set_num_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
     records = read_split(data, "train")
     torch.manual_seed(settings.seed)
-    reader = ChangeReader(cfg)
-    opt = torch.optim.AdamW(reader.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if start is not None:
+        reader = load_reader(start).train()
+        cfg = reader.cfg
+    else:
+        reader = ChangeReader(cfg)
+    trained = [p for name, p in reader.named_parameters() if not name.startswith("shapes.")]
+    opt = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings.steps, settings.warmup, 0.05))
     step = 0
@@ -219,7 +227,7 @@ def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTrainin
         loss, parts = reader_loss(reader, batch, result, gen, settings.box_jitter)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         sched.step()
         step += 1
