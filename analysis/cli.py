@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--min-end-probability", type=float, default=None, metavar="P",
                    help="end a caption only where the model gives its end at least P (e.g. 0.5); default: plain "
                         "greedy, which ends multi-change captions early (docs/analysis.md, 'When a caption ends')")
+    p.add_argument("--joint-facts", action="store_true",
+                   help="with a change reader, give the language model every change read in one prompt (as it was "
+                        "trained); default: one prompt per change, the answers joined, which mixes objects up less")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (for a quick look)")
     p.add_argument("--maps", action="store_true",
                    help="also store each pair's evidence maps (float16 on the patch grid: the MDP's maps and "
@@ -212,7 +215,8 @@ def run_predict(args) -> int:
     try:
         options = PredictOptions(batch_size=args.batch_size, maps=args.maps, attribution=args.attribution,
                                  sanity_pairs=args.sanity_pairs,
-                                 settings=GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p))
+                                 settings=GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p,
+                                                             each_change=not args.joint_facts))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     out = Path(args.out)
@@ -223,7 +227,7 @@ def run_predict(args) -> int:
         raise CLIError(f"{args.data}: split {args.split!r} holds no pairs; nothing to predict (check --split and --data)")
     try:
         run = start_run(out, pairs, model=args.model or "embedded", data=str(args.data), split=args.split,
-                        min_end_probability=p, restart=args.restart)
+                        min_end_probability=p, joint_facts=args.joint_facts, restart=args.restart)
     except ResumeError as exc:
         raise CLIError(str(exc)) from None
     todo = pending(run, pairs, options)

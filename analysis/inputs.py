@@ -61,6 +61,8 @@ class Predictions:
     data: str | None = None  # the dataset and split it was predicted on
     split: str | None = None
     min_end_probability: float | None = None  # the decoding's end threshold (None: plain greedy)
+    # a model with a change reader given every change read in one prompt (`--joint-facts`), not one per change
+    joint_facts: bool = False
     images: dict[str, str] = field(default_factory=dict)  # id -> digest of both images, as predicted
     # a model with a change reader: id -> what it read (m3diff.facts.ChangeReading.to_json), checked on load
     changes: dict[str, dict] = field(default_factory=dict)
@@ -74,6 +76,8 @@ class Predictions:
                 "images": {i: self.images[i] for i in ids if i in self.images}}
         if self.min_end_probability is not None:
             data["min_end_probability"] = self.min_end_probability
+        if self.joint_facts:
+            data["joint_facts"] = True
         if self.maps:
             data["maps"] = {i: self.maps[i] for i in ids if i in self.maps}
         if self.changes:
@@ -146,6 +150,10 @@ def _wrapper_fields(out: Predictions, data: dict, where: str) -> None:
     if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float))):
         raise InputError(f"{where}: 'min_end_probability' must be a number")
     out.min_end_probability = None if end is None else float(end)
+    joint = data.get("joint_facts", False)
+    if not isinstance(joint, bool):
+        raise InputError(f"{where}: 'joint_facts' must be true or false")
+    out.joint_facts = joint
     for key in ("images", "maps", "changes"):
         v = data.get(key, {})
         if not isinstance(v, dict):

@@ -55,10 +55,11 @@ def pair_digest(pair) -> str:
 
 
 def start_run(out: Path, pairs, *, model: str, data: str, split: str | None,
-              min_end_probability: float | None, restart: bool = False) -> Predictions:
+              min_end_probability: float | None, joint_facts: bool = False, restart: bool = False) -> Predictions:
     """The predictions of this run: a fresh file's, or those already in ``out`` when they are of the
     same model, data, split, decoding and images (else ``ResumeError``)."""
-    run = Predictions(out, {}, model=model, data=data, split=split, min_end_probability=min_end_probability)
+    run = Predictions(out, {}, model=model, data=data, split=split, min_end_probability=min_end_probability,
+                      joint_facts=joint_facts)
     if not out.exists() or restart:
         return run
     try:
@@ -84,6 +85,11 @@ def check_resumable(earlier: Predictions, now: Predictions, pairs) -> None:
         was, want = earlier.min_end_probability, now.min_end_probability
         raise ResumeError(f"{out} holds captions decoded with min_end_probability {was}, not {want}; pass "
                           + ("no --min-end-probability" if was is None else f"--min-end-probability {was}")
+                          + " to resume it, --restart to replace it, or pick another --out")
+    if earlier.joint_facts != now.joint_facts:
+        how = "every change read in one prompt" if earlier.joint_facts else "one prompt per change read"
+        raise ResumeError(f"{out} holds captions decoded with {how}; pass "
+                          + ("--joint-facts" if earlier.joint_facts else "no --joint-facts")
                           + " to resume it, --restart to replace it, or pick another --out")
     if earlier.data and Path(earlier.data).resolve() != Path(now.data).resolve():
         raise ResumeError(f"{out} holds predictions of data {earlier.data!r}, not {now.data!r}; "

@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--min-end-probability", type=float, default=None, metavar="P",
                    help="end the caption only where the model gives its end at least P (e.g. 0.5); default: "
                         "plain greedy, which may end before the last change is described")
+    p.add_argument("--joint-facts", action="store_true",
+                   help="with a change reader, give the language model every change read in one prompt (as it was "
+                        "trained); default: one prompt per change, the answers joined, which mixes objects up less")
     p.add_argument("--instruction", default=None, help="replace the default instruction of the prompt")
     p.set_defaults(handler=_describe)
 
@@ -48,7 +51,8 @@ def _describe(args: argparse.Namespace) -> int:
     p = args.min_end_probability
     if p is not None and not 0.0 < p <= 1.0:
         raise CLIError(f"--min-end-probability must be in (0, 1], got {p}")
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, min_end_probability=p,
+                                  each_change=not args.joint_facts)
     try:
         # the images first: a missing or unreadable file is said at once, not after seconds of loading a model
         before = load_image(args.before, name="before image")

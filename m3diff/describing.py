@@ -132,6 +132,12 @@ class GenerationSettings:
     # None: plain greedy. p: the caption ends only where the model gives its end at least p
     # (m3diff.stopping: greedy ends multi-change captions early)
     min_end_probability: float | None = None
+    # With a change reader: one prompt per change a caption says, each given that change alone, and
+    # the answers joined in the reader's order. Given several changes at once the small language model
+    # mixes their objects up: with the generator's true changes it named 92% of a lone change but 43%
+    # of a four-change pair's (150 seed-777 pairs); one at a time, recall 63% -> 72%, CIDEr-D 110 -> 117.
+    # False: every change in one prompt, as the model was trained. No effect without a reader.
+    each_change: bool = True
 
     def __post_init__(self):
         p = self.min_end_probability

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +32,9 @@ from m3diff.describing import (  # noqa: F401 — re-exported: the pipeline is w
     ModelInfo,
     ModelLoadError,
 )
-from m3diff.facts import ChangeReading
+from m3diff.facts import ChangeReading, said
 from m3diff.images import load_image
-from m3diff.modeling import M3DiffForConditionalGeneration, feature_difference, register_auto_classes
+from m3diff.modeling import M3DiffForConditionalGeneration, M3DiffImageFeatures, feature_difference, register_auto_classes
 from m3diff.processing import PairProcessor, facts_instruction
 from m3diff.reader import ReaderConfig
 from m3diff.stopping import EndThreshold
@@ -225,19 +226,36 @@ class DiffCaptioner:
         ).to(self.model.device)
         return batch, readings
 
-    def _prepare(self, pairs, instruction, with_trace: bool, knockout=None):
-        batch, readings = self.encode_pairs(pairs, instruction=instruction)
+    def _prepare(self, pairs, instruction, with_trace: bool, knockout=None, each_change: bool = False) -> _Prepared:
+        images = [(load_image(b, name="before image"), load_image(a, name="after image")) for b, a in pairs]
+        batch = self.processor.encode_pairs(images, instruction=instruction).to(self.model.device)
         pixel_values = batch["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             features = self.model.model.get_image_features(
                 pixel_values, batch["image_sizes"], batch_num_images=batch["batch_num_images"],
                 output_mdp_trace=with_trace and self.uses_mdp, mdp_knockout=knockout,
             )
-        # Pass the features to generate so the vision tower and MDP run once, here, with the trace.
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      mm_encoder_outputs={"image": features})
         diff = feature_difference(features.pooler_output, self.model.config.patch_grid).numpy() if with_trace else None
-        return inputs, features.mdp_trace, diff, readings
+        owners = list(range(len(pairs)))
+        readings = None
+        if self.reads_changes:
+            readings = self._read(images, batch)
+            # one prompt per pair with every change read, or (each_change) one per change a caption says
+            groups = [(i, [c]) for i, r in enumerate(readings) for c in said(r.changes)] if each_change else []
+            covered = {i for i, _ in groups}
+            groups += [(i, list(r.changes)) for i, r in enumerate(readings) if i not in covered]
+            groups.sort(key=lambda g: g[0])  # stable: each pair's changes stay in the reader's order
+            owners = [i for i, _ in groups]
+            asked = instruction if isinstance(instruction, (list, tuple)) else [instruction] * len(pairs)
+            batch = self.processor.encode_pairs(
+                [images[i] for i in owners], instruction=[facts_instruction(asked[i], c) for i, c in groups],
+            ).to(self.model.device)
+        # The features go to generate so the vision tower and MDP run once per pair, here, with the trace;
+        # a pair asked several prompts shares its two images' features.
+        per_image = [features.pooler_output[2 * i + k] for i in owners for k in (0, 1)]
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      mm_encoder_outputs={"image": M3DiffImageFeatures(pooler_output=per_image)})
+        return _Prepared(inputs, owners, features.mdp_trace, diff, readings)
 
     def _generate(self, inputs, settings: GenerationSettings, streamer=None):
         pad = self.processor.tokenizer.pad_token_id
@@ -259,9 +277,12 @@ class DiffCaptioner:
         """Describe several (before, after) pairs in one batch (images: paths, bytes, arrays or PIL).
         ``knockout``: an ``m3diff.mdp.MDPKnockout`` for this call (one, or one per pair); the model is untouched."""
         start = time.perf_counter()
-        inputs, mdp_trace, diff, readings = self._prepare(pairs, instruction, with_trace, knockout)
-        out = self._generate(inputs, settings)
-        captions = self.processor.decode_captions(out[:, inputs["input_ids"].shape[1]:])
+        prepared = self._prepare(pairs, instruction, with_trace, knockout, settings.each_change)
+        mdp_trace, diff, readings = prepared.mdp_trace, prepared.diff, prepared.readings
+        out = self._generate(prepared.inputs, settings)
+        parts = self.processor.decode_captions(out[:, prepared.inputs["input_ids"].shape[1]:])
+        captions = [" ".join(p.strip() for p, o in zip(parts, prepared.owners) if o == b and p.strip())
+                    for b in range(len(pairs))]
         seconds = (time.perf_counter() - start) / len(pairs)
         results = []
         for b, caption in enumerate(captions):
@@ -283,33 +304,54 @@ class DiffCaptioner:
         from transformers import TextIteratorStreamer
 
         start = time.perf_counter()
-        inputs, mdp_trace, diff, readings = self._prepare([(before, after)], instruction, with_trace)
-        reading = readings[0] if readings is not None else None
-        pair_trace = mdp_trace.pair(0) if mdp_trace is not None else None
-        fd = diff[0] if diff is not None else None
+        prepared = self._prepare([(before, after)], instruction, with_trace, each_change=settings.each_change)
+        reading = prepared.readings[0] if prepared.readings is not None else None
+        pair_trace = prepared.mdp_trace.pair(0) if prepared.mdp_trace is not None else None
+        fd = prepared.diff[0] if prepared.diff is not None else None
         scores = pair_trace.score_mean if pair_trace else {}
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
+        done = ""  # the sentences of the prompts answered so far (one prompt per change read)
+        for k in range(len(prepared.owners)):
+            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            errors: list[BaseException] = []
 
-        def run():
-            try:
-                self._generate(inputs, settings, streamer=streamer)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
+            def run(inputs=prepared.item(k), streamer=streamer, errors=errors):
+                try:
+                    self._generate(inputs, settings, streamer=streamer)
+                except BaseException as exc:  # surfaced in the caller's thread below
+                    errors.append(exc)
+                    streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        text = ""
-        for piece in streamer:
-            text += piece
-            yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=False,
-                              feature_difference=fd, changes=reading)
-        worker.join()
-        if errors:
-            raise errors[0]
-        yield Description(text.strip(), scores, pair_trace, time.perf_counter() - start, done=True,
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield Description(" ".join(t for t in (done, text.strip()) if t), scores, pair_trace,
+                                  time.perf_counter() - start, done=False, feature_difference=fd, changes=reading)
+            worker.join()
+            if errors:
+                raise errors[0]
+            done = " ".join(t for t in (done, text.strip()) if t)
+        yield Description(done, scores, pair_trace, time.perf_counter() - start, done=True,
                           feature_difference=fd, changes=reading)
+
+
+@dataclass
+class _Prepared:
+    """The generate inputs of one describe call: one row per prompt, ``owners[row]`` the pair it belongs
+    to (a pair has one prompt, or with ``each_change`` one per change read), and each pair's evidence."""
+
+    inputs: dict
+    owners: list[int]
+    mdp_trace: object
+    diff: object
+    readings: list[ChangeReading] | None
+
+    def item(self, row: int) -> dict:
+        """The generate inputs of one prompt alone (streaming answers one prompt at a time)."""
+        images = self.inputs["mm_encoder_outputs"]["image"].pooler_output
+        return dict(input_ids=self.inputs["input_ids"][row:row + 1], attention_mask=self.inputs["attention_mask"][row:row + 1],
+                    mm_encoder_outputs={"image": M3DiffImageFeatures(pooler_output=images[2 * row:2 * row + 2])})
 
 
 def _non_finite(model) -> list[str]:

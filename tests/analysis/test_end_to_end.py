@@ -122,6 +122,31 @@ def test_predict_records_the_end_threshold_and_resumes_only_with_the_same(predic
     assert "min_end_probability None" in capsys.readouterr().err
 
 
+def test_predict_records_joint_facts_and_resumes_only_with_the_same(data, model_dir, workdir, capsys, monkeypatch):
+    seen = []
+    original = DiffCaptioner.describe_batch
+
+    def spy(self, pairs, **kwargs):
+        seen.append(kwargs["settings"].each_change)
+        return original(self, pairs, **kwargs)
+
+    monkeypatch.setattr(DiffCaptioner, "describe_batch", spy)
+    out = workdir / "joint.json"
+    assert _predict(data, model_dir, out, "--joint-facts", "--limit", "2") == 0
+    assert seen == [False] and json.loads(out.read_text())["joint_facts"] is True
+    before = out.read_text()
+    capsys.readouterr()
+    assert _predict(data, model_dir, out) == 2  # one prompt per change: another decoding, not resumed into it
+    err = capsys.readouterr().err
+    assert "every change read in one prompt" in err and "pass --joint-facts" in err and "Traceback" not in err
+    assert out.read_text() == before
+    assert _predict(data, model_dir, out, "--joint-facts") == 0 and seen[-1] is False
+    each = workdir / "each.json"
+    assert _predict(data, model_dir, each, "--limit", "1") == 0
+    assert seen[-1] is True and "joint_facts" not in json.loads(each.read_text())
+    assert _predict(data, model_dir, each, "--joint-facts") == 2 and "pass no --joint-facts" in capsys.readouterr().err
+
+
 def test_predict_keeps_rows_outside_a_limit(predictions, data, model_dir, workdir):
     doc = json.loads(predictions.read_text())
     out = workdir / "limited.json"

@@ -13,7 +13,7 @@ import torch
 from m3diff.change_types import DISTRACTORS, TYPE_IDS
 from m3diff.data.synth.generator import SynthConfig, generate
 from m3diff.facts import DETAILS, ChangeFact, ObjectFact, facts_of_record, facts_prompt, said
-from m3diff.pipeline import TINY_READER, DiffCaptioner
+from m3diff.pipeline import TINY_READER, DiffCaptioner, GenerationSettings
 from m3diff.processing import DEFAULT_PROMPT, facts_instruction
 from m3diff.reader import SHAPE_HEADS, ChangeReader, ReaderConfig, WordReader
 from training.data import Collator, Sample
@@ -155,12 +155,16 @@ def test_describe_hands_the_read_changes_to_the_language_model(monkeypatch):
         return encode(pairs, answers, instruction)
 
     monkeypatch.setattr(captioner.processor, "encode_pairs", spy)
-    d = captioner.describe(before, after, with_trace=False)
+    d = captioner.describe(before, after, with_trace=False, settings=GenerationSettings(8, each_change=False))
     reading = captioner.read_changes([(before, after)])[0]
     assert [c.type for c in d.changes.changes] == [c.type for c in reading.changes]
     assert d.changes.size == (50, 40)
     given = seen["instructions"][1]  # the second encoding carries the facts
     assert given == [facts_instruction(None, d.changes.changes)]
+    # by default one prompt per change a caption says (or the one "none" prompt)
+    captioner.describe(before, after, with_trace=False, settings=GenerationSettings(8))
+    each = [facts_instruction(None, [c]) for c in said(reading.changes)] or [facts_instruction(None, [])]
+    assert seen["instructions"][-1] == each
     plain = DiffCaptioner.untrained()
     assert not plain.reads_changes and plain.describe(before, after, with_trace=False).changes is None
 
@@ -348,3 +352,88 @@ def test_load_reader_takes_the_reader_out_of_a_model_folder(tmp_path):
     DiffCaptioner.untrained().save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="no change reader"):
         load_reader(tmp_path / "plain")
+
+
+def _fixed_reading(changes, size=(64, 64)):
+    from m3diff.facts import ChangeReading
+
+    return ChangeReading(tuple(changes), size, 0.3)
+
+
+def test_each_change_is_asked_alone_and_the_answers_join_in_order(monkeypatch):
+    """Two pairs: one with two object changes and a camera move (which a caption leaves out), one with
+    nothing read. Each said change gets its own prompt; each pair's caption is its prompts' answers in
+    the reader's order; the stream ends on the same caption; the reading shown is the whole one."""
+    captioner = DiffCaptioner.untrained(change_reader=True)
+    red, blue = ObjectFact("cube", "red", "small", "left", "front"), ObjectFact("ball", "blue", "large", "right", "back")
+    first = [ChangeFact("color", red, ObjectFact("cube", "green", "small", "left", "front")),
+             ChangeFact("viewpoint", detail="side=left"), ChangeFact("disappearance", blue)]
+    readings = {0: _fixed_reading(first), 1: _fixed_reading([])}
+    monkeypatch.setattr(captioner, "_read", lambda images, batch, threshold=None: [readings[i] for i in range(len(images))])
+    tok = captioner.processor.tokenizer
+    prompts = []
+
+    def answer(inputs, settings, streamer=None):
+        ids = inputs["input_ids"]
+        rows = [tok(f" part{len(prompts) + k} .", add_special_tokens=False)["input_ids"] for k in range(ids.shape[0])]
+        prompts.extend(tok.decode(r) for r in ids)
+        width = max(map(len, rows))
+        pad = tok.convert_tokens_to_ids("<|im_end|>")
+        out = torch.cat([ids, torch.tensor([r + [pad] * (width - len(r)) for r in rows])], 1)
+        if streamer is not None:
+            streamer.put(ids)
+            streamer.put(out[0, ids.shape[1]:])
+            streamer.end()
+        return out
+
+    monkeypatch.setattr(captioner, "_generate", answer)
+    rng = np.random.default_rng(1)
+    pairs = [tuple(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)) for _ in range(2)]
+    got = captioner.describe_batch(pairs, with_trace=False)
+    assert [d.caption for d in got] == ["part0 . part1 .", "part2 ."]
+    assert "color: small red cube" in prompts[0] and "disappearance" not in prompts[0]
+    assert "disappearance: large blue ball" in prompts[1] and "color" not in prompts[1]
+    assert not any("viewpoint" in p for p in prompts) and "Changes read: none." in prompts[2]
+    assert got[0].changes.changes == tuple(first)
+    prompts.clear()
+    streamed = list(captioner.describe_stream(*pairs[0], with_trace=False))
+    assert streamed[-1].done and streamed[-1].caption == "part0 . part1 ."
+    partial = [d.caption for d in streamed[:-1]]
+    assert all("part0 . part1 .".startswith(c) for c in partial) and "part0 ." in partial and partial[-1] == "part0 . part1 ."
+    prompts.clear()
+    joint = captioner.describe_batch(pairs[:1], with_trace=False, settings=GenerationSettings(each_change=False))
+    assert joint[0].caption == "part0 ." and len(prompts) == 1 and "disappearance" in prompts[0]
+
+
+def test_centred_boxes_move_each_box_to_its_maps_peak_and_keep_its_size():
+    from m3diff.reader import centred_boxes
+
+    grid = 8
+    maps = torch.zeros(1, grid * grid, len(TYPE_IDS), 2)
+    maps[0, 2 * grid + 5, 0, 0] = 0.9  # type 0, before: one cell (row 2, column 5)
+    maps[0, 6 * grid + 1, 0, 1] = 0.8  # type 0, after: two cells side by side, the second weaker
+    maps[0, 6 * grid + 2, 0, 1] = 0.4
+    maps[0, 0, 0, 1] = 0.7  # far from the after map's peak: not part of its object
+    boxes = torch.tensor([0.0, 0.0, 0.2, 0.1]).expand(1, len(TYPE_IDS), 2, 4).clone()
+    moved = centred_boxes(maps, boxes, grid)
+    assert torch.allclose(moved[0, 0, 0], torch.tensor([5.5 / 8 - 0.1, 2.5 / 8 - 0.05, 5.5 / 8 + 0.1, 2.5 / 8 + 0.05]))
+    cx = (1.5 * 0.8 + 2.5 * 0.4) / 1.2 / 8
+    assert torch.allclose(moved[0, 0, 1], torch.tensor([cx - 0.1, 6.5 / 8 - 0.05, cx + 0.1, 6.5 / 8 + 0.05]))
+    size = moved[..., 2:] - moved[..., :2]
+    assert torch.allclose(size, boxes[..., 2:] - boxes[..., :2])
+
+
+def test_reader_training_goes_on_from_a_trained_reader_and_keeps_its_shape_reader(synth, tmp_path):
+    import dataclasses
+
+    from training.reader import load_reader, save_reader
+
+    start = tmp_path / "start"
+    start.mkdir()
+    save_reader(ChangeReader(dataclasses.replace(TINY_READER, shape_crop=16, threshold=0.3)), start)
+    out = train_reader(synth, tmp_path / "more", ReaderTraining(steps=3, batch=4), start=start, progress=False)
+    before, after = load_reader(start), load_reader(out)
+    assert after.cfg == before.cfg  # the trained reader's config, its threshold and crop included
+    old = before.state_dict()
+    moved = {k.split(".")[0] for k, v in after.state_dict().items() if not torch.equal(v, old[k])}
+    assert "shapes" not in moved and {"stem", "present", "maps", "words"} <= moved
