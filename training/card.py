@@ -136,9 +136,11 @@ def grounding_line(recipe: Recipe) -> str:
 
 def write_embedded_card(dest: Path, run: RunRecord, rep: Report, twin_rep: Report | None, command: str,
                         latency: float | None, size_mb: float, twin_shipped: bool, notes: str = "",
-                        steps: int | None = None, dest_run: Path | None = None) -> Path:
+                        steps: int | None = None, dest_run: Path | None = None,
+                        stage_cpu_minutes: float | None = None) -> Path:
     """The embedded model's README.md: what it is, how it was made, and its evaluation (its report and
-    its twin's, ``analysis.render``'s tables)."""
+    its twin's, ``analysis.render``'s tables). ``stage_cpu_minutes``: the stage's CPU minutes as measured
+    where it trained, for a model shipped again without its run folder (else ``dest_run``'s log.csv)."""
     r = run.recipe
     total = run.total_steps
     steps = total if steps is None else steps
@@ -167,7 +169,7 @@ not real photographs.
 | LLM training | fully trained, **no LoRA**: LoRA (rank 128, alpha 256 in `paper-7b.yaml`) is the paper's way to adapt a *pretrained* 7B LLM; there is nothing pretrained here |
 | grounded training | {grounding_line(r)} |
 | change reader | {reader_line(dest)} |
-| training time | {f'{cpu:.0f} CPU-minutes (one thread){" for this stage; every stage: the notes below" if m.init_from else ""}' if (cpu := cpu_minutes(dest_run)) else 'not recorded'} |
+| training time | {f'{cpu:.0f} CPU-minutes (one thread){" for this stage; every stage: the notes below" if m.init_from else ""}' if (cpu := stage_cpu_minutes or cpu_minutes(dest_run)) else 'not recorded'} |
 | describe latency | {f'{latency:.2f} s per pair (median on the 2-core development CPU, with the MDP trace)' if latency else 'not measured'} |
 
 ## Reproduce

@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit-mb", type=float, default=30.0)
     p.add_argument("--run-json", type=Path, default=None, help="the run's run.json (default: next to --model)")
     p.add_argument("--latency-pairs", type=Path, default=None, help="a dataset folder whose test pairs time describe()")
+    p.add_argument("--stage-cpu-minutes", type=float, default=None, metavar="M",
+                   help="the stage's CPU minutes as measured where it trained, for a model shipped again "
+                        "without its run folder (e.g. with a new reader); default: the run's log.csv")
     args = p.parse_args(argv)
 
     dest = args.dest
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
     run = RunRecord.read(args.run_json or args.model.parent / "run.json")
     steps = trained_steps(args.model.parent, run)
     write_embedded_card(dest, run, rep, twin_rep, args.command, latency, size / 1e6, twin_shipped, args.notes, steps,
-               dest_run=args.model.parent)
+               dest_run=args.model.parent, stage_cpu_minutes=args.stage_cpu_minutes)
     print(f"shipped {args.model} to {dest} ({size / 1e6:.1f} MB, twin {'in' if twin_shipped else 'not'} shipped); "
           f"describe latency {latency if latency is None else round(latency, 3)} s")
     return 0

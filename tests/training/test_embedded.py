@@ -46,6 +46,10 @@ def test_a_part_way_run_is_packaged_with_its_twin_reports_and_card(tmp_path):
     assert "the reports have no localization section: predict with `--maps`" in card
     assert "(the reports have no changes section: evaluate on generated references)" in card
     assert "m3diff train …" in card
+    # shipped again without the run's log at hand (a new reader): the stage's time as measured where it trained
+    assert embedded.main(["--model", str(tmp_path / "mdp" / "model"), "--report", str(mdp_report), "--command", "x",
+                          "--dest", str(dest), "--stage-cpu-minutes", "74"]) == 0
+    assert "| training time | 74 CPU-minutes (one thread) |" in (dest / "README.md").read_text()
 
 
 def _report(tmp_path, name, **run):
