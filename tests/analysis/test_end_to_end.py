@@ -92,19 +92,25 @@ def test_predict_resumes_only_missing_ids(predictions, data, model_dir, workdir,
     assert not described and "already predicted" in capsys.readouterr().err
 
 
-def test_predict_records_the_end_threshold_and_resumes_only_with_the_same(predictions, data, model_dir, workdir,
-                                                                          capsys, monkeypatch):
+@pytest.fixture
+def seen_settings(monkeypatch) -> list:
+    """The GenerationSettings of every describe_batch call the test makes, in order."""
     seen = []
     original = DiffCaptioner.describe_batch
 
     def spy(self, pairs, **kwargs):
-        seen.append(kwargs["settings"].min_end_probability)
+        seen.append(kwargs["settings"])
         return original(self, pairs, **kwargs)
 
     monkeypatch.setattr(DiffCaptioner, "describe_batch", spy)
+    return seen
+
+
+def test_predict_records_the_end_threshold_and_resumes_only_with_the_same(predictions, data, model_dir, workdir,
+                                                                          capsys, seen_settings):
     out = workdir / "ended.json"
     assert _predict(data, model_dir, out, "--min-end-probability", "0.5", "--limit", "2") == 0
-    assert seen == [0.5] and json.loads(out.read_text())["min_end_probability"] == 0.5
+    assert [s.min_end_probability for s in seen_settings] == [0.5] and json.loads(out.read_text())["min_end_probability"] == 0.5
     before = out.read_text()
     capsys.readouterr()
     for other in ([], ["--min-end-probability", "0.9"]):  # plain greedy, or another threshold: two runs mixed
@@ -122,28 +128,21 @@ def test_predict_records_the_end_threshold_and_resumes_only_with_the_same(predic
     assert "min_end_probability None" in capsys.readouterr().err
 
 
-def test_predict_records_joint_facts_and_resumes_only_with_the_same(data, model_dir, workdir, capsys, monkeypatch):
-    seen = []
-    original = DiffCaptioner.describe_batch
-
-    def spy(self, pairs, **kwargs):
-        seen.append(kwargs["settings"].each_change)
-        return original(self, pairs, **kwargs)
-
-    monkeypatch.setattr(DiffCaptioner, "describe_batch", spy)
+def test_predict_records_joint_facts_and_resumes_only_with_the_same(data, model_dir, workdir, capsys, seen_settings):
+    seen = seen_settings
     out = workdir / "joint.json"
     assert _predict(data, model_dir, out, "--joint-facts", "--limit", "2") == 0
-    assert seen == [False] and json.loads(out.read_text())["joint_facts"] is True
+    assert [s.each_change for s in seen] == [False] and json.loads(out.read_text())["joint_facts"] is True
     before = out.read_text()
     capsys.readouterr()
     assert _predict(data, model_dir, out) == 2  # one prompt per change: another decoding, not resumed into it
     err = capsys.readouterr().err
     assert "every change read in one prompt" in err and "pass --joint-facts" in err and "Traceback" not in err
     assert out.read_text() == before
-    assert _predict(data, model_dir, out, "--joint-facts") == 0 and seen[-1] is False
+    assert _predict(data, model_dir, out, "--joint-facts") == 0 and seen[-1].each_change is False
     each = workdir / "each.json"
     assert _predict(data, model_dir, each, "--limit", "1") == 0
-    assert seen[-1] is True and "joint_facts" not in json.loads(each.read_text())
+    assert seen[-1].each_change is True and "joint_facts" not in json.loads(each.read_text())
     assert _predict(data, model_dir, each, "--joint-facts") == 2 and "pass no --joint-facts" in capsys.readouterr().err
 
 
