@@ -184,6 +184,16 @@ def read_split(folder: Path, split: str) -> list[dict]:
     return records
 
 
+def update(loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, sched) -> None:
+    """One optimizer step of the reader's trainings: gradients of ``loss``, clipped to norm 1, then the
+    optimizer's and the schedule's step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTraining(), cfg: ReaderConfig = ReaderConfig(),
                  resume: bool = False, stop_at: int | None = None, progress: bool = True,
                  start: str | Path | None = None) -> Path:
@@ -225,11 +235,7 @@ def train_reader(data: Path, out: Path, settings: ReaderTraining = ReaderTrainin
         reader.train()
         result = reader(batch["before"], batch["after"], true_maps=batch["maps"] if step % 2 == 0 else None)
         loss, parts = reader_loss(reader, batch, result, gen, settings.box_jitter)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        sched.step()
+        update(loss, trained, opt, sched)
         step += 1
         bar.update(1)
         if step % 10 == 0:
@@ -381,11 +387,7 @@ def train_shapes(data: Path, reader_dir: Path, out: Path, steps: int = 1500, bat
             if len(w_targets):
                 parts["word"] = F.cross_entropy(reader.words(w_images, w_boxes), w_targets)
         loss = sum(parts.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        sched.step()
+        update(loss, trained, opt, sched)
         step += 1
         bar.update(1)
         if step % 10 == 0:
