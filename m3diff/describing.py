@@ -21,6 +21,8 @@ SHIPPED_MODELS = {"embedded": EMBEDDED_DIR, "embedded-twin": EMBEDDED_TWIN_DIR}
 def shipped_or_path(model: str | Path) -> Path:
     """``model`` as a folder: "embedded" / "embedded-twin" name the shipped models."""
     return Path(SHIPPED_MODELS.get(str(model), model))
+
+
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 
 

@@ -36,7 +36,9 @@ from m3diff.facts import (
     COLORS, DETAILS, HEADINGS, HORIZONTAL, KINDS, POSES, VERTICAL, WORDS, ChangeFact, facts_of_record, said,
 )
 from m3diff.pipeline import DiffCaptioner
-from m3diff.reader import DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig, ordered_boxes
+from m3diff.reader import (
+    DOMAINS, OBJECT_HEADS, SIDES, SIZE_NAMES, ChangeReader, ReaderConfig, centred_boxes, ordered_boxes,
+)
 from training.schedule import lr_lambda
 
 IGNORE = -100
@@ -282,10 +284,11 @@ def shape_batch(batch: dict, records: list[dict]) -> tuple[torch.Tensor, torch.T
 
 
 def slot_boxes(reader: ChangeReader, batch: dict) -> torch.Tensor:
-    """The boxes the reader's slots predict ([B, 12, 2, 4], 0..1): what the shape and word readers are
-    handed at inference, where a box's centre misses the object's true box about a third of the time."""
+    """The boxes the reader's slots predict, centred on their maps as ``ChangeReader.read`` centres
+    them ([B, 12, 2, 4], 0..1): what the shape and word readers are handed at inference."""
     with torch.no_grad():
-        return ordered_boxes(reader(batch["before"], batch["after"])["boxes"].float())
+        out = reader(batch["before"], batch["after"])
+    return centred_boxes(out["maps"].float().sigmoid(), ordered_boxes(out["boxes"].float()), reader.cfg.image_size // 8)
 
 
 def predicted_crops(batch: dict, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
